@@ -1,0 +1,38 @@
+"""pylo: run a function over many inputs, keep a durable snapshot, resume after failures.
+
+The public API is what this module exports; see ``Pylo`` to start.
+"""
+
+from __future__ import annotations
+
+from pylo.errors import (
+    ExecutionExists,
+    ExecutionNotFound,
+    ExecutionNotResumable,
+    InputSerializationError,
+    PyloError,
+    ResultSerializationError,
+    StoredTaskError,
+    StoreError,
+)
+from pylo.execution import Failure, Pylo
+from pylo.stores.base import ExecutionRecord, ExecutionStatus, Store
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "ExecutionExists",
+    "ExecutionNotFound",
+    "ExecutionNotResumable",
+    "ExecutionRecord",
+    "ExecutionStatus",
+    "Failure",
+    "InputSerializationError",
+    "Pylo",
+    "PyloError",
+    "ResultSerializationError",
+    "Store",
+    "StoreError",
+    "StoredTaskError",
+    "__version__",
+]

@@ -1,0 +1,106 @@
+"""Exceptions raised by pylo.
+
+Every error pylo raises on purpose is a :class:`PyloError`, so callers can
+catch one base class. Messages name the offending value and, where there is
+one, the fix.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ExecutionExists",
+    "ExecutionNotFound",
+    "ExecutionNotResumable",
+    "InputSerializationError",
+    "PyloError",
+    "ResultSerializationError",
+    "StoreError",
+    "StoredTaskError",
+    "TaskTimeout",
+    "WorkerCrashed",
+]
+
+
+class PyloError(Exception):
+    """Base class of every error raised by pylo."""
+
+
+class ExecutionNotFound(PyloError, LookupError):
+    """No execution with the given id exists in the store."""
+
+    def __init__(self, execution_id: str, location: str) -> None:
+        super().__init__(f"no execution with id {execution_id!r} in the store at {location}")
+        self.execution_id = execution_id
+        self.location = location
+
+
+class ExecutionExists(PyloError):
+    """An execution with the requested id is already in the store."""
+
+    def __init__(self, execution_id: str, location: str) -> None:
+        super().__init__(
+            f"an execution with id {execution_id!r} already exists in the store at {location}; "
+            "choose another id, or resume it with start_from_past_execution"
+        )
+        self.execution_id = execution_id
+        self.location = location
+
+
+class ExecutionNotResumable(PyloError):
+    """The execution cannot be resumed (its inputs were never fully recorded)."""
+
+
+class ResultSerializationError(PyloError):
+    """A task's return value could not be stored (``store_results=True``).
+
+    The input is recorded as failed with this error, so a resume runs it again.
+    """
+
+
+class StoreError(PyloError):
+    """The store is damaged, foreign, of an unknown format, or failed to write."""
+
+
+class InputSerializationError(PyloError):
+    """An input could not be serialized for the store."""
+
+    def __init__(self, position: int, value_repr: str, reason: str) -> None:
+        super().__init__(f"input at position {position} ({value_repr}) cannot be serialized: {reason}")
+        self.position = position
+        self.reason = reason
+
+
+class StoredTaskError(PyloError):
+    """Stands in for a task exception that cannot be rebuilt from the store.
+
+    Returned (not raised) by ``get_exceptions`` when the original exception
+    could not be pickled when it happened, or cannot be unpickled now (for
+    example because its class needs constructor arguments or no longer
+    exists).
+
+    Attributes:
+        type_name: Qualified name of the original exception type.
+        message: ``str()`` of the original exception.
+        traceback_text: The formatted traceback, as recorded.
+    """
+
+    def __init__(self, type_name: str, message: str, traceback_text: str) -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+        self.traceback_text = traceback_text
+
+    def __reduce__(self) -> tuple[type[StoredTaskError], tuple[str, str, str]]:
+        return (StoredTaskError, (self.type_name, self.message, self.traceback_text))
+
+
+class TaskTimeout(PyloError):
+    """Recorded as the failure of an input whose task ran past ``timeout`` seconds."""
+
+
+class WorkerCrashed(PyloError):
+    """Recorded as the failure of the input a worker process was running when it died.
+
+    The process ended without reporting (``os._exit``, a signal such as
+    SIGKILL or SIGSEGV, the OOM killer); the message says how it ended.
+    """

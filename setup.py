@@ -1,0 +1,44 @@
+"""Packaging for pylo. Tool settings (ruff, mypy, pytest) live in pyproject.toml."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+here = Path(__file__).parent
+version = {}
+for line in (here / "pylo" / "__init__.py").read_text().splitlines():
+    if line.startswith("__version__"):
+        version["value"] = line.split("=", 1)[1].strip().strip('"')
+
+setup(
+    name="pylo",
+    version=version["value"],
+    description="Run a function over millions of inputs, keep a durable snapshot, resume after failures.",
+    long_description=(here / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(include=["pylo", "pylo.*"]),
+    package_data={"pylo": ["py.typed"]},
+    install_requires=[
+        "sqlalchemy>=2.0",
+        "tenacity>=8.2",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=7.4",
+            "pytest-timeout>=2.2",
+            "hypothesis>=6.80",
+            "psutil>=5.9",
+            "ruff>=0.5",
+            "mypy>=1.8",
+        ],
+    },
+    classifiers=[
+        "License :: OSI Approved :: MIT License",
+        "Programming Language :: Python :: 3",
+        "Operating System :: POSIX",
+        "Topic :: System :: Distributed Computing",
+    ],
+)
