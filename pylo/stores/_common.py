@@ -1,0 +1,98 @@
+"""Helpers shared by the store implementations (not part of the public API).
+
+Both stores validate the same arguments and keep ``options`` as JSON text,
+so they live here once instead of twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pylo.stores.base import BatchRecord, ExecutionRecord, ExecutionStatus, Flush
+
+__all__ = ["check_batches", "check_flush", "dump_options", "load_options", "record_fields"]
+
+logger = logging.getLogger(__name__)
+
+
+def dump_options(execution_id: str, options: Mapping[str, Any]) -> str:
+    """Serialize an execution's options as JSON text.
+
+    Raises:
+        TypeError: The options are not JSON-serializable.
+    """
+    try:
+        # sort_keys makes the stored text stable, which keeps stores diffable.
+        return json.dumps(dict(options), sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"options of execution {execution_id!r} must be JSON-serializable: {exc}") from exc
+
+
+def load_options(text: str) -> dict[str, Any]:
+    """Parse options stored by :func:`dump_options`.
+
+    Raises:
+        ValueError: The text is not JSON or not a JSON object.
+    """
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError(f"options must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def check_batches(execution_id: str, batches: Sequence[BatchRecord]) -> None:
+    """Reject batches whose shape is inconsistent before anything is written.
+
+    Raises:
+        ValueError: A batch's states do not have ``size`` bytes, or a number
+            is negative.
+    """
+    for batch in batches:
+        if batch.batch_no < 0 or batch.first_position < 0 or batch.size < 0:
+            raise ValueError(
+                f"batch {batch.batch_no} of execution {execution_id!r} has a negative "
+                f"batch_no, first_position or size: {batch!r}"
+            )
+        if len(batch.states) != batch.size:
+            raise ValueError(
+                f"batch {batch.batch_no} of execution {execution_id!r} has {len(batch.states)} "
+                f"state bytes for size {batch.size}; they must be equal"
+            )
+
+
+def check_flush(execution_id: str, flush: Flush) -> None:
+    """Reject a flush that asks for something a store never records.
+
+    Raises:
+        ValueError: The flush sets the derived ``CRASHED`` status.
+    """
+    if flush.status is not None and ExecutionStatus(flush.status) is ExecutionStatus.CRASHED:
+        raise ValueError(f"execution {execution_id!r}: status 'crashed' is derived on read and never written")
+
+
+def record_fields(record: ExecutionRecord) -> dict[str, Any]:
+    """An execution record as plain, JSON- and SQL-ready values (``options`` excluded).
+
+    Both stores write these fields under these names; keeping the mapping
+    here keeps their layouts from drifting apart.
+    """
+    return {
+        "id": record.id,
+        "parent_id": record.parent_id,
+        "input_source": record.input_source,
+        "status": ExecutionStatus(record.status).value,
+        "created_at": float(record.created_at),
+        "updated_at": float(record.updated_at),
+        "ended_at": None if record.ended_at is None else float(record.ended_at),
+        "task_name": record.task_name,
+        "codec": record.codec,
+        "total": record.total,
+        "finished": record.finished,
+        "failed": record.failed,
+        "inputs_complete": bool(record.inputs_complete),
+        "pid": record.pid,
+        "host": record.host,
+    }

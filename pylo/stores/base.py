@@ -1,0 +1,334 @@
+"""The store protocol and the records it persists.
+
+A store only persists. It never runs tasks, never decodes inputs or
+exceptions (those are opaque ``bytes`` produced by the engine's codec) and is
+written to by exactly one party per execution: the coordinator of the process
+that runs it. Any number of readers, in any process, may read at the same
+time; every write method is atomic, so a reader sees a flush entirely or not
+at all.
+
+Layout of an execution, whatever the backend:
+
+* one :class:`ExecutionRecord` (status, lineage, counts, metadata);
+* its inputs in numbered batches (:class:`BatchRecord`): each batch holds a
+  contiguous run of positions, the encoded inputs of those positions (the
+  *payload*) and one state byte per position (:data:`PENDING`,
+  :data:`FINISHED`, :data:`FAILED`). A resumed execution stores its own state
+  bytes but no payloads: it reads them from ``input_source``, the execution
+  that recorded the inputs first;
+* one :class:`FailureRow` per failed position;
+* optionally one encoded result per finished position.
+
+Every store must pass ``tests/stores/test_contract.py``.
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime as dt
+import enum
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "FAILED",
+    "FINISHED",
+    "PENDING",
+    "BatchRecord",
+    "ExecutionRecord",
+    "ExecutionStatus",
+    "FailureRow",
+    "Flush",
+    "Store",
+]
+
+#: State byte of an input not attempted yet (or cut off before it ran).
+PENDING = 0
+#: State byte of an input whose task returned normally.
+FINISHED = 1
+#: State byte of an input whose task raised an exception (after any retries).
+FAILED = 2
+
+#: Version of the on-disk layout written by this pylo. A store written by an
+#: unknown version is refused with a StoreError instead of being misread.
+FORMAT_VERSION = 1
+
+
+class ExecutionStatus(str, enum.Enum):
+    """Where an execution is in its life.
+
+    ``CRASHED`` is never written: it is reported for a ``RUNNING`` execution
+    whose process is known to be gone.
+    """
+
+    RUNNING = "running"
+    #: Every input was attempted: each one is finished or failed.
+    COMPLETED = "completed"
+    #: Failure budgets ran out: some inputs were left pending.
+    STOPPED = "stopped"
+    #: Ctrl-C, SIGTERM, SystemExit or another BaseException ended it early.
+    INTERRUPTED = "interrupted"
+    #: pylo itself could not go on (for example the store could not be written).
+    ABORTED = "aborted"
+    #: Its process died without a word (for example SIGKILL); derived on read.
+    CRASHED = "crashed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def utc_from_timestamp(value: float | None) -> dt.datetime | None:
+    """Convert a POSIX timestamp as stored to an aware UTC datetime."""
+    if value is None:
+        return None
+    return dt.datetime.fromtimestamp(value, tz=dt.timezone.utc)
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionRecord:
+    """One execution, as kept by a store.
+
+    Attributes:
+        id: The execution id (unique in its store).
+        parent_id: The execution this one resumed, or None.
+        input_source: Id of the execution whose batches hold the input
+            payloads (its own id unless it is a resume).
+        status: See :class:`ExecutionStatus`.
+        created_at: POSIX time the execution was created.
+        updated_at: POSIX time of its last write (a heartbeat while running).
+        ended_at: POSIX time it ended, or None while running.
+        task_name: Qualified name of the task function (``module:qualname``).
+        codec: Name of the codec that encoded its payloads and exceptions.
+        total: Number of inputs recorded so far.
+        finished: Number of inputs in state FINISHED.
+        failed: Number of inputs in state FAILED.
+        inputs_complete: True once every input of the iterable is recorded.
+        pid: Process id of the coordinator that runs or ran it.
+        host: Host name of that process.
+        options: JSON-serializable settings the execution ran with.
+    """
+
+    id: str
+    parent_id: str | None
+    input_source: str
+    status: ExecutionStatus
+    created_at: float
+    updated_at: float
+    ended_at: float | None
+    task_name: str
+    codec: str
+    total: int = 0
+    finished: int = 0
+    failed: int = 0
+    inputs_complete: bool = False
+    pid: int | None = None
+    host: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def pending(self) -> int:
+        """Number of inputs neither finished nor failed."""
+        return self.total - self.finished - self.failed
+
+    @property
+    def unfinished(self) -> int:
+        """Number of inputs pending or failed."""
+        return self.total - self.finished
+
+    @property
+    def created(self) -> dt.datetime:
+        """``created_at`` as an aware UTC datetime."""
+        value = utc_from_timestamp(self.created_at)
+        assert value is not None
+        return value
+
+    @property
+    def ended(self) -> dt.datetime | None:
+        """``ended_at`` as an aware UTC datetime, or None."""
+        return utc_from_timestamp(self.ended_at)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRecord:
+    """A contiguous run of an execution's inputs.
+
+    Attributes:
+        batch_no: 0-based number of the batch within its execution.
+        first_position: Position of the batch's first input.
+        size: Number of inputs in the batch; ``len(states) == size``.
+        states: One state byte per input (PENDING, FINISHED or FAILED).
+        payload: The codec-encoded list of the batch's inputs, or None when
+            the execution reads its payloads from its ``input_source``
+            (and, in reads, when the payload was not asked for).
+    """
+
+    batch_no: int
+    first_position: int
+    size: int
+    states: bytes
+    payload: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FailureRow:
+    """The record of one failed input, as kept by a store.
+
+    Attributes:
+        position: Position of the failed input.
+        exc_type: Qualified name of the exception type, or None when
+            exceptions are not stored.
+        message: ``str()`` of the exception, or None.
+        traceback: Formatted traceback text, or None.
+        exception: Codec-encoded exception object, or None when it could not
+            be encoded or exceptions are not stored.
+        attempts: How many times the input was attempted.
+        worker: The worker (lane) that ran it.
+        failed_at: POSIX time of the last attempt.
+    """
+
+    position: int
+    exc_type: str | None
+    message: str | None
+    traceback: str | None
+    exception: bytes | None
+    attempts: int
+    worker: int
+    failed_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Flush:
+    """Everything one flush makes durable, applied in a single transaction.
+
+    Attributes:
+        states: New state bytes of every batch that changed, by batch number.
+            Each value replaces the batch's states whole.
+        failures: New failure records (positions not recorded before).
+        results: New ``(position, encoded result)`` pairs.
+        total: The execution's ``total`` after this flush.
+        finished: The execution's ``finished`` count after this flush.
+        failed: The execution's ``failed`` count after this flush.
+        status: A new status, or None to keep the current one.
+        ended_at: The end time to record along with a final status, or None.
+        inputs_complete: True to record that every input is now recorded.
+    """
+
+    states: Mapping[int, bytes]
+    failures: Sequence[FailureRow]
+    results: Sequence[tuple[int, bytes]]
+    total: int
+    finished: int
+    failed: int
+    status: ExecutionStatus | None = None
+    ended_at: float | None = None
+    inputs_complete: bool = False
+
+
+class Store(abc.ABC):
+    """Where executions are persisted.
+
+    Implementations must be safe to use from several threads of one process
+    and from several processes at once, as long as each execution has a
+    single writer. Methods raise :class:`~pylo.errors.StoreError` (naming
+    :attr:`location`) when the underlying storage is damaged, foreign, of an
+    unknown format version, or cannot be written; never a bare driver, OS,
+    ``pickle`` or ``KeyError`` exception.
+    """
+
+    #: Human-readable location (path or URL without password) for messages.
+    location: str
+
+    @abc.abstractmethod
+    def create_execution(self, record: ExecutionRecord) -> None:
+        """Create a new execution with no batches, failures or results.
+
+        Raises:
+            ExecutionExists: An execution with ``record.id`` exists, even when
+                another process created it a moment ago.
+        """
+
+    @abc.abstractmethod
+    def add_batches(self, execution_id: str, batches: Sequence[BatchRecord]) -> None:
+        """Append batches of inputs, atomically, and add their sizes to ``total``.
+
+        Batches arrive in ``batch_no`` order, numbered from 0 without gaps
+        across calls. ``payload`` is None for a resumed execution.
+
+        Raises:
+            ExecutionNotFound: No such execution.
+        """
+
+    @abc.abstractmethod
+    def record_flush(self, execution_id: str, flush: Flush) -> None:
+        """Apply one flush atomically: states, failures, results, counts, status.
+
+        Also sets ``updated_at`` to now. After a crash at any point, a reader
+        sees either all of the flush or none of it.
+
+        Raises:
+            ExecutionNotFound: No such execution.
+        """
+
+    @abc.abstractmethod
+    def get_execution(self, execution_id: str) -> ExecutionRecord:
+        """Return the execution's record as of its last completed write.
+
+        Raises:
+            ExecutionNotFound: No such execution.
+        """
+
+    @abc.abstractmethod
+    def list_executions(self) -> list[ExecutionRecord]:
+        """Return every execution, oldest (by ``created_at``, then id) first."""
+
+    @abc.abstractmethod
+    def read_batches(self, execution_id: str, *, payloads: bool = False) -> Iterator[BatchRecord]:
+        """Yield the execution's batches in ``batch_no`` order.
+
+        Args:
+            execution_id: The execution.
+            payloads: When True, each record carries its payload, read from
+                the execution's ``input_source`` if it has none of its own.
+                When False, ``payload`` is None (cheap: states only).
+
+        Raises:
+            ExecutionNotFound: No such execution (raised on the first
+                ``next()``, or before).
+        """
+
+    @abc.abstractmethod
+    def read_payloads(self, execution_id: str, batch_nos: Iterable[int]) -> Iterator[tuple[int, bytes]]:
+        """Yield ``(batch_no, payload)`` for the given batches, in the given order.
+
+        Payloads come from the execution's ``input_source``. Batch numbers
+        the execution does not have are skipped.
+
+        Raises:
+            ExecutionNotFound: No such execution.
+        """
+
+    @abc.abstractmethod
+    def read_failures(self, execution_id: str) -> list[FailureRow]:
+        """Return the execution's own failure records, ordered by position.
+
+        Raises:
+            ExecutionNotFound: No such execution.
+        """
+
+    @abc.abstractmethod
+    def read_results(self, execution_id: str) -> Iterator[tuple[int, bytes]]:
+        """Yield the execution's own ``(position, encoded result)`` pairs by position.
+
+        Raises:
+            ExecutionNotFound: No such execution.
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most stores need nothing
+        """Release connections and file handles. The store is unusable after."""
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
