@@ -1,0 +1,1 @@
+"""Worker backends: where chunks of inputs run (threads today; one module each)."""

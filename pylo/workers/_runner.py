@@ -1,0 +1,374 @@
+"""Runs a chunk of inputs through the task function, inside a lane.
+
+This is the innermost loop of pylo, shared by every backend. Its per-input
+cost must stay at a function call, an exception handler and a flag check;
+everything else (retries, results) takes a slower path only when asked for.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from pylo._codec import get_codec
+from pylo._ratelimit import TokenBucket
+from pylo.errors import ResultSerializationError, TaskTimeout
+from pylo.workers.base import ChunkResult, RunnerSettings, TaskFailure
+
+__all__ = ["Abandoned", "FailureGate", "LaneRunner", "StopFlag", "qualified_name"]
+
+
+class StopFlag(Protocol):
+    """Anything with ``is_set()`` and ``set()``: a threading or multiprocessing Event."""
+
+    def is_set(self) -> bool: ...
+
+    def set(self) -> None: ...
+
+
+class FailureGate:
+    """Counts failures across all lanes against ``max_failures``, as they happen.
+
+    Lanes share one gate, so the execution-wide limit stops every lane
+    before its next input, not when the coordinator hears of it. Works with
+    threading primitives, or multiprocessing ones (a shared ``Value`` and a
+    ``Lock``) across processes.
+    """
+
+    def __init__(self, limit: int, stop: StopFlag, counter: Any, lock: Any) -> None:
+        self._limit = limit
+        self._stop = stop
+        self._counter = counter  # anything with a mutable ``value``
+        self._lock = lock
+
+    def count_failure(self) -> bool:
+        """Count one failure; True when the limit is reached (lanes are stopped)."""
+        with self._lock:
+            self._counter.value += 1
+            reached = self._counter.value >= self._limit
+        if reached:
+            self._stop.set()
+        return reached
+
+
+def qualified_name(kind: type) -> str:
+    """``module.QualName`` of a type, without the module for builtins."""
+    module = getattr(kind, "__module__", None)
+    name = getattr(kind, "__qualname__", None) or getattr(kind, "__name__", repr(kind))
+    if module in (None, "builtins"):
+        return str(name)
+    return f"{module}.{name}"
+
+
+def _safe_str(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception as str_exc:  # a hostile __str__ must not lose the failure
+        return f"<str() of the exception raised {type(str_exc).__name__}>"
+
+
+def _safe_traceback(exc: BaseException) -> str:
+    tb = exc.__traceback__
+    # The first frame is this module's call of the task: noise to the user.
+    if tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    try:
+        return "".join(traceback.format_exception(type(exc), exc, tb))
+    except Exception:
+        return f"{qualified_name(type(exc))}: {_safe_str(exc)}\n"
+
+
+class LaneRunner:
+    """Runs the chunks of one lane, in order, remembering the lane's budget."""
+
+    def __init__(
+        self,
+        function: Callable[[Any], Any],
+        lane: int,
+        settings: RunnerSettings,
+        stop: StopFlag,
+        gate: FailureGate | None = None,
+        limiter: TokenBucket | None = None,
+        *,
+        watched: bool = False,
+    ) -> None:
+        self._function = function
+        self._gate = gate
+        self._limiter = limiter
+        self._lane = lane
+        self._settings = settings
+        self._stop = stop
+        self._codec = get_codec(settings.codec_name)
+        # Each lane retries with its own copy: tenacity keeps per-call state.
+        self._retry = settings.retry.copy() if settings.retry is not None else None
+        # Failures this lane may still see; the chunk's budget can only lower it.
+        self._remaining: float = math.inf
+        self._live: _Live | None = None
+        # Watched lanes (timeouts on threads) publish each input's start under
+        # this lock, so a watchdog can abandon them without racing the task.
+        self._watch_lock = threading.Lock() if watched else None
+        self._abandoned = False
+
+    @property
+    def remaining_budget(self) -> float:
+        """Failures this lane may still see (infinite until a chunk sets it)."""
+        return self._remaining
+
+    @remaining_budget.setter
+    def remaining_budget(self, value: float) -> None:
+        self._remaining = value
+
+    def run(self, chunk_id: int, inputs: Sequence[Any], budget: int) -> ChunkResult:
+        """Run ``inputs`` in order until done, out of budget, or stopped."""
+        started = time.perf_counter()
+        remaining = min(self._remaining, budget)
+        failures: list[tuple[int, TaskFailure]] = []
+        results: list[tuple[int, bytes]] = []
+        interrupt: BaseException | None = None
+        attempted = 0
+        live = _Live(chunk_id, started, failures, results, remaining)
+        if remaining > 0:
+            self._live = live
+            try:
+                if (
+                    self._retry is None
+                    and self._limiter is None
+                    and self._watch_lock is None
+                    and not self._settings.store_results
+                ):
+                    attempted = self._run_plain(inputs, remaining, failures, live)
+                else:
+                    attempted = self._run_full(inputs, remaining, failures, results, live)
+            except _Interrupted as stop:
+                if isinstance(stop.cause, Abandoned):
+                    raise stop.cause from None
+                attempted = stop.attempted
+                interrupt = stop.cause
+            finally:
+                self._live = None
+        self._remaining = remaining - len(failures)
+        return ChunkResult(
+            chunk_id=chunk_id,
+            lane=self._lane,
+            attempted=attempted,
+            failures=failures,
+            results=results,
+            interrupt=interrupt,
+            elapsed=time.perf_counter() - started,
+        )
+
+    def progress(self) -> ChunkResult | None:
+        """The outcomes so far of the chunk this lane is running, or None.
+
+        Called from another thread while the lane runs: it reads the count
+        of completed inputs first, then keeps only failures and results below
+        it, which were appended before that count was published.
+        """
+        live = self._live
+        if live is None:
+            return None
+        done = live.done
+        return ChunkResult(
+            chunk_id=live.chunk_id,
+            lane=self._lane,
+            attempted=done,
+            failures=[entry for entry in live.failures[:] if entry[0] < done],
+            results=[entry for entry in live.results[:] if entry[0] < done],
+            interrupt=None,
+            elapsed=time.perf_counter() - live.started,
+        )
+
+    def _run_plain(
+        self,
+        inputs: Sequence[Any],
+        remaining: float,
+        failures: list[tuple[int, TaskFailure]],
+        live: _Live,
+    ) -> int:
+        function = self._function
+        is_stopped = self._stop.is_set
+        index = 0
+        try:
+            for index, item in enumerate(inputs):
+                live.done = index
+                if is_stopped():
+                    return index
+                try:
+                    function(item)
+                except Exception as exc:
+                    failures.append((index, self.failure(exc, 1)))
+                    remaining -= 1
+                    if remaining <= 0 or (self._gate is not None and self._gate.count_failure()):
+                        return index + 1
+        except BaseException as exc:
+            raise _Interrupted(index, exc) from None
+        return len(inputs)
+
+    def _run_full(
+        self,
+        inputs: Sequence[Any],
+        remaining: float,
+        failures: list[tuple[int, TaskFailure]],
+        results: list[tuple[int, bytes]],
+        live: _Live,
+    ) -> int:
+        store_results = self._settings.store_results
+        is_stopped = self._stop.is_set
+        watch_lock = self._watch_lock
+        index = 0
+        try:
+            for index, item in enumerate(inputs):
+                if watch_lock is None:
+                    live.done = index
+                else:
+                    with watch_lock:
+                        if self._abandoned:
+                            raise Abandoned()
+                        live.done = index
+                        live.input_started = time.monotonic()
+                if is_stopped():
+                    return index
+                failure, value = self._attempt(item)
+                if failure is None and store_results:
+                    try:
+                        results.append((index, self._codec.encode_value(value)))
+                    except Exception as exc:
+                        failure = self.failure(
+                            ResultSerializationError(
+                                f"the task returned {type(value).__qualname__}, which cannot be "
+                                f"stored with the {self._codec.name} codec: {_safe_str(exc)}"
+                            ),
+                            1,
+                        )
+                if failure is not None:
+                    failures.append((index, failure))
+                    remaining -= 1
+                    if remaining <= 0 or (self._gate is not None and self._gate.count_failure()):
+                        return self._finish(index + 1)
+        except BaseException as exc:
+            raise _Interrupted(index, exc) from None
+        return self._finish(len(inputs))
+
+    def _finish(self, attempted: int) -> int:
+        """End a chunk; a watched lane abandoned meanwhile must not report it."""
+        if self._watch_lock is not None:
+            with self._watch_lock:
+                if self._abandoned:
+                    raise Abandoned()
+                live = self._live
+                if live is not None:
+                    live.input_started = None
+        return attempted
+
+    def abandon_if_stuck(self, timeout: float, now: float) -> ChunkResult | None:
+        """Give up on a watched lane whose current input has run past ``timeout``.
+
+        Returns the chunk's result, with the stuck input failed with
+        :class:`~pylo.errors.TaskTimeout`, and marks this runner abandoned:
+        if the task ever returns, the runner ends without reporting. Returns
+        None when the lane is not stuck.
+        """
+        assert self._watch_lock is not None, "only watched runners can be abandoned"
+        with self._watch_lock:
+            live = self._live
+            if self._abandoned or live is None or live.input_started is None:
+                return None
+            if now - live.input_started < timeout:
+                return None
+            self._abandoned = True
+            done = live.done
+        failures = [entry for entry in live.failures[:] if entry[0] < done]
+        failures.append((done, self.failure(TaskTimeout(f"the task ran longer than its timeout of {timeout:g} s"), 1)))
+        self._remaining = live.budget - len(failures)
+        return ChunkResult(
+            chunk_id=live.chunk_id,
+            lane=self._lane,
+            attempted=done + 1,
+            failures=failures,
+            results=[entry for entry in live.results[:] if entry[0] < done],
+            interrupt=None,
+            elapsed=time.perf_counter() - live.started,
+        )
+
+    def _attempt(self, item: Any) -> tuple[TaskFailure | None, Any]:
+        """Call the task on one input, with retries when configured."""
+        if self._limiter is not None:
+            self._limiter.acquire()
+        if self._retry is None:
+            try:
+                return None, self._function(item)
+            except Exception as exc:
+                return self.failure(exc, 1), None
+        from tenacity import RetryError
+
+        attempts = 0
+        value = None
+        try:
+            for attempt in self._retry:
+                with attempt:
+                    attempts += 1
+                    value = self._function(item)
+        except RetryError as gave_up:
+            last = gave_up.last_attempt
+            cause = last.exception() if last.failed else None
+            return self.failure(cause if cause is not None else gave_up, attempts), None
+        except Exception as exc:  # the policy re-raised the task's own exception
+            return self.failure(exc, attempts), None
+        return None, value
+
+    def failure(self, exc: BaseException, attempts: int) -> TaskFailure:
+        """Describe a failure; keeps only counts when exceptions are not stored."""
+        now = time.time()
+        if not self._settings.store_exceptions:
+            return TaskFailure(None, None, None, None, attempts, now)
+        text = _safe_traceback(exc)
+        encoded = self._codec.encode_exception(exc)
+        # Drop frames now: they pin every local of the failed call in memory.
+        exc.__traceback__ = None
+        return TaskFailure(
+            exc_type=qualified_name(type(exc)),
+            message=_safe_str(exc),
+            traceback=text,
+            exception=encoded,
+            attempts=attempts,
+            failed_at=now,
+        )
+
+
+class Abandoned(BaseException):
+    """Raised inside a watched lane that a watchdog gave up on; ends its thread quietly."""
+
+
+class _Live:
+    """The chunk a lane is running, shared with the coordinator's thread."""
+
+    __slots__ = ("budget", "chunk_id", "done", "failures", "input_started", "results", "started")
+
+    def __init__(
+        self,
+        chunk_id: int,
+        started: float,
+        failures: list[tuple[int, TaskFailure]],
+        results: list[tuple[int, bytes]],
+        budget: float,
+    ) -> None:
+        self.chunk_id = chunk_id
+        self.started = started
+        self.done = 0
+        self.failures = failures
+        self.results = results
+        self.budget = budget
+        self.input_started: float | None = None
+
+
+class _Interrupted(Exception):
+    """Carries a task's BaseException out of the loop with its index."""
+
+    def __init__(self, attempted: int, cause: BaseException) -> None:
+        super().__init__(attempted)
+        self.attempted = attempted
+        self.cause = cause
