@@ -22,7 +22,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -293,20 +293,29 @@ class Pylo:
     def __init__(
         self,
         store: Store,
-        backend_factory: Callable[[], Backend],
+        backend: type[Backend],
         config: _engine.RunConfig,
         *,
+        backend_options: Mapping[str, Any] | None = None,
         codec: str = "pickle",
     ) -> None:
-        """Wire a store, a backend and a configuration together.
+        """Wire a store, a backend class and a configuration together.
 
-        Most users want :meth:`local_multithread` instead.
+        Most users want a constructor such as :meth:`local_multithread`.
+
+        Args:
+            store: Where snapshots go.
+            backend: The :class:`~pylo.workers.base.Backend` class; one
+                instance is made per execution, with ``backend_options``.
+            config: The run settings.
+            backend_options: Keyword arguments for the backend class.
+            codec: Name of the codec for new executions.
         """
         self._store = store
-        self._backend_factory = backend_factory
+        self._backend = backend
+        self._backend_options = dict(backend_options or {})
         self._config = config
         self._codec: Codec = get_codec(codec)
-        self._runs_coroutines = bool(getattr(backend_factory, "runs_coroutines", False))
 
     # -- constructors -----------------------------------------------------
 
@@ -380,6 +389,109 @@ class Pylo:
         )
         return cls(_open_store(local_store_dir, store), ThreadBackend, config)
 
+    @classmethod
+    def local_multiprocess(
+        cls,
+        local_store_dir: str | os.PathLike[str],
+        number_of_workers: int,
+        max_worker_failures: int = 1000,
+        task_executions_before_flush: int = 1000,
+        store_exceptions: bool = True,
+        *,
+        store: Any = "sqlite",
+        flush_seconds: float = _DEFAULT_FLUSH_SECONDS,
+        retry: Any = None,
+        max_failures: int | None = None,
+        store_results: bool = False,
+        timeout: float | None = None,
+        rate_limit: float | str | None = None,
+        progress: bool | None = None,
+        start_method: str | None = None,
+    ) -> Pylo:
+        """Run tasks in ``number_of_workers`` worker processes, for CPU-bound work.
+
+        Same options as :meth:`local_multithread`, plus ``start_method``
+        (``"spawn"``, ``"fork"`` or ``"forkserver"``; None: the platform's
+        default). The task function and inputs travel by pickle, falling back
+        to cloudpickle, so lambdas and closures work. A worker process that
+        dies fails only the input it was running (``WorkerCrashed``) and is
+        replaced; a task past ``timeout`` has its process killed and
+        replaced, and fails with ``TaskTimeout``.
+
+        Raises:
+            TypeError: An argument has the wrong type.
+            ValueError: An argument is out of range or ``store`` is unknown.
+            StoreError: The store exists but is damaged or foreign.
+        """
+        from pylo.workers.processes import ProcessBackend
+
+        config = _config_from(
+            number_of_workers=("number_of_workers", number_of_workers),
+            max_worker_failures=max_worker_failures,
+            task_executions_before_flush=task_executions_before_flush,
+            store_exceptions=store_exceptions,
+            flush_seconds=flush_seconds,
+            retry=retry,
+            max_failures=max_failures,
+            store_results=store_results,
+            timeout=timeout,
+            rate_limit=rate_limit,
+            progress=progress,
+        )
+        options = {"start_method": ProcessBackend.check_start_method(start_method)}
+        return cls(_open_store(local_store_dir, store), ProcessBackend, config, backend_options=options)
+
+    @classmethod
+    def local_asyncio(
+        cls,
+        local_store_dir: str | os.PathLike[str],
+        concurrency: int,
+        max_worker_failures: int = 1000,
+        task_executions_before_flush: int = 1000,
+        store_exceptions: bool = True,
+        *,
+        store: Any = "sqlite",
+        flush_seconds: float = _DEFAULT_FLUSH_SECONDS,
+        retry: Any = None,
+        max_failures: int | None = None,
+        store_results: bool = False,
+        timeout: float | None = None,
+        rate_limit: float | str | None = None,
+        progress: bool | None = None,
+    ) -> Pylo:
+        """Run ``async def`` tasks on one event loop, at most ``concurrency`` at a time.
+
+        Same options as :meth:`local_multithread`, except that ``retry`` is a
+        ``tenacity.AsyncRetrying`` policy. Each of the ``concurrency`` lanes
+        has its own inputs and its own failure budget. A task past
+        ``timeout`` is cancelled and fails with ``TaskTimeout``. The loop runs
+        in its own thread, so this works from code that is itself inside an
+        event loop (a notebook, for example).
+
+        Raises:
+            TypeError: An argument has the wrong type.
+            ValueError: An argument is out of range or ``store`` is unknown.
+            StoreError: The store exists but is damaged or foreign.
+        """
+        from pylo.workers.aio import AsyncioBackend
+
+        config = _config_from(
+            number_of_workers=("concurrency", concurrency),
+            max_worker_failures=max_worker_failures,
+            task_executions_before_flush=task_executions_before_flush,
+            store_exceptions=store_exceptions,
+            flush_seconds=flush_seconds,
+            retry=retry,
+            max_failures=max_failures,
+            store_results=store_results,
+            timeout=timeout,
+            rate_limit=rate_limit,
+            progress=progress,
+            async_retry=True,
+        )
+        return cls(_open_store(local_store_dir, store), AsyncioBackend, config)
+
+
     # -- running ----------------------------------------------------------
 
     def start_from_scratch(
@@ -415,7 +527,7 @@ class Pylo:
                 far are saved and the execution is marked interrupted.
             StoreError: The store could not be written.
         """
-        function = _check_function(task_function, coroutines=self._runs_coroutines)
+        function = self._checked_function(task_function)
         inputs = _check_inputs(task_inputs)
         new_id = _new_execution_id() if execution_id is None else _check_execution_id("execution_id", execution_id)
         record = _engine.new_record(new_id, _task_name(function), self._codec, self._config)
@@ -458,7 +570,7 @@ class Pylo:
             StoreError: The store could not be read or written.
         """
         past_id = _check_execution_id("past_execution_id", past_execution_id)
-        function = _check_function(task_function, coroutines=self._runs_coroutines)
+        function = self._checked_function(task_function)
         new_id = _new_execution_id() if execution_id is None else _check_execution_id("execution_id", execution_id)
         parent = self._store.get_execution(past_id)
         if not parent.inputs_complete:
@@ -486,6 +598,11 @@ class Pylo:
         self._run(new_id, prepare, function, codec)
         return new_id
 
+    def _checked_function(self, task_function: Any) -> Callable[[Any], Any]:
+        function = _check_function(task_function, coroutines=self._backend.runs_coroutines)
+        self._backend.check_function(function)
+        return function
+
     def _run(
         self,
         execution_id: str,
@@ -507,7 +624,7 @@ class Pylo:
                     bar = ProgressBar(execution_id, plan.total, plan.finished)
                 _engine.Coordinator(
                     self._store,
-                    self._backend_factory(),
+                    self._backend(**self._backend_options),
                     execution_id,
                     plan,
                     self._config,

@@ -101,6 +101,18 @@ class Backend(abc.ABC):
     #: True when the backend runs ``async def`` task functions (and only those).
     runs_coroutines: bool = False
 
+    @classmethod
+    def check_function(cls, function: Callable[[Any], Any]) -> None:
+        """Refuse, before anything is recorded, a function these lanes cannot run.
+
+        For example a process backend checks that the function can be sent
+        to another process. The default accepts any callable.
+
+        Raises:
+            TypeError: The function cannot be run by this backend; the
+                message says why and what to do.
+        """
+
     @abc.abstractmethod
     def start(
         self,
