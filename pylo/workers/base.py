@@ -101,7 +101,7 @@ class Backend(abc.ABC):
     #: True when the backend runs ``async def`` task functions (and only those).
     runs_coroutines: bool = False
 
-    @classmethod
+    @classmethod  # noqa: B027 - an optional hook: the default accepts everything
     def check_function(cls, function: Callable[[Any], Any]) -> None:
         """Refuse, before anything is recorded, a function these lanes cannot run.
 
