@@ -62,6 +62,8 @@ MAX_BATCH = 1024
 FIRST_BATCH = 64
 #: Encoded bytes a batch aims at, so huge inputs make small batches.
 TARGET_BATCH_BYTES = 4 << 20
+#: Batches whose inputs one query reads back from the store.
+READ_AHEAD = 16
 #: Batches written per store transaction while recording.
 BATCHES_PER_WRITE = 16
 #: Inputs in a lane's first chunk, before its speed is known.
@@ -134,7 +136,7 @@ class _Plan:
     """Every batch of an execution, and how to get at their inputs."""
 
     batches: list[_Batch]
-    load_inputs: Callable[[int], Sequence[Any]]
+    reader: _PayloadReader
     total: int
     finished: int = 0
     failed: int = 0
@@ -242,7 +244,7 @@ def record_fresh(
         record.id,
         Flush(states={}, failures=(), results=(), total=position, finished=0, failed=0, inputs_complete=True),
     )
-    return _Plan(batches=batches, load_inputs=_loader(store, record.id, codec), total=position)
+    return _Plan(batches=batches, reader=_PayloadReader(store, record.id, codec), total=position)
 
 
 def create_resumed(
@@ -271,16 +273,39 @@ def create_resumed(
         record.id,
         Flush(states={}, failures=(), results=(), total=total, finished=finished, failed=0, inputs_complete=True),
     )
-    return _Plan(batches=batches, load_inputs=_loader(store, record.id, codec), total=total, finished=finished)
+    return _Plan(batches=batches, reader=_PayloadReader(store, record.id, codec), total=total, finished=finished)
 
 
-def _loader(store: Store, execution_id: str, codec: Codec) -> Callable[[int], Sequence[Any]]:
-    def load(batch_no: int) -> Sequence[Any]:
-        for _, payload in store.read_payloads(execution_id, [batch_no]):
-            return codec.decode_batch(payload)
-        raise PyloError(f"batch {batch_no} of execution {execution_id!r} is missing from the store")
+class _PayloadReader:
+    """Reads batches' inputs back from the store, several batches per query.
 
-    return load
+    Used when inputs are not in memory (a generator, or a resume). The
+    scheduler opens batches in order, so one query fetches the next
+    READ_AHEAD batches that still have pending inputs; only their encoded
+    bytes wait in memory, and each is decoded when its turn comes.
+    """
+
+    def __init__(self, store: Store, execution_id: str, codec: Codec) -> None:
+        self._store = store
+        self._execution_id = execution_id
+        self._codec = codec
+        self._fetched: dict[int, bytes] = {}
+
+    def load(self, batches: Sequence[_Batch], index: int) -> Sequence[Any]:
+        """Decoded inputs of ``batches[index]``."""
+        batch_no = batches[index].batch_no
+        if batch_no not in self._fetched:
+            wanted = [batch_no]
+            for later in batches[index + 1 :]:
+                if len(wanted) >= READ_AHEAD:
+                    break
+                if PENDING in later.states:
+                    wanted.append(later.batch_no)
+            self._fetched = dict(self._store.read_payloads(self._execution_id, wanted))
+        payload = self._fetched.pop(batch_no, None)
+        if payload is None:
+            raise PyloError(f"batch {batch_no} of execution {self._execution_id!r} is missing from the store")
+        return self._codec.decode_batch(payload)
 
 
 class _Scheduler:
@@ -329,7 +354,10 @@ class _Scheduler:
                 self._offsets = range(len(states))
             else:
                 self._offsets = [i for i, state in enumerate(states) if state == PENDING]
-            self._inputs = batch.inputs if batch.inputs is not None else self._plan.load_inputs(batch.batch_no)
+            if batch.inputs is not None:
+                self._inputs = batch.inputs
+            else:
+                self._inputs = self._plan.reader.load(batches, self._next_batch - 1)
             self._batch = batch
             self._cursor = 0
             return True
