@@ -1,0 +1,84 @@
+"""Module-level, picklable tasks for the worker contract suite.
+
+Calls are recorded by appending to a file (O_APPEND), which works the same
+from threads, processes and coroutines. ``Async`` turns any of these into an
+``async def`` callable for the asyncio backend.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import time
+from typing import Any
+
+
+def log_call(log: str, item: Any) -> None:
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, f"{item!r}\n".encode())
+    finally:
+        os.close(fd)
+
+
+def calls(log: str) -> list[str]:
+    try:
+        with open(log, encoding="utf-8") as handle:
+            return handle.read().splitlines()
+    except FileNotFoundError:
+        return []
+
+
+def noop(item: Any) -> None:
+    return None
+
+
+def square(item: int) -> int:
+    return item * item
+
+
+def fail_multiples_of_seven(item: int) -> None:
+    if item % 7 == 0:
+        raise ValueError(f"bad input {item}")
+
+
+def always_fail(item: Any) -> None:
+    raise RuntimeError(f"always fails: {item!r}")
+
+
+def logged(log: str, fail_every: int, item: int) -> None:
+    """Record the call; fail inputs that are multiples of ``fail_every`` (0: never)."""
+    log_call(log, item)
+    if fail_every and item % fail_every == 0:
+        raise ValueError(f"bad input {item}")
+
+
+def interrupt_at(target: int, item: int) -> None:
+    if item == target:
+        raise KeyboardInterrupt()
+
+
+def stuck_at(target: int, seconds: float, item: int) -> None:
+    if item == target:
+        time.sleep(seconds)
+
+
+def flaky(log: str, succeed_on: int, item: int) -> None:
+    """Fail until attempt ``succeed_on`` for this input (attempts counted in the log)."""
+    log_call(log, item)
+    attempts = calls(log).count(repr(item))
+    if attempts < succeed_on:
+        raise ConnectionError(f"attempt {attempts} of {item}")
+
+
+class Async:
+    """An ``async def`` wrapper around a picklable sync task."""
+
+    def __init__(self, function: Any) -> None:
+        self.function = function
+
+    async def __call__(self, item: Any) -> Any:
+        result = self.function(item)
+        if inspect.isawaitable(result):
+            return await result
+        return result
