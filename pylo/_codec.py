@@ -6,6 +6,7 @@ execution record so any later reader decodes with the same one.
 
 from __future__ import annotations
 
+import json
 import pickle
 import reprlib
 from collections.abc import Sequence
@@ -13,7 +14,7 @@ from typing import Any, Protocol
 
 from pylo.errors import InputSerializationError, PyloError
 
-__all__ = ["CODECS", "Codec", "PickleCodec", "get_codec", "short_repr"]
+__all__ = ["CODECS", "Codec", "JsonCodec", "PickleCodec", "get_codec", "short_repr"]
 
 _repr = reprlib.Repr()
 _repr.maxstring = 60
@@ -117,8 +118,80 @@ class PickleCodec:
         return exc
 
 
+class JsonCodec:
+    """A safe codec: JSON only, so reading a store never unpickles anything.
+
+    Inputs and results must be JSON values that come back equal: None,
+    bools, numbers (no NaN or infinity), strings, lists, and dicts with
+    string keys. Anything else (a tuple would come back as a list, an int key
+    as a string) is refused with a clear error rather than changed silently.
+    Exceptions keep their type name, message and traceback as text; the
+    exception object itself is not kept.
+    """
+
+    name = "json"
+
+    def encode_batch(self, items: Sequence[Any], first_position: int) -> bytes:
+        items = list(items)
+        try:
+            data = self._dumps(items)
+            exact = json.loads(data) == items
+        except (TypeError, ValueError, RecursionError):
+            exact = False
+        if exact:
+            return data
+        for offset, item in enumerate(items):
+            reason = self._problem(item)
+            if reason is not None:
+                raise InputSerializationError(first_position + offset, short_repr(item), reason)
+        raise InputSerializationError(first_position, short_repr(items[:1]), "the batch is not valid JSON")
+
+    def decode_batch(self, data: bytes) -> list[Any]:
+        items = json.loads(data)
+        if not isinstance(items, list):
+            raise PyloError(f"a stored batch decoded to {type(items).__name__}, expected list")
+        return items
+
+    def encode_value(self, value: Any) -> bytes:
+        reason = self._problem(value)
+        if reason is not None:
+            raise TypeError(reason)
+        return self._dumps(value)
+
+    def decode_value(self, data: bytes) -> Any:
+        return json.loads(data)
+
+    def encode_exception(self, exc: BaseException) -> bytes | None:
+        return None  # the text fields stand in for it
+
+    def decode_exception(self, data: bytes) -> BaseException:
+        raise TypeError("the json codec keeps no exception objects")
+
+    @staticmethod
+    def _dumps(value: Any) -> bytes:
+        return json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":")).encode()
+
+    def _problem(self, value: Any) -> str | None:
+        """Why ``value`` does not survive a JSON round trip, or None when it does."""
+        try:
+            back = json.loads(self._dumps(value))
+        except (TypeError, ValueError, RecursionError) as exc:
+            return f"not a JSON value ({type(exc).__name__}: {exc}); the json codec stores only JSON values"
+        if type(back) is not type(value):
+            return (
+                f"a {type(value).__name__} would come back from JSON as a {type(back).__name__}; "
+                "convert it first, or use the pickle codec"
+            )
+        if back != value:
+            return (
+                f"this {type(value).__name__} would come back from JSON changed (tuples inside become "
+                "lists, dict keys become strings); convert it first, or use the pickle codec"
+            )
+        return None
+
+
 #: Codecs by name. An execution records the name of the one that wrote it.
-CODECS: dict[str, Codec] = {"pickle": PickleCodec()}
+CODECS: dict[str, Codec] = {"pickle": PickleCodec(), "json": JsonCodec()}
 
 
 def get_codec(name: str) -> Codec:

@@ -204,6 +204,11 @@ def _config_from(
     )
 
 
+def _check_codec(codec: Any) -> str:
+    get_codec(codec)  # raises with the list of valid names
+    return str(codec)
+
+
 def _open_store(local_store_dir: Any, store: Any) -> Store:
     if isinstance(store, Store) or (isinstance(store, str) and "://" in store):
         return open_store(store, None)
@@ -336,6 +341,7 @@ class Pylo:
         timeout: float | None = None,
         rate_limit: float | str | None = None,
         progress: bool | None = None,
+        codec: str = "pickle",
     ) -> Pylo:
         """Run tasks on ``number_of_workers`` threads of this process.
 
@@ -366,6 +372,10 @@ class Pylo:
                 number, or a string such as ``"20/s"`` or ``"100/min"``.
             progress: Show a progress bar on stderr; None (default) shows
                 it when stderr is a terminal.
+            codec: How inputs, results and exceptions are stored:
+                ``"pickle"`` (default: any picklable object; a store must
+                then be trusted like code) or ``"json"`` (JSON values only;
+                reading the store never unpickles anything).
 
         Raises:
             TypeError: An argument has the wrong type.
@@ -373,6 +383,8 @@ class Pylo:
             StoreError: The store exists but is damaged or foreign.
         """
         from pylo.workers.threads import ThreadBackend
+
+        codec = _check_codec(codec)
 
         config = _config_from(
             number_of_workers=("number_of_workers", number_of_workers),
@@ -387,7 +399,7 @@ class Pylo:
             rate_limit=rate_limit,
             progress=progress,
         )
-        return cls(_open_store(local_store_dir, store), ThreadBackend, config)
+        return cls(_open_store(local_store_dir, store), ThreadBackend, config, codec=codec)
 
     @classmethod
     def local_multiprocess(
@@ -406,6 +418,7 @@ class Pylo:
         timeout: float | None = None,
         rate_limit: float | str | None = None,
         progress: bool | None = None,
+        codec: str = "pickle",
         start_method: str | None = None,
     ) -> Pylo:
         """Run tasks in ``number_of_workers`` worker processes, for CPU-bound work.
@@ -425,6 +438,8 @@ class Pylo:
         """
         from pylo.workers.processes import ProcessBackend
 
+        codec = _check_codec(codec)
+
         config = _config_from(
             number_of_workers=("number_of_workers", number_of_workers),
             max_worker_failures=max_worker_failures,
@@ -439,7 +454,7 @@ class Pylo:
             progress=progress,
         )
         options = {"start_method": ProcessBackend.check_start_method(start_method)}
-        return cls(_open_store(local_store_dir, store), ProcessBackend, config, backend_options=options)
+        return cls(_open_store(local_store_dir, store), ProcessBackend, config, backend_options=options, codec=codec)
 
     @classmethod
     def local_asyncio(
@@ -458,6 +473,7 @@ class Pylo:
         timeout: float | None = None,
         rate_limit: float | str | None = None,
         progress: bool | None = None,
+        codec: str = "pickle",
     ) -> Pylo:
         """Run ``async def`` tasks on one event loop, at most ``concurrency`` at a time.
 
@@ -475,6 +491,8 @@ class Pylo:
         """
         from pylo.workers.aio import AsyncioBackend
 
+        codec = _check_codec(codec)
+
         config = _config_from(
             number_of_workers=("concurrency", concurrency),
             max_worker_failures=max_worker_failures,
@@ -489,8 +507,7 @@ class Pylo:
             progress=progress,
             async_retry=True,
         )
-        return cls(_open_store(local_store_dir, store), AsyncioBackend, config)
-
+        return cls(_open_store(local_store_dir, store), AsyncioBackend, config, codec=codec)
 
     # -- running ----------------------------------------------------------
 

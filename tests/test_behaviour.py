@@ -489,3 +489,49 @@ def test_an_interrupt_saves_outcomes_and_can_be_resumed(make_pylo: MakePylo, int
     resumed = pylo.start_from_past_execution("cut", rerun)
     assert sorted(rerun.calls) == unfinished
     assert pylo.get_state(resumed) == (list(range(3000)), [])
+
+
+# -- the json codec ---------------------------------------------------------
+
+
+def test_json_codec_stores_json_values_and_never_pickles(make_pylo: MakePylo, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pickle
+
+    pylo = make_pylo(codec="json", store_results=True)
+    inputs: list[Any] = [{"id": 1, "tags": ["a"]}, "text", 3, 4.5, None, [1, [2]], True]
+
+    def task(item: Any) -> Any:
+        if item == 3:
+            raise KeyError("no such record")
+        return {"echo": item}
+
+    execution_id = pylo.start_from_scratch(inputs, task)
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a json store must never be unpickled")
+
+    monkeypatch.setattr(pickle, "loads", refuse)
+    reader = make_pylo(codec="json")
+    assert reader.get_state(execution_id) == ([x for x in inputs if x != 3], [3])
+    assert reader.get_results(execution_id) == [(x, {"echo": x}) for x in inputs if x != 3]
+    (exc,) = reader.get_exceptions(execution_id)
+    assert isinstance(exc, StoredTaskError) and exc.type_name == "KeyError" and "no such record" in exc.message
+    assert reader.get_execution(execution_id).codec == "json"
+    resumed = reader.start_from_past_execution(execution_id, noop)
+    assert reader.get_state(resumed) == (inputs, [])
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [((1, 2), "a tuple would come back from JSON as a list"), ({1: "a"}, "dict keys become strings")],
+)
+def test_json_codec_refuses_what_would_not_come_back_equal(make_pylo: MakePylo, bad: Any, reason: str) -> None:
+    pylo = make_pylo(codec="json")
+    with pytest.raises(InputSerializationError, match=f"position 1 .*{reason}"):
+        pylo.start_from_scratch(["ok", bad], noop)
+
+
+def test_unknown_codec_is_refused(tmp_path: Any) -> None:
+    with pytest.raises(ValueError, match="unknown codec 'yaml'; valid codecs: 'json', 'pickle'"):
+        Pylo.local_multithread(tmp_path / "store", 2, codec="yaml")
+    assert not (tmp_path / "store").exists()
