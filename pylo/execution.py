@@ -509,6 +509,72 @@ class Pylo:
         )
         return cls(_open_store(local_store_dir, store), AsyncioBackend, config, codec=codec)
 
+    @classmethod
+    def dask(
+        cls,
+        client: Any,
+        store: Any,
+        number_of_workers: int | None = None,
+        max_worker_failures: int = 1000,
+        task_executions_before_flush: int = 1000,
+        store_exceptions: bool = True,
+        *,
+        flush_seconds: float = _DEFAULT_FLUSH_SECONDS,
+        retry: Any = None,
+        max_failures: int | None = None,
+        store_results: bool = False,
+        timeout: float | None = None,
+        rate_limit: float | str | None = None,
+        progress: bool | None = None,
+        codec: str = "pickle",
+    ) -> Pylo:
+        """Run tasks as chunks on a Dask cluster; snapshots stay with this process.
+
+        Args:
+            client: A ``distributed.Client``, or the address of a Dask
+                scheduler (``"tcp://host:8786"``).
+            store: A directory (for the default SQLite store), a SQLAlchemy
+                URL such as ``"postgresql+psycopg://user@host/db"``, or a
+                :class:`~pylo.stores.base.Store`. Only this process writes it;
+                cluster workers never need access to it.
+            number_of_workers: Lanes (each with its own inputs and failure
+                budget); None means one per thread of the cluster's workers.
+
+        The other options are those of :meth:`local_multithread`. Requires
+        ``pip install "pylo[dask]"``.
+
+        Raises:
+            ImportError: dask or distributed is not installed; the message
+                says what to install.
+            TypeError: An argument has the wrong type.
+            ValueError: An argument is out of range.
+            StoreError: The store exists but is damaged or foreign.
+        """
+        from pylo.workers.dask import DaskBackend
+
+        codec = _check_codec(codec)
+        resolved = DaskBackend.resolve_client(client)
+        if number_of_workers is None:
+            number_of_workers = DaskBackend.default_lanes(resolved)
+        config = _config_from(
+            number_of_workers=("number_of_workers", number_of_workers),
+            max_worker_failures=max_worker_failures,
+            task_executions_before_flush=task_executions_before_flush,
+            store_exceptions=store_exceptions,
+            flush_seconds=flush_seconds,
+            retry=retry,
+            max_failures=max_failures,
+            store_results=store_results,
+            timeout=timeout,
+            rate_limit=rate_limit,
+            progress=progress,
+        )
+        if isinstance(store, Store) or (isinstance(store, str) and "://" in store):
+            opened = open_store(store, None)
+        else:
+            opened = _open_store(store, "sqlite")
+        return cls(opened, DaskBackend, config, backend_options={"client": resolved}, codec=codec)
+
     # -- running ----------------------------------------------------------
 
     def start_from_scratch(
