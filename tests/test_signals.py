@@ -1,0 +1,134 @@
+"""Ctrl-C and SIGTERM during a run: outcomes saved, workers gone, resume continues."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from pylo import ExecutionStatus, Pylo
+
+CHILD = textwrap.dedent(
+    """
+    import sys, time, os
+    from pylo import Pylo
+
+    store, backend, log = sys.argv[1], sys.argv[2], sys.argv[3]
+
+    def record(item):
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.write(fd, f"{item}\\n".encode())
+        os.close(fd)
+
+    def slow(item):
+        record(item)
+        time.sleep(0.002)
+
+    async def slow_async(item):
+        import asyncio
+        record(item)
+        await asyncio.sleep(0.002)
+
+    if backend == "threads":
+        pylo = Pylo.local_multithread(store, 2, progress=False, flush_seconds=0.1)
+    elif backend == "processes":
+        pylo = Pylo.local_multiprocess(store, 2, progress=False, flush_seconds=0.1)
+    else:
+        pylo = Pylo.local_asyncio(store, 4, progress=False, flush_seconds=0.1)
+    task = slow_async if backend == "asyncio" else slow
+    pylo.start_from_scratch(range(20000), task, execution_id="victim")
+    """
+)
+
+BACKENDS = [
+    name
+    for name, module in [
+        ("threads", "pylo.workers.threads"),
+        ("processes", "pylo.workers.processes"),
+        ("asyncio", "pylo.workers.aio"),
+    ]
+    if importlib.util.find_spec(module) is not None
+]
+
+
+def ran(log: Path) -> list[int]:
+    return [int(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_a_signal_saves_outcomes_stops_workers_and_allows_resume(tmp_path: Path, backend: str, how: str) -> None:
+    store, log = tmp_path / "store", tmp_path / "ran.log"
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(store), backend, str(log)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group, like a job in a terminal
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(ran(log)) < 300:
+            assert child.poll() is None, child.communicate()
+            assert time.monotonic() < deadline, "the child never got going"
+            time.sleep(0.01)
+        family = psutil.Process(child.pid).children(recursive=True)
+        if how == "ctrl-c":
+            os.killpg(child.pid, signal.SIGINT)  # the terminal sends it to the whole group
+        else:
+            os.kill(child.pid, signal.SIGTERM)
+        _, stderr = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+    if how == "ctrl-c":
+        assert child.returncode in (-signal.SIGINT, 130, 1), stderr
+        assert b"KeyboardInterrupt" in stderr
+    else:
+        assert child.returncode == 128 + signal.SIGTERM, stderr
+    _, alive = psutil.wait_procs(family, timeout=10)
+    assert not alive, f"worker processes outlived the run: {alive}"
+
+    pylo = Pylo.local_multithread(store, 2, progress=False)
+    record = pylo.get_execution("victim")
+    assert record.status is ExecutionStatus.INTERRUPTED
+    finished, unfinished = pylo.get_state("victim")
+    assert sorted(finished + unfinished) == list(range(20000))
+    assert set(finished) <= set(ran(log)) and len(finished) > 0
+    assert record.finished == len(finished)
+
+    ran_again: list[int] = []
+    resumed = pylo.start_from_past_execution("victim", ran_again.append)
+    assert sorted(ran_again) == unfinished
+    assert pylo.get_state(resumed) == (list(range(20000)), [])
+    pylo.close()
+
+
+def test_sigterm_handler_of_the_application_is_left_alone(tmp_path: Path) -> None:
+    seen: list[int] = []
+
+    def mine(signum: int, frame: object) -> None:
+        seen.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        pylo = Pylo.local_multithread(tmp_path / "store", 1, progress=False)
+
+        def task(item: int) -> None:
+            if item == 0:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        execution_id = pylo.start_from_scratch(range(3), task)
+        assert seen == [signal.SIGTERM]
+        assert pylo.get_execution(execution_id).status is ExecutionStatus.COMPLETED
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, previous)
