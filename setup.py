@@ -26,6 +26,7 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
+        "postgres": ["psycopg[binary]>=3.1"],
         "test": [
             "pytest>=7.4",
             "pytest-timeout>=2.2",
@@ -33,6 +34,8 @@ setup(
             "psutil>=5.9",
             "ruff>=0.5",
             "mypy>=1.8",
+            # The suite also runs on PostgreSQL (tests/pg_server.py starts one).
+            "psycopg[binary]>=3.1",
         ],
     },
     classifiers=[
