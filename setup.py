@@ -20,6 +20,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["pylo", "pylo.*"]),
     package_data={"pylo": ["py.typed"]},
+    entry_points={"console_scripts": ["pylo = pylo.cli:main"]},
     install_requires=[
         "sqlalchemy>=2.0",
         "tenacity>=8.2",

@@ -1,0 +1,317 @@
+"""What every ``pylo`` command shares: errors, the store, task imports and formatting.
+
+The command line is a thin layer over :class:`~pylo.execution.Pylo`: it turns
+flags into constructor arguments and records into text. Everything here is
+about the boundary with the user: names they type (``tasks:process``, a
+store directory, a URL) and text they read (durations, counts, failure
+groups).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import os
+import re
+import shlex
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pylo.execution import Pylo
+from pylo.stores import SQLITE_FILE
+from pylo.stores.base import ExecutionRecord, ExecutionStatus
+
+__all__ = [
+    "DEFAULT_STORE",
+    "STORE_ENV",
+    "CliError",
+    "FailureGroup",
+    "StoreChoice",
+    "count_types",
+    "format_count",
+    "format_duration",
+    "format_time",
+    "group_failures",
+    "import_task",
+    "normalize_message",
+    "recorded_retries",
+    "run_seconds",
+]
+
+#: Store used when neither ``--store`` nor :data:`STORE_ENV` says otherwise.
+DEFAULT_STORE = ".pylo"
+#: Environment variable naming the store (a directory or a SQLAlchemy URL).
+STORE_ENV = "PYLO_STORE"
+# The file store's format marker; a directory holding it (and no SQLite
+# database) is read as a files store, so snapshots written with
+# store="files" from Python can be inspected too.
+_FILES_MARKER = "pylo-files.json"
+
+
+class CliError(Exception):
+    """A problem the user can fix; shown as one line, exit status 2."""
+
+
+# -- the store ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoreChoice:
+    """Which store a command uses, and how to name it in printed commands.
+
+    Attributes:
+        value: A directory or a SQLAlchemy URL, as given.
+        explicit: True when it came from ``--store`` or :data:`STORE_ENV`,
+            so printed commands must repeat it to mean the same store.
+    """
+
+    value: str
+    explicit: bool
+
+    @classmethod
+    def resolve(cls, flag: str | None) -> StoreChoice:
+        """``--store`` wins over :data:`STORE_ENV`, which wins over :data:`DEFAULT_STORE`."""
+        if flag:
+            return cls(flag, True)
+        from_env = os.environ.get(STORE_ENV, "")
+        if from_env:
+            return cls(from_env, True)
+        return cls(DEFAULT_STORE, False)
+
+    @property
+    def is_url(self) -> bool:
+        """True for a SQLAlchemy URL, False for a directory."""
+        return "://" in self.value
+
+    def flag(self) -> str:
+        """``--store VALUE`` for printed commands, or "" for the default store.
+
+        A password in a URL is shown as ``***``: summaries end up in logs.
+        """
+        if not self.explicit:
+            return ""
+        shown = self.value
+        if self.is_url:
+            from sqlalchemy.engine import make_url
+
+            try:
+                shown = make_url(shown).render_as_string(hide_password=True)
+            except Exception:  # not a URL SQLAlchemy can parse: opening it reported that already
+                pass
+        return f" --store {shlex.quote(shown)}"
+
+    def open(self, *, must_exist: bool) -> Pylo:
+        """Open the store as a :class:`Pylo` for reading.
+
+        Args:
+            must_exist: Refuse a directory that holds no store, instead of
+                creating an empty one just to report that it is empty.
+
+        Raises:
+            CliError: No store where one must exist.
+            StoreError: The store is damaged or foreign.
+        """
+        return Pylo.local_multithread(self.value, 1, **self.pylo_arguments(must_exist=must_exist))
+
+    def pylo_arguments(self, *, must_exist: bool) -> dict[str, Any]:
+        """The ``store=`` argument for a Pylo constructor (whose first argument is :attr:`value`)."""
+        if self.is_url:
+            return {"store": self.value}
+        root = Path(self.value)
+        has_sqlite = (root / SQLITE_FILE).exists()
+        has_files = (root / _FILES_MARKER).exists()
+        if must_exist and not (has_sqlite or has_files):
+            where = "the directory does not exist" if not root.exists() else f"it holds no {SQLITE_FILE}"
+            raise CliError(
+                f"no pylo store at {self.value} ({where}); run `pylo run` first, "
+                f"or name the store with --store DIR|URL or {STORE_ENV}"
+            )
+        return {"store": "files" if has_files and not has_sqlite else "sqlite"}
+
+
+# -- task functions -------------------------------------------------------------
+
+_SPEC = re.compile(r"(?P<module>[A-Za-z_][\w.]*):(?P<function>[A-Za-z_][\w.]*)")
+
+
+def import_task(spec: str) -> Callable[..., Any]:
+    """Import ``MODULE:FUNCTION`` from the current directory or ``PYTHONPATH``.
+
+    ``FUNCTION`` may be a dotted path (``Class.method``, ``obj.attr``).
+
+    Raises:
+        CliError: ``spec`` is malformed, the module cannot be imported, the
+            attribute is missing or not callable.
+    """
+    match = _SPEC.fullmatch(spec)
+    if match is None:
+        raise CliError(f"{spec!r} is not MODULE:FUNCTION (for example tasks:process, or my.package.tasks:process)")
+    module_name, path = match.group("module"), match.group("function")
+    # A console script's sys.path starts with its own bin directory, not the
+    # directory it runs in; users expect `pylo run tasks:f` next to tasks.py.
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise CliError(
+                f"cannot import module {module_name!r}: no module named {exc.name!r} in the current "
+                "directory or on PYTHONPATH"
+            ) from exc
+        raise CliError(f"importing module {module_name!r} failed: {_one_line(exc)}") from exc
+    except BaseException as exc:  # SyntaxError, an error at import time, even sys.exit()
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise CliError(f"importing module {module_name!r} failed: {_one_line(exc)}") from exc
+    for part in path.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise CliError(f"module {module_name!r} has no attribute {path!r}") from None
+    if not callable(target):
+        raise CliError(f"{spec} is a {type(target).__name__}, not a function")
+    return target
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# -- retry policies -------------------------------------------------------------
+
+# How the policy built by `--retries N` shows in an execution's recorded
+# options: its stop condition has a repr naming the number of attempts
+# (see _cli_run.build_retry), so a resume can build the same policy again.
+_RETRY_REPR = re.compile(r"\bstop=stop_after_attempt\((\d+)\)")
+
+
+def recorded_retries(options: Mapping[str, Any]) -> int | None:
+    """The ``--retries`` an execution ran with: 0 for none, None for a policy made in Python."""
+    recorded = options.get("retry")
+    if recorded is None:
+        return 0
+    match = _RETRY_REPR.search(str(recorded))
+    return None if match is None else int(match.group(1)) - 1
+
+
+# -- formatting -----------------------------------------------------------------
+
+
+def format_count(value: int) -> str:
+    """``1234567`` as ``1,234,567``."""
+    return f"{value:,}"
+
+
+def format_time(timestamp: float | None) -> str:
+    """A POSIX time as local ``YYYY-MM-DD HH:MM:SS``, or ``-``."""
+    if timestamp is None:
+        return "-"
+    return dt.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def format_duration(seconds: float | None) -> str:
+    """``0.42s``, ``14.2s``, ``3m05s``, ``1h02m`` or ``2d03h``; ``-`` when unknown."""
+    if seconds is None:
+        return "-"
+    seconds = max(0.0, seconds)
+    if seconds < 10:
+        return f"{seconds:.2f}s"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    whole = int(seconds)
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
+
+
+def run_seconds(record: ExecutionRecord) -> float:
+    """How long an execution ran: to its end, its last heartbeat if it crashed, or now."""
+    if record.ended_at is not None:
+        end = record.ended_at
+    elif record.status is ExecutionStatus.CRASHED:
+        end = record.updated_at
+    else:
+        end = time.time()
+    return max(0.0, end - record.created_at)
+
+
+# -- failure groups -------------------------------------------------------------
+
+# Quoted values first, so the digits inside them do not turn into a `#` each.
+_QUOTED = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"")
+_NUMBER = re.compile(r"(?<![A-Za-z_])[-+]?(?:0x[0-9a-fA-F]+|\d+(?:[.,]\d+)*)")
+
+
+def normalize_message(message: str | None) -> str:
+    """The shape of a failure message, so that messages about different inputs group together.
+
+    Quoted values become ``'…'`` and numbers ``#``:
+    ``timed out for record 17`` and ``timed out for record 42`` are both
+    ``timed out for record #``.
+    """
+    if message is None:
+        return ""
+    shaped = _QUOTED.sub(lambda m: m.group(0)[0] + "…" + m.group(0)[0], message)
+    shaped = _NUMBER.sub("#", shaped)
+    return " ".join(shaped.split())
+
+
+@dataclass(frozen=True, slots=True)
+class FailureGroup:
+    """Failures of one exception type whose messages have one shape.
+
+    Attributes:
+        exception_type: Qualified type name, or None when not stored.
+        shape: The normalized message.
+        positions: Positions of the failed inputs, in order.
+        example: One original message of the group.
+    """
+
+    exception_type: str | None
+    shape: str
+    positions: Sequence[int]
+    example: str | None
+
+    @property
+    def title(self) -> str:
+        """``Type: shape`` as shown to users."""
+        if self.exception_type is None:
+            return "(exception not stored: run with store_exceptions=True to keep it)"
+        return f"{self.exception_type}: {self.shape}" if self.shape else self.exception_type
+
+
+def group_failures(failures: Iterable[tuple[int, str | None, str | None]]) -> list[FailureGroup]:
+    """Group failures by exception type and message shape, largest group first.
+
+    Args:
+        failures: ``(position, exception type, message)`` of each failure.
+    """
+    positions: dict[tuple[str | None, str], list[int]] = {}
+    examples: dict[tuple[str | None, str], str | None] = {}
+    for position, kind, message in failures:
+        key = (kind, normalize_message(message))
+        positions.setdefault(key, []).append(position)
+        examples.setdefault(key, message)
+    groups = [FailureGroup(key[0], key[1], sorted(found), examples[key]) for key, found in positions.items()]
+    groups.sort(key=lambda g: (-len(g.positions), g.exception_type is None, g.exception_type or "", g.shape))
+    return groups
+
+
+def count_types(groups: Sequence[FailureGroup]) -> list[tuple[str | None, int, FailureGroup]]:
+    """Per exception type: its failure count and its largest group, most failures first."""
+    totals: Counter[str | None] = Counter()
+    largest: dict[str | None, FailureGroup] = {}
+    for group in groups:  # already largest first
+        totals[group.exception_type] += len(group.positions)
+        largest.setdefault(group.exception_type, group)
+    return [(kind, count, largest[kind]) for kind, count in totals.most_common()]

@@ -1,0 +1,237 @@
+"""``pylo list``, ``show``, ``failures`` and ``inputs``: read executions, never change them.
+
+Each command opens an existing store (none is created just to say it is
+empty) and reads what the last flush wrote, so they work while another
+process runs the execution.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from typing import Any, TextIO
+
+from pylo._cli_common import (
+    CliError,
+    StoreChoice,
+    format_count,
+    format_duration,
+    format_time,
+    group_failures,
+    recorded_retries,
+    run_seconds,
+)
+from pylo._codec import get_codec, short_repr
+from pylo.execution import Failure, Pylo
+from pylo.stores.base import FAILED, FINISHED, PENDING, ExecutionRecord
+
+__all__ = ["failures_command", "inputs_command", "list_command", "show_command"]
+
+# Example inputs shown per failure group.
+_EXAMPLES = 3
+
+
+def _table(rows: list[list[str]], right: set[int], out: TextIO) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = [cell.rjust(widths[i]) if i in right else cell.ljust(widths[i]) for i, cell in enumerate(row)]
+        print("  ".join(cells).rstrip(), file=out)
+
+
+def list_command(args: argparse.Namespace, store: StoreChoice) -> int:
+    """``pylo list``: one line per execution, oldest first."""
+    with store.open(must_exist=True) as pylo:
+        records = pylo.list_executions()
+    if not records:
+        print(f"no executions in the store at {store.value}")
+        return 0
+    rows = [["ID", "PARENT", "STATUS", "STARTED", "DURATION", "FINISHED", "FAILED", "PENDING", "TASK"]]
+    for record in records:
+        rows.append(
+            [
+                record.id,
+                record.parent_id or "-",
+                str(record.status),
+                format_time(record.created_at),
+                format_duration(run_seconds(record)),
+                format_count(record.finished),
+                format_count(record.failed),
+                format_count(record.pending),
+                record.task_name,
+            ]
+        )
+    _table(rows, {5, 6, 7}, sys.stdout)
+    return 0
+
+
+def _new_work(record: ExecutionRecord, parent: ExecutionRecord | None) -> int:
+    """Inputs this execution attempted itself (a resume inherits its parent's finished ones)."""
+    inherited = parent.finished if parent is not None else 0
+    return max(0, record.finished - inherited) + record.failed
+
+
+def _options(record: ExecutionRecord) -> str:
+    shown = []
+    for key, value in record.options.items():
+        if key == "retry" and value is not None:
+            retries = recorded_retries(record.options)
+            # tenacity's repr is long and full of addresses; say what matters.
+            shown.append("retry=custom tenacity policy" if retries is None else f"retries={retries}")
+        elif value is not None:
+            shown.append(f"{key}={value}")
+    return " ".join(shown) or "-"
+
+
+def _throughput(work: int, seconds: float) -> str:
+    if not seconds:
+        return "-"
+    rate = work / seconds
+    shown = f"{rate:,.0f}" if rate >= 100 else f"{rate:.3g}"
+    return f"{shown} inputs/s ({format_count(work)} attempted in this execution)"
+
+
+def show_command(args: argparse.Namespace, store: StoreChoice) -> int:
+    """``pylo show ID``: one execution in detail, with its lineage and throughput."""
+    with store.open(must_exist=True) as pylo:
+        record = pylo.get_execution(args.execution_id)
+        everyone = {r.id: r for r in pylo.list_executions()}
+        location = pylo.store.location
+    ancestors: list[ExecutionRecord] = []
+    cursor = record.parent_id
+    while cursor is not None and cursor in everyone and len(ancestors) < len(everyone):
+        ancestors.append(everyone[cursor])
+        cursor = everyone[cursor].parent_id
+    children = [r for r in everyone.values() if r.parent_id == record.id]
+    seconds = run_seconds(record)
+    work = _new_work(record, ancestors[0] if ancestors else None)
+    lines = [
+        ("execution", record.id),
+        ("status", str(record.status)),
+        ("task", record.task_name),
+        ("store", location),
+        ("started", format_time(record.created_at)),
+        ("ended", format_time(record.ended_at)),
+        ("duration", format_duration(seconds)),
+        (
+            "inputs",
+            f"{format_count(record.total)}: {format_count(record.finished)} finished, "
+            f"{format_count(record.failed)} failed, {format_count(record.pending)} pending",
+        ),
+        ("throughput", _throughput(work, seconds)),
+        ("process", f"pid {record.pid} on {record.host}" if record.pid is not None else "-"),
+        ("options", _options(record)),
+    ]
+    if ancestors:
+        chain = " <- ".join(f"{r.id} ({r.status})" for r in ancestors)
+        lines.append(("parents", chain))
+    elif record.parent_id is not None:
+        lines.append(("parents", f"{record.parent_id} (not in this store)"))
+    if children:
+        lines.append(("children", ", ".join(f"{r.id} ({r.status})" for r in children)))
+    if record.failed:
+        lines.append(("failures", f"pylo failures {record.id}{store.flag()}"))
+    if record.unfinished:
+        lines.append(("resume", f"pylo resume {record.id}{store.flag()}"))
+    width = max(len(label) for label, _ in lines)
+    for label, value in lines:
+        print(f"{label:<{width}}  {value}")
+    return 0
+
+
+def _matches_type(failure: Failure, name: str) -> bool:
+    kind = failure.exception_type or ""
+    return kind == name or kind.endswith("." + name)
+
+
+def failures_command(args: argparse.Namespace, store: StoreChoice) -> int:
+    """``pylo failures ID``: failures grouped by type and message shape, with example inputs."""
+    with store.open(must_exist=True) as pylo:
+        record = pylo.get_execution(args.execution_id)
+        failures = pylo.get_failures(record.id)
+    if args.type:
+        failures = [f for f in failures if _matches_type(f, args.type)]
+    if not failures:
+        which = f" of type {args.type}" if args.type else ""
+        print(f"execution {record.id} has no failures{which}")
+        return 0
+    by_position = {f.position: f for f in failures}
+    groups = group_failures((f.position, f.exception_type, f.message) for f in failures)
+    print(
+        f"execution {record.id}: {format_count(len(failures))} failed input{'s' if len(failures) != 1 else ''} "
+        f"in {len(groups)} group{'s' if len(groups) != 1 else ''}"
+    )
+    for group in groups:
+        first = by_position[group.positions[0]]
+        print()
+        print(f"{format_count(len(group.positions))} x {group.title}")
+        if group.example is not None and group.example != group.shape:
+            print(f"  message:  {group.example}")
+        examples = ", ".join(f"#{p} {short_repr(by_position[p].input)}" for p in group.positions[:_EXAMPLES])
+        more = len(group.positions) - _EXAMPLES
+        print(f"  inputs:   {examples}{f' (+{format_count(more)} more)' if more > 0 else ''}")
+        print(f"  attempts: {first.attempts}, worker {first.worker}, at {format_time(first.time.timestamp())}")
+        if args.traceback and first.traceback:
+            print(f"  traceback of input #{first.position}:")
+            for line in first.traceback.rstrip("\n").splitlines():
+                print(f"    {line}")
+    return 0
+
+
+# -- inputs --------------------------------------------------------------------------------
+
+_WANTED = {
+    None: frozenset({PENDING, FINISHED, FAILED}),
+    "finished": frozenset({FINISHED}),
+    "failed": frozenset({FAILED}),
+    "unfinished": frozenset({PENDING, FAILED}),
+}
+
+
+def _stream_inputs(pylo: Pylo, record: ExecutionRecord, wanted: frozenset[int]) -> Iterator[tuple[int, Any]]:
+    """``(position, input)`` of the wanted states, one stored batch in memory at a time."""
+    codec = get_codec(record.codec)
+    for batch in pylo.store.read_batches(record.id, payloads=True):
+        if not any(state in wanted for state in set(batch.states)):
+            continue
+        if batch.payload is None:
+            raise CliError(f"batch {batch.batch_no} of execution {record.id} has no inputs in the store")
+        try:
+            items = codec.decode_batch(batch.payload)
+        except Exception as exc:
+            raise CliError(
+                f"cannot decode the inputs of batch {batch.batch_no} of execution {record.id}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
+        for offset, (item, state) in enumerate(zip(items, batch.states, strict=True)):
+            if state in wanted:
+                yield batch.first_position + offset, item
+
+
+def _json(value: Any, what: str, position: int | None = None) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        where = "" if position is None else f" #{position}"
+        raise CliError(f"{what}{where} {short_repr(value)} cannot be written as JSON ({exc}); drop --json") from None
+
+
+def inputs_command(args: argparse.Namespace, store: StoreChoice) -> int:
+    """``pylo inputs ID``: the execution's inputs, one per line, for scripts."""
+    if args.results and args.state not in (None, "finished"):
+        raise CliError(f"--results prints finished inputs and their results; it cannot be combined with --{args.state}")
+    out = sys.stdout
+    with store.open(must_exist=True) as pylo:
+        record = pylo.get_execution(args.execution_id)
+        if args.results:
+            # Results come back as one list (the lineage's results are merged
+            # by position); inputs stream batch by batch.
+            for item, result in pylo.get_results(record.id):
+                line = _json([item, result], "the pair") if args.json else f"{item}\t{result}"
+                out.write(line + "\n")
+            return 0
+        for position, item in _stream_inputs(pylo, record, _WANTED[args.state]):
+            line = _json(item, "input", position) if args.json else str(item)
+            out.write(line + "\n")
+    return 0

@@ -1,0 +1,298 @@
+"""``pylo run`` and ``pylo resume``: start an execution from the command line and sum it up.
+
+Both commands build a :class:`~pylo.execution.Pylo` from flags (``resume``
+fills in the flags not given from the past execution's recorded options),
+run it, and print a summary: counts, failures by type and the command that
+resumes what is left. The exit status tells scripts whether anything is
+left: 0 when every input finished, 1 when some did not, 130 after Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO
+
+from pylo._cli_common import (
+    CliError,
+    StoreChoice,
+    count_types,
+    format_count,
+    format_duration,
+    group_failures,
+    import_task,
+    recorded_retries,
+    run_seconds,
+)
+from pylo._codec import short_repr
+from pylo.errors import PyloError
+from pylo.execution import Pylo, _new_execution_id
+from pylo.stores.base import ExecutionRecord
+
+__all__ = ["build_retry", "read_inputs", "resume_command", "run_command"]
+
+logger = logging.getLogger("pylo.cli")
+
+#: Workers when ``--workers`` is not given (``--processes`` uses one per CPU).
+DEFAULT_WORKERS = 8
+# Options recorded on an execution that ``resume`` carries over, under the
+# name the Pylo constructors use.
+_CARRIED = (
+    "max_worker_failures",
+    "task_executions_before_flush",
+    "flush_seconds",
+    "store_exceptions",
+    "store_results",
+    "max_failures",
+    "timeout",
+    "rate_limit",
+)
+
+
+class InputLineError(CliError):
+    """A line of the inputs cannot be turned into an input."""
+
+
+# -- inputs -----------------------------------------------------------------------
+
+
+def read_inputs(stream: BinaryIO, name: str, *, as_json: bool) -> Iterator[Any]:
+    """Yield one input per line of ``stream``, reading it lazily.
+
+    Lines are UTF-8. A line's ``\\n`` (or ``\\r\\n``) is removed; lines that
+    are empty or hold only whitespace are skipped. With ``as_json`` each
+    line is parsed as one JSON value, otherwise it is the input as a str.
+
+    Raises:
+        InputLineError: A line is not UTF-8, or not JSON with ``as_json``.
+    """
+    for number, raw in enumerate(stream, 1):
+        line = raw[:-1] if raw.endswith(b"\n") else raw
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputLineError(f"line {number} of {name} is not UTF-8 text ({exc.reason} at byte {exc.start})")
+        if not text.strip():
+            continue
+        if not as_json:
+            yield text
+            continue
+        try:
+            yield json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputLineError(
+                f"line {number} of {name} is not JSON ({exc.msg} at column {exc.colno}): {short_repr(text)}"
+            ) from None
+
+
+def _open_inputs(path: str | None) -> tuple[BinaryIO, str]:
+    if path is None or path == "-":
+        if sys.stdin is None:
+            raise CliError("no inputs: stdin is closed; pass --inputs FILE")
+        if sys.stdin.isatty():
+            print("pylo: reading inputs from stdin, one per line; end with Ctrl-D", file=sys.stderr)
+        return sys.stdin.buffer, "stdin"
+    try:
+        return open(path, "rb"), path  # closed by run_command after the run
+    except OSError as exc:
+        raise CliError(f"cannot read inputs from {path}: {exc.strerror or exc}") from None
+
+
+# -- run options --------------------------------------------------------------------
+
+
+def build_retry(retries: int, *, asynchronous: bool) -> Any:
+    """The policy for ``--retries N``: N more attempts, short exponential back-off.
+
+    Returns:
+        A ``tenacity.Retrying`` (``AsyncRetrying`` for asyncio tasks), or
+        None for ``N == 0``.
+    """
+    if retries == 0:
+        return None
+    from tenacity import AsyncRetrying, Retrying, stop_after_attempt, wait_exponential
+
+    class _Attempts(stop_after_attempt):
+        # tenacity's default repr hides the number; the execution's options
+        # keep repr(retry), and resume reads the number back from it.
+        def __repr__(self) -> str:
+            return f"stop_after_attempt({self.max_attempt_number})"
+
+        def __reduce__(self) -> tuple[Any, ...]:
+            # A class defined in a function does not pickle by reference;
+            # process workers receive a plain stop_after_attempt instead.
+            return (stop_after_attempt, (self.max_attempt_number,))
+
+    policy = AsyncRetrying if asynchronous else Retrying
+    return policy(stop=_Attempts(retries + 1), wait=wait_exponential(multiplier=0.1, max=2), reraise=True)
+
+
+def _backend(args: argparse.Namespace, function: Callable[..., Any], spec: str) -> str:
+    is_async = inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
+        getattr(function, "__call__", None)  # noqa: B004 - objects with an async __call__
+    )
+    if args.processes and is_async:
+        raise CliError(f"{spec} is an async function: run it with --asyncio (or without --processes)")
+    if args.asyncio and not is_async:
+        raise CliError(f"{spec} is a plain function; --asyncio runs `async def` functions (drop --asyncio)")
+    if args.processes:
+        return "processes"
+    return "asyncio" if is_async else "threads"
+
+
+def _settings(args: argparse.Namespace, backend: str, past: ExecutionRecord | None) -> dict[str, Any]:
+    """Constructor keywords from the flags, then the past execution's options, then defaults."""
+    recorded = dict(past.options) if past is not None else {}
+    settings: dict[str, Any] = {key: recorded[key] for key in _CARRIED if recorded.get(key) is not None}
+    workers = args.workers or recorded.get("number_of_workers")
+    if workers is None:
+        workers = (os.cpu_count() or 1) if backend == "processes" else DEFAULT_WORKERS
+    settings["concurrency" if backend == "asyncio" else "number_of_workers"] = workers
+    for key in ("max_worker_failures", "timeout", "rate_limit", "max_failures", "store_results"):
+        if getattr(args, key) is not None:
+            settings[key] = getattr(args, key)
+    retries = args.retries
+    if retries is None:
+        retries = recorded_retries(recorded)
+        if retries is None:
+            logger.warning(
+                "execution %s ran with a retry policy the command line cannot rebuild (%s); "
+                "resuming without retries: pass --retries N to retry",
+                past.id if past is not None else "?",
+                recorded.get("retry"),
+            )
+            retries = 0
+    settings["retry"] = build_retry(retries, asynchronous=backend == "asyncio")
+    settings["progress"] = args.progress
+    return settings
+
+
+def _make_pylo(store: StoreChoice, backend: str, settings: dict[str, Any], *, must_exist: bool) -> Pylo:
+    keywords = {**settings, **store.pylo_arguments(must_exist=must_exist)}
+    if backend == "processes":
+        return Pylo.local_multiprocess(store.value, **keywords)
+    if backend == "asyncio":
+        return Pylo.local_asyncio(store.value, **keywords)
+    return Pylo.local_multithread(store.value, **keywords)
+
+
+# -- the commands ---------------------------------------------------------------------
+
+
+def run_command(args: argparse.Namespace, store: StoreChoice) -> int:
+    """``pylo run MODULE:FUNCTION``: a new execution over the lines of ``--inputs``."""
+    function = import_task(args.task)
+    backend = _backend(args, function, args.task)
+    settings = _settings(args, backend, None)
+    stream, name = _open_inputs(args.inputs)
+    execution_id = args.id or _new_execution_id()
+    try:
+        with _make_pylo(store, backend, settings, must_exist=False) as pylo:
+            inputs = read_inputs(stream, name, as_json=args.json)
+            return _execute(
+                pylo, store, execution_id, lambda: pylo.start_from_scratch(inputs, function, execution_id=execution_id)
+            )
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+
+
+def resume_command(args: argparse.Namespace, store: StoreChoice) -> int:
+    """``pylo resume ID [MODULE:FUNCTION]``: run a past execution's unfinished inputs again."""
+    with store.open(must_exist=True) as reader:
+        past = reader.get_execution(args.execution_id)
+    spec = args.task or past.task_name
+    if args.task is None and ("<" in spec or spec.startswith("__main__:")):
+        raise CliError(
+            f"execution {past.id} ran {spec}, which cannot be imported by name; "
+            f"pass the function: pylo resume {past.id} MODULE:FUNCTION"
+        )
+    try:
+        function = import_task(spec)
+    except CliError as exc:
+        if args.task is not None:
+            raise
+        raise CliError(f"{exc} (the function execution {past.id} ran; pass another as MODULE:FUNCTION)") from None
+    backend = _backend(args, function, spec)
+    settings = _settings(args, backend, past)
+    execution_id = args.id or _new_execution_id()
+    print(
+        f"resuming {past.id} as {execution_id}: {format_count(past.unfinished)} of "
+        f"{format_count(past.total)} inputs to run, with {spec}",
+        flush=True,
+    )
+    with _make_pylo(store, backend, settings, must_exist=True) as pylo:
+        return _execute(
+            pylo,
+            store,
+            execution_id,
+            lambda: pylo.start_from_past_execution(past.id, function, execution_id=execution_id),
+        )
+
+
+def _execute(pylo: Pylo, store: StoreChoice, execution_id: str, start: Callable[[], str]) -> int:
+    # The id is chosen before the run, so that after Ctrl-C, when start()
+    # returns nothing, the summary can still say what to resume.
+    try:
+        start()
+    except InputLineError as exc:
+        raise CliError(f"{exc}; nothing ran (execution {execution_id} is recorded as aborted)") from None
+    except KeyboardInterrupt:
+        print_summary(pylo, store, execution_id, sys.stdout)
+        return 130
+    except SystemExit as exc:  # SIGTERM, while the library runs the execution
+        print_summary(pylo, store, execution_id, sys.stdout)
+        return exc.code if isinstance(exc.code, int) and exc.code != 0 else 1
+    return print_summary(pylo, store, execution_id, sys.stdout)
+
+
+# -- the summary --------------------------------------------------------------------------
+
+
+def print_summary(pylo: Pylo, store: StoreChoice, execution_id: str, out: Any) -> int:
+    """Print what an execution did and what to do next.
+
+    Returns:
+        The exit status: 0 when every input finished, 1 otherwise.
+    """
+    try:
+        record = pylo.get_execution(execution_id)
+    except PyloError:
+        print(f"execution {execution_id} was not created: nothing ran", file=out)
+        return 1
+    if not record.inputs_complete:
+        print(
+            f"execution {record.id} {record.status} while reading its inputs "
+            f"({format_count(record.total)} recorded, none ran); run the command again",
+            file=out,
+        )
+        return 1
+    print(f"execution {record.id} {record.status} after {format_duration(run_seconds(record))}", file=out)
+    if record.unfinished == 0:
+        print(f"  all {format_count(record.total)} inputs finished", file=out)
+        return 0
+    print(
+        f"  {format_count(record.finished)} finished, {format_count(record.failed)} failed, "
+        f"{format_count(record.pending)} pending, of {format_count(record.total)} inputs",
+        file=out,
+    )
+    rows = pylo.store.read_failures(record.id)
+    if rows:
+        print("  failures by type:", file=out)
+        groups = group_failures((row.position, row.exc_type, row.message) for row in rows)
+        by_type = count_types(groups)
+        width = len(format_count(by_type[0][1]))
+        for _kind, count, largest in by_type:
+            others = sum(1 for g in groups if g.exception_type == largest.exception_type) - 1
+            more = f"  (+{others} other message{'s' if others > 1 else ''})" if others else ""
+            print(f"    {format_count(count):>{width}}  {largest.title}{more}", file=out)
+        print(f"  details: pylo failures {record.id}{store.flag()}", file=out)
+    print(f"  resume:  pylo resume {record.id}{store.flag()}", file=out)
+    return 1

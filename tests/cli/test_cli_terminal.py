@@ -1,0 +1,106 @@
+"""In a real terminal: the progress bar, Ctrl-C; and SIGTERM from another process."""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import subprocess
+import time
+
+from cli_kit import TIMEOUT, Cli, run_in_terminal
+
+SLOW = """
+import time
+
+def work(line):
+    time.sleep(0.02)
+"""
+INPUTS = "".join(f"{n}\n" for n in range(200))
+# The bar once it has counted some inputs: "...|  8.00/200 [" or "| 104/200 [".
+SOME_PROGRESS = re.compile(r"\| *(?:[1-9][\d.]*)/200 \[")
+
+
+def test_progress_bar_renders_in_a_terminal_and_ends_cleanly(cli: Cli) -> None:
+    cli.write("slow.py", SLOW)
+    cli.write("inputs.txt", INPUTS)
+    shown = run_in_terminal(cli, "run", "slow:work", "--inputs", "inputs.txt", "--workers", "8", "--id", "bar")
+    assert shown.exit_status == 0, shown.output
+    bar, summary = shown.output.rsplit("\r\n", 1)[0].split("\r\nexecution ", 1)
+    redraws = bar.split("\r")[1:]
+    assert len(redraws) >= 2  # carriage-return updates on one line
+    assert all(draw.startswith("bar: ") for draw in redraws)
+    assert re.match(r"bar: 100%\|█+\| 200/200 \[[^\]]*failed=0\]$", redraws[-1])
+    assert all(len(draw) <= 100 for draw in redraws)  # fits the terminal
+    assert summary.startswith("bar completed after ")
+    assert summary.endswith("\r\n  all 200 inputs finished")
+    assert "Traceback" not in shown.output
+
+    quiet = run_in_terminal(cli, "run", "slow:work", "--inputs", "inputs.txt", "--workers", "8", "--no-progress")
+    assert quiet.exit_status == 0
+    assert "%|" not in quiet.output
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(cli: Cli) -> None:
+    run = cli("run", "tasks_fixed:work", "--inputs", "numbers.txt")
+    assert run.returncode == 0
+    assert run.stderr == ""
+    forced = cli("run", "tasks_fixed:work", "--inputs", "numbers.txt", "--progress")
+    assert "100%|" in forced.stderr
+
+
+def test_ctrl_c_saves_the_execution_and_says_how_to_resume(cli: Cli) -> None:
+    cli.write("slow.py", SLOW)
+    cli.write("inputs.txt", INPUTS)
+    stopped = run_in_terminal(
+        cli, "run", "slow:work", "--inputs", "inputs.txt", "--workers", "2", "--id", "cut",
+        send_when=(SOME_PROGRESS, b"\x03"),
+    )  # fmt: skip
+    assert stopped.exit_status == 130, stopped.output
+    assert "execution cut interrupted after " in stopped.output
+    assert "resume:  pylo resume cut\r\n" in stopped.output
+    assert "Traceback" not in stopped.output
+    shown = cli("show", "cut").stdout
+    assert re.search(r"^status +interrupted$", shown, re.M)
+    counted = re.search(r"^inputs +200: (\d+) finished", shown, re.M)
+    assert counted is not None
+    finished = int(counted.group(1))
+    assert 0 < finished < 200
+
+    # The resumed bar starts at the inherited finished inputs.
+    resumed = cli("resume", "cut", "--id", "rest", "--progress", "--workers", "8")
+    assert resumed.returncode == 0, resumed.stderr
+    first_draw = re.search(r"rest: +\d+%\|[^|]*\| *([\d.]+)/200", resumed.stderr)
+    assert first_draw is not None
+    assert float(first_draw.group(1)) == finished
+    assert "all 200 inputs finished" in resumed.stdout
+
+
+def test_sigterm_interrupts_and_exits_non_zero(cli: Cli) -> None:
+    cli.write("slow.py", SLOW)
+    cli.write("inputs.txt", INPUTS)
+    # --progress on a pipe tells us, without sleeping, when tasks are running.
+    process = subprocess.Popen(
+        cli.command("run", "slow:work", "--inputs", "inputs.txt", "--workers", "2", "--id", "term", "--progress"),
+        cwd=cli.cwd,
+        env=cli.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    seen = b""
+    deadline = time.monotonic() + TIMEOUT
+    while not SOME_PROGRESS.search(seen.decode(errors="replace")):
+        assert time.monotonic() < deadline, seen
+        ready, _, _ = select.select([process.stderr], [], [], deadline - time.monotonic())
+        if ready:
+            chunk = os.read(process.stderr.fileno(), 4096)
+            assert chunk, seen  # the process ended before any progress
+            seen += chunk
+    process.send_signal(signal.SIGTERM)
+    stdout, _ = process.communicate(timeout=TIMEOUT)
+    assert process.returncode == 143
+    assert b"execution term interrupted after " in stdout
+    assert b"resume:  pylo resume term\n" in stdout
+    assert "interrupted" in cli("list").stdout
