@@ -43,7 +43,8 @@ class ProgressBar:
             initial=already_finished,
             desc=execution_id,
             unit="input",
-            unit_scale=True,
+            # SI prefixes (1.2M) help with millions but print 72.0/300 for small jobs.
+            unit_scale=total >= 100_000,
             dynamic_ncols=True,
             mininterval=0.2,
             smoothing=0.1,
