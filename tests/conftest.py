@@ -7,10 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pg_server import fresh_schema, postgres_url
 
 from pylo import Pylo
 
-STORE_NAMES = ["sqlite", "files"]
+__all__ = ["postgres_url"]  # a fixture: importing it here makes it visible to every test
+
+#: Stores every ``make_pylo`` test runs on. "postgres" is a schema of its own
+#: per test in the ``postgres_url`` database, and skips when there is none.
+STORE_NAMES = ["sqlite", "files", "postgres"]
 
 
 @pytest.fixture(params=STORE_NAMES)
@@ -24,12 +29,22 @@ def store_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def make_pylo(store_dir: Path, store_name: str) -> Iterator[Callable[..., Pylo]]:
+def store_arg(request: pytest.FixtureRequest, store_dir: Path, store_name: str) -> Iterator[str]:
+    """What the test's Pylo objects get as ``store=``: a store name, or a PostgreSQL URL."""
+    if store_name != "postgres":
+        yield store_name
+        return
+    with fresh_schema(request.getfixturevalue("postgres_url"), str(store_dir)) as url:
+        yield url
+
+
+@pytest.fixture
+def make_pylo(store_dir: Path, store_arg: str) -> Iterator[Callable[..., Pylo]]:
     """Build Pylo objects on one store directory; all are closed at teardown."""
     made: list[Pylo] = []
 
     def make(number_of_workers: int = 2, **kwargs: Any) -> Pylo:
-        kwargs.setdefault("store", store_name)
+        kwargs.setdefault("store", store_arg)
         pylo = Pylo.local_multithread(store_dir, number_of_workers, **kwargs)
         made.append(pylo)
         return pylo

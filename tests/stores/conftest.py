@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-# Spawned test processes import ``store_kit`` by name; putting its directory
-# on sys.path (which spawned children inherit) makes that work whatever
-# pytest's import mode is.
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
+# Spawned test processes import ``store_kit`` (and it ``pg_server``, one level
+# up) by name; putting both directories on sys.path (which spawned children
+# inherit) makes that work whatever pytest's import mode is.
+for _directory in (Path(__file__).resolve().parent, Path(__file__).resolve().parent.parent):
+    if str(_directory) not in sys.path:
+        sys.path.insert(0, str(_directory))
 
 from store_kit import STORE_KINDS, StoreFactory, StoreSpec  # noqa: E402 - needs the sys.path entry above
 
@@ -27,6 +27,9 @@ from pylo.stores.base import Store  # noqa: E402
 @pytest.fixture(params=list(STORE_KINDS))
 def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
     """Opens stores of one kind, all on the same fresh location."""
+    if request.param == "postgres":
+        # Skips, saying why, when no PostgreSQL server can be had.
+        request.getfixturevalue("postgres_url")
     factory = StoreFactory(StoreSpec(request.param, str(tmp_path / "store")))
     yield factory
     factory.close_all()

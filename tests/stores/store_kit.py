@@ -5,13 +5,13 @@ spawn, so everything a child runs lives here at module level.
 
 To run the contract suite on another store, add one entry to
 :data:`STORE_KINDS`: a function that opens that store for a test, given a
-fresh directory of its own (a PostgreSQL entry would, for example, derive a
-schema name from it and pass ``search_path`` through ``engine_kwargs``).
+fresh directory of its own (the PostgreSQL entry derives a schema name from
+it), and, if the store leaves something outside that directory, one to
+:data:`STORE_CLEANUPS`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 import traceback
@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pg_server import URL_VARIABLE, create_schema, drop_schema, schema_name, url_with_schema
 
 from pylo.errors import ExecutionExists
 from pylo.stores.base import (
@@ -49,37 +51,35 @@ def _open_files(target: Path) -> Store:
     return FileStore(target)
 
 
-#: Environment variable with the URL of a disposable PostgreSQL database; when
-#: set, the suite also runs on PostgreSQL, in a schema of its own per test.
-POSTGRES_URL_VARIABLE = "PYLO_TEST_POSTGRES_URL"
-
-
 def _open_postgres(target: Path) -> Store:
-    import sqlalchemy as sa
-
     from pylo.stores.sql import SQLStore
 
-    url = os.environ[POSTGRES_URL_VARIABLE]
-    schema = "pylo_test_" + hashlib.sha256(str(target).encode()).hexdigest()[:16]
-    admin = sa.create_engine(url)
-    try:
-        with admin.begin() as connection:
-            # CREATE SCHEMA IF NOT EXISTS is not safe against itself when
-            # processes of one test race; the lock makes it so.
-            connection.execute(sa.text("SELECT pg_advisory_xact_lock(7)"))
-            connection.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
-    finally:
-        admin.dispose()
-    return SQLStore(url, engine_kwargs={"connect_args": {"options": f"-csearch_path={schema}"}})
+    # The session fixture ``postgres_url`` puts the server's URL in the
+    # environment, where spawned test processes find it too.
+    url = os.environ[URL_VARIABLE]
+    schema = schema_name(str(target))
+    create_schema(url, schema)
+    # The schema goes in the URL, the way a user would select one.
+    return SQLStore(url_with_schema(url, schema))
+
+
+def _drop_postgres(target: Path) -> None:
+    drop_schema(os.environ[URL_VARIABLE], schema_name(str(target)))
 
 
 #: Test id -> function that opens that kind of store in a directory of its own.
+#: The "postgres" kind needs the ``postgres_url`` fixture (which skips, saying
+#: why, when no server can be had).
 STORE_KINDS: dict[str, Callable[[Path], Store]] = {
     "sqlite": _open_sqlite,
     "files": _open_files,
+    "postgres": _open_postgres,
 }
-if os.environ.get(POSTGRES_URL_VARIABLE):
-    STORE_KINDS["postgres"] = _open_postgres
+
+#: Test id -> function that removes what a test's stores left outside its directory.
+STORE_CLEANUPS: dict[str, Callable[[Path], None]] = {
+    "postgres": _drop_postgres,
+}
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,8 @@ class StoreFactory:
     def __init__(self, spec: StoreSpec) -> None:
         self.spec = spec
         self._opened: list[Store] = []
+        # Start clean even where an earlier run that died left something.
+        self._clean_up()
 
     @property
     def kind(self) -> str:
@@ -112,6 +114,12 @@ class StoreFactory:
     def close_all(self) -> None:
         for store in self._opened:
             store.close()
+        self._clean_up()
+
+    def _clean_up(self) -> None:
+        cleanup = STORE_CLEANUPS.get(self.spec.kind)
+        if cleanup is not None:
+            cleanup(Path(self.spec.target))
 
 
 def make_record(execution_id: str, **changes: Any) -> ExecutionRecord:

@@ -1,0 +1,274 @@
+"""PostgreSQL as a shared store: several coordinators, live readers, first use.
+
+The store contract suite (tests/stores) and the behaviour tests already run
+on PostgreSQL; these tests cover what only a database server shared by many
+processes (standing in for many machines) brings. They use the session
+fixture ``postgres_url``, which skips, saying why, when no server can be had.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from pg_server import fresh_schema
+
+from pylo import ExecutionStatus, Pylo
+
+SPAWN = multiprocessing.get_context("spawn")
+
+#: Seconds any wait may block before the test fails.
+WAIT = 60.0
+
+#: Inputs of each coordinator's execution.
+N_INPUTS = 3000
+
+#: The input at which every coordinator's lane pauses until the reader has
+#: seen all executions running (so the reader provably reads live executions).
+PAUSE_AT = 1200
+
+
+@pytest.fixture
+def store_url(postgres_url: str, tmp_path: Path) -> Iterator[str]:
+    """A URL selecting a fresh schema of its own in the test database."""
+    with fresh_schema(postgres_url, str(tmp_path)) as url:
+        yield url
+
+
+def fail_on_multiples_of_seven(item: int) -> None:
+    if item % 7 == 0:
+        raise ValueError(f"bad input {item}")
+
+
+def run_coordinator(url: str, execution_id: str, store_dir: str, go: Any, results: Any) -> None:
+    """One coordinator, as on its own machine: run an execution in ``url``."""
+    try:
+
+        def task(item: int) -> None:
+            if item == PAUSE_AT and not go.wait(timeout=WAIT):
+                raise TimeoutError("the reader never said go")
+            fail_on_multiples_of_seven(item)
+
+        with Pylo.local_multithread(
+            store_dir, 2, store=url, task_executions_before_flush=50, flush_seconds=0.05
+        ) as pylo:
+            pylo.start_from_scratch(range(N_INPUTS), task, execution_id=execution_id)
+        results.put(("ok", execution_id))
+    except BaseException:
+        results.put(("error", execution_id + ": " + traceback.format_exc()))
+
+
+def check_snapshot(pylo: Pylo, execution_id: str, last: dict[str, tuple[int, int]]) -> None:
+    """Read one execution while it may be running; check what every snapshot must satisfy."""
+    record = pylo.get_execution(execution_id)
+    finished, unfinished = pylo.get_state(execution_id)
+    # Rules 1 and 2 hold in every snapshot: each recorded input in exactly one
+    # state, in input order, and an input that always fails is never finished.
+    assert finished == sorted(finished) and unfinished == sorted(unfinished)
+    assert not set(finished) & set(unfinished)
+    if record.inputs_complete:
+        assert sorted(finished + unfinished) == list(range(N_INPUTS))
+    else:
+        assert set(finished) | set(unfinished) <= set(range(N_INPUTS))
+    assert not any(item % 7 == 0 for item in finished)
+    assert record.finished + record.failed <= record.total <= N_INPUTS
+    # Counts only grow from one read to the next; the states, read after the
+    # record, are at least as far along.
+    counts = (record.finished, record.failed)
+    before = last.get(execution_id, (0, 0))
+    assert counts[0] >= before[0] and counts[1] >= before[1], (execution_id, before, counts)
+    assert len(finished) >= record.finished
+    last[execution_id] = counts
+
+
+def test_coordinators_on_several_machines_share_one_store_while_a_reader_polls(store_url: str, tmp_path: Path) -> None:
+    ids = [f"machine-{number}" for number in range(3)]
+    go = SPAWN.Event()
+    results = SPAWN.Queue()
+    processes = [
+        SPAWN.Process(target=run_coordinator, args=(store_url, execution_id, str(tmp_path / execution_id), go, results))
+        for execution_id in ids
+    ]
+    for process in processes:
+        process.start()
+    try:
+        with Pylo.local_multithread(tmp_path / "reader", 1, store=store_url) as reader:
+            last: dict[str, tuple[int, int]] = {}
+            # Phase 1: every coordinator is paused mid-run; the reader must see
+            # all three executions running, with outcomes flushed.
+            deadline = time.monotonic() + WAIT
+            while True:
+                records = {record.id: record for record in reader.list_executions()}
+                for execution_id in records:
+                    check_snapshot(reader, execution_id, last)
+                live = [
+                    record
+                    for record in records.values()
+                    if record.status is ExecutionStatus.RUNNING and record.finished > 0 and record.failed > 0
+                ]
+                if len(live) == len(ids):
+                    break
+                assert time.monotonic() < deadline, f"never saw every execution running: {records}"
+                time.sleep(0.02)
+            assert sorted(records) == ids
+            assert {record.pid for record in records.values()} == {process.pid for process in processes}
+            go.set()
+            # Phase 2: keep reading while they finish.
+            while not all(record.status is ExecutionStatus.COMPLETED for record in reader.list_executions()):
+                for execution_id in ids:
+                    check_snapshot(reader, execution_id, last)
+                assert time.monotonic() < deadline + WAIT, "the coordinators never finished"
+                time.sleep(0.02)
+            outcomes = sorted(results.get(timeout=WAIT) for _ in ids)
+            assert outcomes == [("ok", execution_id) for execution_id in ids], outcomes
+            failing = [item for item in range(N_INPUTS) if item % 7 == 0]
+            for execution_id in ids:
+                assert reader.get_state(execution_id) == ([x for x in range(N_INPUTS) if x % 7], failing)
+                assert [str(exc) for exc in reader.get_exceptions(execution_id)] == [
+                    f"bad input {item}" for item in failing
+                ]
+                record = reader.get_execution(execution_id)
+                assert (record.total, record.finished, record.failed) == (
+                    N_INPUTS,
+                    N_INPUTS - len(failing),
+                    len(failing),
+                )
+    finally:
+        go.set()
+        for process in processes:
+            process.join(timeout=WAIT)
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=WAIT)
+    assert [process.exitcode for process in processes] == [0] * len(processes)
+
+
+# -- a coordinator killed for real ------------------------------------------------------
+
+
+def run_and_hang(url: str, store_dir: str) -> None:
+    """Run an execution whose lanes hang at PAUSE_AT until the process is killed."""
+    # An event of this process only: a process-shared one that a killed
+    # process was waiting on would hang whoever sets it next.
+    never = threading.Event()
+
+    def task(item: int) -> None:
+        if item >= PAUSE_AT:
+            never.wait(timeout=WAIT)
+        fail_on_multiples_of_seven(item)
+
+    pylo = Pylo.local_multithread(store_dir, 2, store=url, task_executions_before_flush=50, flush_seconds=0.05)
+    pylo.start_from_scratch(range(N_INPUTS), task, execution_id="victim")
+
+
+def test_an_execution_killed_mid_run_is_crashed_and_resumable_from_another_process(
+    store_url: str, tmp_path: Path
+) -> None:
+    child = SPAWN.Process(target=run_and_hang, args=(store_url, str(tmp_path / "victim")))
+    child.start()
+    try:
+        with Pylo.local_multithread(tmp_path / "rescuer", 2, store=store_url) as rescuer:
+            deadline = time.monotonic() + WAIT
+            while not any(record.finished > 0 for record in rescuer.list_executions()):
+                assert child.is_alive(), "the coordinator ended before it could be killed"
+                assert time.monotonic() < deadline, "the coordinator never flushed"
+                time.sleep(0.02)
+            os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
+            child.join(timeout=WAIT)
+            assert child.exitcode == -signal.SIGKILL
+
+            assert rescuer.get_execution("victim").status is ExecutionStatus.CRASHED
+            finished, unfinished = rescuer.get_state("victim")
+            assert sorted(finished + unfinished) == list(range(N_INPUTS))
+            assert finished and max(finished) < PAUSE_AT
+
+            rerun: list[int] = []
+            resumed = rescuer.start_from_past_execution("victim", rerun.append)
+            assert sorted(rerun) == unfinished
+            assert rescuer.get_state(resumed) == (list(range(N_INPUTS)), [])
+            assert rescuer.get_execution("victim").status is ExecutionStatus.CRASHED
+    finally:
+        if child.is_alive():
+            child.kill()
+        child.join(timeout=WAIT)
+
+
+# -- first use of a brand-new database by several processes at once ---------------------
+
+
+@pytest.fixture
+def new_database_url(postgres_url: str) -> Iterator[str]:
+    """The URL of a database that is created empty for the test and dropped after it."""
+    name = "pylo_new_" + uuid.uuid4().hex[:12]
+    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    try:
+        with admin.connect() as connection:
+            try:
+                connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+            except sa.exc.ProgrammingError as exc:
+                pytest.skip(f"the test role may not create databases: {exc.orig}")
+        yield sa.engine.make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+def open_and_run(url: str, store_dir: str, execution_id: str, barrier: Any, results: Any) -> None:
+    """Wait for the others, then open the store (creating its tables) and run an execution."""
+    try:
+        barrier.wait(timeout=WAIT)
+        with Pylo.local_multithread(store_dir, 2, store=url) as pylo:
+            pylo.start_from_scratch(range(100), fail_on_multiples_of_seven, execution_id=execution_id)
+        results.put(("ok", execution_id))
+    except BaseException:
+        results.put(("error", execution_id + ": " + traceback.format_exc()))
+
+
+def test_processes_opening_a_new_database_at_once_create_its_tables_once(new_database_url: str, tmp_path: Path) -> None:
+    count = 6
+    ids = [f"first-{number}" for number in range(count)]
+    barrier = SPAWN.Barrier(count)
+    results = SPAWN.Queue()
+    processes = [
+        SPAWN.Process(
+            target=open_and_run, args=(new_database_url, str(tmp_path / execution_id), execution_id, barrier, results)
+        )
+        for execution_id in ids
+    ]
+    for process in processes:
+        process.start()
+    try:
+        outcomes = sorted(results.get(timeout=WAIT) for _ in ids)
+    finally:
+        for process in processes:
+            process.join(timeout=WAIT)
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=WAIT)
+    assert outcomes == [("ok", execution_id) for execution_id in ids], outcomes
+    assert [process.exitcode for process in processes] == [0] * count
+
+    engine = sa.create_engine(new_database_url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            meta = connection.execute(sa.text("SELECT key, value FROM pylo_meta ORDER BY key")).all()
+            tables = sa.inspect(connection).get_table_names()
+    finally:
+        engine.dispose()
+    assert [tuple(row) for row in meta] == [("format", "pylo-sql"), ("version", "1")]
+    assert sorted(tables) == ["pylo_batches", "pylo_executions", "pylo_failures", "pylo_meta", "pylo_results"]
+    with Pylo.local_multithread(tmp_path / "check", 1, store=new_database_url) as pylo:
+        assert sorted(record.id for record in pylo.list_executions()) == ids
+        for execution_id in ids:
+            assert pylo.get_state(execution_id)[1] == [item for item in range(100) if item % 7 == 0]
