@@ -443,11 +443,13 @@ class Coordinator:
             # lanes deep in a long chunk have outcomes to collect.
             for result in backend.poll(max(0.0, self._flush_due - time.monotonic())):
                 self._apply(result)
+                # Per result, not per poll: a flush holds at most about
+                # `threshold` outcomes (a chunk is never larger than it).
+                if self._outcomes.count >= threshold:
+                    self._flush()
             if time.monotonic() >= self._flush_due:
                 for partial in backend.progress():
                     self._apply(partial, final=False)
-                self._flush()
-            elif self._outcomes.count >= threshold:
                 self._flush()
 
     def _feed(self) -> None:
