@@ -3,23 +3,41 @@
 This is the innermost loop of pylo, shared by every backend. Its per-input
 cost must stay at a function call, an exception handler and a flag check;
 everything else (retries, results) takes a slower path only when asked for.
+
+:class:`BaseLaneRunner` keeps what does not depend on how a task is called
+(the lane's budget, the live view for ``progress()``, failure records, result
+encoding); :class:`LaneRunner` calls plain functions, and the asyncio
+backend's ``AsyncLaneRunner`` awaits coroutines with the same bookkeeping.
 """
 
 from __future__ import annotations
 
 import math
+import queue
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol, TypeVar
 
 from pylo._codec import get_codec
 from pylo._ratelimit import TokenBucket
 from pylo.errors import ResultSerializationError, TaskTimeout
 from pylo.workers.base import ChunkResult, RunnerSettings, TaskFailure
 
-__all__ = ["Abandoned", "FailureGate", "LaneRunner", "StopFlag", "qualified_name"]
+__all__ = [
+    "Abandoned",
+    "BaseLaneRunner",
+    "FailureGate",
+    "LaneRunner",
+    "StopFlag",
+    "collect_results",
+    "partial_results",
+    "qualified_name",
+    "take_all",
+]
+
+_Message = TypeVar("_Message", covariant=True)
 
 
 class StopFlag(Protocol):
@@ -55,6 +73,55 @@ class FailureGate:
         return reached
 
 
+class _Queue(Protocol[_Message]):
+    """A ``queue.Queue`` or ``queue.SimpleQueue`` as a backend's lanes fill it."""
+
+    def get(self, block: bool = ..., timeout: float | None = ...) -> _Message: ...
+
+    def get_nowait(self) -> _Message: ...
+
+
+def take_all(outbox: _Queue[_Message], timeout: float | None) -> list[_Message]:
+    """Wait up to ``timeout`` seconds (None: forever) for a message, then take all queued.
+
+    Returns an empty list when the timeout passed first. Taking every waiting
+    message at once lets the coordinator apply a burst of results in one go.
+    """
+    try:
+        first = outbox.get(timeout=timeout)
+    except queue.Empty:
+        return []
+    found = [first]
+    while True:
+        try:
+            found.append(outbox.get_nowait())
+        except queue.Empty:
+            return found
+
+
+def collect_results(outbox: _Queue[ChunkResult | BaseException], timeout: float | None) -> list[ChunkResult]:
+    """``Backend.poll`` over a queue of lane results, where a lane's own bug comes as an exception.
+
+    Raises:
+        BaseException: The first exception a lane queued instead of a result.
+    """
+    found = take_all(outbox, timeout)
+    for item in found:
+        if isinstance(item, BaseException):
+            raise item
+    return found  # type: ignore[return-value]  # exceptions were raised above
+
+
+def partial_results(runners: Iterable[BaseLaneRunner]) -> list[ChunkResult]:
+    """``Backend.progress`` of lanes in this process: each running chunk that has outcomes."""
+    found = []
+    for runner in runners:
+        partial = runner.progress()
+        if partial is not None and partial.attempted:
+            found.append(partial)
+    return found
+
+
 def qualified_name(kind: type) -> str:
     """``module.QualName`` of a type, without the module for builtins."""
     module = getattr(kind, "__module__", None)
@@ -71,10 +138,10 @@ def _safe_str(exc: BaseException) -> str:
         return f"<str() of the exception raised {type(str_exc).__name__}>"
 
 
-def _safe_traceback(exc: BaseException) -> str:
+def _safe_traceback(exc: BaseException, quiet_files: frozenset[str]) -> str:
     tb = exc.__traceback__
-    # The first frame is this module's call of the task: noise to the user.
-    if tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+    # The first frames are the runner's call of the task: noise to the user.
+    while tb is not None and tb.tb_frame.f_code.co_filename in quiet_files:
         tb = tb.tb_next
     try:
         return "".join(traceback.format_exception(type(exc), exc, tb))
@@ -82,8 +149,16 @@ def _safe_traceback(exc: BaseException) -> str:
         return f"{qualified_name(type(exc))}: {_safe_str(exc)}\n"
 
 
-class LaneRunner:
-    """Runs the chunks of one lane, in order, remembering the lane's budget."""
+class BaseLaneRunner:
+    """What every lane runner keeps, however it calls the task.
+
+    Subclasses run a chunk between :meth:`_open_chunk` and
+    :meth:`_close_chunk`, publish it in ``self._live`` while it runs, and
+    report each failed input with :meth:`_note_failure`.
+    """
+
+    #: Source files whose frames lead every task traceback; left out of failure records.
+    _quiet_files: frozenset[str] = frozenset({__file__})
 
     def __init__(
         self,
@@ -93,8 +168,6 @@ class LaneRunner:
         stop: StopFlag,
         gate: FailureGate | None = None,
         limiter: TokenBucket | None = None,
-        *,
-        watched: bool = False,
     ) -> None:
         self._function = function
         self._gate = gate
@@ -108,10 +181,6 @@ class LaneRunner:
         # Failures this lane may still see; the chunk's budget can only lower it.
         self._remaining: float = math.inf
         self._live: _Live | None = None
-        # Watched lanes (timeouts on threads) publish each input's start under
-        # this lock, so a watchdog can abandon them without racing the task.
-        self._watch_lock = threading.Lock() if watched else None
-        self._abandoned = False
 
     @property
     def remaining_budget(self) -> float:
@@ -122,44 +191,41 @@ class LaneRunner:
     def remaining_budget(self, value: float) -> None:
         self._remaining = value
 
-    def run(self, chunk_id: int, inputs: Sequence[Any], budget: int) -> ChunkResult:
-        """Run ``inputs`` in order until done, out of budget, or stopped."""
-        started = time.perf_counter()
-        remaining = min(self._remaining, budget)
-        failures: list[tuple[int, TaskFailure]] = []
-        results: list[tuple[int, bytes]] = []
-        interrupt: BaseException | None = None
-        attempted = 0
-        live = _Live(chunk_id, started, failures, results, remaining)
-        if remaining > 0:
-            self._live = live
-            try:
-                if (
-                    self._retry is None
-                    and self._limiter is None
-                    and self._watch_lock is None
-                    and not self._settings.store_results
-                ):
-                    attempted = self._run_plain(inputs, remaining, failures, live)
-                else:
-                    attempted = self._run_full(inputs, remaining, failures, results, live)
-            except _Interrupted as stop:
-                if isinstance(stop.cause, Abandoned):
-                    raise stop.cause from None
-                attempted = stop.attempted
-                interrupt = stop.cause
-            finally:
-                self._live = None
-        self._remaining = remaining - len(failures)
+    def _open_chunk(self, chunk_id: int, budget: int) -> _Live:
+        """Start a chunk; its ``budget`` is the lower of the lane's and the coordinator's."""
+        return _Live(chunk_id, time.perf_counter(), [], [], min(self._remaining, budget))
+
+    def _close_chunk(self, live: _Live, attempted: int, interrupt: BaseException | None) -> ChunkResult:
+        """End a chunk: charge its failures to the lane and describe it."""
+        self._remaining = live.budget - len(live.failures)
         return ChunkResult(
-            chunk_id=chunk_id,
+            chunk_id=live.chunk_id,
             lane=self._lane,
             attempted=attempted,
-            failures=failures,
-            results=results,
+            failures=live.failures,
+            results=live.results,
             interrupt=interrupt,
-            elapsed=time.perf_counter() - started,
+            elapsed=time.perf_counter() - live.started,
         )
+
+    def _note_failure(self, live: _Live, index: int, failure: TaskFailure) -> bool:
+        """Record a failed input; True when the lane must stop (budget or max_failures used up)."""
+        live.failures.append((index, failure))
+        return len(live.failures) >= live.budget or (self._gate is not None and self._gate.count_failure())
+
+    def _store_result(self, live: _Live, index: int, value: Any) -> TaskFailure | None:
+        """Keep a finished input's encoded result; a value the codec cannot store fails the input."""
+        try:
+            live.results.append((index, self._codec.encode_value(value)))
+        except Exception as exc:
+            return self.failure(
+                ResultSerializationError(
+                    f"the task returned {type(value).__qualname__}, which cannot be "
+                    f"stored with the {self._codec.name} codec: {_safe_str(exc)}"
+                ),
+                1,
+            )
+        return None
 
     def progress(self) -> ChunkResult | None:
         """The outcomes so far of the chunk this lane is running, or None.
@@ -182,13 +248,78 @@ class LaneRunner:
             elapsed=time.perf_counter() - live.started,
         )
 
-    def _run_plain(
+    def failure(self, exc: BaseException, attempts: int) -> TaskFailure:
+        """Describe a failure; keeps only counts when exceptions are not stored."""
+        now = time.time()
+        if not self._settings.store_exceptions:
+            return TaskFailure(None, None, None, None, attempts, now)
+        text = _safe_traceback(exc, self._quiet_files)
+        encoded = self._codec.encode_exception(exc)
+        # Drop frames now: they pin every local of the failed call in memory.
+        exc.__traceback__ = None
+        return TaskFailure(
+            exc_type=qualified_name(type(exc)),
+            message=_safe_str(exc),
+            traceback=text,
+            exception=encoded,
+            attempts=attempts,
+            failed_at=now,
+        )
+
+    def _gave_up(self, gave_up: Any, attempts: int) -> TaskFailure:
+        """Describe an input a retry policy gave up on (a ``tenacity.RetryError``)."""
+        last = gave_up.last_attempt
+        cause = last.exception() if last.failed else None
+        return self.failure(cause if cause is not None else gave_up, attempts)
+
+
+class LaneRunner(BaseLaneRunner):
+    """Runs the chunks of one lane, in order, calling a plain function."""
+
+    def __init__(
         self,
-        inputs: Sequence[Any],
-        remaining: float,
-        failures: list[tuple[int, TaskFailure]],
-        live: _Live,
-    ) -> int:
+        function: Callable[[Any], Any],
+        lane: int,
+        settings: RunnerSettings,
+        stop: StopFlag,
+        gate: FailureGate | None = None,
+        limiter: TokenBucket | None = None,
+        *,
+        watched: bool = False,
+    ) -> None:
+        super().__init__(function, lane, settings, stop, gate, limiter)
+        # Watched lanes (timeouts on threads) publish each input's start under
+        # this lock, so a watchdog can abandon them without racing the task.
+        self._watch_lock = threading.Lock() if watched else None
+        self._abandoned = False
+
+    def run(self, chunk_id: int, inputs: Sequence[Any], budget: int) -> ChunkResult:
+        """Run ``inputs`` in order until done, out of budget, or stopped."""
+        live = self._open_chunk(chunk_id, budget)
+        interrupt: BaseException | None = None
+        attempted = 0
+        if live.budget > 0:
+            self._live = live
+            try:
+                if (
+                    self._retry is None
+                    and self._limiter is None
+                    and self._watch_lock is None
+                    and not self._settings.store_results
+                ):
+                    attempted = self._run_plain(inputs, live)
+                else:
+                    attempted = self._run_full(inputs, live)
+            except _Interrupted as stop:
+                if isinstance(stop.cause, Abandoned):
+                    raise stop.cause from None
+                attempted = stop.attempted
+                interrupt = stop.cause
+            finally:
+                self._live = None
+        return self._close_chunk(live, attempted, interrupt)
+
+    def _run_plain(self, inputs: Sequence[Any], live: _Live) -> int:
         function = self._function
         is_stopped = self._stop.is_set
         index = 0
@@ -200,22 +331,13 @@ class LaneRunner:
                 try:
                     function(item)
                 except Exception as exc:
-                    failures.append((index, self.failure(exc, 1)))
-                    remaining -= 1
-                    if remaining <= 0 or (self._gate is not None and self._gate.count_failure()):
+                    if self._note_failure(live, index, self.failure(exc, 1)):
                         return index + 1
         except BaseException as exc:
             raise _Interrupted(index, exc) from None
         return len(inputs)
 
-    def _run_full(
-        self,
-        inputs: Sequence[Any],
-        remaining: float,
-        failures: list[tuple[int, TaskFailure]],
-        results: list[tuple[int, bytes]],
-        live: _Live,
-    ) -> int:
+    def _run_full(self, inputs: Sequence[Any], live: _Live) -> int:
         store_results = self._settings.store_results
         is_stopped = self._stop.is_set
         watch_lock = self._watch_lock
@@ -234,21 +356,9 @@ class LaneRunner:
                     return index
                 failure, value = self._attempt(item)
                 if failure is None and store_results:
-                    try:
-                        results.append((index, self._codec.encode_value(value)))
-                    except Exception as exc:
-                        failure = self.failure(
-                            ResultSerializationError(
-                                f"the task returned {type(value).__qualname__}, which cannot be "
-                                f"stored with the {self._codec.name} codec: {_safe_str(exc)}"
-                            ),
-                            1,
-                        )
-                if failure is not None:
-                    failures.append((index, failure))
-                    remaining -= 1
-                    if remaining <= 0 or (self._gate is not None and self._gate.count_failure()):
-                        return self._finish(index + 1)
+                    failure = self._store_result(live, index, value)
+                if failure is not None and self._note_failure(live, index, failure):
+                    return self._finish(index + 1)
         except BaseException as exc:
             raise _Interrupted(index, exc) from None
         return self._finish(len(inputs))
@@ -313,30 +423,10 @@ class LaneRunner:
                     attempts += 1
                     value = self._function(item)
         except RetryError as gave_up:
-            last = gave_up.last_attempt
-            cause = last.exception() if last.failed else None
-            return self.failure(cause if cause is not None else gave_up, attempts), None
+            return self._gave_up(gave_up, attempts), None
         except Exception as exc:  # the policy re-raised the task's own exception
             return self.failure(exc, attempts), None
         return None, value
-
-    def failure(self, exc: BaseException, attempts: int) -> TaskFailure:
-        """Describe a failure; keeps only counts when exceptions are not stored."""
-        now = time.time()
-        if not self._settings.store_exceptions:
-            return TaskFailure(None, None, None, None, attempts, now)
-        text = _safe_traceback(exc)
-        encoded = self._codec.encode_exception(exc)
-        # Drop frames now: they pin every local of the failed call in memory.
-        exc.__traceback__ = None
-        return TaskFailure(
-            exc_type=qualified_name(type(exc)),
-            message=_safe_str(exc),
-            traceback=text,
-            exception=encoded,
-            attempts=attempts,
-            failed_at=now,
-        )
 
 
 class Abandoned(BaseException):
