@@ -1,0 +1,216 @@
+"""The async twin of :class:`~pylo.workers._runner.LaneRunner`: awaits coroutines.
+
+A lane is one coroutine of the backend's event loop, so ``await task(item)``
+*is* the lane's one input in flight. The bookkeeping (budgets, the live view
+for ``progress()``, failure records, result encoding) is inherited from
+:class:`~pylo.workers._runner.BaseLaneRunner`; only the calling differs.
+
+Cancellation: a ``CancelledError`` is pylo's own only while the backend shuts
+down (``closing`` is set) or when an input's ``timeout`` scope expired (the
+scope turns it into ``TimeoutError``). Any other ``CancelledError`` comes from
+the task itself (it awaited something that was cancelled, or raised one): the
+input fails with it, like with any exception, and the lane goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pylo._ratelimit import TokenBucket
+from pylo.errors import TaskTimeout
+from pylo.workers._runner import BaseLaneRunner, FailureGate, StopFlag, _Interrupted, _Live
+from pylo.workers.base import ChunkResult, RunnerSettings, TaskFailure
+
+__all__ = ["AsyncLaneRunner"]
+
+logger = logging.getLogger(__name__)
+
+
+class AsyncLaneRunner(BaseLaneRunner):
+    """Runs the chunks of one lane, in order, awaiting an ``async def`` function.
+
+    Args:
+        function: The task; ``function(item)`` returns an awaitable.
+        lane: The lane's number.
+        settings: The execution's runner settings.
+        stop: Set when lanes must stop before their next input.
+        closing: Set (in the loop) just before the backend cancels its lanes,
+            so a runner can tell that cancellation from one a task causes.
+        gate: The shared ``max_failures`` gate, or None.
+        limiter: The shared rate-limit bucket, or None.
+    """
+
+    _quiet_files = frozenset({*BaseLaneRunner._quiet_files, __file__})
+
+    def __init__(
+        self,
+        function: Callable[[Any], Any],
+        lane: int,
+        settings: RunnerSettings,
+        stop: StopFlag,
+        closing: StopFlag,
+        gate: FailureGate | None = None,
+        limiter: TokenBucket | None = None,
+    ) -> None:
+        super().__init__(function, lane, settings, stop, gate, limiter)
+        self._closing = closing
+        self._timeout = settings.timeout
+        self._attempts = 0  # attempts of the current input, for timeout records
+        self._warned_blocking = False
+
+    async def run(self, chunk_id: int, inputs: Sequence[Any], budget: int) -> ChunkResult:
+        """Run ``inputs`` in order until done, out of budget, or stopped.
+
+        Raises:
+            asyncio.CancelledError: The backend is shutting down; the chunk
+                is abandoned unreported (the coordinator no longer listens).
+        """
+        live = self._open_chunk(chunk_id, budget)
+        interrupt: BaseException | None = None
+        attempted = 0
+        if live.budget > 0:
+            self._live = live
+            try:
+                if (
+                    self._retry is None
+                    and self._limiter is None
+                    and self._timeout is None
+                    and not self._settings.store_results
+                ):
+                    attempted = await self._run_plain(inputs, live)
+                else:
+                    attempted = await self._run_full(inputs, live)
+            except _Interrupted as stop:
+                attempted = stop.attempted
+                interrupt = stop.cause
+            finally:
+                self._live = None
+        return self._close_chunk(live, attempted, interrupt)
+
+    async def _run_plain(self, inputs: Sequence[Any], live: _Live) -> int:
+        function = self._function
+        is_stopped = self._stop.is_set
+        index = 0
+        try:
+            for index, item in enumerate(inputs):
+                live.done = index
+                if is_stopped():
+                    return index
+                try:
+                    await function(item)
+                except Exception as exc:
+                    if self._note_failure(live, index, self.failure(exc, 1)):
+                        return index + 1
+                except asyncio.CancelledError as exc:
+                    if self._closing.is_set():
+                        raise
+                    if self._note_failure(live, index, self._cancelled_by_task(exc, 1)):
+                        return index + 1
+        except asyncio.CancelledError:
+            raise  # pylo's own shutdown: not the task's interrupt
+        except BaseException as exc:
+            raise _Interrupted(index, exc) from None
+        return len(inputs)
+
+    async def _run_full(self, inputs: Sequence[Any], live: _Live) -> int:
+        store_results = self._settings.store_results
+        is_stopped = self._stop.is_set
+        index = 0
+        try:
+            for index, item in enumerate(inputs):
+                live.done = index
+                if is_stopped():
+                    return index
+                failure, value = await self._attempt(item)
+                if failure is None and store_results:
+                    failure = self._store_result(live, index, value)
+                if failure is not None and self._note_failure(live, index, failure):
+                    return index + 1
+        except asyncio.CancelledError:
+            raise  # pylo's own shutdown: not the task's interrupt
+        except BaseException as exc:
+            raise _Interrupted(index, exc) from None
+        return len(inputs)
+
+    async def _attempt(self, item: Any) -> tuple[TaskFailure | None, Any]:
+        """Run one input: its rate-limit wait, then the task with retries, within its timeout."""
+        self._attempts = 0
+        try:
+            if self._limiter is not None:
+                # One bucket for every lane; the loop is one thread, so no lock.
+                delay = self._limiter.reserve()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            if self._timeout is None:
+                return await self._call(item)
+            scope = asyncio.timeout(self._timeout)
+            try:
+                async with scope:
+                    outcome = await self._call(item)
+            except TimeoutError:
+                # Only the scope raises it here: _call turns the task's own
+                # TimeoutError into a failure before it gets this far.
+                return self._timed_out(), None
+            if scope.expired():
+                return self._timed_out(), None  # the task swallowed its cancellation
+            deadline = scope.when()
+            if deadline is not None and asyncio.get_running_loop().time() > deadline:
+                # It never yielded to the loop in time to be cancelled: its
+                # outcome came too late to count, as on other backends.
+                self._warn_blocking()
+                return self._timed_out(), None
+            return outcome
+        except asyncio.CancelledError as exc:
+            if self._closing.is_set():
+                raise
+            return self._cancelled_by_task(exc, max(1, self._attempts)), None
+
+    async def _call(self, item: Any) -> tuple[TaskFailure | None, Any]:
+        """Await the task on one input, with retries when configured."""
+        if self._retry is None:
+            self._attempts = 1
+            try:
+                return None, await self._function(item)
+            except Exception as exc:
+                return self.failure(exc, 1), None
+        from tenacity import RetryError
+
+        value = None
+        try:
+            # Back-off sleeps are the policy's asyncio.sleep: they hold only this lane.
+            async for attempt in self._retry:
+                with attempt:
+                    self._attempts += 1
+                    value = await self._function(item)
+        except RetryError as gave_up:
+            return self._gave_up(gave_up, self._attempts), None
+        except Exception as exc:  # the policy re-raised the task's own exception
+            return self.failure(exc, self._attempts), None
+        return None, value
+
+    def _timed_out(self) -> TaskFailure:
+        message = f"the task ran longer than its timeout of {self._timeout:g} s"
+        return self.failure(TaskTimeout(message), max(1, self._attempts))
+
+    def _cancelled_by_task(self, exc: asyncio.CancelledError, attempts: int) -> TaskFailure:
+        """Fail an input whose task raised a CancelledError pylo did not cause."""
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # The task cancelled its own lane; the request is handled here,
+            # so later timeouts of this lane count cancellations from zero.
+            task.uncancel()
+        return self.failure(exc, attempts)
+
+    def _warn_blocking(self) -> None:
+        if not self._warned_blocking:
+            self._warned_blocking = True
+            logger.warning(
+                "worker %d: a task ended after its timeout of %g s before the loop could cancel it, and "
+                "its input failed with TaskTimeout; a task that blocks the event loop cannot be cancelled "
+                "(await I/O, or run blocking calls with asyncio.to_thread)",
+                self._lane,
+                self._timeout,
+            )
