@@ -441,21 +441,33 @@ class Coordinator:
                 return
             # Wake at least every flush_seconds, even with nothing reported:
             # lanes deep in a long chunk have outcomes to collect.
+            interrupt: BaseException | None = None
             for result in backend.poll(max(0.0, self._flush_due - time.monotonic())):
-                self._apply(result)
+                try:
+                    self._apply(result)
+                except BaseException as exc:
+                    # Take in the other results of this poll before raising:
+                    # they are finished work, to be saved, not rerun.
+                    interrupt = interrupt or exc
                 # Per result, not per poll: a flush holds at most about
                 # `threshold` outcomes (a chunk is never larger than it).
                 if self._outcomes.count >= threshold:
                     self._flush()
+            if interrupt is not None:
+                raise interrupt
             if time.monotonic() >= self._flush_due:
                 for partial in backend.progress():
                     self._apply(partial, final=False)
                 self._flush()
 
     def _feed(self) -> None:
-        prefetch = 1 + self._backend.prefetch
-        for lane in self._lanes:
-            while lane.active and lane.in_flight < prefetch:
+        # Round by round (every lane's first chunk, then second ones), so
+        # with many lanes and few inputs no lane waits while another holds
+        # queued work.
+        for depth in range(1, 2 + self._backend.prefetch):
+            for lane in self._lanes:
+                if not lane.active or lane.in_flight >= depth:
+                    continue
                 taken = self._scheduler.take(lane.chunk_size)
                 if taken is None:
                     return

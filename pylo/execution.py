@@ -365,8 +365,8 @@ class Pylo:
                 have failed (None: no such limit).
             store_results: Keep each finished input's return value
                 (see :meth:`get_results`).
-            timeout: Seconds one attempt may run before the input fails with
-                :class:`~pylo.errors.TaskTimeout`. A thread cannot be killed:
+            timeout: Seconds one input may take (retries included) before it
+                fails with :class:`~pylo.errors.TaskTimeout`. A thread cannot be killed:
                 the stuck thread is abandoned and replaced (docs/failures.md).
             rate_limit: Most task starts per second across all workers: a
                 number, or a string such as ``"20/s"`` or ``"100/min"``.

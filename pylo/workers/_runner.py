@@ -351,9 +351,14 @@ class LaneRunner(BaseLaneRunner):
                         if self._abandoned:
                             raise Abandoned()
                         live.done = index
-                        live.input_started = time.monotonic()
+                        live.input_started = None
                 if is_stopped():
                     return index
+                if self._limiter is not None:
+                    # Waiting for a token is not the task's time: the timeout starts after it.
+                    self._limiter.acquire()
+                if watch_lock is not None:
+                    live.input_started = time.monotonic()
                 failure, value = self._attempt(item)
                 if failure is None and store_results:
                     failure = self._store_result(live, index, value)
@@ -406,8 +411,6 @@ class LaneRunner(BaseLaneRunner):
 
     def _attempt(self, item: Any) -> tuple[TaskFailure | None, Any]:
         """Call the task on one input, with retries when configured."""
-        if self._limiter is not None:
-            self._limiter.acquire()
         if self._retry is None:
             try:
                 return None, self._function(item)

@@ -30,8 +30,10 @@ class RunnerSettings:
         max_failures: Execution-wide failure limit that lanes enforce
             together as failures happen (None: no limit). The backend
             shares one :class:`~pylo.workers._runner.FailureGate` among its lanes.
-        timeout: Seconds one attempt of a task may run (None: no limit).
-            Enforcing it is the backend's job: it knows how to stop a task.
+        timeout: Seconds one input may take, retries and their back-off
+            included, not counting a wait for the rate limit (None: no
+            limit). Enforcing it is the backend's job: it knows how to stop
+            a task.
         rate_limit: Task starts per second across all lanes (None: no
             limit). The backend shares one
             :class:`~pylo._ratelimit.TokenBucket` among its lanes.

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from pylo._ratelimit import TokenBucket
-from pylo.workers._runner import Abandoned, FailureGate, LaneRunner
+from pylo.workers._runner import Abandoned, FailureGate, LaneRunner, collect_results, partial_results
 from pylo.workers.base import Backend, ChunkResult, RunnerSettings
 
 __all__ = ["ThreadBackend"]
@@ -118,28 +118,10 @@ class ThreadBackend(Backend):
         self._inboxes[lane].put((chunk_id, inputs, budget))
 
     def poll(self, timeout: float | None) -> list[ChunkResult]:
-        try:
-            first = self._outbox.get(timeout=timeout)
-        except queue.Empty:
-            return []
-        found = [first]
-        while True:
-            try:
-                found.append(self._outbox.get_nowait())
-            except queue.Empty:
-                break
-        for item in found:
-            if isinstance(item, BaseException):
-                raise item
-        return found  # type: ignore[return-value]  # exceptions were raised above
+        return collect_results(self._outbox, timeout)
 
     def progress(self) -> list[ChunkResult]:
-        found = []
-        for runner in self._runners:
-            partial = runner.progress()
-            if partial is not None and partial.attempted:
-                found.append(partial)
-        return found
+        return partial_results(self._runners)
 
     def cancel(self) -> None:
         self._stop.set()
