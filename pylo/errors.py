@@ -7,7 +7,14 @@ one, the fix.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for annotations only: errors.py imports nothing of pylo at run time
+    from pylo.stores.base import ExecutionRecord
+
 __all__ = [
+    "DamagedExecutions",
     "ExecutionExists",
     "ExecutionNotFound",
     "ExecutionNotResumable",
@@ -59,6 +66,41 @@ class ResultSerializationError(PyloError):
 
 class StoreError(PyloError):
     """The store is damaged, foreign, of an unknown format, or failed to write."""
+
+
+class DamagedExecutions(StoreError):
+    """``list_executions`` found executions it cannot read; the others are on the error.
+
+    A store that keeps each execution in files of its own (the file store)
+    can read the intact executions even when one is damaged. Rather than
+    hide the damaged ones (the user would think them lost) or refuse the
+    whole list, it raises this error, which names each damaged execution's
+    path and problem and carries everything that could be read, as
+    ``shutil.copytree`` reports the files it could not copy after copying
+    the rest.
+
+    Attributes:
+        executions: The intact executions, oldest first, as
+            ``list_executions`` would have returned them.
+        damaged: Execution id (as found on disk) -> the :class:`StoreError`
+            that reading it raises.
+        location: The store.
+    """
+
+    def __init__(
+        self,
+        location: str,
+        executions: Sequence[ExecutionRecord],
+        damaged: Mapping[str, StoreError],
+    ) -> None:
+        details = "; ".join(str(error) for error in damaged.values())
+        super().__init__(
+            f"{len(damaged)} damaged execution(s) in the store at {location} left out of the list: {details}. "
+            f"The {len(executions)} intact execution(s) are in this error's `executions` attribute"
+        )
+        self.location = location
+        self.executions = list(executions)
+        self.damaged = dict(damaged)
 
 
 class InputSerializationError(PyloError):

@@ -11,9 +11,17 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pylo.stores.base import BatchRecord, ExecutionRecord, ExecutionStatus, Flush
+from pylo.stores.base import FAILED, FINISHED, PENDING, BatchRecord, ExecutionRecord, ExecutionStatus, Flush
 
-__all__ = ["check_batches", "check_flush", "dump_options", "load_options", "record_fields"]
+__all__ = [
+    "batches_problem",
+    "check_batches",
+    "check_flush",
+    "counts_problem",
+    "dump_options",
+    "load_options",
+    "record_fields",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +69,39 @@ def check_batches(execution_id: str, batches: Sequence[BatchRecord]) -> None:
                 f"batch {batch.batch_no} of execution {execution_id!r} has {len(batch.states)} "
                 f"state bytes for size {batch.size}; they must be equal"
             )
+
+
+def counts_problem(total: int, finished: int, failed: int) -> str | None:
+    """Why stored counts cannot be an execution's, or None when they can.
+
+    Stores read counts back from disk, where anything may have happened to
+    them; a negative one would make every later answer wrong, so readers
+    refuse it as damage. (Counts are the coordinator's to keep consistent
+    with the states; a store only persists them.)
+    """
+    if total < 0 or finished < 0 or failed < 0:
+        return f"negative counts (total {total}, finished {finished}, failed {failed})"
+    return None
+
+
+#: Translating states with this deletes the valid state bytes: what is left is invalid.
+_VALID_STATES = bytes([PENDING, FINISHED, FAILED])
+
+
+def batches_problem(batches: Sequence[BatchRecord]) -> str | None:
+    """Why batches read back from a store cannot be right, or None when they can.
+
+    Checks what a reader relies on and is cheap to check (C-speed byte
+    operations, no Python loop over inputs): one state byte per input, each
+    a known state. A hand-edited or damaged store must give a StoreError,
+    not a ``zip()`` error or an input that is neither finished nor unfinished.
+    """
+    for batch in batches:
+        if len(batch.states) != batch.size:
+            return f"{len(batch.states)} state bytes for the {batch.size} inputs of batch {batch.batch_no}"
+        if batch.states.translate(None, _VALID_STATES):
+            return f"an unknown state byte in batch {batch.batch_no}"
+    return None
 
 
 def check_flush(execution_id: str, flush: Flush) -> None:

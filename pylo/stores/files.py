@@ -53,8 +53,15 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import quote, unquote
 
-from pylo.errors import ExecutionExists, ExecutionNotFound, StoreError
-from pylo.stores._common import check_batches, check_flush, dump_options, record_fields
+from pylo.errors import DamagedExecutions, ExecutionExists, ExecutionNotFound, StoreError
+from pylo.stores._common import (
+    batches_problem,
+    check_batches,
+    check_flush,
+    counts_problem,
+    dump_options,
+    record_fields,
+)
 from pylo.stores.base import (
     FORMAT_VERSION,
     BatchRecord,
@@ -124,6 +131,13 @@ def _frame(magic: bytes, body: bytes) -> bytes:
 
 def _file_size(path: Path) -> int:
     return os.stat(path).st_size
+
+
+def _size_or_zero(path: Path) -> int:
+    try:
+        return _file_size(path)
+    except OSError:
+        return 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +229,9 @@ def _record_from_json(data: bytes) -> tuple[ExecutionRecord, int, int]:
         host=_get(document, "host", str, optional=True),
         options=options,
     )
+    problem = counts_problem(record.total, record.finished, record.failed)
+    if problem is not None:
+        raise ValueError(problem)
     return record, _get(document, "inputs_end", int), _get(document, "outcomes_end", int)
 
 
@@ -337,6 +354,9 @@ class FileStore(Store):
         except (FileNotFoundError, NotADirectoryError):
             # A directory without execution.json is being created right now
             # (or its creation crashed): the execution does not exist yet.
+            # Its logs are empty then; logs with data lost their record.
+            if any(_size_or_zero(directory / name) for name in (_INPUTS, _OUTCOMES)):
+                raise self._damaged(path, "is missing, although the execution's logs hold data") from None
             raise self._not_found(execution_id) from None
         except OSError as exc:
             raise StoreError(f"cannot read {path}: {exc}") from exc
@@ -383,6 +403,9 @@ class FileStore(Store):
     def _apply_header(self, path: Path, record: ExecutionRecord, header: dict[str, Any]) -> tuple[ExecutionRecord, int]:
         """The record after a flush, and the ``inputs.log`` offset that flush had seen."""
         try:
+            problem = counts_problem(int(header["total"]), int(header["finished"]), int(header["failed"]))
+            if problem is not None:
+                raise ValueError(problem)
             return dataclasses.replace(
                 record,
                 total=int(header["total"]),
@@ -412,49 +435,59 @@ class FileStore(Store):
         return True
 
     def _frames(
-        self, file: BinaryIO, path: Path, magic: bytes, start: int, size: int
+        self, file: BinaryIO, path: Path, magic: bytes, start: int, size: int, committed: int = 0
     ) -> Iterator[tuple[int, int, int]]:
         """Yield ``(body_offset, body_length, crc)`` of the frames between ``start`` and ``size``.
 
         Stops quietly at a frame cut short, which is a torn tail or a frame
-        being written. Leaves the file positioned at each body.
+        being written, unless it starts before ``committed``: the offset
+        ``execution.json`` says is durable, which only complete frames can
+        reach. Leaves the file positioned at each body.
         """
         offset = start
         while offset + _FRAME.size <= size:
             file.seek(offset)
             header = file.read(_FRAME.size)
             if len(header) < _FRAME.size:
-                return
+                break
             found, length, crc = _FRAME.unpack(header)
             if found != magic:
-                if self._blank_tail(file, offset, size):
+                if offset >= committed and self._blank_tail(file, offset, size):
                     return
                 raise self._damaged(path, f"has no valid record at byte {offset}")
             body_offset = offset + _FRAME.size
             if body_offset + length > size:
-                return
+                break
             file.seek(body_offset)
             yield body_offset, length, crc
             offset = body_offset + length
+        if offset < committed:
+            raise self._damaged(path, f"has a record cut short at byte {offset}, before the end it had ({committed})")
 
-    def _scan_inputs(self, path: Path, start: int, *, with_states: bool) -> tuple[list[_InputEntry], int]:
+    def _scan_inputs(
+        self, path: Path, start: int, *, with_states: bool, committed: int = 0
+    ) -> tuple[list[_InputEntry], int]:
         """Read the batches of complete ``add_batches`` calls after ``start``.
 
         Payloads are skipped, not read: only the fixed fields (and the states
         when asked) of each frame are. Returns the batches and the offset
-        where the last complete call ends.
+        where the last complete call ends. ``committed`` is the offset
+        ``execution.json`` vouches for: a bad frame before it is damage,
+        never a torn tail to ignore.
         """
         entries: list[_InputEntry] = []
         call: list[_InputEntry] = []
-        committed = start
+        ended = start
         with open(path, "rb") as file:
             size = os.fstat(file.fileno()).st_size
-            for body_offset, length, crc in self._frames(file, path, _INPUTS_MAGIC, start, size):
+            for body_offset, length, crc in self._frames(file, path, _INPUTS_MAGIC, start, size, committed):
                 last = body_offset + length == size
                 if last:
                     # Only the last frame can be torn: check all of it.
                     body = file.read(length)
                     if len(body) < length or zlib.crc32(body) != crc:
+                        if body_offset - _FRAME.size < committed:
+                            raise self._damaged(path, f"has a corrupt batch record at byte {body_offset}")
                         break
                     head = body[:_BATCH_HEAD_SIZE]
                 else:
@@ -476,18 +509,26 @@ class FileStore(Store):
                 if flags & _ENDS_CALL:
                     entries.extend(call)
                     call.clear()
-                    committed = body_offset + length
-        return entries, committed
+                    ended = body_offset + length
+        if ended < committed:
+            raise self._damaged(
+                path, f"ends its last complete batch at byte {ended}, before the end it had ({committed})"
+            )
+        return entries, ended
 
-    def _outcomes(self, path: Path, start: int) -> Iterator[tuple[_Outcome, int]]:
-        """Yield each complete ``outcomes.log`` frame after ``start`` and the offset it ends at."""
+    def _outcomes(self, path: Path, start: int, committed: int = 0) -> Iterator[tuple[_Outcome, int]]:
+        """Yield each complete ``outcomes.log`` frame after ``start`` and the offset it ends at.
+
+        ``committed`` is the offset ``execution.json`` vouches for: a bad
+        frame before it is damage, never a torn tail to ignore.
+        """
         with open(path, "rb") as file:
             size = os.fstat(file.fileno()).st_size
-            for body_offset, length, crc in self._frames(file, path, _OUTCOMES_MAGIC, start, size):
+            for body_offset, length, crc in self._frames(file, path, _OUTCOMES_MAGIC, start, size, committed):
                 body = file.read(length)
                 end = body_offset + length
                 if len(body) < length or zlib.crc32(body) != crc:
-                    if end == size:
+                    if end == size and body_offset - _FRAME.size >= committed:
                         return  # a torn tail
                     raise self._damaged(path, f"has a corrupt flush record at byte {body_offset}")
                 try:
@@ -771,20 +812,31 @@ class FileStore(Store):
         """See :meth:`Store.list_executions`.
 
         Raises:
-            StoreError: A file cannot be read or is damaged.
+            DamagedExecutions: Some executions cannot be read; the error
+                names each one's path and problem and carries the intact
+                executions.
+            StoreError: The executions directory cannot be read.
         """
         records = []
-        with self._guard("list executions"):
-            with os.scandir(self._executions) as entries:
-                names = [entry.name for entry in entries if not entry.name.startswith(".") and entry.is_dir()]
-            for name in names:
-                directory = self._executions / name
-                try:
-                    record, inputs_end, outcomes_end = self._read_record(directory, unquote(name))
-                except ExecutionNotFound:
-                    continue  # being created
-                records.append(self._catch_up(directory, record, inputs_end, outcomes_end)[0])
+        damaged: dict[str, StoreError] = {}
+        with self._guard("list executions"), os.scandir(self._executions) as entries:
+            names = [entry.name for entry in entries if not entry.name.startswith(".") and entry.is_dir()]
+        for name in names:
+            directory = self._executions / name
+            execution_id = unquote(name)
+            try:
+                with self._guard(f"read execution {execution_id!r}"):
+                    record, inputs_end, outcomes_end = self._read_record(directory, execution_id)
+                    records.append(self._catch_up(directory, record, inputs_end, outcomes_end)[0])
+            except ExecutionNotFound:
+                continue  # being created
+            except StoreError as exc:
+                # Each execution has files of its own: read the others, then
+                # say which ones are damaged (see DamagedExecutions).
+                damaged[execution_id] = exc
         records.sort(key=lambda record: (record.created_at, record.id))
+        if damaged:
+            raise DamagedExecutions(self.location, records, damaged)
         return records
 
     def read_batches(self, execution_id: str, *, payloads: bool = False) -> Iterator[BatchRecord]:
@@ -801,11 +853,11 @@ class FileStore(Store):
         """
         directory = self._dir(execution_id)
         with self._guard(f"read the batches of execution {execution_id!r}"):
-            record, _, _ = self._read_record(directory, execution_id)
-            entries, _ = self._scan_inputs(directory / _INPUTS, 0, with_states=True)
+            record, inputs_end, outcomes_end = self._read_record(directory, execution_id)
+            entries, _ = self._scan_inputs(directory / _INPUTS, 0, with_states=True, committed=inputs_end)
             states = {entry.batch_no: entry.states for entry in entries}
             outcomes = directory / _OUTCOMES
-            for outcome, _ in self._outcomes(outcomes, 0):
+            for outcome, _ in self._outcomes(outcomes, 0, outcomes_end):
                 for batch_no, data in self._outcome_parts(outcomes, outcome)[0]:
                     # A flush may name batches added after inputs.log was read.
                     if batch_no in states:
@@ -814,6 +866,9 @@ class FileStore(Store):
             BatchRecord(entry.batch_no, entry.first_position, entry.size, states[entry.batch_no] or b"")
             for entry in sorted(entries, key=lambda entry: entry.batch_no)
         ]
+        problem = batches_problem(records)
+        if problem is not None:
+            raise self._damaged(directory, f"holds execution {execution_id!r} with {problem}")
         if not payloads:
             return iter(records)
         return self._attach_payloads(execution_id, record.input_source, records)
@@ -885,9 +940,9 @@ class FileStore(Store):
         directory = self._dir(execution_id)
         failures: dict[int, FailureRow] = {}
         with self._guard(f"read the failures of execution {execution_id!r}"):
-            self._read_record(directory, execution_id)
+            _, _, outcomes_end = self._read_record(directory, execution_id)
             outcomes = directory / _OUTCOMES
-            for outcome, _ in self._outcomes(outcomes, 0):
+            for outcome, _ in self._outcomes(outcomes, 0, outcomes_end):
                 for row in self._outcome_parts(outcomes, outcome)[1]:
                     failures[row.position] = row
         return [failures[position] for position in sorted(failures)]
@@ -906,8 +961,8 @@ class FileStore(Store):
         outcomes = directory / _OUTCOMES
         found: dict[int, tuple[int, int]] = {}
         with self._guard(f"read the results of execution {execution_id!r}"):
-            self._read_record(directory, execution_id)
-            for outcome, end in self._outcomes(outcomes, 0):
+            _, _, outcomes_end = self._read_record(directory, execution_id)
+            for outcome, end in self._outcomes(outcomes, 0, outcomes_end):
                 body_offset = end - len(outcome.body)
                 for position, start, length in self._outcome_parts(outcomes, outcome)[2]:
                     found[position] = (body_offset + start, length)
