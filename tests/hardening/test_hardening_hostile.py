@@ -159,10 +159,6 @@ class _SlowFlushStore(FileStore):
         super().record_flush(execution_id, flush)
 
 
-@pytest.mark.xfail(
-    reason="needs pylo/_engine.py Coordinator._loop to apply every result of a poll before raising an interrupt",
-    strict=True,
-)
 @pytest.mark.timeout(60)
 def test_an_interrupt_saves_what_the_other_workers_reported_with_it(tmp_path: Path) -> None:
     """Results that reach the coordinator in the same poll as an interrupt are saved too.
