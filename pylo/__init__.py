@@ -6,6 +6,7 @@ The public API is what this module exports; see ``Pylo`` to start.
 from __future__ import annotations
 
 from pylo.errors import (
+    DamagedExecutions,
     ExecutionExists,
     ExecutionNotFound,
     ExecutionNotResumable,
@@ -21,6 +22,7 @@ from pylo.stores.base import ExecutionRecord, ExecutionStatus, Store
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "DamagedExecutions",
     "ExecutionExists",
     "ExecutionNotFound",
     "ExecutionNotResumable",

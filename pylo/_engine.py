@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pylo._codec import Codec
-from pylo.errors import PyloError
+from pylo.errors import StoreError
 from pylo.stores.base import (
     FAILED,
     FINISHED,
@@ -303,9 +303,13 @@ class _PayloadReader:
                     wanted.append(later.batch_no)
             self._fetched = dict(self._store.read_payloads(self._execution_id, wanted))
         payload = self._fetched.pop(batch_no, None)
+        where = f"batch {batch_no} of execution {self._execution_id!r} in the store at {self._store.location}"
         if payload is None:
-            raise PyloError(f"batch {batch_no} of execution {self._execution_id!r} is missing from the store")
-        return self._codec.decode_batch(payload)
+            raise StoreError(f"the inputs of {where} are missing")
+        try:
+            return self._codec.decode_batch(payload)
+        except Exception as exc:  # a damaged payload: say where, never a bare pickle error
+            raise StoreError(f"cannot decode the inputs of {where}: {type(exc).__name__}: {exc}") from exc
 
 
 class _Scheduler:
@@ -620,8 +624,6 @@ class Coordinator:
 
     def _end_early(self, exc: BaseException) -> None:
         """Save what can be saved after ``exc`` cut the run short."""
-        from pylo.errors import StoreError
-
         store_failed = isinstance(exc, StoreError)
         backend = self._backend
         try:
@@ -640,6 +642,32 @@ class Coordinator:
         status = ExecutionStatus.INTERRUPTED if interrupted else ExecutionStatus.ABORTED
         try:
             self._flush(status=status, ended_at=time.time())
+        except BaseException:
+            logger.error("could not save the last outcomes of execution %s", self._id, exc_info=True)
+            self._record_status_only(status)
+
+    def _record_status_only(self, status: ExecutionStatus) -> None:
+        """Mark the end with the counts of the last good flush, writing no outcomes.
+
+        When the full final flush fails (a full disk, say), this smaller write
+        may still fit, so the execution does not look ``running`` forever to
+        readers on other hosts. Its outcomes stay as of the last good flush.
+        """
+        try:
+            stored = self._store.get_execution(self._id)
+            self._store.record_flush(
+                self._id,
+                Flush(
+                    states={},
+                    failures=(),
+                    results=(),
+                    total=stored.total,
+                    finished=stored.finished,
+                    failed=stored.failed,
+                    status=status,
+                    ended_at=time.time(),
+                ),
+            )
         except BaseException:
             logger.error("could not record the end of execution %s", self._id, exc_info=True)
 

@@ -672,7 +672,7 @@ class Pylo:
                 past_id,
                 parent.host,
             )
-        codec = get_codec(parent.codec)
+        codec = self._codec_of(parent)
         record = _engine.new_record(new_id, _task_name(function), codec, self._config, parent=parent)
 
         def prepare() -> _engine._Plan:
@@ -785,7 +785,7 @@ class Pylo:
             StoreError: The store, or a stored input, cannot be read.
         """
         record = self._store.get_execution(_check_execution_id("execution_id", execution_id))
-        codec = get_codec(record.codec)
+        codec = self._codec_of(record)
         finished: list[Any] = []
         unfinished: list[Any] = []
         for batch in self._store.read_batches(record.id, payloads=True):
@@ -799,6 +799,16 @@ class Pylo:
                 for item, state in zip(items, batch.states, strict=True):
                     (finished if state == FINISHED else unfinished).append(item)
         return finished, unfinished
+
+    def _codec_of(self, record: ExecutionRecord) -> Codec:
+        """The codec an execution was written with; an unknown name is damage (or a newer pylo)."""
+        try:
+            return get_codec(record.codec)
+        except ValueError as exc:
+            raise StoreError(
+                f"execution {record.id!r} in the store at {self._store.location} was written with codec "
+                f"{record.codec!r}, which this pylo cannot read ({exc}); use the pylo that wrote it"
+            ) from None
 
     def _decode_batch(self, codec: Codec, record: ExecutionRecord, batch_no: int, payload: bytes | None) -> list[Any]:
         if payload is None:
@@ -822,23 +832,40 @@ class Pylo:
             StoreError: The store, or a stored input, cannot be read.
         """
         record = self._store.get_execution(_check_execution_id("execution_id", execution_id))
-        codec = get_codec(record.codec)
+        codec = self._codec_of(record)
         rows = self._store.read_failures(record.id)
         if not rows:
             return []
         starts: list[int] = []
         numbers: list[int] = []
+        sizes: list[int] = []
         for batch in self._store.read_batches(record.id):
             starts.append(batch.first_position)
             numbers.append(batch.batch_no)
-        needed = sorted({numbers[bisect.bisect_right(starts, row.position) - 1] for row in rows})
+            sizes.append(batch.size)
+        slots: dict[int, int] = {}
+        for row in rows:
+            slot = bisect.bisect_right(starts, row.position) - 1
+            if slot < 0 or row.position >= starts[slot] + sizes[slot]:
+                raise StoreError(
+                    f"execution {record.id!r} in the store at {self._store.location} is damaged: it has a "
+                    f"failure record for position {row.position}, which is none of its inputs"
+                )
+            slots[row.position] = slot
+        needed = sorted({numbers[slot] for slot in slots.values()})
         inputs: dict[int, list[Any]] = {}
         for batch_no, payload in self._store.read_payloads(record.id, needed):
             inputs[batch_no] = self._decode_batch(codec, record, batch_no, payload)
         failures = []
         for row in rows:
-            slot = bisect.bisect_right(starts, row.position) - 1
-            item = inputs[numbers[slot]][row.position - starts[slot]]
+            slot = slots[row.position]
+            batch_inputs = inputs.get(numbers[slot])
+            if batch_inputs is None or len(batch_inputs) != sizes[slot]:
+                raise StoreError(
+                    f"batch {numbers[slot]} of execution {record.id!r} has lost inputs in the store at "
+                    f"{self._store.location}"
+                )
+            item = batch_inputs[row.position - starts[slot]]
             failures.append(
                 Failure(
                     input=item,
@@ -866,7 +893,7 @@ class Pylo:
             ExecutionNotFound: No such execution.
         """
         record = self._store.get_execution(_check_execution_id("execution_id", execution_id))
-        codec = get_codec(record.codec)
+        codec = self._codec_of(record)
         found = []
         for row in self._store.read_failures(record.id):
             exc = _rebuild_exception(codec, row)
@@ -886,7 +913,7 @@ class Pylo:
             StoreError: The store cannot be read.
         """
         record = self._store.get_execution(_check_execution_id("execution_id", execution_id))
-        codec = get_codec(record.codec)
+        codec = self._codec_of(record)
         by_position: dict[int, bytes] = {}
         lineage: list[ExecutionRecord] = [record]
         while lineage[-1].parent_id is not None:

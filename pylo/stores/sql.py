@@ -32,8 +32,16 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
-from pylo.errors import ExecutionExists, ExecutionNotFound, StoreError
-from pylo.stores._common import check_batches, check_flush, dump_options, load_options, record_fields
+from pylo.errors import DamagedExecutions, ExecutionExists, ExecutionNotFound, StoreError
+from pylo.stores._common import (
+    batches_problem,
+    check_batches,
+    check_flush,
+    counts_problem,
+    dump_options,
+    load_options,
+    record_fields,
+)
 from pylo.stores.base import (
     FORMAT_VERSION,
     BatchRecord,
@@ -399,7 +407,15 @@ class SQLStore(Store):
                 f"the store at {self.location} has format version {meta.get('version')!r}, which "
                 f"this pylo cannot read (it reads version {FORMAT_VERSION}); use the pylo that wrote it"
             )
-        return set(_metadata.tables) <= names
+        # pylo_meta is created in the same transaction as every other table:
+        # one missing now was dropped, and creating it empty would lose data.
+        missing = sorted(set(_metadata.tables) - names)
+        if missing:
+            raise StoreError(
+                f"the store at {self.location} is damaged: it is missing the tables {', '.join(missing)}; "
+                "restore it from a backup or give pylo another path"
+            )
+        return True
 
     def _storable_text(self, text: str | None) -> str | None:
         """Make exception text storable in a TEXT column, escaping what cannot be.
@@ -432,7 +448,7 @@ class SQLStore(Store):
 
     def _record_from_row(self, row: sa.Row[Any]) -> ExecutionRecord:
         try:
-            return ExecutionRecord(
+            record = ExecutionRecord(
                 id=row.id,
                 parent_id=row.parent_id,
                 input_source=row.input_source,
@@ -450,6 +466,10 @@ class SQLStore(Store):
                 host=row.host,
                 options=load_options(row.options),
             )
+            problem = counts_problem(record.total, record.finished, record.failed)
+            if problem is not None:
+                raise ValueError(problem)
+            return record
         except (TypeError, ValueError) as exc:
             raise StoreError(f"execution {row.id!r} in the store at {self.location} is damaged: {exc}") from exc
 
@@ -589,11 +609,22 @@ class SQLStore(Store):
         """See :meth:`Store.list_executions`.
 
         Raises:
-            StoreError: The database cannot be read or a row is damaged.
+            DamagedExecutions: Some rows are damaged; the error names them
+                and carries the intact executions.
+            StoreError: The database cannot be read.
         """
         with self._guard("list executions"), self._read() as conn:
             rows = conn.execute(sa.select(_executions).order_by(_executions.c.created_at, _executions.c.id)).all()
-        return [self._record_from_row(row) for row in rows]
+        records = []
+        damaged: dict[str, StoreError] = {}
+        for row in rows:
+            try:
+                records.append(self._record_from_row(row))
+            except StoreError as exc:  # one damaged row must not hide the others
+                damaged[str(row.id)] = exc
+        if damaged:
+            raise DamagedExecutions(self.location, records, damaged)
+        return records
 
     def read_batches(self, execution_id: str, *, payloads: bool = False) -> Iterator[BatchRecord]:
         """See :meth:`Store.read_batches`.
@@ -617,6 +648,9 @@ class SQLStore(Store):
         records = [
             BatchRecord(int(row.batch_no), int(row.first_position), int(row.size), bytes(row.states)) for row in rows
         ]
+        problem = batches_problem(records)
+        if problem is not None:
+            raise StoreError(f"execution {execution_id!r} in the store at {self.location} is damaged: it has {problem}")
         if not payloads:
             return iter(records)
         return self._attach_payloads(execution_id, source, records)

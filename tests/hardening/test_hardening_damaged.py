@@ -123,8 +123,6 @@ def foreign_database(path: Path) -> None:
 
 # -- SQLite: the whole file ------------------------------------------------------------------
 
-_SQL_MISSING_TABLE = "needs the missing-table check in pylo/stores/sql.py (_check_schema)"
-
 SQLITE_FILE_CASES = [
     pytest.param(truncate_half, "malformed|not a database", id="truncated-half"),
     pytest.param(truncate_to(100), "malformed|not a database", id="truncated-in-header"),
@@ -138,7 +136,6 @@ SQLITE_FILE_CASES = [
             run_sql(f"DROP TABLE {table}"),
             f"missing.*{table}",
             id=f"missing-{table}",
-            marks=pytest.mark.xfail(reason=_SQL_MISSING_TABLE, strict=True),
         )
         for table in ("pylo_executions", "pylo_batches", "pylo_failures", "pylo_results")
     ],
@@ -154,29 +151,19 @@ def test_a_damaged_or_foreign_sqlite_store_is_refused_naming_it(
 
 # -- one execution's rows or files ---------------------------------------------------------------
 
-_CODEC = "needs an unknown-codec check in pylo/execution.py (get_state, get_failures, start_from_past_execution)"
-_SQL_STATES = "needs pylo/stores/sql.py read_batches to check states with _common.batches_problem"
-_ENGINE_PAYLOAD = "needs pylo/_engine.py _PayloadReader.load to turn a payload it cannot decode into StoreError"
-_FAILURE_POSITION = "needs pylo/execution.py get_failures to check each failure's position against the batches"
-
 
 def _case(
-    store_name: str, name: str, target: str, mutate: Callable[[Path], None], problem: str, xfail: dict[str, str]
+    store_name: str, name: str, target: str, mutate: Callable[[Path], None], problem: str, skip: set[str]
 ) -> list[Any]:
-    """One parameter per public call; ``xfail`` maps a call to the fix it waits for ("skip": not an error)."""
-    params = []
-    for call in CALLS:
-        reason = xfail.get(call)
-        if reason == "skip":
-            continue
-        marks = [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
-        params.append(
-            pytest.param(store_name, target, mutate, problem, call, id=f"{store_name}-{name}-{call}", marks=marks)
-        )
-    return params
+    """One parameter per public call, except the calls in ``skip``, for which the damage is not an error."""
+    return [
+        pytest.param(store_name, target, mutate, problem, call, id=f"{store_name}-{name}-{call}")
+        for call in CALLS
+        if call not in skip
+    ]
 
 
-_READS_ONLY_THE_RECORD = {"get_execution": "skip"}
+_READS_ONLY_THE_RECORD = {"get_execution"}
 
 EXECUTION_CASES = [
     # SQLite rows of the victim (target: the database file).
@@ -186,7 +173,7 @@ EXECUTION_CASES = [
         "",
         run_sql("UPDATE pylo_executions SET status = 'zzz' WHERE id = 'victim'"),
         "'zzz'",
-        {},
+        set(),
     ),
     *_case(
         "sqlite",
@@ -194,7 +181,7 @@ EXECUTION_CASES = [
         "",
         run_sql("UPDATE pylo_executions SET options = '{' WHERE id = 'victim'"),
         "damaged",
-        {},
+        set(),
     ),
     *_case(
         "sqlite",
@@ -202,7 +189,7 @@ EXECUTION_CASES = [
         "",
         run_sql("UPDATE pylo_executions SET codec = 'zzz' WHERE id = 'victim'"),
         "codec 'zzz'",
-        {"get_execution": "skip", "get_state": _CODEC, "get_failures": _CODEC, "resume": _CODEC},
+        {"get_execution"},
     ),
     *_case(
         "sqlite",
@@ -210,7 +197,7 @@ EXECUTION_CASES = [
         "",
         run_sql("UPDATE pylo_batches SET states = x'0102' WHERE execution_id = 'victim'"),
         "state bytes",
-        {"get_execution": "skip", "get_state": _SQL_STATES, "get_failures": _SQL_STATES, "resume": _SQL_STATES},
+        {"get_execution"},
     ),
     *_case(
         "sqlite",
@@ -220,7 +207,7 @@ EXECUTION_CASES = [
             "UPDATE pylo_batches SET states = CAST(zeroblob(size - 1) || x'07' AS BLOB) WHERE execution_id = 'victim'"
         ),
         "unknown state",
-        {"get_execution": "skip", "get_state": _SQL_STATES, "get_failures": _SQL_STATES, "resume": _SQL_STATES},
+        {"get_execution"},
     ),
     *_case(
         "sqlite",
@@ -228,7 +215,7 @@ EXECUTION_CASES = [
         "",
         run_sql("UPDATE pylo_batches SET payload = x'00112233' WHERE execution_id = 'victim'"),
         "cannot decode",
-        {"get_execution": "skip", "resume": _ENGINE_PAYLOAD},
+        {"get_execution"},
     ),
     *_case(
         "sqlite",
@@ -236,7 +223,7 @@ EXECUTION_CASES = [
         "",
         run_sql("UPDATE pylo_failures SET position = position + 1000 WHERE execution_id = 'victim'"),
         "position 1000",
-        {"get_execution": "skip", "get_state": "skip", "resume": "skip", "get_failures": _FAILURE_POSITION},
+        {"get_execution", "get_state", "resume"},
     ),
     # The victim's files.
     *_case("files", "record-truncated", "execution.json", truncate_to(20), "cannot be read as an execution record", {}),
@@ -254,7 +241,7 @@ EXECUTION_CASES = [
         "execution.json>store",  # the codec is the facade's business: it names the store, not the file
         set_json(codec="zzz"),
         "codec 'zzz'",
-        {"get_execution": "skip", "get_state": _CODEC, "get_failures": _CODEC, "resume": _CODEC},
+        {"get_execution"},
     ),
     *_case("files", "inputs-truncated", "inputs.log", truncate_to(-10), "shorter", {}),
     *_case("files", "inputs-emptied", "inputs.log", truncate_to(0), "shorter", {}),
@@ -346,9 +333,6 @@ def test_listing_the_file_store_does_not_read_inside_the_logs(tmp_path: Path) ->
         assert [record.id for record in pylo.list_executions()] == ["intact", "victim"]
 
 
-@pytest.mark.xfail(
-    reason="needs pylo/stores/sql.py list_executions to raise DamagedExecutions for damaged rows", strict=True
-)
 def test_listing_the_sqlite_store_names_a_damaged_row_and_carries_the_intact_ones(tmp_path: Path) -> None:
     store_dir = tmp_path / "store"
     build_store(store_dir, "sqlite")
