@@ -52,9 +52,9 @@ def test_a_write_that_fails_stops_the_run_and_the_last_good_flush_resumes(tmp_pa
 
     with Pylo.local_multithread(store_dir, 2, store=store_name, progress=False) as pylo:
         record = pylo.get_execution("full")
-        # pylo tries to mark it aborted; when even that write fails it stays
-        # "running", and its dead process makes it "crashed".
-        assert record.status in (ExecutionStatus.ABORTED, ExecutionStatus.CRASHED)
+        # The full final flush cannot be written, but the status-only write
+        # that follows it is small enough to fit: readers elsewhere see the end.
+        assert record.status is ExecutionStatus.ABORTED
         finished, unfinished = pylo.get_state("full")
         assert sorted(finished + unfinished) == INPUTS
         assert finished == sorted(finished)
