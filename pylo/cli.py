@@ -15,10 +15,11 @@ turns errors into one line and an exit status (see docs/cli.md).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn
 
 from pylo._cli_common import DEFAULT_STORE, STORE_ENV, CliError, StoreChoice
@@ -36,8 +37,6 @@ EXIT_UNFINISHED = 1
 EXIT_USAGE = 2
 #: Interrupted with Ctrl-C; the execution was saved and can be resumed.
 EXIT_INTERRUPTED = 130
-
-_log_handler: logging.Handler | None = None
 
 
 # -- argument types: messages name the flag the user typed ------------------------
@@ -195,17 +194,27 @@ def build_parser() -> argparse.ArgumentParser:
 # -- main -----------------------------------------------------------------------------
 
 
-def _configure_logging(verbose: int, quiet: bool) -> None:
-    """Send the library's log records to stderr; the library itself never adds handlers."""
-    global _log_handler
+@contextlib.contextmanager
+def _command_logging(verbose: int, quiet: bool) -> Iterator[None]:
+    """Send the library's log records to stderr while the command runs.
+
+    The library never adds handlers; the command does, and takes them away
+    again on return, so calling :func:`main` inside another program (or a
+    test) leaves that program's logging as it found it.
+    """
     logger = logging.getLogger("pylo")
-    if _log_handler is not None:  # main() called again in one process
-        logger.removeHandler(_log_handler)
-    _log_handler = logging.StreamHandler(sys.stderr)
-    _log_handler.setFormatter(logging.Formatter("pylo: %(levelname)s: %(message)s"))
-    logger.addHandler(_log_handler)
+    saved = (logger.level, logger.propagate)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("pylo: %(levelname)s: %(message)s"))
+    logger.addHandler(handler)
     logger.setLevel(logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)])
     logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -232,7 +241,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit status (see :data:`EXIT_OK` and the other ``EXIT_*`` values).
     """
     args = build_parser().parse_args(argv)
-    _configure_logging(args.verbose, args.quiet)
+    with _command_logging(args.verbose, args.quiet):
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         return _dispatch(args)
     except (CliError, PyloError, TypeError, ValueError) as exc:
