@@ -9,7 +9,8 @@ Flow of one execution::
     start:  cloudpickle(function, settings) ──► Variable "pylo-job-<token>"
                                                  (held by the scheduler)
     submit: client.submit(_run_chunk, token, lane, chunk, budget)
-                 │                         (one task per chunk, pure=False)
+                 │      (one task per chunk, pure=False; two out per lane,
+                 │       splitting the lane's failure budget)
                  ▼
     Dask worker process: _run_chunk
         fetch the job from the Variable once per process (LRU cache)
@@ -22,17 +23,19 @@ Flow of one execution::
 What each rule of a lane becomes here, and why:
 
 * **Budgets.** A remote task keeps no lane state, so each chunk carries an
-  authoritative failure budget, and ``prefetch`` is 0: a lane has one chunk in
-  flight, whose budget already counts every failure of the lane's earlier
-  chunks.
+  authoritative failure budget. A lane has two chunks out (one waits on the
+  cluster while the other's result travels back), and they split the lane's
+  budget, so the lane never sees more failures than it may. With fewer lanes
+  than cluster threads a lane has one chunk out: two could run side by side.
 * **max_failures.** Lanes on other machines share no counter. The backend
-  splits what is left of ``max_failures`` among the chunks in flight (each gets
-  at most ``ceil(left / lanes)``, and at least 1), and the coordinator stops
-  the run when the count is reached. At most ``max_failures + lanes - 1``
-  inputs fail, the same bound as a thread lane finishing its current input.
+  splits what is left of ``max_failures`` among the chunks out (each gets at
+  most ``ceil(left / lanes)``; a lane's only chunk at least 1), and the
+  coordinator stops the run when the count is reached. At most
+  ``max_failures + lanes`` inputs fail.
 * **Rate limits.** Each chunk gets a token bucket of ``rate / lanes`` that
-  starts empty, so the cluster-wide cap holds with no shared state; when
-  fewer lanes have work, the total rate is lower than the cap.
+  starts empty, and at most ``lanes`` chunks run at once (the cluster's
+  threads bound them when a lane has two out), so the cluster-wide cap holds
+  with no shared state; when fewer lanes have work, the total rate is lower.
 * **Timeouts.** The chunk runs in a thread inside the Dask task, watched like
   a thread lane: a task past its timeout fails with ``TaskTimeout`` and the
   chunk returns at once; the coordinator re-queues the rest. The stuck thread
@@ -281,10 +284,13 @@ def _run_watched(runner: LaneRunner, chunk_id: int, inputs: Sequence[Any], budge
 # -- the coordinator's side ----------------------------------------------------
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Flight:
-    """A chunk submitted to the cluster and not yet reported to the coordinator.
+    """A chunk the coordinator submitted and that has not been reported yet.
 
+    ``asked`` is the budget the coordinator gave it; ``debts`` are the lane's
+    chunks still out when it was submitted, whose failures ``asked`` does not
+    count yet. ``lent`` is the budget the chunk runs with (0 while held).
     After a ``KilledWorker`` the chunk is run again one input per task
     (``one_by_one``), from input ``next``, and its outcomes gather here.
     """
@@ -292,13 +298,26 @@ class _Flight:
     lane: int
     chunk_id: int
     inputs: Sequence[Any]
-    budget: int
+    asked: int
+    debts: tuple[_Flight, ...]
     started: float
+    lent: int = 0
     future: Any = None
+    # None until reported; then the failures it reported (what it owed its lane).
+    settled: int | None = None
     one_by_one: bool = False
     next: int = 0
     failures: list[tuple[int, TaskFailure]] = field(default_factory=list)
     results: list[tuple[int, bytes]] = field(default_factory=list)
+
+    def lane_budget_left(self) -> int:
+        """What the lane may still fail in this chunk, after its earlier chunks' share."""
+        owed = sum(debt.lent if debt.settled is None else debt.settled for debt in self.debts)
+        return self.asked - owed
+
+    def follows(self) -> bool:
+        """True while an earlier chunk of the lane is still out."""
+        return any(debt.settled is None for debt in self.debts)
 
 
 class DaskBackend(Backend):
@@ -309,9 +328,11 @@ class DaskBackend(Backend):
             The backend never closes it.
     """
 
-    # One chunk in flight per lane: remote tasks keep no lane state, so the
-    # budget sent with a chunk must already count every earlier failure.
-    prefetch = 0
+    # A second chunk per lane waits on the cluster while the first one's
+    # result travels back (start() turns this off when lanes are fewer than
+    # the cluster's threads). Remote tasks keep no lane state, so the two
+    # chunks split the lane's budget: see _launch_or_hold.
+    prefetch = 1
 
     def __init__(self, *, client: Any) -> None:
         self._client = client
@@ -319,6 +340,8 @@ class DaskBackend(Backend):
         self._lanes = 1
         self._settings = RunnerSettings()
         self._flights: dict[int, _Flight] = {}
+        self._lane_flights: dict[int, list[_Flight]] = collections.defaultdict(list)
+        self._held: list[_Flight] = []
         self._done: queue.SimpleQueue[tuple[_Flight, Any, Any]] = queue.SimpleQueue()
         self._error: BaseException | None = None
         self._ready: list[ChunkResult] = []  # results held back while an error is raised
@@ -402,6 +425,12 @@ class DaskBackend(Backend):
 
         self._lanes = lanes
         self._settings = settings
+        # With as many lanes as the cluster has threads, Dask itself runs at
+        # most `lanes` chunks at once, so two chunks out per lane neither
+        # exceed number_of_workers tasks at a time nor the rate limit (each
+        # chunk's bucket is rate / lanes). With fewer lanes, a lane's two
+        # chunks could run side by side: keep one out per lane.
+        self.prefetch = 1 if lanes >= sum(self._client.nthreads().values()) else 0
         rate = None if settings.rate_limit is None else settings.rate_limit / lanes
         job = _Job(function, settings, f"pylo-stop-{self._token}", rate)
         # Pickled once here and held by the scheduler; each worker process
@@ -410,24 +439,48 @@ class DaskBackend(Backend):
         self._started = True
 
     def submit(self, lane: int, chunk_id: int, inputs: Sequence[Any], budget: int) -> None:
-        budget = self._lend(budget)
-        flight = _Flight(lane, chunk_id, inputs, budget, time.perf_counter())
+        out = self._lane_flights[lane]
+        flight = _Flight(lane, chunk_id, inputs, budget, tuple(out), time.perf_counter())
+        out.append(flight)
         self._flights[chunk_id] = flight
-        self._budget_lent += budget
-        if budget <= 0 or self._stopping:
-            self._done.put((flight, None, ChunkResult(chunk_id, lane, 0, (), (), None, 0.0)))
-            return
-        self._launch(flight, f"pylo-chunk-{self._token}-{chunk_id}", inputs, budget)
+        self._launch_or_hold(flight)
 
-    def _lend(self, budget: int) -> int:
-        """The budget a chunk gets: the lane's, capped by its share of what max_failures leaves."""
+    def _launch_or_hold(self, flight: _Flight) -> None:
+        """Send a chunk to the cluster with the budget it may use, or hold it until there is one.
+
+        A lane's failures must stay within the budget the coordinator gives,
+        but with two chunks out neither knows the other's failures. So the
+        lane's budget is split: a chunk alone gets half of it (a follower
+        takes the rest), a follower gets what its predecessor did not take.
+        A follower with nothing left waits here until its predecessor
+        reports. A chunk that stops on its share of the budget with inputs
+        left is re-queued by the coordinator, as its lane is still active.
+        """
+        left = flight.lane_budget_left()
+        follows = flight.follows()
         limit = self._settings.max_failures
-        if limit is None:
-            return budget
-        left = limit - self._failures_seen - self._budget_lent
-        # At least 1: a lane is only fed while the coordinator is below the
-        # limit, and some chunk in flight then holds the rest of it.
-        return min(budget, max(1, math.ceil(left / self._lanes)))
+        # Nothing to run with: the run is stopping, the lane's budget is
+        # spent, or max_failures is reached (the coordinator stops on it).
+        spent = (left <= 0 and not follows) or (limit is not None and self._failures_seen >= limit)
+        if self._stopping or spent:
+            self._done.put((flight, None, ChunkResult(flight.chunk_id, flight.lane, 0, (), (), None, 0.0)))
+            return
+        lend = left if follows or not self.prefetch else math.ceil(left / 2)
+        if limit is not None:
+            # Lanes on other machines share no counter: each chunk gets its
+            # share of what max_failures leaves; at least 1, so that every
+            # lane keeps a chunk running (hence at most max_failures + lanes
+            # failures). Followers wait instead.
+            spare = limit - self._failures_seen - self._budget_lent
+            lend = min(lend, max(1, math.ceil(spare / self._lanes)))
+            if spare <= 0 and follows:
+                lend = 0
+        if lend <= 0:
+            self._held.append(flight)
+            return
+        flight.lent = lend
+        self._budget_lent += lend
+        self._launch(flight, f"pylo-chunk-{self._token}-{flight.chunk_id}", flight.inputs, lend)
 
     def _launch(self, flight: _Flight, key: str, inputs: Sequence[Any], budget: int) -> None:
         future = self._client.submit(
@@ -529,7 +582,7 @@ class DaskBackend(Backend):
 
     def _next_one(self, flight: _Flight, *, launch_only: bool = False) -> ChunkResult | None:
         """Run the next input of a one-by-one chunk, or report the chunk when it is done."""
-        left = flight.budget - len(flight.failures)
+        left = flight.lent - len(flight.failures)
         if not launch_only and (flight.next >= len(flight.inputs) or left <= 0 or self._stopping):
             return self._report_gathered(flight, None)
         index = flight.next
@@ -578,14 +631,22 @@ class DaskBackend(Backend):
         )
 
     def _report(self, flight: _Flight, result: ChunkResult) -> ChunkResult:
-        """The chunk is over: return its budget and count its failures."""
+        """The chunk is over: settle its budget, count its failures, release held chunks."""
         del self._flights[flight.chunk_id]
-        self._budget_lent -= flight.budget
+        self._lane_flights[flight.lane].remove(flight)
+        self._budget_lent -= flight.lent
         self._failures_seen += len(result.failures)
+        flight.settled = len(result.failures)
+        held, self._held = self._held, []
+        for waiting in held:
+            self._launch_or_hold(waiting)
         return result
 
     def cancel(self) -> None:
         self._stopping = True
+        held, self._held = self._held, []
+        for waiting in held:
+            self._launch_or_hold(waiting)  # reports it as not attempted
         if not self._started:
             return
         try:

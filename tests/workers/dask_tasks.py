@@ -53,6 +53,13 @@ def slow_but_zero_fails(seconds: float, item: int) -> None:
     time.sleep(seconds)
 
 
+def timed_nap(log: str, seconds: float, item: int) -> None:
+    """Sleep, then log when this input started and ended (monotonic clock)."""
+    started = time.monotonic()
+    time.sleep(seconds)
+    log_call(log, f"{started} {time.monotonic()}")
+
+
 def started_at(log: str, item: Any) -> None:
     """Log the moment this input started (monotonic clocks agree across local processes)."""
     log_call(log, time.monotonic())

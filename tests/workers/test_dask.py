@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copyreg
 import importlib.util
+import itertools
 import os
 import subprocess
 import sys
@@ -37,7 +38,14 @@ from contract_tasks import (
     square,
     stuck_at,
 )
-from dask_tasks import hold_or_interrupt, kill_worker_always, kill_worker_once, slow_but_zero_fails, started_at
+from dask_tasks import (
+    hold_or_interrupt,
+    kill_worker_always,
+    kill_worker_once,
+    slow_but_zero_fails,
+    started_at,
+    timed_nap,
+)
 
 from pylo import ExecutionStatus, Pylo, PyloError
 from pylo.workers.dask import DaskBackend
@@ -122,12 +130,31 @@ def test_each_lane_stops_after_its_own_budget(make: Callable[..., Pylo]) -> None
     assert record.status is ExecutionStatus.STOPPED and record.failed == 6 and record.pending == 94
 
 
+def test_two_chunks_out_per_lane_never_exceed_its_budget(make: Callable[..., Pylo]) -> None:
+    # Failures spread thinly, so chunks end on their half of the lane's budget
+    # and the rest is re-queued: each lane still stops at exactly 20.
+    pylo = make(2, max_worker_failures=20)
+    execution_id = pylo.start_from_scratch(range(3000), partial(logged, os.devnull, 13))
+    assert Counter(f.worker for f in pylo.get_failures(execution_id)) == {0: 20, 1: 20}
+    record = pylo.get_execution(execution_id)
+    assert record.status is ExecutionStatus.STOPPED and record.finished + record.failed + record.pending == 3000
+
+
+def test_fewer_lanes_than_threads_run_one_task_at_a_time(make: Callable[..., Pylo], tmp_path: Path) -> None:
+    log = str(tmp_path / "naps.log")
+    pylo = make(1)
+    execution_id = pylo.start_from_scratch(range(40), partial(timed_nap, log, 0.01))
+    assert pylo.get_state(execution_id) == (list(range(40)), [])
+    spans = sorted(tuple(map(float, line.strip("'").split())) for line in calls(log))
+    assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(spans))
+
+
 def test_max_failures_holds_across_the_cluster(make: Callable[..., Pylo]) -> None:
     pylo = make(2, max_failures=4)
     execution_id = pylo.start_from_scratch(range(2000), always_fail)
     record = pylo.get_execution(execution_id)
     assert record.status is ExecutionStatus.STOPPED
-    assert 4 <= record.failed <= 4 + 2 - 1  # documented bound: max_failures + lanes - 1
+    assert 4 <= record.failed <= 4 + 2  # documented bound: max_failures + lanes
 
 
 def test_reaching_max_failures_stops_running_chunks_at_their_next_input(make: Callable[..., Pylo]) -> None:
