@@ -25,9 +25,12 @@ setup(
         "sqlalchemy>=2.0",
         "tenacity>=8.2",
         "tqdm>=4.60",
+        # Process workers send functions that plain pickle cannot (lambdas, closures).
+        "cloudpickle>=2.2",
     ],
     extras_require={
         "postgres": ["psycopg[binary]>=3.1"],
+        "dask": ["dask[distributed]>=2024.1"],
         "test": [
             "pytest>=7.4",
             "pytest-timeout>=2.2",
@@ -37,6 +40,8 @@ setup(
             "mypy>=1.8",
             # The suite also runs on PostgreSQL (tests/pg_server.py starts one).
             "psycopg[binary]>=3.1",
+            # ...and on a real Dask LocalCluster.
+            "dask[distributed]>=2024.1",
         ],
     },
     classifiers=[

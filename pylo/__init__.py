@@ -15,6 +15,8 @@ from pylo.errors import (
     ResultSerializationError,
     StoredTaskError,
     StoreError,
+    TaskTimeout,
+    WorkerCrashed,
 )
 from pylo.execution import Failure, Pylo
 from pylo.stores.base import ExecutionRecord, ExecutionStatus, Store
@@ -36,5 +38,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoredTaskError",
+    "TaskTimeout",
+    "WorkerCrashed",
     "__version__",
 ]

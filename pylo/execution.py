@@ -942,8 +942,15 @@ class Pylo:
         return self._store
 
     def close(self) -> None:
-        """Close the store. The Pylo object is unusable afterwards."""
-        self._store.close()
+        """Close the store, and what the constructor opened for the workers.
+
+        A Dask client made from a scheduler address is closed; one you
+        passed in is left alone. The Pylo object is unusable afterwards.
+        """
+        try:
+            self._backend.release(self._backend_options)
+        finally:
+            self._store.close()
 
     def __enter__(self) -> Pylo:
         return self

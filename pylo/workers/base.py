@@ -10,7 +10,7 @@ Scheduling, budgets and flushing are not the backend's business.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,6 +113,15 @@ class Backend(abc.ABC):
         Raises:
             TypeError: The function cannot be run by this backend; the
                 message says why and what to do.
+        """
+
+    @classmethod  # noqa: B027 - an optional hook: the default has nothing to free
+    def release(cls, options: Mapping[str, Any]) -> None:
+        """Free what was made for these backend options, when the Pylo object closes.
+
+        For example the Dask backend closes a client it created from a
+        scheduler address (never one the user passed in). The default has
+        nothing to free.
         """
 
     @abc.abstractmethod

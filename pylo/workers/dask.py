@@ -62,7 +62,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -391,6 +391,12 @@ class DaskBackend(Backend):
         if client in _OWNED_CLIENTS:
             _OWNED_CLIENTS.discard(client)
             client.close()
+
+    @classmethod
+    def release(cls, options: Mapping[str, Any]) -> None:
+        """Close the client of these options if pylo made it (see :meth:`release_client`)."""
+        if options.get("client") is not None:
+            cls.release_client(options["client"])
 
     @classmethod
     def default_lanes(cls, client: Any) -> int:

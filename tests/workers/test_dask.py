@@ -314,10 +314,13 @@ def test_a_scheduler_address_works_like_a_client(cluster: Any, client: Any, tmp_
         assert pylo.get_state(execution_id) == (list(range(100)), [])
         assert "workers=2" in repr(pylo)
     finally:
-        pylo.close()
-        # Pylo.close does not know of clients yet; the one made from the address is pylo's to close.
-        DaskBackend.release_client(pylo._backend_options["client"])
+        pylo.close()  # closes the client pylo made from the address
     assert pylo._backend_options["client"].status == "closed"
+
+
+def test_closing_pylo_leaves_a_client_passed_in_alone(client: Any, tmp_path: Path) -> None:
+    Pylo.dask(client, tmp_path / "store", progress=False).close()
+    assert client.status == "running"
 
 
 def test_only_clients_made_from_an_address_are_released(cluster: Any, client: Any) -> None:
