@@ -11,8 +11,13 @@ from contract_tasks import Async
 
 from pylo import Pylo
 
-BACKENDS = ["threads", "processes-spawn", "processes-fork", "asyncio"]
-MODULES = {"threads": "pylo.workers.threads", "processes": "pylo.workers.processes", "asyncio": "pylo.workers.aio"}
+BACKENDS = ["threads", "processes-spawn", "processes-fork", "asyncio", "dask"]
+MODULES = {
+    "threads": "pylo.workers.threads",
+    "processes": "pylo.workers.processes",
+    "asyncio": "pylo.workers.aio",
+    "dask": "pylo.workers.dask",
+}
 
 
 @dataclass

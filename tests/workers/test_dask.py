@@ -7,7 +7,6 @@ waits (with a timeout) for two workers before it begins.
 
 from __future__ import annotations
 
-import copyreg
 import importlib.util
 import itertools
 import os
@@ -51,34 +50,6 @@ from pylo import ExecutionStatus, Pylo, PyloError
 from pylo.workers.dask import DaskBackend
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Any]:
-    # Importing distributed installs tblib's pickling of exceptions for the
-    # whole process (copyreg), which changes which exceptions other tests can
-    # rebuild; this module imports it only here and puts copyreg back after.
-    saved = dict(copyreg.dispatch_table)
-    import dask
-    from distributed import LocalCluster
-
-    # Dask gives up on a task (KilledWorker) after 2 worker deaths instead of
-    # 4, so the crash tests kill fewer processes. Read when the scheduler starts.
-    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
-        local = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
-    yield local
-    local.close()
-    copyreg.dispatch_table.clear()
-    copyreg.dispatch_table.update(saved)
-
-
-@pytest.fixture(scope="module")
-def client(cluster: Any) -> Iterator[Any]:
-    from distributed import Client
-
-    connected = Client(cluster, set_as_default=False)
-    yield connected
-    connected.close()
 
 
 @pytest.fixture

@@ -71,7 +71,9 @@ def test_max_failures_stops_every_worker(workers: Workers) -> None:
     execution_id = pylo.start_from_scratch(range(2000), workers.task(always_fail))
     record = pylo.get_execution(execution_id)
     assert record.status is ExecutionStatus.STOPPED
-    assert 4 <= record.failed <= 5  # a worker busy at that moment may finish its input
+    # A worker busy at that moment may finish its input; on Dask each chunk
+    # gets a share of what is left and may spend it before the stop arrives.
+    assert 4 <= record.failed <= (4 + 2 if workers.name == "dask" else 5)
 
 
 def test_store_exceptions_false_keeps_no_exception(workers: Workers) -> None:
