@@ -22,7 +22,7 @@ from typing import Any
 from pylo.workers import _process_child
 from pylo.workers._process_wire import Boot, Kit, Unframer
 
-__all__ = ["REAP_SECONDS", "WorkerProcess", "how_it_ended", "join_all"]
+__all__ = ["REAP_SECONDS", "WorkerProcess", "end_strays", "how_it_ended", "join_all"]
 
 #: Seconds to wait for ending processes to be reaped.
 REAP_SECONDS = 5.0
@@ -41,13 +41,18 @@ class WorkerProcess:
     eof: bool = False
 
     @classmethod
-    def start(cls, context: Any, lane: int, kit: Kit, remaining: float) -> WorkerProcess:
-        """Start a worker process for ``lane``, whose budget is down to ``remaining``."""
+    def start(cls, context: Any, lane: int, kit: Kit, remaining: float, spawned: list[Any]) -> WorkerProcess:
+        """Start a worker process for ``lane``, whose budget is down to ``remaining``.
+
+        The process is added to ``spawned`` before it starts, so that it can
+        be ended even if an interrupt comes before this returns.
+        """
         inbox_reader, inbox_writer = context.Pipe(duplex=False)
         outbox_reader, outbox_writer = context.Pipe(duplex=False)
         state = context.RawArray("d", [-1.0, 0.0, 0.0])
         boot = Boot(lane, kit, inbox_reader, outbox_writer, state, remaining)
         process = context.Process(target=_process_child.main, args=(boot,), name=f"pylo-worker-{lane}")
+        spawned.append(process)
         try:
             with _sigint_blocked():
                 process.start()
@@ -98,6 +103,19 @@ class WorkerProcess:
         self.outbox.close()
         with contextlib.suppress(ValueError):  # still running: only after a failed kill
             self.process.close()
+
+
+def end_strays(processes: list[Any]) -> None:
+    """Kill and reap any of ``processes`` still running (lost to an interrupt while starting)."""
+    for process in processes:
+        try:
+            if process.pid is None:
+                continue  # never started
+            if process.is_alive():
+                process.kill()
+            process.join(REAP_SECONDS)
+        except ValueError:
+            continue  # closed: reaped and released already
 
 
 def join_all(workers: list[WorkerProcess]) -> None:

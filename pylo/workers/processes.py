@@ -42,7 +42,7 @@ from typing import Any
 from pylo._ratelimit import TokenBucket
 from pylo.errors import PyloError, TaskTimeout, WorkerCrashed
 from pylo.workers._pickling import dumps
-from pylo.workers._process_handle import REAP_SECONDS, WorkerProcess, how_it_ended, join_all
+from pylo.workers._process_handle import REAP_SECONDS, WorkerProcess, end_strays, how_it_ended, join_all
 from pylo.workers._process_wire import (
     BROKEN,
     CHUNK_STARTED,
@@ -133,6 +133,7 @@ class ProcessBackend(Backend):
         self._gate: FailureGate | None = None
         self._describer: LaneRunner | None = None
         self._closed = False
+        self._spawned: list[Any] = []  # every Process not yet released, whether or not a lane has it
 
     # -- checks done before anything is recorded ------------------------------
 
@@ -210,7 +211,7 @@ class ProcessBackend(Backend):
     def _start_worker(self, lane: _Lane) -> None:
         """Give ``lane`` a new process, and send it the chunks the lane still has queued."""
         assert self._kit is not None
-        worker = WorkerProcess.start(self._context, lane.number, self._kit, lane.remaining)
+        worker = WorkerProcess.start(self._context, lane.number, self._kit, lane.remaining, self._spawned)
         lane.worker = worker
         for chunk in lane.chunks:
             worker.send(chunk.payload)
@@ -323,6 +324,8 @@ class ProcessBackend(Backend):
             join_all(workers)
         for worker in workers:
             worker.release()
+        end_strays(self._spawned)
+        self._spawned.clear()
 
     # -- messages ---------------------------------------------------------------
 
@@ -439,6 +442,7 @@ class ProcessBackend(Backend):
         pid = worker.process.pid
         lane.worker = None
         worker.release()
+        self._spawned.remove(worker.process)
         lane.stillborn = lane.stillborn + 1 if key < 0 else 0
         self._unjam_locks()
         chunk = lane.chunks[0] if lane.chunks else None

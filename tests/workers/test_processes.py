@@ -271,6 +271,17 @@ def test_workers_exit_when_their_parent_is_killed(tmp_path: Path, start_method: 
     assert not alive, f"workers outlived their parent: {alive}"
 
 
+def test_shutdown_ends_a_process_that_no_lane_holds() -> None:
+    from pylo.workers.base import RunnerSettings
+    from pylo.workers.processes import ProcessBackend
+
+    backend = ProcessBackend("fork")
+    backend.start(noop, 2, RunnerSettings())
+    # As if a Ctrl-C had come between the start of a process and its lane taking it.
+    backend._lanes[0].worker = None
+    backend.shutdown(wait=False)  # the fixture checks that nothing is left
+
+
 # -- timeouts ------------------------------------------------------------------------
 
 
