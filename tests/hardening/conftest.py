@@ -3,13 +3,12 @@
 Spawned children import this directory's helpers, ``tasks`` and the worker
 suite's ``backends`` by name; putting their directories on ``sys.path``
 (which spawned children inherit) makes that work whatever pytest's import
-mode is. The ``workers`` fixture is the worker contract suite's own, loaded
-from its conftest so both suites build backends the same way.
+mode is. The ``workers`` fixture (and the Dask cluster behind it) is the
+worker suites' own, from ``tests/workers/worker_fixtures.py``.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -19,14 +18,6 @@ for _directory in (_HERE, _HERE.parent, _HERE.parent / "workers"):
         sys.path.insert(0, str(_directory))
 
 
-def _load_workers_fixture() -> object:
-    spec = importlib.util.spec_from_file_location(
-        "_hardening_workers_conftest", _HERE.parent / "workers" / "conftest.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.workers
+from worker_fixtures import client, cluster, workers  # noqa: E402 - needs the sys.path set above
 
-
-workers = _load_workers_fixture()
+__all__ = ["client", "cluster", "workers"]

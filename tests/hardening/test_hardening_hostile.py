@@ -138,7 +138,10 @@ def test_tasks_that_flood_stdout_and_stderr_do_not_disturb_the_run(
     captured = capfd.readouterr()
     assert pylo.get_state(execution_id) == (list(range(16)), [])
     assert pylo.get_execution(execution_id).status is ExecutionStatus.COMPLETED
-    assert len(captured.out) >= 16 * MB // 2 and len(captured.err) >= 16 * MB // 2
+    if workers.name != "dask":
+        # Dask's worker processes were started before capfd took over the
+        # file descriptors, so what they print goes past it, to the real ones.
+        assert len(captured.out) >= 16 * MB // 2 and len(captured.err) >= 16 * MB // 2
 
 
 # -- an interrupt while other lanes' results wait ------------------------------------------
