@@ -204,6 +204,21 @@ def _config_from(
     )
 
 
+def _check_sendable_retry(retry: Any, where: str) -> None:
+    """A retry policy travels with every chunk to other processes: refuse one that cannot."""
+    if retry is None:
+        return
+    from pylo.workers._pickling import dumps
+
+    try:
+        dumps(retry)
+    except TypeError as exc:
+        raise TypeError(
+            f"retry {short_repr(retry)} cannot be sent to {where}: {exc}; build its stop, wait and "
+            "retry conditions from module-level functions or tenacity's own helpers"
+        ) from exc
+
+
 def _check_codec(codec: Any) -> str:
     get_codec(codec)  # raises with the list of valid names
     return str(codec)
@@ -453,6 +468,7 @@ class Pylo:
             rate_limit=rate_limit,
             progress=progress,
         )
+        _check_sendable_retry(retry, "worker processes")
         options = {"start_method": ProcessBackend.check_start_method(start_method)}
         return cls(_open_store(local_store_dir, store), ProcessBackend, config, backend_options=options, codec=codec)
 
@@ -569,6 +585,7 @@ class Pylo:
             rate_limit=rate_limit,
             progress=progress,
         )
+        _check_sendable_retry(retry, "Dask workers")
         if isinstance(store, Store) or (isinstance(store, str) and "://" in store):
             opened = open_store(store, None)
         else:

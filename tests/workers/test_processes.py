@@ -414,3 +414,20 @@ def test_interrupts_raised_by_tasks_are_raised_here(make: MakePylo) -> None:
         assert 100 in pylo.get_state(execution_id)[1]
     resumed = pylo.start_from_past_execution("locked", noop)
     assert pylo.get_state(resumed) == (list(range(300)), [])
+
+
+def test_a_retry_policy_that_cannot_be_sent_is_refused_before_anything_is_recorded(tmp_path: Path) -> None:
+    import threading
+
+    from tenacity import Retrying, stop_after_attempt
+
+    lock = threading.Lock()
+
+    def never_while_locked(retry_state: Any) -> bool:  # closes over a lock: cannot be pickled
+        return not lock.locked()
+
+    with pytest.raises(TypeError, match=r"retry .* cannot be sent to worker processes"):
+        Pylo.local_multiprocess(
+            tmp_path / "store", 2, retry=Retrying(stop=stop_after_attempt(2), retry=never_while_locked)
+        )
+    assert not (tmp_path / "store").exists()
