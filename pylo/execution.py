@@ -227,6 +227,11 @@ def _check_codec(codec: Any) -> str:
 def _open_store(local_store_dir: Any, store: Any) -> Store:
     if isinstance(store, Store) or (isinstance(store, str) and "://" in store):
         return open_store(store, None)
+    if local_store_dir is None:
+        raise ValueError(
+            f"local_store_dir is None, but store {store!r} keeps its files there; pass a directory, "
+            "or a SQLAlchemy URL (or a Store object) as store="
+        )
     if not isinstance(local_store_dir, (str, os.PathLike)):
         raise TypeError(
             f"local_store_dir must be a str or path-like, got {type(local_store_dir).__name__} "
@@ -342,7 +347,7 @@ class Pylo:
     @classmethod
     def local_multithread(
         cls,
-        local_store_dir: str | os.PathLike[str],
+        local_store_dir: str | os.PathLike[str] | None,
         number_of_workers: int,
         max_worker_failures: int = 1000,
         task_executions_before_flush: int = 1000,
@@ -362,7 +367,8 @@ class Pylo:
 
         Args:
             local_store_dir: Directory for the snapshot store (created,
-                mode 0700, if missing).
+                mode 0700, if missing). May be None when ``store`` is a URL
+                or a Store object, which need no directory.
             number_of_workers: Worker threads; each takes its own inputs and
                 has its own failure budget.
             max_worker_failures: A worker stops taking inputs once this many
@@ -419,7 +425,7 @@ class Pylo:
     @classmethod
     def local_multiprocess(
         cls,
-        local_store_dir: str | os.PathLike[str],
+        local_store_dir: str | os.PathLike[str] | None,
         number_of_workers: int,
         max_worker_failures: int = 1000,
         task_executions_before_flush: int = 1000,
@@ -475,7 +481,7 @@ class Pylo:
     @classmethod
     def local_asyncio(
         cls,
-        local_store_dir: str | os.PathLike[str],
+        local_store_dir: str | os.PathLike[str] | None,
         concurrency: int,
         max_worker_failures: int = 1000,
         task_executions_before_flush: int = 1000,

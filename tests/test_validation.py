@@ -89,3 +89,12 @@ def test_async_functions_are_refused_by_thread_workers(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="is an async function, but these workers run plain functions"):
         pylo.start_from_scratch([1], fetch)
     assert pylo.list_executions() == []
+
+
+def test_local_store_dir_may_be_none_only_when_the_store_needs_no_directory(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="local_store_dir is None, but store 'sqlite' keeps its files there"):
+        Pylo.local_multithread(None, 2)
+    url = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    with Pylo.local_multithread(None, 2, store=url, progress=False) as pylo:
+        execution_id = pylo.start_from_scratch([1, 2], noop)
+        assert pylo.get_state(execution_id) == ([1, 2], [])
