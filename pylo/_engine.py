@@ -52,7 +52,7 @@ from pylo.stores.base import (
 )
 from pylo.workers.base import Backend, ChunkResult, RunnerSettings
 
-__all__ = ["Coordinator", "RunConfig", "create_resumed", "new_record", "record_fresh"]
+__all__ = ["Coordinator", "RunConfig", "create_resumed", "new_record", "record_end", "record_fresh"]
 
 logger = logging.getLogger(__name__)
 
@@ -644,32 +644,7 @@ class Coordinator:
             self._flush(status=status, ended_at=time.time())
         except BaseException:
             logger.error("could not save the last outcomes of execution %s", self._id, exc_info=True)
-            self._record_status_only(status)
-
-    def _record_status_only(self, status: ExecutionStatus) -> None:
-        """Mark the end with the counts of the last good flush, writing no outcomes.
-
-        When the full final flush fails (a full disk, say), this smaller write
-        may still fit, so the execution does not look ``running`` forever to
-        readers on other hosts. Its outcomes stay as of the last good flush.
-        """
-        try:
-            stored = self._store.get_execution(self._id)
-            self._store.record_flush(
-                self._id,
-                Flush(
-                    states={},
-                    failures=(),
-                    results=(),
-                    total=stored.total,
-                    finished=stored.finished,
-                    failed=stored.failed,
-                    status=status,
-                    ended_at=time.time(),
-                ),
-            )
-        except BaseException:
-            logger.error("could not record the end of execution %s", self._id, exc_info=True)
+            record_end(self._store, self._id, status)
 
     def _apply_quietly(self, result: ChunkResult) -> None:
         if result.chunk_id not in self._in_flight:
@@ -679,3 +654,31 @@ class Coordinator:
             self._apply(result)
         except BaseException:  # another lane's interrupt; the first one is raised
             pass
+
+
+def record_end(store: Store, execution_id: str, status: ExecutionStatus) -> None:
+    """Mark an execution ended, with the counts of its last good flush, writing no outcomes.
+
+    For runs that end where no full flush is possible: recording the inputs
+    failed, or the final flush itself failed (a full disk, say). This small
+    write may still succeed, so the execution does not look ``running``
+    forever to readers on other hosts. Failing here is only logged: the
+    caller is already raising the error that matters.
+    """
+    try:
+        stored = store.get_execution(execution_id)
+        store.record_flush(
+            execution_id,
+            Flush(
+                states={},
+                failures=(),
+                results=(),
+                total=stored.total,
+                finished=stored.finished,
+                failed=stored.failed,
+                status=status,
+                ended_at=time.time(),
+            ),
+        )
+    except BaseException:
+        logger.error("could not record the end of execution %s", execution_id, exc_info=True)

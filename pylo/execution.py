@@ -746,31 +746,15 @@ class Pylo:
     def _mark_failed_start(self, execution_id: str, exc: BaseException) -> None:
         """Give an execution that failed while recording its inputs a final status."""
         from pylo.errors import ExecutionExists
-        from pylo.stores.base import Flush
 
         if isinstance(exc, ExecutionExists):
             return  # not ours
         try:
-            record = self._store.get_execution(execution_id)
+            self._store.get_execution(execution_id)
         except BaseException:
             return  # never created
         status = ExecutionStatus.ABORTED if isinstance(exc, Exception) else ExecutionStatus.INTERRUPTED
-        try:
-            self._store.record_flush(
-                execution_id,
-                Flush(
-                    states={},
-                    failures=(),
-                    results=(),
-                    total=record.total,
-                    finished=record.finished,
-                    failed=record.failed,
-                    status=status,
-                    ended_at=time.time(),
-                ),
-            )
-        except BaseException:
-            logger.error("could not record the end of execution %s", execution_id, exc_info=True)
+        _engine.record_end(self._store, execution_id, status)
 
     # -- inspecting -------------------------------------------------------
 
