@@ -13,6 +13,7 @@ import bisect
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import inspect
 import logging
 import os
@@ -244,7 +245,7 @@ def _open_store(local_store_dir: Any, store: Any) -> Store:
 
 def _task_name(function: Callable[..., Any]) -> str:
     target = function
-    while isinstance(target, __import__("functools").partial):
+    while isinstance(target, functools.partial):
         target = target.func
     module = getattr(target, "__module__", None) or "?"
     qualname = getattr(target, "__qualname__", None) or type(target).__qualname__
@@ -263,7 +264,7 @@ def _process_is_gone(record: ExecutionRecord) -> bool:
     if record.host != socket.gethostname():
         return False  # another machine: we cannot tell
     if record.pid == os.getpid():
-        return not _RUNNING_HERE.get(record.id, False)
+        return record.id not in _RUNNING_HERE
     try:
         os.kill(record.pid, 0)
     except ProcessLookupError:
@@ -301,9 +302,9 @@ def _sigterm_as_system_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-# Executions this process is running right now (id -> True), to tell a live
+# Ids of the executions this process is running right now, to tell a live
 # run from a record left behind by an earlier process that had our pid.
-_RUNNING_HERE: dict[str, bool] = {}
+_RUNNING_HERE: set[str] = set()
 _RUNNING_LOCK = threading.Lock()
 
 
@@ -717,7 +718,7 @@ class Pylo:
         codec: Codec | None = None,
     ) -> None:
         with _RUNNING_LOCK:
-            _RUNNING_HERE[execution_id] = True
+            _RUNNING_HERE.add(execution_id)
         bar: ProgressBar | None = None
         try:
             with _sigterm_as_system_exit():
@@ -741,7 +742,7 @@ class Pylo:
             if bar is not None:
                 bar.close()
             with _RUNNING_LOCK:
-                _RUNNING_HERE.pop(execution_id, None)
+                _RUNNING_HERE.discard(execution_id)
 
     def _mark_failed_start(self, execution_id: str, exc: BaseException) -> None:
         """Give an execution that failed while recording its inputs a final status."""
