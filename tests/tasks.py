@@ -64,18 +64,19 @@ def raise_unpicklable(item: Any) -> None:
     raise Unpicklable(f"cannot pickle me ({item})")
 
 
-def append_to_log(path: str, item: Any) -> None:
-    """Write one line per call, durably enough for a SIGKILL test (O_APPEND)."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+def log_call(log: str, item: Any) -> None:
+    """Append ``repr(item)`` as one line (O_APPEND): safe from threads, processes and a SIGKILL."""
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
-        os.write(fd, f"{item}\n".encode())
+        os.write(fd, f"{item!r}\n".encode())
     finally:
         os.close(fd)
 
 
-def read_log(path: str) -> list[str]:
+def calls(log: str) -> list[str]:
+    """The lines :func:`log_call` wrote, oldest first; none if the log does not exist."""
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(log, encoding="utf-8") as handle:
             return handle.read().splitlines()
     except FileNotFoundError:
         return []

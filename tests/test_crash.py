@@ -11,7 +11,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from tasks import append_to_log, read_log
+from tasks import calls, log_call
 
 from pylo import ExecutionStatus, Pylo
 
@@ -19,7 +19,7 @@ N_INPUTS = 4000
 
 
 def slow_logged(log_path: str, item: int) -> None:
-    append_to_log(log_path, item)
+    log_call(log_path, item)
     time.sleep(0.0005)
 
 
@@ -30,7 +30,7 @@ def run_victim(store_dir: str, store_name: str, log_path: str) -> None:
 
 def wait_for_lines(path: str, count: int, process: multiprocessing.process.BaseProcess) -> None:
     deadline = time.monotonic() + 60
-    while len(read_log(path)) < count:
+    while len(calls(path)) < count:
         assert process.is_alive(), "the child ended before it could be killed"
         assert time.monotonic() < deadline, "the child never got going"
         time.sleep(0.01)
@@ -58,14 +58,14 @@ def test_sigkill_mid_run_loses_nothing_and_resume_finishes_the_rest(tmp_path: Pa
     assert sorted(finished + unfinished) == list(range(N_INPUTS))
     assert finished == sorted(finished) and unfinished == sorted(unfinished)
     # Finished means it really ran; the kill came part way.
-    ran = {int(line) for line in read_log(ran_before)}
+    ran = {int(line) for line in calls(ran_before)}
     assert set(finished) <= ran
     assert 0 < len(finished) < N_INPUTS
     assert record.finished == len(finished)
 
     ran_after = str(tmp_path / "ran-after.log")
     resumed = pylo.start_from_past_execution("victim", partial(slow_logged, ran_after))
-    rerun = Counter(int(line) for line in read_log(ran_after))
+    rerun = Counter(int(line) for line in calls(ran_after))
     assert not set(rerun) & set(finished), "an input the snapshot marked finished ran again"
     assert sorted(rerun) == unfinished and max(rerun.values()) == 1
     assert pylo.get_state(resumed) == (list(range(N_INPUTS)), [])
