@@ -931,11 +931,16 @@ class Pylo:
                 break
         for ancestor in reversed(lineage):  # newest wins
             by_position.update(self._store.read_results(ancestor.id))
+        # States first, then the payloads of only the batches that have results.
+        wanted = {
+            batch.batch_no: batch
+            for batch in self._store.read_batches(record.id)
+            if any(batch.first_position + i in by_position for i in range(batch.size))
+        }
         pairs: list[tuple[Any, Any]] = []
-        for batch in self._store.read_batches(record.id, payloads=True):
-            if not any(batch.first_position + i in by_position for i in range(batch.size)):
-                continue
-            items = self._decode_batch(codec, record, batch.batch_no, batch.payload)
+        for batch_no, payload in self._store.read_payloads(record.id, sorted(wanted)):
+            batch = wanted[batch_no]
+            items = self._decode_batch(codec, record, batch_no, payload)
             for offset, (item, state) in enumerate(zip(items, batch.states, strict=True)):
                 position = batch.first_position + offset
                 if state == FINISHED and position in by_position:
