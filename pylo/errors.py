@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # for annotations only: errors.py imports nothing of pylo at run time
+    from pylo.pipeline._records import NodeRecord
     from pylo.stores.base import ExecutionRecord
 
 __all__ = [
@@ -19,6 +20,11 @@ __all__ = [
     "ExecutionNotFound",
     "ExecutionNotResumable",
     "InputSerializationError",
+    "PipelineCycleError",
+    "PipelineExists",
+    "PipelineFailed",
+    "PipelineNotFound",
+    "PipelineValidationError",
     "PyloError",
     "ResultSerializationError",
     "StoreError",
@@ -146,3 +152,74 @@ class WorkerCrashed(PyloError):
     The process ended without reporting (``os._exit``, a signal such as
     SIGKILL or SIGSEGV, the OOM killer); the message says how it ended.
     """
+
+
+# -- pipelines -----------------------------------------------------------------
+
+
+class PipelineNotFound(PyloError, LookupError):
+    """No pipeline run with the given id exists in the store."""
+
+    def __init__(self, run_id: str, location: str) -> None:
+        super().__init__(f"no pipeline run with id {run_id!r} in the store at {location}")
+        self.run_id = run_id
+        self.location = location
+
+
+class PipelineExists(PyloError):
+    """A pipeline run with the requested id is already in the store."""
+
+    def __init__(self, run_id: str, location: str) -> None:
+        super().__init__(
+            f"a pipeline run with id {run_id!r} already exists in the store at {location}; "
+            "choose another run id, or resume it with resume_pipeline"
+        )
+        self.run_id = run_id
+        self.location = location
+
+
+class PipelineValidationError(PyloError, ValueError):
+    """A pipeline cannot run as described (bad arguments, misplaced ``finally_do``...).
+
+    Raised before anything runs or is recorded.
+    """
+
+
+class PipelineCycleError(PipelineValidationError):
+    """The pipeline's dependencies form a cycle, so no order can run it.
+
+    Attributes:
+        cycle: The task names around the cycle, the first repeated at the
+            end (``["a", "b", "a"]``).
+    """
+
+    def __init__(self, cycle: Sequence[str]) -> None:
+        self.cycle = list(cycle)
+        super().__init__(
+            f"the pipeline has a dependency cycle: {' -> '.join(self.cycle)}; "
+            "remove one of the .after() dependencies that close it"
+        )
+
+
+class PipelineFailed(PyloError):
+    """A pipeline run ended ``failed``; raised by ``get_pipeline_result``.
+
+    Attributes:
+        run_id: The failed run.
+        failures: The records of the nodes that failed (state ``failed``),
+            in the run's node order; each carries its failure.
+    """
+
+    def __init__(self, run_id: str, failures: Sequence[NodeRecord]) -> None:
+        self.run_id = run_id
+        self.failures = list(failures)
+        lines = []
+        for node in self.failures:
+            failure = node.failure
+            what = "failed" if failure is None else f"{failure.exception_type}: {failure.message}"
+            lines.append(f"{node.key} ({node.display_name}): {what}")
+        summary = "; ".join(lines) if lines else "no node recorded a failure"
+        super().__init__(
+            f"pipeline run {run_id!r} failed ({len(self.failures)} failed node(s)): {summary}; "
+            "fix the task and call resume_pipeline to rerun only what did not finish"
+        )

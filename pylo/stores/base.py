@@ -29,7 +29,10 @@ import datetime as dt
 import enum
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pylo.stores.runs import RunStore
 
 __all__ = [
     "FAILED",
@@ -323,6 +326,23 @@ class Store(abc.ABC):
         Raises:
             ExecutionNotFound: No such execution.
         """
+
+    def runs(self) -> RunStore:
+        """Return the run store that keeps this store's pipeline runs.
+
+        The run store shares this store's database or directory. Stores
+        written before pipelines existed still open: their run store is
+        simply empty until a run is created.
+
+        Raises:
+            StoreError: This kind of store cannot keep pipeline runs.
+        """
+        from pylo.errors import StoreError
+
+        raise StoreError(
+            f"the store at {self.location} ({type(self).__name__}) cannot keep pipeline runs; "
+            "use the sqlite or files store, or a SQLAlchemy URL"
+        )
 
     def close(self) -> None:  # noqa: B027 - optional hook, most stores need nothing
         """Release connections and file handles. The store is unusable after."""

@@ -1,0 +1,30 @@
+"""Pipelines: durable graphs of task calls that resume task by task, and input by input.
+
+The records and errors below are what users read about runs; the builder
+(``task``, ``in_parallel``) and the coordinator live in this package's
+private modules.
+"""
+
+from __future__ import annotations
+
+from pylo.errors import (
+    PipelineCycleError,
+    PipelineExists,
+    PipelineFailed,
+    PipelineNotFound,
+    PipelineValidationError,
+)
+from pylo.pipeline._records import NodeFailure, NodeRecord, PipelineRecord, PipelineStatus, TaskState
+
+__all__ = [
+    "NodeFailure",
+    "NodeRecord",
+    "PipelineCycleError",
+    "PipelineExists",
+    "PipelineFailed",
+    "PipelineNotFound",
+    "PipelineRecord",
+    "PipelineStatus",
+    "PipelineValidationError",
+    "TaskState",
+]

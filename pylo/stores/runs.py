@@ -1,0 +1,192 @@
+"""The run store protocol: how pipeline runs and their nodes are persisted.
+
+A pipeline run is one :class:`RunRow` and a fixed set of :class:`NodeRow`\\ s,
+one per task call of the pipeline, created together when the run starts.
+Like executions, runs have exactly one writer (the pipeline coordinator of
+the process that runs them) and any number of readers, in any process.
+
+Every :class:`~pylo.stores.base.Store` hands out its run store through
+:meth:`~pylo.stores.base.Store.runs`; the run store lives in the same
+database or directory as the executions, so a batch node's execution and the
+node that wraps it are kept side by side.
+
+The rows hold only plain values: states are the ``str`` values of
+``pylo.pipeline.TaskState`` and ``PipelineStatus``, results and exceptions
+are opaque codec-encoded ``bytes``. Decoding is the pipeline layer's job.
+
+Every run store must pass ``tests/stores/test_runs_contract.py``.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["NodeRow", "RunRow", "RunStore", "RunUpdate"]
+
+
+@dataclass(frozen=True, slots=True)
+class RunRow:
+    """One pipeline run, as kept by a store.
+
+    Attributes:
+        id: The run id (unique among the store's runs; runs and executions
+            have separate namespaces).
+        parent_id: The run this one resumed, or None.
+        name: A human name for the run (the sink task's display name, or
+            what the user gave).
+        status: A ``PipelineStatus`` value (``"running"``, ``"completed"``...).
+            ``"crashed"`` is never written: it is derived on read.
+        created_at: POSIX time the run was created.
+        updated_at: POSIX time of its last write (a heartbeat while running).
+        ended_at: POSIX time it ended, or None while running or paused.
+        codec: Name of the codec that encoded its results and exceptions.
+        pid: Process id of the coordinator that runs or ran it.
+        host: Host name of that process.
+        options: JSON-serializable settings and metadata of the run
+            (``max_parallel``, flush policy; later issues add configuration,
+            trace ids and control requests under their own keys).
+    """
+
+    id: str
+    parent_id: str | None
+    name: str
+    status: str
+    created_at: float
+    updated_at: float
+    ended_at: float | None
+    codec: str
+    pid: int | None = None
+    host: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRow:
+    """One node (task call) of a run, as kept by a store.
+
+    Attributes:
+        key: The node's key, unique within its run and stable across runs of
+            the same pipeline (a resume matches nodes by key).
+        seq: The node's place in the run's stable topological order, from 0.
+        task_name: Qualified name of the task function (``module:qualname``).
+        display_name: The task's ``display_name``, or its function's name.
+        kind: ``"call"`` (one task call), ``"batch"`` (a task mapped over
+            inputs: a pylo execution) or another kind a later layer adds.
+        upstream: Keys of the nodes this node waits for, data and ordering
+            dependencies alike, in declaration order.
+        state: A ``TaskState`` value (``"pending"``, ``"done"``...).
+        attempts: How many times its task was attempted (retries included).
+        started_at: POSIX time it started, or None.
+        ended_at: POSIX time it ended, or None.
+        result: Codec-encoded result when ``state == "done"``, else None.
+        exc_type: Qualified name of the failure's exception type, or None.
+        message: ``str()`` of the exception, or None.
+        traceback: Formatted traceback text, or None.
+        exception: Codec-encoded exception object, or None when it could not
+            be encoded (or there was no failure).
+        execution_id: For a batch node, the id of the execution it ran.
+        child_run_id: For a node whose task returned a pipeline, the child run.
+    """
+
+    key: str
+    seq: int
+    task_name: str
+    display_name: str
+    kind: str = "call"
+    upstream: tuple[str, ...] = ()
+    state: str = "pending"
+    attempts: int = 0
+    started_at: float | None = None
+    ended_at: float | None = None
+    result: bytes | None = None
+    exc_type: str | None = None
+    message: str | None = None
+    traceback: str | None = None
+    exception: bytes | None = None
+    execution_id: str | None = None
+    child_run_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunUpdate:
+    """Everything one flush of a run makes durable, applied in one transaction.
+
+    Attributes:
+        nodes: New versions of the nodes that changed, in the order their
+            changes happened. Each replaces the stored node with the same key
+            whole (``seq``, ``task_name``, ``display_name``, ``kind`` and
+            ``upstream`` never change after :meth:`RunStore.create_run`).
+        status: A new run status, or None to keep the current one.
+        ended_at: The end time to record with a final status, or None.
+        options: Keys to merge into the run's ``options`` (None: no change).
+    """
+
+    nodes: Sequence[NodeRow] = ()
+    status: str | None = None
+    ended_at: float | None = None
+    options: Mapping[str, Any] | None = None
+
+
+class RunStore(abc.ABC):
+    """Where pipeline runs are persisted, next to a store's executions.
+
+    Safe to use from several threads and processes at once, with a single
+    writer per run. Methods raise :class:`~pylo.errors.StoreError` (naming the
+    store's location) when the storage is damaged, foreign or cannot be
+    written; never a bare driver, OS or ``KeyError`` exception. Reading a
+    store that holds no runs yet (for example one written before pipelines
+    existed) returns nothing and writes nothing.
+    """
+
+    #: Human-readable location (path or URL without password) for messages.
+    location: str
+
+    @abc.abstractmethod
+    def create_run(self, run: RunRow, nodes: Sequence[NodeRow]) -> None:
+        """Create a run and all of its nodes, atomically.
+
+        Raises:
+            PipelineExists: A run with ``run.id`` exists, even when another
+                process created it a moment ago.
+            ValueError: Two nodes share a key or a ``seq``.
+        """
+
+    @abc.abstractmethod
+    def record_run(self, run_id: str, update: RunUpdate) -> None:
+        """Apply one update atomically: node rows, then status, end time, options.
+
+        Also sets ``updated_at`` to now. After a crash at any point a reader
+        sees all of the update or none of it.
+
+        Raises:
+            PipelineNotFound: No such run.
+            StoreError: A node key in the update is not one of the run's.
+        """
+
+    @abc.abstractmethod
+    def get_run(self, run_id: str) -> RunRow:
+        """Return the run's row as of its last completed write.
+
+        Raises:
+            PipelineNotFound: No such run.
+        """
+
+    @abc.abstractmethod
+    def list_runs(self) -> list[RunRow]:
+        """Return every run, oldest (by ``created_at``, then id) first."""
+
+    @abc.abstractmethod
+    def read_nodes(self, run_id: str, *, results: bool = True) -> list[NodeRow]:
+        """Return the run's nodes in ``seq`` order.
+
+        Args:
+            run_id: The run.
+            results: When False, ``result`` and ``exception`` are None in the
+                rows returned (cheap: states and failure text only).
+
+        Raises:
+            PipelineNotFound: No such run.
+        """
