@@ -14,6 +14,8 @@ import json
 import pickle
 import re
 import socket
+import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -283,6 +285,21 @@ def test_local_multiprocess_sends_the_policy_to_its_workers(server: ScriptedServ
     assert finished == urls[:1]
     assert [(f.input, f.attempts) for f in failures] == [(urls[1], 2), (urls[2], 1)]
     assert server.requests == Counter({"/p-flaky": 2, "/p-down": 2, "/p-denied": 1})
+
+
+def test_failures_doc_block_runs_as_written(server: ScriptedServer, tmp_path: Path) -> None:
+    """docs/failures.md's http_retry block, with the local server standing in for the API."""
+    server.script("/items/0", (429, {"Retry-After": "0"}))
+    server.script("/items/2", (401, {}))
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "failures.md").read_text(encoding="utf-8"), re.S)
+    block = next(b for b in blocks if "http_retry()" in b)
+    code = block.replace("https://api.example.com", server.base)
+    completed = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.splitlines() == [f"{server.base}/items/2 urllib.error.HTTPError 1"]
+    assert server.requests == Counter({"/items/0": 2, "/items/1": 1, "/items/2": 1})
 
 
 # -- what is recognised -------------------------------------------------------------
