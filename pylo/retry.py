@@ -47,7 +47,7 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import math
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from tenacity import (
@@ -99,7 +99,7 @@ def _response(exc: BaseException) -> Any:
     try:
         response = getattr(exc, "response", None)
         status = getattr(response, "status_code", None)
-    except Exception:  # httpx raises RuntimeError for a response that was never set
+    except Exception:  # a property that raises: deciding to retry must not fail
         return None
     if isinstance(status, int) and not isinstance(status, bool):
         return response
@@ -138,7 +138,7 @@ def _is_connection_error(exc: BaseException) -> bool:
     return "TransportError" in httpx_names and not httpx_names & _HTTPX_NOT_TRANSIENT
 
 
-def is_transient_http_error(exc: BaseException, statuses: Iterable[int] = RETRY_STATUSES) -> bool:
+def is_transient_http_error(exc: BaseException, statuses: Collection[int] = RETRY_STATUSES) -> bool:
     """Whether an HTTP call that raised ``exc`` is worth trying again.
 
     Args:
@@ -293,6 +293,18 @@ def http_retry(
     retry_statuses: Iterable[int] = ...,
     asynchronous: Literal[True],
 ) -> AsyncRetrying: ...
+
+
+@overload
+def http_retry(
+    *,
+    attempts: int = ...,
+    initial: float = ...,
+    maximum: float = ...,
+    max_retry_after: float = ...,
+    retry_statuses: Iterable[int] = ...,
+    asynchronous: bool = ...,
+) -> Retrying | AsyncRetrying: ...
 
 
 def http_retry(

@@ -115,11 +115,12 @@ def recording(policy: Retrying) -> tuple[Retrying, list[float]]:
     return policy.copy(sleep=waits.append), waits
 
 
-def closed_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on (it was just released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that refuses connections: bound, so no one else takes it, but not listening."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as bound:
+        bound.bind(("127.0.0.1", 0))
+        yield int(bound.getsockname()[1])
 
 
 # -- the policy against the server ------------------------------------------------
@@ -193,8 +194,8 @@ def test_an_invalid_retry_after_falls_back_to_the_back_off(server: ScriptedServe
     assert waits == [0.5, 1.0]
 
 
-def test_connection_refused_is_retried() -> None:
-    url = f"http://127.0.0.1:{closed_port()}/"
+def test_connection_refused_is_retried(closed_port: int) -> None:
+    url = f"http://127.0.0.1:{closed_port}/"
     policy, waits = recording(http_retry(attempts=3, initial=0.5))
 
     with pytest.raises(urllib.error.URLError) as raised:
