@@ -23,7 +23,7 @@ setup(
     entry_points={"console_scripts": ["pylo = pylo.cli:main"]},
     install_requires=[
         "sqlalchemy>=2.0",
-        "tenacity>=8.2",
+        "tenacity>=9.2.1",  # older Retrying objects hold a threading.local and cannot reach process or Dask workers
         "tqdm>=4.60",
         # Process workers send functions that plain pickle cannot (lambdas, closures).
         "cloudpickle>=2.2",
