@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # for annotations only: errors.py imports nothing of pylo at 
     from pylo.stores.base import ExecutionRecord
 
 __all__ = [
+    "ConfigError",
     "DamagedExecutions",
     "ExecutionExists",
     "ExecutionNotFound",
@@ -26,6 +27,7 @@ __all__ = [
     "PipelineNotFound",
     "PipelineValidationError",
     "PyloError",
+    "ResourceUnavailable",
     "ResultSerializationError",
     "StoreError",
     "StoredTaskError",
@@ -223,3 +225,42 @@ class PipelineFailed(PyloError):
             f"pipeline run {run_id!r} failed ({len(self.failures)} failed node(s)): {summary}; "
             "fix the task and call resume_pipeline to rerun only what did not finish"
         )
+
+
+class ConfigError(PyloError, ValueError):
+    """A run's configuration cannot be loaded, merged, stored or resolved again.
+
+    The message names the source (file, ``scheme://`` address or mapping) and
+    the key where there is one. A YAML file read without PyYAML installed is
+    one too: its message says to ``pip install "pylo[yaml]"``.
+    """
+
+
+class ResourceUnavailable(PyloError):
+    """A task's ``wait_for`` probe was not true before its ``wait_timeout`` passed.
+
+    Recorded as the failure of the node (or batch input) that waited; the
+    node did not run. Chained (``__cause__``) to the probe's last exception
+    when its last poll raised.
+
+    Attributes:
+        probe: The probe's qualified name (``module.function``), or its repr.
+        timeout: The ``wait_timeout`` in seconds (None: no limit).
+        polls: How many times the probe was called.
+        last_error: ``"Type: message"`` of the exception the last poll raised,
+            or None when it returned a false value.
+    """
+
+    def __init__(self, probe: str, timeout: float | None, polls: int, last_error: str | None = None) -> None:
+        self.probe = probe
+        self.timeout = timeout
+        self.polls = polls
+        self.last_error = last_error
+        last = "it returned a false value" if last_error is None else f"its last poll raised {last_error}"
+        super().__init__(
+            f"resource not available: probe {probe} was not true within wait_timeout={timeout} s "
+            f"({polls} poll(s); {last}); start the resource, fix the probe or raise wait_timeout"
+        )
+
+    def __reduce__(self) -> tuple[type[ResourceUnavailable], tuple[str, float | None, int, str | None]]:
+        return (ResourceUnavailable, (self.probe, self.timeout, self.polls, self.last_error))
