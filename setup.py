@@ -31,6 +31,8 @@ setup(
     extras_require={
         "postgres": ["psycopg[binary]>=3.1"],
         "dask": ["dask[distributed]>=2024.1"],
+        # Pipeline configuration in .yml/.yaml files (JSON and TOML need nothing).
+        "yaml": ["pyyaml>=6"],
         "test": [
             "pytest>=7.4",
             "pytest-timeout>=2.2",
@@ -42,6 +44,8 @@ setup(
             "psycopg[binary]>=3.1",
             # ...and on a real Dask LocalCluster.
             "dask[distributed]>=2024.1",
+            # ...and reads YAML configuration files.
+            "pyyaml>=6",
         ],
     },
     classifiers=[

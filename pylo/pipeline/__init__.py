@@ -2,21 +2,28 @@
 
 The records and errors below are what users read about runs; the builder
 (``task``, ``in_parallel``) and the coordinator live in this package's
-private modules.
+private modules. A task's environment (its context, the run's
+configuration and how it is loaded) is here too.
 """
 
 from __future__ import annotations
 
 from pylo.errors import (
+    ConfigError,
     PipelineCycleError,
     PipelineExists,
     PipelineFailed,
     PipelineNotFound,
     PipelineValidationError,
+    ResourceUnavailable,
 )
+from pylo.pipeline._config import Secret, register_config_loader
+from pylo.pipeline._context import FrozenConfig, TaskContext
 from pylo.pipeline._records import NodeFailure, NodeRecord, PipelineRecord, PipelineStatus, TaskState
 
 __all__ = [
+    "ConfigError",
+    "FrozenConfig",
     "NodeFailure",
     "NodeRecord",
     "PipelineCycleError",
@@ -26,5 +33,9 @@ __all__ = [
     "PipelineRecord",
     "PipelineStatus",
     "PipelineValidationError",
+    "ResourceUnavailable",
+    "Secret",
+    "TaskContext",
     "TaskState",
+    "register_config_loader",
 ]
