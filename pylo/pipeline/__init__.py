@@ -17,7 +17,7 @@ from pylo.errors import (
     PipelineValidationError,
     ResourceUnavailable,
 )
-from pylo.pipeline._config import Secret, register_config_loader
+from pylo.pipeline._config import ResolvedConfig, Secret, load_config, register_config_loader
 from pylo.pipeline._context import FrozenConfig, TaskContext
 from pylo.pipeline._records import NodeFailure, NodeRecord, PipelineRecord, PipelineStatus, TaskState
 
@@ -33,9 +33,11 @@ __all__ = [
     "PipelineRecord",
     "PipelineStatus",
     "PipelineValidationError",
+    "ResolvedConfig",
     "ResourceUnavailable",
     "Secret",
     "TaskContext",
     "TaskState",
+    "load_config",
     "register_config_loader",
 ]
