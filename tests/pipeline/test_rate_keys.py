@@ -17,39 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from env_tasks import KEY, RATE, STARTS, FixedClock, assert_spaced, process_caller, starts_per_caller
 
 from pylo._ratekeys import KeyedRateLimits, bucket_key, resolve_rate_limits
 from pylo.errors import PipelineValidationError
-
-KEY = "jobs/runs/get"
-RATE = 40.0  # starts per second: 8 starts take 0.175 s at least
-STARTS = 4  # per caller
-
-
-def starts_per_caller(limits: KeyedRateLimits, key: str, count: int) -> list[float]:
-    """Module level so that spawned processes can run it: acquire ``count`` starts, return when each began."""
-    started = []
-    for _ in range(count):
-        limits.acquire(key)
-        started.append(time.monotonic())
-    return started
-
-
-def process_caller(limits: KeyedRateLimits, key: str, count: int, results: Any) -> None:
-    results.put(starts_per_caller(limits, key, count))
-
-
-def assert_spaced(starts: list[float], first_use_not_before: float, rate: float) -> None:
-    ordered = sorted(starts)
-    for k, started in enumerate(ordered):
-        assert started >= first_use_not_before + k / rate - 1e-4, (k, [s - first_use_not_before for s in ordered])
-
-
-class FixedClock:
-    """Module level so a registry holding it pickles."""
-
-    def __call__(self) -> float:
-        return 500.0
 
 
 @pytest.fixture

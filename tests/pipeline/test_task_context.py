@@ -11,41 +11,12 @@ from typing import Any
 
 import cloudpickle
 import pytest
+from env_tasks import CONFIG, context, describe, describe_async, fails_twice_then_reports_attempt
 from tenacity import Retrying, stop_after_attempt, wait_none
 
 from pylo import Pylo
-from pylo.pipeline import FrozenConfig, TaskContext
+from pylo.pipeline import FrozenConfig
 from pylo.pipeline._context import AsyncContextCall, ContextCall, bind_context, counting_attempts
-
-CONFIG = {"api": {"url": "https://example.test", "retries": [1, 2, {"deep": True}]}, "name": "nightly"}
-
-
-def context(**changes: Any) -> TaskContext:
-    fields: dict[str, Any] = {
-        "run_id": "run-1",
-        "node_key": "download#0",
-        "task_name": "download",
-        "config": CONFIG,
-        "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
-    }
-    fields.update(changes)
-    return TaskContext(**fields)
-
-
-# Module level, so process workers can import them.
-def describe(ctx: TaskContext, value: int) -> tuple[str, str, str, int, str, str | None, int]:
-    return ctx.run_id, ctx.node_key, ctx.task_name, ctx.attempt, ctx.config["api"]["url"], ctx.trace_id, value * 2
-
-
-def fails_twice_then_reports_attempt(ctx: TaskContext, value: int) -> tuple[int, int]:
-    if ctx.attempt < 3:
-        raise ConnectionError(f"attempt {ctx.attempt} of input {value}")
-    return value, ctx.attempt
-
-
-async def describe_async(ctx: TaskContext, value: int) -> tuple[str, int]:
-    await asyncio.sleep(0)
-    return ctx.node_key, value + ctx.attempt
 
 
 def test_context_pickles_with_its_configuration() -> None:
