@@ -68,3 +68,11 @@ class FixedClock:
 
     def __call__(self) -> float:
         return 500.0
+
+
+def started_at(ctx: TaskContext, value: int) -> tuple[str, int, float]:
+    return ctx.node_key, value, time.monotonic()
+
+
+async def started_at_async(ctx: TaskContext, value: int) -> tuple[str, int, float]:
+    return ctx.node_key, value, time.monotonic()
