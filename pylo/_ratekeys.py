@@ -201,6 +201,7 @@ class KeyedRateLimits:
         self.burst = float(burst)
         self._clock = clock
         self._owner = False
+        self._closed = False
         self._reset()
 
     @classmethod
@@ -248,6 +249,7 @@ class KeyedRateLimits:
         self.burst = state["burst"]
         self._clock = state["clock"]
         self._owner = False  # only the creator removes the directory
+        self._closed = False
         self._reset()
 
     def __contains__(self, key: object) -> bool:
@@ -264,7 +266,10 @@ class KeyedRateLimits:
 
         Raises:
             KeyError: ``key`` is not one of the run's keys.
+            ValueError: This copy was closed.
         """
+        if self._closed:
+            raise ValueError(f"the rate limits {self.directory} are closed: their run has ended")
         if os.getpid() != self._pid:
             # A forked child shares the parent's open file description, and
             # with it the parent's flock: open its own.
@@ -324,6 +329,7 @@ class KeyedRateLimits:
 
     def close(self) -> None:
         """Close this process's files; the creating copy also removes the directory."""
+        self._closed = True
         with self._guard:
             buckets, self._buckets = self._buckets, {}
         if os.getpid() == self._pid:

@@ -102,6 +102,8 @@ def test_the_creator_removes_the_buckets_and_copies_do_not(tmp_path: Path) -> No
     made.close()
     assert not os.path.exists(made.directory)
     made.close()  # twice is fine
+    with pytest.raises(ValueError, match="are closed: their run has ended"):
+        made.reserve(KEY)
 
 
 async def _acquire_twice(limits: KeyedRateLimits) -> list[float]:
