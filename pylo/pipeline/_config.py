@@ -40,6 +40,7 @@ import json
 import logging
 import os
 import re
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,11 +161,11 @@ def load_json(source: str) -> Mapping[str, Any]:
 
 def load_toml(source: str) -> Mapping[str, Any]:
     """Read a TOML file (``tomllib``; ``tomli`` on Python 3.10)."""
-    try:
-        import tomllib  # type: ignore[import-not-found, unused-ignore]  # Python 3.11+
-    except ImportError:  # pragma: no cover - Python 3.10
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
         try:
-            import tomli as tomllib  # type: ignore[import-not-found, no-redef, unused-ignore]
+            import tomli as tomllib
         except ImportError as exc:
             raise ConfigError(f"reading {source} needs tomli on Python 3.10: pip install tomli") from exc
     with open(source, "rb") as file:
@@ -174,7 +175,7 @@ def load_toml(source: str) -> Mapping[str, Any]:
 def load_yaml(source: str) -> Mapping[str, Any]:
     """Read a YAML file with PyYAML's ``safe_load`` (an optional dependency)."""
     try:
-        import yaml  # type: ignore[import-untyped, unused-ignore]
+        import yaml  # type: ignore[import-untyped, unused-ignore]  # types-PyYAML may not be installed
     except ImportError as exc:
         raise ConfigError(
             f"reading {source} needs PyYAML, which is not installed: pip install 'pylo[yaml]' (or pip install pyyaml)"
