@@ -17,7 +17,8 @@ from pylo.errors import (
     PipelineValidationError,
     ResourceUnavailable,
 )
-from pylo.pipeline._config import ResolvedConfig, Secret, load_config, register_config_loader
+from pylo.pipeline._config import ResolvedConfig, Secret, load_config
+from pylo.pipeline._config_loaders import register_config_loader
 from pylo.pipeline._context import FrozenConfig, TaskContext
 from pylo.pipeline._records import NodeFailure, NodeRecord, PipelineRecord, PipelineStatus, TaskState
 

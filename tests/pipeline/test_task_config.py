@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 
 from pylo.errors import ConfigError, PyloError
-from pylo.pipeline import FrozenConfig, Secret, _config, register_config_loader
+from pylo.pipeline import FrozenConfig, Secret, _config_loaders, register_config_loader
 from pylo.pipeline._config import describe_changes, from_stored, load_config, resume_config, to_stored
 
 
 @pytest.fixture(autouse=True)
 def own_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Each test registers loaders in a registry of its own."""
-    monkeypatch.setattr(_config, "_LOADERS", dict(_config._BUILT_IN))
+    monkeypatch.setattr(_config_loaders, "_LOADERS", dict(_config_loaders._BUILT_IN))
     yield
 
 
@@ -263,7 +263,8 @@ def test_a_secret_that_cannot_be_resolved_again(vault: Vault, monkeypatch: pytes
     del vault.secrets["prod/api"]["api"]["token"]
     with pytest.raises(ConfigError, match=r"'vault://prod/api' no longer has the key api\.token"):
         from_stored(stored)
-    monkeypatch.setattr(_config, "_LOADERS", dict(_config._BUILT_IN))  # a resume that forgot to register it
+    # A resume in a process that forgot to register the vault:
+    monkeypatch.setattr(_config_loaders, "_LOADERS", dict(_config_loaders._BUILT_IN))
     with pytest.raises(ConfigError, match="cannot be resolved again: no configuration loader for vault://"):
         from_stored(stored)
 
