@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pylo.execution import Pylo
-from pylo.stores import SQLITE_FILE
+from pylo.stores import SQLITE_FILE, open_store
 from pylo.stores.base import ExecutionRecord, ExecutionStatus
 
 __all__ = [
@@ -116,7 +116,11 @@ class StoreChoice:
             CliError: No store where one must exist.
             StoreError: The store is damaged or foreign.
         """
-        return Pylo.local_multithread(self.value, 1, **self.pylo_arguments(must_exist=must_exist))
+        kind = self.pylo_arguments(must_exist=must_exist)["store"]
+        # Reading never creates or writes a store (not even pylo's tables
+        # in an empty database or file): the store is opened with create=False.
+        opened = open_store(kind, None if self.is_url else self.value, create=not must_exist)
+        return Pylo.local_multithread(None, 1, store=opened)
 
     def pylo_arguments(self, *, must_exist: bool) -> dict[str, Any]:
         """The ``store=`` argument for a Pylo constructor (whose first argument is :attr:`value`)."""

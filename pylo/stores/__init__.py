@@ -26,13 +26,16 @@ STORE_NAMES = {
 SQLITE_FILE = "pylo.sqlite"
 
 
-def open_store(store: Any, directory: str | os.PathLike[str] | None) -> Store:
+def open_store(store: Any, directory: str | os.PathLike[str] | None, *, create: bool = True) -> Store:
     """Open the store a user asked for.
 
     Args:
         store: ``"sqlite"``, ``"files"``, a SQLAlchemy URL such as
             ``"postgresql+psycopg://user@host/db"``, or a :class:`Store`.
         directory: The local store directory, for the named stores.
+        create: Create the store if it does not exist. Readers pass False:
+            they never create or write a store, and a missing one is a
+            StoreError naming where it should be.
 
     Raises:
         ValueError: ``store`` is none of the above, or a named store was
@@ -49,7 +52,7 @@ def open_store(store: Any, directory: str | os.PathLike[str] | None) -> Store:
     if "://" in store:
         from pylo.stores.sql import SQLStore
 
-        return SQLStore(store)
+        return SQLStore(store, create=create)
     if store not in STORE_NAMES:
         valid = ", ".join(repr(name) for name in STORE_NAMES)
         raise ValueError(
@@ -62,7 +65,7 @@ def open_store(store: Any, directory: str | os.PathLike[str] | None) -> Store:
     if store == "sqlite":
         from pylo.stores.sql import SQLStore
 
-        return SQLStore.sqlite(root / SQLITE_FILE)
+        return SQLStore.sqlite(root / SQLITE_FILE, create=create)
     from pylo.stores.files import FileStore
 
-    return FileStore(root)
+    return FileStore(root, create=create)

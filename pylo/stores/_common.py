@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from pylo.stores.base import FAILED, FINISHED, PENDING, BatchRecord, ExecutionRecord, ExecutionStatus, Flush
@@ -20,6 +22,7 @@ __all__ = [
     "counts_problem",
     "dump_options",
     "load_options",
+    "make_private_dirs",
     "record_fields",
 ]
 
@@ -137,3 +140,35 @@ def record_fields(record: ExecutionRecord) -> dict[str, Any]:
         "pid": record.pid,
         "host": record.host,
     }
+
+
+def make_private_dirs(path: Path) -> None:
+    """Create ``path`` and every missing parent with mode 0o700, whatever the umask.
+
+    ``Path.mkdir(parents=True)`` gives the parents it creates the umask's
+    default mode (0o777 under ``umask 000``); a snapshot's inputs are
+    nobody else's business, so every directory pylo makes is private.
+    Directories that already exist keep their mode.
+
+    Raises:
+        OSError: A directory cannot be created (or ``path`` is a file:
+            ``FileExistsError``).
+    """
+    missing: list[Path] = []
+    cursor = path
+    while not cursor.is_dir():
+        if os.path.lexists(cursor):
+            raise FileExistsError(f"{cursor} exists and is not a directory")
+        missing.append(cursor)
+        if cursor.parent == cursor:
+            break
+        cursor = cursor.parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            if not directory.is_dir():
+                raise
+            continue  # another process made it a moment ago
+        # mkdir's mode is masked by the umask; say exactly what we mean.
+        os.chmod(directory, 0o700)

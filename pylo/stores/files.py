@@ -60,6 +60,7 @@ from pylo.stores._common import (
     check_flush,
     counts_problem,
     dump_options,
+    make_private_dirs,
     record_fields,
 )
 from pylo.stores.base import (
@@ -257,16 +258,20 @@ class FileStore(Store):
     root, each writing its own executions, while others read them.
 
     Args:
-        root: The store directory. Created with mode 0o700 if missing; an
-            existing directory without a marker file gets one, so the
-            directory may hold other things too (such as a SQLite store).
+        root: The store directory. Created with mode 0o700 if missing (its
+            missing parents too); an existing directory without a marker
+            file gets one, so the directory may hold other things too (such
+            as a SQLite store).
+        create: Create the store when missing. When False (readers) nothing
+            is ever written, and a directory without a marker is a StoreError.
 
     Raises:
-        StoreError: The root is not a directory, cannot be created, or its
-            marker names another format or an unknown version.
+        StoreError: The root is not a directory, cannot be created, has no
+            marker (with ``create=False``), or its marker names another
+            format or an unknown version.
     """
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, create: bool = True) -> None:
         self.root = Path(root)
         self.location = str(self.root)
         self._executions = self.root / _EXECUTIONS
@@ -276,8 +281,14 @@ class FileStore(Store):
         self._index_lock = threading.Lock()
         self._writers: dict[str, _Writer] = {}
         self._indexes: dict[str, _Index] = {}
+        self.create = create
+        if not create:
+            if not (self.root / MARKER_NAME).is_file():
+                raise StoreError(f"there is no pylo file store at {self.location}: it has no {MARKER_NAME}")
+            self._check_marker()
+            return
         try:
-            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_private_dirs(self.root)
         except FileExistsError as exc:
             raise StoreError(f"cannot open the store at {self.location}: it is not a directory") from exc
         except OSError as exc:
@@ -819,6 +830,8 @@ class FileStore(Store):
         """
         records = []
         damaged: dict[str, StoreError] = {}
+        if not self.create and not self._executions.exists():
+            return []  # a store whose first execution was never created
         with self._guard("list executions"), os.scandir(self._executions) as entries:
             names = [entry.name for entry in entries if not entry.name.startswith(".") and entry.is_dir()]
         for name in names:

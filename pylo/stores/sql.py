@@ -20,8 +20,11 @@ plain ``BEGIN``, which in WAL mode never blocks and never blocks a writer.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
+import secrets
+import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import islice
@@ -40,6 +43,7 @@ from pylo.stores._common import (
     counts_problem,
     dump_options,
     load_options,
+    make_private_dirs,
     record_fields,
 )
 from pylo.stores.base import (
@@ -181,7 +185,7 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _on_sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:
+def _on_sqlite_connect(dbapi_connection: Any, connection_record: Any, *, may_write: bool = True) -> None:
     """Configure every new SQLite connection.
 
     Turning off the sqlite3 module's own transaction handling is the
@@ -195,8 +199,9 @@ def _on_sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:
         (mode,) = cursor.execute("PRAGMA journal_mode").fetchone()
         # The journal mode is persistent in the file: only the first
         # connection to a new database has to switch it (an in-memory database
-        # reports "memory" and cannot use WAL).
-        if str(mode).lower() not in ("wal", "memory"):
+        # reports "memory" and cannot use WAL). A reader never writes, and
+        # reads in any journal mode.
+        if may_write and str(mode).lower() not in ("wal", "memory"):
             cursor.execute("PRAGMA journal_mode = WAL")
         # In WAL mode NORMAL keeps committed transactions across an
         # application crash; only a power loss may lose the last ones.
@@ -230,6 +235,10 @@ class SQLStore(Store):
             ``postgresql+psycopg://user:secret@host/db``.
         exclusive: The database belongs to pylo alone: refuse one that holds
             tables of anything else (true for :meth:`sqlite` files).
+        create: Create pylo's tables when the database has none. When
+            False (readers: ``pylo list`` and the other inspecting commands)
+            nothing is ever written, and a database that is not a pylo
+            store yet is a StoreError.
         engine_kwargs: Extra keyword arguments for
             :func:`sqlalchemy.create_engine`.
 
@@ -243,6 +252,7 @@ class SQLStore(Store):
         url: str | URL,
         *,
         exclusive: bool = False,
+        create: bool = True,
         engine_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         try:
@@ -253,6 +263,7 @@ class SQLStore(Store):
         self.url = parsed
         self.location = _location_of(parsed)
         self.exclusive = exclusive
+        self.create = create
         self._is_sqlite = parsed.get_backend_name() == "sqlite"
         self._is_postgres = parsed.get_backend_name() == "postgresql"
         if self._is_sqlite:
@@ -262,7 +273,7 @@ class SQLStore(Store):
         except (SQLAlchemyError, ImportError, TypeError, ValueError) as exc:
             raise StoreError(f"cannot open the store at {self.location}: {_describe(exc)}") from exc
         if self._is_sqlite:
-            sa.event.listen(self._engine, "connect", _on_sqlite_connect)
+            sa.event.listen(self._engine, "connect", functools.partial(_on_sqlite_connect, may_write=create))
             sa.event.listen(self._engine, "begin", _on_sqlite_begin)
         try:
             self._ensure_schema()
@@ -271,30 +282,65 @@ class SQLStore(Store):
             raise
 
     @classmethod
-    def sqlite(cls, path: str | os.PathLike[str]) -> SQLStore:
+    def sqlite(cls, path: str | os.PathLike[str], *, create: bool = True) -> SQLStore:
         """Open (creating if needed) a store in a SQLite database file.
 
-        A new parent directory is created with mode 0o700 and a new file with
-        mode 0o600: snapshots hold the task's inputs and exceptions, which are
+        New directories are created with mode 0o700 and a new file with mode
+        0o600: snapshots hold the task's inputs and exceptions, which are
         nobody else's business. The file must hold nothing but pylo's tables.
+        A new store is built under a temporary name and linked into place
+        whole, so an empty file is never a store pylo made: it is refused
+        as damage (a truncated store) rather than silently reused.
 
         Args:
             path: The database file.
+            create: Create the store when the file does not exist; when
+                False a missing file is a StoreError and nothing is written.
 
         Raises:
-            StoreError: The file cannot be created, is not a SQLite database,
-                or is not a pylo store of a known version.
+            StoreError: The file cannot be created, does not exist (with
+                ``create=False``), is empty, is not a SQLite database, or is
+                not a pylo store of a known version.
         """
         file = Path(path)
+        if file.is_dir():
+            raise StoreError(f"cannot open the store at {file}: it is a directory, not a SQLite file")
+        if not os.path.lexists(file):
+            if not create:
+                raise StoreError(f"there is no pylo store at {file}: the file does not exist")
+            cls._create_sqlite_file(file)
+        return cls(URL.create("sqlite+pysqlite", database=str(file)), exclusive=True, create=create)
+
+    @classmethod
+    def _create_sqlite_file(cls, file: Path) -> None:
+        """Build a new store under a temporary name, then link it into place at once."""
         try:
-            file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            if file.is_dir():
-                raise StoreError(f"cannot open the store at {file}: it is a directory, not a SQLite file")
+            make_private_dirs(file.parent)
+            temporary = file.parent / f".{file.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
             # Create it ourselves: SQLite would create it with mode 0o644.
-            os.close(os.open(file, os.O_WRONLY | os.O_CREAT, 0o600))
+            os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         except OSError as exc:
             raise StoreError(f"cannot create the store at {file}: {exc}") from exc
-        return cls(URL.create("sqlite+pysqlite", database=str(file)), exclusive=True)
+        try:
+            # Switching to WAL writes the database header: the file is no
+            # longer empty, which only a truncated store is.
+            connection = sqlite3.connect(temporary)
+            try:
+                connection.execute("PRAGMA journal_mode = WAL")
+            finally:
+                connection.close()
+            # Closing the only connection checkpoints the WAL into the file.
+            cls(URL.create("sqlite+pysqlite", database=str(temporary)), exclusive=True).close()
+            try:
+                os.link(temporary, file)
+            except FileExistsError:
+                pass  # another process created the store a moment ago: use theirs
+            except OSError as exc:
+                raise StoreError(f"cannot create the store at {file}: {exc}") from exc
+        finally:
+            for leftover in (temporary, Path(f"{temporary}-wal"), Path(f"{temporary}-shm")):
+                with contextlib.suppress(OSError):
+                    os.unlink(leftover)
 
     # -- plumbing --------------------------------------------------------------
 
@@ -310,13 +356,21 @@ class SQLStore(Store):
             with open(database, "rb") as file:
                 header = file.read(len(_SQLITE_HEADER))
         except FileNotFoundError:
+            if not self.create:
+                raise StoreError(f"there is no pylo store at {self.location}: the file does not exist") from None
             return
         except IsADirectoryError as exc:
             raise StoreError(f"cannot open the store at {self.location}: it is a directory") from exc
         except OSError as exc:
             raise StoreError(f"cannot read the store at {self.location}: {exc}") from exc
-        # An empty file is a valid empty database (sqlite() creates one).
-        if header and header != _SQLITE_HEADER:
+        # SQLite would take an empty file for a new database; pylo never
+        # makes one (see sqlite()), so it is a store truncated to nothing.
+        if not header:
+            raise StoreError(
+                f"the store at {self.location} is an empty file, not a pylo store (was it truncated?); "
+                "restore it from a backup, or move it away to start a new store there"
+            )
+        if header != _SQLITE_HEADER:
             raise StoreError(
                 f"the store at {self.location} is not a SQLite database "
                 "(the file does not start with the SQLite header); point pylo at another path"
@@ -363,6 +417,8 @@ class SQLStore(Store):
             with self._read() as conn:
                 if self._check_schema(conn):
                     return
+            if not self.create:
+                raise StoreError(f"there is no pylo store at {self.location}: the database holds no pylo tables")
             with self._write() as conn:
                 if self._is_postgres:
                     conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
