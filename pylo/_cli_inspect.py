@@ -229,9 +229,19 @@ def inputs_command(args: argparse.Namespace, store: StoreChoice) -> int:
             # by position); inputs stream batch by batch.
             for item, result in pylo.get_results(record.id):
                 line = _json([item, result], "the pair") if args.json else f"{item}\t{result}"
-                out.write(line + "\n")
+                _write_line(out, line, f"a finished input of execution {record.id}")
             return 0
         for position, item in _stream_inputs(pylo, record, _WANTED[args.state]):
             line = _json(item, "input", position) if args.json else str(item)
-            out.write(line + "\n")
+            _write_line(out, line, f"input #{position} of execution {record.id}")
     return 0
+
+
+def _write_line(out: TextIO, line: str, what: str) -> None:
+    try:
+        out.write(line + "\n")
+    except UnicodeEncodeError as exc:
+        # A lone surrogate (stored by an older pylo, or from Python) is no text.
+        raise CliError(
+            f"{what} cannot be printed: {exc.reason} ({exc.object[exc.start : exc.end]!r}); try --json"
+        ) from None

@@ -194,6 +194,31 @@ def build_parser() -> argparse.ArgumentParser:
 # -- main -----------------------------------------------------------------------------
 
 
+class _OneLineFormatter(logging.Formatter):
+    """One line per record: a logged exception is named, its traceback shown only with ``-vv``.
+
+    The library logs some errors with their traceback (a flush that a full
+    disk refused, say); at a terminal that is a hundred lines burying the
+    one that says what happened.
+    """
+
+    def __init__(self, fmt: str, *, tracebacks: bool) -> None:
+        super().__init__(fmt)
+        self._tracebacks = tracebacks
+
+    def format(self, record: logging.LogRecord) -> str:
+        if self._tracebacks or not record.exc_info:
+            return super().format(record)
+        exc = record.exc_info[1]
+        brief = logging.makeLogRecord(record.__dict__)
+        brief.exc_info = brief.exc_text = None
+        brief.msg, brief.args = record.getMessage(), None
+        if exc is not None:
+            detail = " ".join(str(exc).split())
+            brief.msg += f": {type(exc).__name__}" + (f": {detail}" if detail else "")
+        return " ".join(super().format(brief).split("\n"))
+
+
 @contextlib.contextmanager
 def _command_logging(verbose: int, quiet: bool) -> Iterator[None]:
     """Send the library's log records to stderr while the command runs.
@@ -205,7 +230,7 @@ def _command_logging(verbose: int, quiet: bool) -> Iterator[None]:
     logger = logging.getLogger("pylo")
     saved = (logger.level, logger.propagate)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("pylo: %(levelname)s: %(message)s"))
+    handler.setFormatter(_OneLineFormatter("pylo: %(levelname)s: %(message)s", tracebacks=verbose >= 2))
     logger.addHandler(handler)
     logger.setLevel(logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)])
     logger.propagate = False
