@@ -23,7 +23,8 @@ from pylo._cli_common import (
     recorded_retries,
     run_seconds,
 )
-from pylo._codec import get_codec, short_repr
+from pylo._codec import short_repr
+from pylo._reader import read_inputs
 from pylo.execution import Failure, Pylo
 from pylo.stores.base import FAILED, FINISHED, PENDING, ExecutionRecord
 
@@ -191,22 +192,8 @@ _WANTED = {
 
 def _stream_inputs(pylo: Pylo, record: ExecutionRecord, wanted: frozenset[int]) -> Iterator[tuple[int, Any]]:
     """``(position, input)`` of the wanted states, one stored batch in memory at a time."""
-    codec = get_codec(record.codec)
-    for batch in pylo.store.read_batches(record.id, payloads=True):
-        if not any(state in wanted for state in set(batch.states)):
-            continue
-        if batch.payload is None:
-            raise CliError(f"batch {batch.batch_no} of execution {record.id} has no inputs in the store")
-        try:
-            items = codec.decode_batch(batch.payload)
-        except Exception as exc:
-            raise CliError(
-                f"cannot decode the inputs of batch {batch.batch_no} of execution {record.id}: "
-                f"{type(exc).__name__}: {exc}"
-            ) from None
-        for offset, (item, state) in enumerate(zip(items, batch.states, strict=True)):
-            if state in wanted:
-                yield batch.first_position + offset, item
+    for position, _, item in read_inputs(pylo.store, record, wanted):
+        yield position, item
 
 
 def _json(value: Any, what: str, position: int | None = None) -> str:

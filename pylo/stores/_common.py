@@ -91,19 +91,31 @@ def counts_problem(total: int, finished: int, failed: int) -> str | None:
 _VALID_STATES = bytes([PENDING, FINISHED, FAILED])
 
 
-def batches_problem(batches: Sequence[BatchRecord]) -> str | None:
+def batches_problem(batches: Sequence[BatchRecord], total: int | None = None) -> str | None:
     """Why batches read back from a store cannot be right, or None when they can.
 
     Checks what a reader relies on and is cheap to check (C-speed byte
-    operations, no Python loop over inputs): one state byte per input, each
-    a known state. A hand-edited or damaged store must give a StoreError,
-    not a ``zip()`` error or an input that is neither finished nor unfinished.
+    operations, a Python loop over batches, never over inputs): one state
+    byte per input, each a known state, and at least ``total`` inputs (the
+    count the execution's record holds, read before the batches or with
+    them: batches are only ever added). A hand-edited or damaged store must
+    give a StoreError, not a ``zip()`` error or an answer that silently
+    leaves inputs out.
     """
+    held = 0
     for batch in batches:
         if len(batch.states) != batch.size:
             return f"{len(batch.states)} state bytes for the {batch.size} inputs of batch {batch.batch_no}"
         if batch.states.translate(None, _VALID_STATES):
             return f"an unknown state byte in batch {batch.batch_no}"
+        held += batch.size
+    if total is not None and held < total:
+        numbers = {batch.batch_no for batch in batches}
+        gaps = [number for number in range(len(batches) + 1) if number not in numbers][:3]
+        return (
+            f"batches holding {held:,} inputs while its record counts {total:,}: batches are missing "
+            f"(the first numbers missing: {', '.join(map(str, gaps))})"
+        )
     return None
 
 

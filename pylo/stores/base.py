@@ -36,6 +36,7 @@ __all__ = [
     "FINISHED",
     "PENDING",
     "BatchRecord",
+    "Claim",
     "ExecutionRecord",
     "ExecutionStatus",
     "FailureRow",
@@ -225,6 +226,29 @@ class Flush:
     inputs_complete: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Who is resuming an execution right now (see :meth:`Store.claim_execution`).
+
+    Attributes:
+        execution_id: The execution being resumed.
+        claimant: Id of the new execution that resumes it.
+        pid: Process id of the process running the resume.
+        host: Host name of that process.
+        claimed_at: POSIX time the claim was taken.
+    """
+
+    execution_id: str
+    claimant: str
+    pid: int
+    host: str
+    claimed_at: float
+
+    def same_holder(self, other: Claim) -> bool:
+        """True when ``other`` is this claim (claimant, process and host alike)."""
+        return (self.claimant, self.pid, self.host) == (other.claimant, other.pid, other.host)
+
+
 class Store(abc.ABC):
     """Where executions are persisted.
 
@@ -323,6 +347,34 @@ class Store(abc.ABC):
         Raises:
             ExecutionNotFound: No such execution.
         """
+
+    # -- claims: one resume of an execution at a time ----------------------
+    # Not abstract, so that stores written for an earlier pylo still load;
+    # without them a store cannot refuse a second resume (pylo warns).
+
+    def claim_execution(self, execution_id: str, claim: Claim, *, replacing: Claim | None = None) -> Claim | None:
+        """Atomically claim an execution for a resume, or say who holds it.
+
+        Sets ``claim`` when the execution has no claim, or when its claim
+        is held by ``replacing`` (:meth:`Claim.same_holder`: the caller
+        judged it stale, its process being gone); then returns None.
+        Otherwise changes nothing and returns the current claim. Of several
+        processes claiming (or replacing the same claim) at once, in any
+        number of processes, exactly one gets None.
+
+        Raises:
+            ExecutionNotFound: No such execution.
+            NotImplementedError: The store cannot keep claims.
+        """
+        raise NotImplementedError(f"{type(self).__name__} keeps no claims")
+
+    def release_claim(self, execution_id: str, claimant: str) -> None:
+        """Remove the claim on ``execution_id`` if ``claimant`` holds it; else do nothing.
+
+        Raises:
+            NotImplementedError: The store cannot keep claims.
+        """
+        raise NotImplementedError(f"{type(self).__name__} keeps no claims")
 
     def close(self) -> None:  # noqa: B027 - optional hook, most stores need nothing
         """Release connections and file handles. The store is unusable after."""

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
 import os
@@ -66,6 +67,7 @@ from pylo.stores._common import (
 from pylo.stores.base import (
     FORMAT_VERSION,
     BatchRecord,
+    Claim,
     ExecutionRecord,
     ExecutionStatus,
     FailureRow,
@@ -86,6 +88,7 @@ _EXECUTIONS = "executions"
 _RECORD = "execution.json"
 _INPUTS = "inputs.log"
 _OUTCOMES = "outcomes.log"
+_CLAIM = "claim.json"
 
 _FRAME = struct.Struct("<4sQI")
 _INPUTS_MAGIC = b"PLIb"
@@ -879,7 +882,7 @@ class FileStore(Store):
             BatchRecord(entry.batch_no, entry.first_position, entry.size, states[entry.batch_no] or b"")
             for entry in sorted(entries, key=lambda entry: entry.batch_no)
         ]
-        problem = batches_problem(records)
+        problem = batches_problem(records, record.total)
         if problem is not None:
             raise self._damaged(directory, f"holds execution {execution_id!r} with {problem}")
         if not payloads:
@@ -991,6 +994,83 @@ class FileStore(Store):
                 if len(value) < length:
                     raise self._damaged(path, f"lost the result of position {position}")
                 yield position, value
+
+    # -- claims --------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _directory_lock(self, execution_id: str) -> Iterator[Path]:
+        """Hold an exclusive ``flock`` on an execution's directory (the kernel drops it if we die)."""
+        directory = self._dir(execution_id)
+        try:
+            descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        except (FileNotFoundError, NotADirectoryError):
+            raise self._not_found(execution_id) from None
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            yield directory
+        finally:
+            os.close(descriptor)
+
+    def _read_claim(self, path: Path, execution_id: str) -> Claim | None:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            document = json.loads(data)
+            return Claim(
+                execution_id,
+                _get(document, "claimant", str),
+                _get(document, "pid", int),
+                _get(document, "host", str),
+                float(_get(document, "claimed_at", (int, float))),
+            )
+        except (ValueError, TypeError, KeyError) as exc:
+            raise self._damaged(path, f"cannot be read as a claim ({type(exc).__name__}: {exc})") from exc
+
+    def claim_execution(self, execution_id: str, claim: Claim, *, replacing: Claim | None = None) -> Claim | None:
+        """See :meth:`Store.claim_execution`.
+
+        The claim is ``claim.json`` in the execution's directory, read and
+        replaced under an exclusive ``flock`` of that directory, which
+        serializes claimers in every process.
+
+        Raises:
+            ExecutionNotFound: No such execution.
+            StoreError: The directory cannot be written, or its claim is damaged.
+        """
+        with self._guard(f"claim execution {execution_id!r}"), self._directory_lock(execution_id) as directory:
+            self._read_record(directory, execution_id)  # the existence check
+            path = directory / _CLAIM
+            current = self._read_claim(path, execution_id)
+            if current is not None and (replacing is None or not current.same_holder(replacing)):
+                return current
+            document = {
+                "claimant": claim.claimant,
+                "pid": claim.pid,
+                "host": claim.host,
+                "claimed_at": float(claim.claimed_at),
+            }
+            _write_atomically(path, json.dumps(document).encode() + b"\n")
+            return None
+
+    def release_claim(self, execution_id: str, claimant: str) -> None:
+        """See :meth:`Store.release_claim`.
+
+        Raises:
+            StoreError: The directory cannot be written.
+        """
+        try:
+            with (
+                self._guard(f"release the claim on execution {execution_id!r}"),
+                self._directory_lock(execution_id) as directory,
+            ):
+                path = directory / _CLAIM
+                current = self._read_claim(path, execution_id)
+                if current is not None and current.claimant == claimant:
+                    os.unlink(path)
+        except ExecutionNotFound:
+            return
 
     def close(self) -> None:
         """Forget cached indexes and writer state (no file stays open between calls)."""

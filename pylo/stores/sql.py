@@ -49,6 +49,7 @@ from pylo.stores._common import (
 from pylo.stores.base import (
     FORMAT_VERSION,
     BatchRecord,
+    Claim,
     ExecutionRecord,
     ExecutionStatus,
     FailureRow,
@@ -160,6 +161,22 @@ _results = sa.Table(
     sa.Column("value", sa.LargeBinary, nullable=False),
 )
 
+# Tables a later pylo added. A store written before them has none: they are
+# created by the first write that needs them, and reads take their absence
+# as "nothing recorded", so an old store opens (and is read) unchanged.
+_claims = sa.Table(
+    "pylo_claims",
+    _metadata,
+    sa.Column("execution_id", _ID, primary_key=True),
+    sa.Column("claimant", _ID, nullable=False),
+    sa.Column("pid", sa.BigInteger, nullable=False),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("claimed_at", sa.Double, nullable=False),
+)
+
+#: Tables every pylo store has had since format version 1.
+_REQUIRED_TABLES = frozenset({"pylo_meta", "pylo_executions", "pylo_batches", "pylo_failures", "pylo_results"})
+
 # Statements built once: SQLAlchemy caches their compiled form per engine.
 _update_states = (
     _batches.update()
@@ -264,6 +281,8 @@ class SQLStore(Store):
         self.location = _location_of(parsed)
         self.exclusive = exclusive
         self.create = create
+        # Names of the tables seen in the database (see _has_table).
+        self._tables: set[str] = set()
         self._is_sqlite = parsed.get_backend_name() == "sqlite"
         self._is_postgres = parsed.get_backend_name() == "postgresql"
         if self._is_sqlite:
@@ -465,13 +484,29 @@ class SQLStore(Store):
             )
         # pylo_meta is created in the same transaction as every other table:
         # one missing now was dropped, and creating it empty would lose data.
-        missing = sorted(set(_metadata.tables) - names)
+        self._tables = names
+        missing = sorted(_REQUIRED_TABLES - names)
         if missing:
             raise StoreError(
                 f"the store at {self.location} is damaged: it is missing the tables {', '.join(missing)}; "
                 "restore it from a backup or give pylo another path"
             )
         return True
+
+    def _has_table(self, conn: Connection, table: sa.Table) -> bool:
+        """Whether an optional table exists; a missing one is looked for again (another pylo may add it)."""
+        if table.name not in self._tables:
+            self._tables = set(sa.inspect(conn).get_table_names())
+        return table.name in self._tables
+
+    def _ensure_table(self, conn: Connection, table: sa.Table) -> None:
+        """Create an optional table inside a write transaction, once, if this store predates it."""
+        if self._has_table(conn, table):
+            return
+        if self._is_postgres:
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+        table.create(conn, checkfirst=True)
+        self._tables.add(table.name)
 
     def _storable_text(self, text: str | None) -> str | None:
         """Make exception text storable in a TEXT column, escaping what cannot be.
@@ -695,7 +730,12 @@ class SQLStore(Store):
                 from the input source.
         """
         with self._guard(f"read the batches of execution {execution_id!r}"), self._read() as conn:
-            source = self._input_source(conn, execution_id)
+            found = conn.execute(
+                sa.select(_executions.c.input_source, _executions.c.total).where(_executions.c.id == execution_id)
+            ).first()
+            if found is None:
+                raise self._not_found(execution_id)
+            source, total = str(found.input_source), int(found.total)
             rows = conn.execute(
                 sa.select(_batches.c.batch_no, _batches.c.first_position, _batches.c.size, _batches.c.states)
                 .where(_batches.c.execution_id == execution_id)
@@ -704,7 +744,7 @@ class SQLStore(Store):
         records = [
             BatchRecord(int(row.batch_no), int(row.first_position), int(row.size), bytes(row.states)) for row in rows
         ]
-        problem = batches_problem(records)
+        problem = batches_problem(records, total)
         if problem is not None:
             raise StoreError(f"execution {execution_id!r} in the store at {self.location} is damaged: it has {problem}")
         if not payloads:
@@ -818,6 +858,76 @@ class SQLStore(Store):
             if len(page) < _RESULT_PAGE:
                 return
             after = int(page[-1].position)
+
+    # -- claims ----------------------------------------------------------------
+
+    def claim_execution(self, execution_id: str, claim: Claim, *, replacing: Claim | None = None) -> Claim | None:
+        """See :meth:`Store.claim_execution`.
+
+        The claim is a row of ``pylo_claims``, keyed by the claimed
+        execution: its primary key decides between racing inserts, and a
+        replacement is an UPDATE conditioned on the stale holder, which only
+        one of racing replacements can match.
+
+        Raises:
+            ExecutionNotFound: No such execution.
+            StoreError: The database cannot be written.
+        """
+        row = {
+            "execution_id": execution_id,
+            "claimant": claim.claimant,
+            "pid": claim.pid,
+            "host": claim.host,
+            "claimed_at": float(claim.claimed_at),
+        }
+        with self._guard(f"claim execution {execution_id!r}"):
+            try:
+                with self._write() as conn:
+                    self._ensure_table(conn, _claims)
+                    self._input_source(conn, execution_id)  # the existence check
+                    if replacing is not None:
+                        updated = conn.execute(
+                            _claims.update()
+                            .where(
+                                _claims.c.execution_id == execution_id,
+                                _claims.c.claimant == replacing.claimant,
+                                _claims.c.pid == replacing.pid,
+                                _claims.c.host == replacing.host,
+                            )
+                            .values(**row)
+                        )
+                        if updated.rowcount:
+                            return None
+                    current = self._current_claim(conn, execution_id)
+                    if current is not None:
+                        return current
+                    conn.execute(_claims.insert(), row)
+                    return None
+            except IntegrityError:
+                # Another process inserted its claim after we looked: it won.
+                with self._read() as conn:
+                    current = self._current_claim(conn, execution_id)
+                if current is None:
+                    raise
+                return current
+
+    def release_claim(self, execution_id: str, claimant: str) -> None:
+        """See :meth:`Store.release_claim`.
+
+        Raises:
+            StoreError: The database cannot be written.
+        """
+        with self._guard(f"release the claim on execution {execution_id!r}"), self._write() as conn:
+            if self._has_table(conn, _claims):
+                conn.execute(
+                    _claims.delete().where(_claims.c.execution_id == execution_id, _claims.c.claimant == claimant)
+                )
+
+    def _current_claim(self, conn: Connection, execution_id: str) -> Claim | None:
+        row = conn.execute(sa.select(_claims).where(_claims.c.execution_id == execution_id)).first()
+        if row is None:
+            return None
+        return Claim(execution_id, row.claimant, int(row.pid), row.host, float(row.claimed_at))
 
     def close(self) -> None:
         """Close the database connections."""
