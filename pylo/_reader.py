@@ -23,7 +23,7 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import logging
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,10 +38,12 @@ __all__ = [
     "codec_of",
     "decode_inputs",
     "lineage",
+    "list_records",
     "read_exceptions",
     "read_failures",
     "read_inputs",
     "read_layout",
+    "read_record",
     "read_results",
     "read_state",
     "rebuild_exception",
@@ -328,6 +330,75 @@ def read_exceptions(store: Store, record: ExecutionRecord) -> list[BaseException
     return found
 
 
+# -- records --------------------------------------------------------------------
+
+
+def _source_problem(store: Store, record: ExecutionRecord, present: Callable[[str], bool]) -> StoreError | None:
+    """A resume whose input source is gone (its directory deleted, say) cannot be read or resumed.
+
+    It is reported damaged wherever it is read or listed, rather than listed
+    as if it were whole.
+    """
+    if record.input_source == record.id or present(record.input_source):
+        return None
+    return _damaged(
+        store,
+        record.id,
+        f"its inputs are kept by execution {record.input_source!r}, which is missing from the store "
+        "(deleted?); restore it to read or resume this execution",
+    )
+
+
+def _exists(store: Store, execution_id: str) -> bool:
+    try:
+        store.get_execution(execution_id)
+    except ExecutionNotFound:
+        return False
+    except StoreError:
+        return True  # there, but damaged: reading it says so
+    return True
+
+
+def read_record(store: Store, execution_id: str) -> ExecutionRecord:
+    """The execution's record, checked: a resume whose inputs are gone is damaged.
+
+    Raises:
+        ExecutionNotFound: No such execution.
+        StoreError: It, or the execution holding its inputs, is damaged or missing.
+    """
+    record = store.get_execution(execution_id)
+    problem = _source_problem(store, record, lambda source: _exists(store, source))
+    if problem is not None:
+        raise problem
+    return record
+
+
+def list_records(store: Store) -> list[ExecutionRecord]:
+    """Every execution, oldest first, checked as :func:`read_record` checks one.
+
+    Raises:
+        DamagedExecutions: Some executions cannot be read; the error names
+            them and carries the intact ones.
+        StoreError: The store cannot be read.
+    """
+    damaged: dict[str, StoreError] = {}
+    try:
+        records = store.list_executions()
+    except DamagedExecutions as exc:
+        records, damaged = exc.executions, dict(exc.damaged)
+    present = {record.id for record in records} | set(damaged)
+    intact = []
+    for record in records:
+        problem = _source_problem(store, record, present.__contains__)
+        if problem is None:
+            intact.append(record)
+        else:
+            damaged[record.id] = problem
+    if damaged:
+        raise DamagedExecutions(store.location, intact, damaged)
+    return intact
+
+
 # -- results and lineage ------------------------------------------------------
 
 
@@ -366,7 +437,7 @@ def lineage(store: Store, record: ExecutionRecord) -> list[ExecutionRecord]:
     """
     chain = list(reversed(ancestors(store, record)))
     try:
-        everyone: Iterable[ExecutionRecord] = store.list_executions()
+        everyone: Iterable[ExecutionRecord] = list_records(store)
     except DamagedExecutions as exc:  # the intact ones still tell the story
         everyone = exc.executions
     children: dict[str, ExecutionRecord] = {}

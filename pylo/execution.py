@@ -29,7 +29,7 @@ from pylo._codec import Codec, get_codec, short_repr
 from pylo._progress import ProgressBar, wants_progress
 from pylo._ratelimit import parse_rate_limit
 from pylo._reader import Failure
-from pylo.errors import ExecutionNotResumable
+from pylo.errors import DamagedExecutions, ExecutionNotResumable
 from pylo.stores import open_store
 from pylo.stores.base import (
     ExecutionRecord,
@@ -646,7 +646,7 @@ class Pylo:
         past_id = _check_execution_id("past_execution_id", past_execution_id)
         function = self._checked_function(task_function)
         new_id = _new_execution_id() if execution_id is None else _check_execution_id("execution_id", execution_id)
-        parent = self._store.get_execution(past_id)
+        parent = _reader.read_record(self._store, past_id)
         if not parent.inputs_complete:
             raise ExecutionNotResumable(
                 f"execution {past_id!r} stopped while its inputs were being recorded "
@@ -735,16 +735,28 @@ class Pylo:
 
         Raises:
             ExecutionNotFound: No such execution.
+            StoreError: It is damaged, or the execution holding its inputs
+                (a resume reads its first ancestor's) is missing.
         """
-        return self._observed(self._store.get_execution(_check_execution_id("execution_id", execution_id)))
+        return self._observed(self._record(execution_id))
 
     def list_executions(self) -> list[ExecutionRecord]:
         """Return every execution in the store, oldest first.
 
         A running execution whose process on this machine is gone (killed,
         crashed) is reported with status ``crashed``.
+
+        Raises:
+            DamagedExecutions: Some executions cannot be read (damaged, or
+                their inputs' execution is missing); the error names them
+                and carries the intact ones.
+            StoreError: The store cannot be read.
         """
-        return [self._observed(record) for record in self._store.list_executions()]
+        try:
+            return [self._observed(record) for record in _reader.list_records(self._store)]
+        except DamagedExecutions as exc:
+            exc.executions = [self._observed(record) for record in exc.executions]
+            raise
 
     @staticmethod
     def _observed(record: ExecutionRecord) -> ExecutionRecord:
@@ -767,7 +779,7 @@ class Pylo:
         return _reader.read_state(self._store, self._record(execution_id))
 
     def _record(self, execution_id: str) -> ExecutionRecord:
-        return self._store.get_execution(_check_execution_id("execution_id", execution_id))
+        return _reader.read_record(self._store, _check_execution_id("execution_id", execution_id))
 
     def _codec_of(self, record: ExecutionRecord) -> Codec:
         """The codec an execution was written with; an unknown name is damage (or a newer pylo)."""

@@ -443,7 +443,10 @@ class SQLStore(Store):
                     conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
                 if self._check_schema(conn):
                     return
-                _metadata.create_all(conn, checkfirst=True)
+                # Optional tables come with the first write that needs them,
+                # as they do in a store written before they existed.
+                required = [table for name, table in _metadata.tables.items() if name in _REQUIRED_TABLES]
+                _metadata.create_all(conn, tables=required, checkfirst=True)
                 present = set(conn.execute(sa.select(_meta.c.key)).scalars())
                 rows = [
                     {"key": key, "value": value}
