@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pylo.execution import Pylo
-from pylo.stores import SQLITE_FILE, open_store
+from pylo.stores import SQLITE_FILE, is_store_url, open_store
 from pylo.stores.base import ExecutionRecord, ExecutionStatus
 
 __all__ = [
@@ -85,8 +85,8 @@ class StoreChoice:
 
     @property
     def is_url(self) -> bool:
-        """True for a SQLAlchemy URL, False for a directory."""
-        return "://" in self.value
+        """True for a store URL (``files:///...`` or a SQLAlchemy URL), False for a directory."""
+        return is_store_url(self.value)
 
     def flag(self) -> str:
         """``--store VALUE`` for printed commands, or "" for the default store.
@@ -96,7 +96,7 @@ class StoreChoice:
         if not self.explicit:
             return ""
         shown = self.value
-        if self.is_url:
+        if self.is_url and not shown.startswith("files://"):
             from sqlalchemy.engine import make_url
 
             try:

@@ -30,7 +30,7 @@ from pylo._progress import ProgressBar, wants_progress
 from pylo._ratelimit import parse_rate_limit
 from pylo._reader import Failure
 from pylo.errors import DamagedExecutions, ExecutionNotResumable
-from pylo.stores import open_store
+from pylo.stores import is_store_url, open_store
 from pylo.stores.base import (
     ExecutionRecord,
     ExecutionStatus,
@@ -191,7 +191,7 @@ def _check_codec(codec: Any) -> str:
 
 
 def _open_store(local_store_dir: Any, store: Any) -> Store:
-    if isinstance(store, Store) or (isinstance(store, str) and "://" in store):
+    if isinstance(store, Store) or is_store_url(store):
         return open_store(store, None)
     if local_store_dir is None:
         raise ValueError(
@@ -558,7 +558,7 @@ class Pylo:
             progress=progress,
         )
         _check_sendable_retry(retry, "Dask workers")
-        if isinstance(store, Store) or (isinstance(store, str) and "://" in store):
+        if isinstance(store, Store) or is_store_url(store):
             opened = open_store(store, None)
         else:
             opened = _open_store(store, "sqlite")
