@@ -21,6 +21,7 @@ __all__ = [
     "check_flush",
     "counts_problem",
     "dump_options",
+    "labels_match",
     "load_options",
     "make_private_dirs",
     "record_fields",
@@ -184,3 +185,8 @@ def make_private_dirs(path: Path) -> None:
             continue  # another process made it a moment ago
         # mkdir's mode is masked by the umask; say exactly what we mean.
         os.chmod(directory, 0o700)
+
+
+def labels_match(record: ExecutionRecord, labels: Mapping[str, str]) -> bool:
+    """True when the record carries every one of ``labels``."""
+    return all(record.labels.get(key) == value for key, value in labels.items())

@@ -108,6 +108,9 @@ class ExecutionRecord:
         pid: Process id of the coordinator that runs or ran it.
         host: Host name of that process.
         options: JSON-serializable settings the execution ran with.
+        labels: The user's ``str -> str`` labels (``start_*(labels=...)``),
+            for finding executions with ``list_executions(labels=...)``.
+            Empty for executions of stores written before labels existed.
     """
 
     id: str
@@ -126,6 +129,7 @@ class ExecutionRecord:
     pid: int | None = None
     host: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def pending(self) -> int:
@@ -267,6 +271,8 @@ class Store(abc.ABC):
     def create_execution(self, record: ExecutionRecord) -> None:
         """Create a new execution with no batches, failures or results.
 
+        Its ``labels`` are kept with it, for ``list_executions(labels=...)``.
+
         Raises:
             ExecutionExists: An execution with ``record.id`` exists, even when
                 another process created it a moment ago.
@@ -303,8 +309,16 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    def list_executions(self) -> list[ExecutionRecord]:
-        """Return every execution, oldest (by ``created_at``, then id) first."""
+    def list_executions(self, *, labels: Mapping[str, str] | None = None) -> list[ExecutionRecord]:
+        """Return every execution, oldest (by ``created_at``, then id) first.
+
+        Args:
+            labels: Only the executions carrying all of these labels, found
+                through the store's own index (a table, an index directory),
+                not by reading every execution. pylo passes this argument
+                only when the user asks for labels, so a store written for
+                an earlier pylo (without it) still works for everything else.
+        """
 
     @abc.abstractmethod
     def read_batches(self, execution_id: str, *, payloads: bool = False) -> Iterator[BatchRecord]:
