@@ -23,7 +23,7 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import logging
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -373,8 +373,8 @@ def read_record(store: Store, execution_id: str) -> ExecutionRecord:
     return record
 
 
-def list_records(store: Store) -> list[ExecutionRecord]:
-    """Every execution, oldest first, checked as :func:`read_record` checks one.
+def list_records(store: Store, labels: Mapping[str, str] | None = None) -> list[ExecutionRecord]:
+    """Every execution (with all of ``labels``), oldest first, checked as :func:`read_record` checks one.
 
     Raises:
         DamagedExecutions: Some executions cannot be read; the error names
@@ -383,13 +383,19 @@ def list_records(store: Store) -> list[ExecutionRecord]:
     """
     damaged: dict[str, StoreError] = {}
     try:
-        records = store.list_executions()
+        # Only asked with labels: a store written for an earlier pylo may not take them.
+        records = store.list_executions(labels=labels) if labels else store.list_executions()
     except DamagedExecutions as exc:
         records, damaged = exc.executions, dict(exc.damaged)
-    present = {record.id for record in records} | set(damaged)
+    listed = {record.id for record in records} | set(damaged)
+
+    def present(execution_id: str) -> bool:
+        # A filtered list may leave out an execution that is there.
+        return execution_id in listed or (bool(labels) and _exists(store, execution_id))
+
     intact = []
     for record in records:
-        problem = _source_problem(store, record, present.__contains__)
+        problem = _source_problem(store, record, present)
         if problem is None:
             intact.append(record)
         else:

@@ -26,6 +26,7 @@ from typing import Any
 
 from pylo import _claims, _engine, _reader
 from pylo._codec import Codec, get_codec, short_repr
+from pylo._labels import check_labels
 from pylo._progress import ProgressBar, wants_progress
 from pylo._ratelimit import parse_rate_limit
 from pylo._reader import Failure
@@ -572,6 +573,7 @@ class Pylo:
         task_function: Callable[[Any], Any],
         *,
         execution_id: str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> str:
         """Run ``task_function`` over every input, blocking until the execution ends.
 
@@ -586,6 +588,8 @@ class Pylo:
                 ``store_results`` is on.
             execution_id: Your own id for the execution (1-128 of
                 ``[A-Za-z0-9._-]``); a fresh one is made when None.
+            labels: ``str -> str`` labels kept on the execution record, to
+                find it with ``list_executions(labels=...)``.
 
         Returns:
             The execution id.
@@ -602,7 +606,9 @@ class Pylo:
         function = self._checked_function(task_function)
         inputs = _check_inputs(task_inputs)
         new_id = _new_execution_id() if execution_id is None else _check_execution_id("execution_id", execution_id)
+        checked_labels = check_labels(labels)
         record = _engine.new_record(new_id, _task_name(function), self._codec, self._config)
+        record = dataclasses.replace(record, labels=checked_labels)
 
         def prepare() -> _engine._Plan:
             return _engine.record_fresh(self._store, record, inputs, self._codec)
@@ -616,6 +622,7 @@ class Pylo:
         task_function: Callable[[Any], Any],
         *,
         execution_id: str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> str:
         """Start a new execution that runs only the past execution's unfinished inputs.
 
@@ -628,6 +635,8 @@ class Pylo:
                 status (including one whose process was killed).
             task_function: The (fixed) task function.
             execution_id: Your own id for the new execution, or None.
+            labels: Labels for the new execution, added to (and overriding)
+                the ones it inherits from the past execution.
 
         Returns:
             The new execution's id.
@@ -644,6 +653,7 @@ class Pylo:
                 execution's inputs are damaged or missing.
         """
         past_id = _check_execution_id("past_execution_id", past_execution_id)
+        checked_labels = check_labels(labels)
         function = self._checked_function(task_function)
         new_id = _new_execution_id() if execution_id is None else _check_execution_id("execution_id", execution_id)
         parent = _reader.read_record(self._store, past_id)
@@ -667,6 +677,7 @@ class Pylo:
         # A parent with lost batches is refused before anything is created.
         _reader.read_layout(self._store, parent)
         record = _engine.new_record(new_id, _task_name(function), codec, self._config, parent=parent)
+        record = dataclasses.replace(record, labels={**parent.labels, **checked_labels})
 
         def prepare() -> _engine._Plan:
             return _engine.create_resumed(self._store, record, parent, codec)
@@ -740,23 +751,40 @@ class Pylo:
         """
         return self._observed(self._record(execution_id))
 
-    def list_executions(self) -> list[ExecutionRecord]:
+    def list_executions(self, *, labels: Mapping[str, str] | None = None) -> list[ExecutionRecord]:
         """Return every execution in the store, oldest first.
 
         A running execution whose process on this machine is gone (killed,
         crashed) is reported with status ``crashed``.
+
+        Args:
+            labels: Only the executions carrying all of these labels (the
+                store looks them up in its index).
 
         Raises:
             DamagedExecutions: Some executions cannot be read (damaged, or
                 their inputs' execution is missing); the error names them
                 and carries the intact ones.
             StoreError: The store cannot be read.
+            TypeError, ValueError: ``labels`` is not a dict of str to str.
         """
         try:
-            return [self._observed(record) for record in _reader.list_records(self._store)]
+            return [self._observed(record) for record in _reader.list_records(self._store, check_labels(labels))]
         except DamagedExecutions as exc:
             exc.executions = [self._observed(record) for record in exc.executions]
             raise
+
+    def lineage(self, execution_id: str) -> list[ExecutionRecord]:
+        """Return the chain of executions from the first one to the latest resume, through this one.
+
+        Its ancestors (oldest first), the execution itself, then its newest
+        resume, that one's newest resume, and so on.
+
+        Raises:
+            ExecutionNotFound: No such execution.
+            StoreError: A parent in the chain is missing from the store.
+        """
+        return [self._observed(record) for record in _reader.lineage(self._store, self._record(execution_id))]
 
     @staticmethod
     def _observed(record: ExecutionRecord) -> ExecutionRecord:
