@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, TextIO
 
 from pylo._cli_common import (
@@ -43,12 +43,17 @@ def _table(rows: list[list[str]], right: set[int], out: TextIO) -> None:
 
 def list_command(args: argparse.Namespace, store: StoreChoice) -> int:
     """``pylo list``: one line per execution, oldest first."""
+    labels = dict(args.labels)
     with store.open(must_exist=True) as pylo:
-        records = pylo.list_executions()
+        records = pylo.list_executions(labels=labels)
     if not records:
-        print(f"no executions in the store at {store.value}")
+        which = " labelled " + _format_labels(labels) if labels else ""
+        print(f"no executions{which} in the store at {store.value}")
         return 0
+    labelled = any(record.labels for record in records)
     rows = [["ID", "PARENT", "STATUS", "STARTED", "DURATION", "FINISHED", "FAILED", "PENDING", "TASK"]]
+    if labelled:
+        rows[0].append("LABELS")
     for record in records:
         rows.append(
             [
@@ -61,10 +66,15 @@ def list_command(args: argparse.Namespace, store: StoreChoice) -> int:
                 format_count(record.failed),
                 format_count(record.pending),
                 record.task_name,
+                *([_format_labels(record.labels) or "-"] if labelled else []),
             ]
         )
     _table(rows, {5, 6, 7}, sys.stdout)
     return 0
+
+
+def _format_labels(labels: Mapping[str, str]) -> str:
+    return ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
 
 
 def _new_work(record: ExecutionRecord, parent: ExecutionRecord | None) -> int:
@@ -97,14 +107,10 @@ def show_command(args: argparse.Namespace, store: StoreChoice) -> int:
     """``pylo show ID``: one execution in detail, with its lineage and throughput."""
     with store.open(must_exist=True) as pylo:
         record = pylo.get_execution(args.execution_id)
-        everyone = {r.id: r for r in pylo.list_executions()}
+        chain = pylo.lineage(record.id)
+        children = [r for r in pylo.list_executions() if r.parent_id == record.id]
         location = pylo.store.location
-    ancestors: list[ExecutionRecord] = []
-    cursor = record.parent_id
-    while cursor is not None and cursor in everyone and len(ancestors) < len(everyone):
-        ancestors.append(everyone[cursor])
-        cursor = everyone[cursor].parent_id
-    children = [r for r in everyone.values() if r.parent_id == record.id]
+    ancestors = list(reversed(chain[: [r.id for r in chain].index(record.id)]))  # the parent first
     seconds = run_seconds(record)
     work = _new_work(record, ancestors[0] if ancestors else None)
     lines = [
@@ -124,11 +130,10 @@ def show_command(args: argparse.Namespace, store: StoreChoice) -> int:
         ("process", f"pid {record.pid} on {record.host}" if record.pid is not None else "-"),
         ("options", _options(record)),
     ]
+    if record.labels:
+        lines.append(("labels", _format_labels(record.labels)))
     if ancestors:
-        chain = " <- ".join(f"{r.id} ({r.status})" for r in ancestors)
-        lines.append(("parents", chain))
-    elif record.parent_id is not None:
-        lines.append(("parents", f"{record.parent_id} (not in this store)"))
+        lines.append(("parents", " <- ".join(f"{r.id} ({r.status})" for r in ancestors)))
     if children:
         lines.append(("children", ", ".join(f"{r.id} ({r.status})" for r in children)))
     if record.failed:

@@ -219,7 +219,10 @@ def run_command(args: argparse.Namespace, store: StoreChoice) -> int:
         with _make_pylo(store, backend, settings, must_exist=False) as pylo:
             inputs = read_inputs(stream, name, as_json=args.json)
             return _execute(
-                pylo, store, execution_id, lambda: pylo.start_from_scratch(inputs, function, execution_id=execution_id)
+                pylo,
+                store,
+                execution_id,
+                lambda: pylo.start_from_scratch(inputs, function, execution_id=execution_id, labels=dict(args.labels)),
             )
     finally:
         if stream is not sys.stdin.buffer:
@@ -255,7 +258,9 @@ def resume_command(args: argparse.Namespace, store: StoreChoice) -> int:
             pylo,
             store,
             execution_id,
-            lambda: pylo.start_from_past_execution(past.id, function, execution_id=execution_id),
+            lambda: pylo.start_from_past_execution(
+                past.id, function, execution_id=execution_id, labels=dict(args.labels)
+            ),
         )
 
 

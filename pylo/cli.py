@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn
 
 from pylo._cli_common import DEFAULT_STORE, STORE_ENV, CliError, StoreChoice
+from pylo._labels import check_labels
 from pylo._ratelimit import parse_rate_limit
 from pylo.errors import PyloError
 from pylo.execution import _check_execution_id
@@ -70,6 +71,23 @@ def _execution_id(text: str) -> str:
         return _check_execution_id("ID", text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc).replace("ID ", "", 1)) from None
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, equals, value = text.partition("=")
+    if not equals:
+        raise argparse.ArgumentTypeError(f"must be KEY=VALUE, got {text!r}")
+    try:
+        check_labels({key: value}, "label")
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return key, value
+
+
+def _labels_option(parser: argparse._ActionsContainer, help_text: str) -> None:
+    parser.add_argument(
+        "--label", dest="labels", type=_label, action="append", default=[], metavar="KEY=VALUE", help=help_text
+    )
 
 
 def _rate(text: str) -> float:
@@ -133,6 +151,7 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--timeout", type=_seconds, metavar="S", help="fail an attempt that runs longer than S seconds")
     group.add_argument("--rate-limit", type=_rate, metavar="R", help="most task starts per second: 20, 20/s, 100/min")
     group.add_argument("--id", type=_execution_id, metavar="ID", help="id of the new execution (default: generated)")
+    _labels_option(group, "label the new execution (repeatable; a resume keeps its parent's labels)")
     for flag, text in (
         ("--store-results", "keep return values (see `pylo inputs --results`)"),
         ("--progress", "progress bar on stderr (default: when stderr is a terminal)"),
@@ -171,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("task", metavar="MODULE:FUNCTION", nargs="?", help="the (fixed) task; default: the one ID ran")
     _run_options(resume)
 
-    command("list", "list executions, oldest first")
+    listing = command("list", "list executions, oldest first")
+    _labels_option(listing, "only executions with this label (repeatable: all of them)")
 
     show = command("show", "one execution in detail, with lineage and throughput")
     show.add_argument("execution_id", metavar="ID")
