@@ -333,6 +333,9 @@ class Store(abc.ABC):
         Raises:
             ExecutionNotFound: No such execution (raised on the first
                 ``next()``, or before).
+            StoreError: The batches hold fewer inputs than the execution's
+                ``total`` (rows or frames were lost), or their states are
+                damaged.
         """
 
     @abc.abstractmethod
