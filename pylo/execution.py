@@ -878,6 +878,3 @@ class Pylo:
 
     def __repr__(self) -> str:
         return f"Pylo(store={self._store.location!r}, workers={self._config.number_of_workers})"
-
-
-_rebuild_exception = _reader.rebuild_exception
