@@ -19,6 +19,7 @@ from pylo.errors import (
     WorkerCrashed,
 )
 from pylo.execution import Failure, Pylo
+from pylo.stores._registry import register_store
 from pylo.stores.base import ExecutionRecord, ExecutionStatus, Store
 
 __version__ = "0.1.0.dev0"
@@ -41,4 +42,5 @@ __all__ = [
     "TaskTimeout",
     "WorkerCrashed",
     "__version__",
+    "register_store",
 ]

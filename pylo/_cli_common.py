@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pylo.execution import Pylo
-from pylo.stores import SQLITE_FILE
+from pylo.stores import SQLITE_FILE, is_store_url, open_store
 from pylo.stores.base import ExecutionRecord, ExecutionStatus
 
 __all__ = [
@@ -85,8 +85,8 @@ class StoreChoice:
 
     @property
     def is_url(self) -> bool:
-        """True for a SQLAlchemy URL, False for a directory."""
-        return "://" in self.value
+        """True for a store URL (``files:///...`` or a SQLAlchemy URL), False for a directory."""
+        return is_store_url(self.value)
 
     def flag(self) -> str:
         """``--store VALUE`` for printed commands, or "" for the default store.
@@ -96,7 +96,7 @@ class StoreChoice:
         if not self.explicit:
             return ""
         shown = self.value
-        if self.is_url:
+        if self.is_url and not shown.startswith("files://"):
             from sqlalchemy.engine import make_url
 
             try:
@@ -116,7 +116,11 @@ class StoreChoice:
             CliError: No store where one must exist.
             StoreError: The store is damaged or foreign.
         """
-        return Pylo.local_multithread(self.value, 1, **self.pylo_arguments(must_exist=must_exist))
+        kind = self.pylo_arguments(must_exist=must_exist)["store"]
+        # Reading never creates or writes a store (not even pylo's tables
+        # in an empty database or file): the store is opened with create=False.
+        opened = open_store(kind, None if self.is_url else self.value, create=not must_exist)
+        return Pylo.local_multithread(None, 1, store=opened)
 
     def pylo_arguments(self, *, must_exist: bool) -> dict[str, Any]:
         """The ``store=`` argument for a Pylo constructor (whose first argument is :attr:`value`)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, TextIO
 
 from pylo._cli_common import (
@@ -23,7 +23,8 @@ from pylo._cli_common import (
     recorded_retries,
     run_seconds,
 )
-from pylo._codec import get_codec, short_repr
+from pylo._codec import short_repr
+from pylo._reader import read_inputs
 from pylo.execution import Failure, Pylo
 from pylo.stores.base import FAILED, FINISHED, PENDING, ExecutionRecord
 
@@ -42,12 +43,17 @@ def _table(rows: list[list[str]], right: set[int], out: TextIO) -> None:
 
 def list_command(args: argparse.Namespace, store: StoreChoice) -> int:
     """``pylo list``: one line per execution, oldest first."""
+    labels = dict(args.labels)
     with store.open(must_exist=True) as pylo:
-        records = pylo.list_executions()
+        records = pylo.list_executions(labels=labels)
     if not records:
-        print(f"no executions in the store at {store.value}")
+        which = " labelled " + _format_labels(labels) if labels else ""
+        print(f"no executions{which} in the store at {store.value}")
         return 0
+    labelled = any(record.labels for record in records)
     rows = [["ID", "PARENT", "STATUS", "STARTED", "DURATION", "FINISHED", "FAILED", "PENDING", "TASK"]]
+    if labelled:
+        rows[0].append("LABELS")
     for record in records:
         rows.append(
             [
@@ -60,10 +66,15 @@ def list_command(args: argparse.Namespace, store: StoreChoice) -> int:
                 format_count(record.failed),
                 format_count(record.pending),
                 record.task_name,
+                *([_format_labels(record.labels) or "-"] if labelled else []),
             ]
         )
     _table(rows, {5, 6, 7}, sys.stdout)
     return 0
+
+
+def _format_labels(labels: Mapping[str, str]) -> str:
+    return ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
 
 
 def _new_work(record: ExecutionRecord, parent: ExecutionRecord | None) -> int:
@@ -96,14 +107,10 @@ def show_command(args: argparse.Namespace, store: StoreChoice) -> int:
     """``pylo show ID``: one execution in detail, with its lineage and throughput."""
     with store.open(must_exist=True) as pylo:
         record = pylo.get_execution(args.execution_id)
-        everyone = {r.id: r for r in pylo.list_executions()}
+        chain = pylo.lineage(record.id)
+        children = [r for r in pylo.list_executions() if r.parent_id == record.id]
         location = pylo.store.location
-    ancestors: list[ExecutionRecord] = []
-    cursor = record.parent_id
-    while cursor is not None and cursor in everyone and len(ancestors) < len(everyone):
-        ancestors.append(everyone[cursor])
-        cursor = everyone[cursor].parent_id
-    children = [r for r in everyone.values() if r.parent_id == record.id]
+    ancestors = list(reversed(chain[: [r.id for r in chain].index(record.id)]))  # the parent first
     seconds = run_seconds(record)
     work = _new_work(record, ancestors[0] if ancestors else None)
     lines = [
@@ -123,11 +130,10 @@ def show_command(args: argparse.Namespace, store: StoreChoice) -> int:
         ("process", f"pid {record.pid} on {record.host}" if record.pid is not None else "-"),
         ("options", _options(record)),
     ]
+    if record.labels:
+        lines.append(("labels", _format_labels(record.labels)))
     if ancestors:
-        chain = " <- ".join(f"{r.id} ({r.status})" for r in ancestors)
-        lines.append(("parents", chain))
-    elif record.parent_id is not None:
-        lines.append(("parents", f"{record.parent_id} (not in this store)"))
+        lines.append(("parents", " <- ".join(f"{r.id} ({r.status})" for r in ancestors)))
     if children:
         lines.append(("children", ", ".join(f"{r.id} ({r.status})" for r in children)))
     if record.failed:
@@ -191,22 +197,8 @@ _WANTED = {
 
 def _stream_inputs(pylo: Pylo, record: ExecutionRecord, wanted: frozenset[int]) -> Iterator[tuple[int, Any]]:
     """``(position, input)`` of the wanted states, one stored batch in memory at a time."""
-    codec = get_codec(record.codec)
-    for batch in pylo.store.read_batches(record.id, payloads=True):
-        if not any(state in wanted for state in set(batch.states)):
-            continue
-        if batch.payload is None:
-            raise CliError(f"batch {batch.batch_no} of execution {record.id} has no inputs in the store")
-        try:
-            items = codec.decode_batch(batch.payload)
-        except Exception as exc:
-            raise CliError(
-                f"cannot decode the inputs of batch {batch.batch_no} of execution {record.id}: "
-                f"{type(exc).__name__}: {exc}"
-            ) from None
-        for offset, (item, state) in enumerate(zip(items, batch.states, strict=True)):
-            if state in wanted:
-                yield batch.first_position + offset, item
+    for position, _, item in read_inputs(pylo.store, record, wanted):
+        yield position, item
 
 
 def _json(value: Any, what: str, position: int | None = None) -> str:
@@ -229,9 +221,19 @@ def inputs_command(args: argparse.Namespace, store: StoreChoice) -> int:
             # by position); inputs stream batch by batch.
             for item, result in pylo.get_results(record.id):
                 line = _json([item, result], "the pair") if args.json else f"{item}\t{result}"
-                out.write(line + "\n")
+                _write_line(out, line, f"a finished input of execution {record.id}")
             return 0
         for position, item in _stream_inputs(pylo, record, _WANTED[args.state]):
             line = _json(item, "input", position) if args.json else str(item)
-            out.write(line + "\n")
+            _write_line(out, line, f"input #{position} of execution {record.id}")
     return 0
+
+
+def _write_line(out: TextIO, line: str, what: str) -> None:
+    try:
+        out.write(line + "\n")
+    except UnicodeEncodeError as exc:
+        # A lone surrogate (stored by an older pylo, or from Python) is no text.
+        raise CliError(
+            f"{what} cannot be printed: {exc.reason} ({exc.object[exc.start : exc.end]!r}); try --json"
+        ) from None

@@ -14,6 +14,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
@@ -85,11 +86,32 @@ def read_inputs(stream: BinaryIO, name: str, *, as_json: bool) -> Iterator[Any]:
             yield text
             continue
         try:
-            yield json.loads(text)
+            value = json.loads(text)
         except json.JSONDecodeError as exc:
             raise InputLineError(
                 f"line {number} of {name} is not JSON ({exc.msg} at column {exc.colno}): {short_repr(text)}"
             ) from None
+        except ValueError as exc:  # valid JSON Python refuses: an integer of more than 4,300 digits
+            raise InputLineError(f"line {number} of {name} cannot be read as JSON: {exc}") from None
+        if _SURROGATE_ESCAPE.search(text):
+            _refuse_lone_surrogates(value, number, name)
+        yield value
+
+
+# A JSON string escape of a UTF-16 surrogate: the only way a lone surrogate
+# gets into JSON text that is itself valid UTF-8.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _refuse_lone_surrogates(value: Any, number: int, name: str) -> None:
+    """Refuse a line whose JSON holds a lone surrogate: it is not text, and could never be printed."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputLineError(
+            f"line {number} of {name} holds a lone surrogate ({exc.object[exc.start : exc.end]!r}), "
+            "which is not Unicode text; pair it or remove it"
+        ) from None
 
 
 def _open_inputs(path: str | None) -> tuple[BinaryIO, str]:
@@ -197,7 +219,10 @@ def run_command(args: argparse.Namespace, store: StoreChoice) -> int:
         with _make_pylo(store, backend, settings, must_exist=False) as pylo:
             inputs = read_inputs(stream, name, as_json=args.json)
             return _execute(
-                pylo, store, execution_id, lambda: pylo.start_from_scratch(inputs, function, execution_id=execution_id)
+                pylo,
+                store,
+                execution_id,
+                lambda: pylo.start_from_scratch(inputs, function, execution_id=execution_id, labels=dict(args.labels)),
             )
     finally:
         if stream is not sys.stdin.buffer:
@@ -233,7 +258,9 @@ def resume_command(args: argparse.Namespace, store: StoreChoice) -> int:
             pylo,
             store,
             execution_id,
-            lambda: pylo.start_from_past_execution(past.id, function, execution_id=execution_id),
+            lambda: pylo.start_from_past_execution(
+                past.id, function, execution_id=execution_id, labels=dict(args.labels)
+            ),
         )
 
 

@@ -273,7 +273,8 @@ def create_resumed(
         record.id,
         Flush(states={}, failures=(), results=(), total=total, finished=finished, failed=0, inputs_complete=True),
     )
-    return _Plan(batches=batches, reader=_PayloadReader(store, record.id, codec), total=total, finished=finished)
+    reader = _PayloadReader(store, record.id, codec, record.input_source)
+    return _Plan(batches=batches, reader=reader, total=total, finished=finished)
 
 
 class _PayloadReader:
@@ -285,9 +286,10 @@ class _PayloadReader:
     bytes wait in memory, and each is decoded when its turn comes.
     """
 
-    def __init__(self, store: Store, execution_id: str, codec: Codec) -> None:
+    def __init__(self, store: Store, execution_id: str, codec: Codec, source: str | None = None) -> None:
         self._store = store
         self._execution_id = execution_id
+        self._source = source or execution_id
         self._codec = codec
         self._fetched: dict[int, bytes] = {}
 
@@ -303,7 +305,8 @@ class _PayloadReader:
                     wanted.append(later.batch_no)
             self._fetched = dict(self._store.read_payloads(self._execution_id, wanted))
         payload = self._fetched.pop(batch_no, None)
-        where = f"batch {batch_no} of execution {self._execution_id!r} in the store at {self._store.location}"
+        # Name the execution that holds the inputs: a resume reads its parent's.
+        where = f"batch {batch_no} of execution {self._source!r} in the store at {self._store.location}"
         if payload is None:
             raise StoreError(f"the inputs of {where} are missing")
         try:

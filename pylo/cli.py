@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn
 
 from pylo._cli_common import DEFAULT_STORE, STORE_ENV, CliError, StoreChoice
+from pylo._labels import check_labels
 from pylo._ratelimit import parse_rate_limit
 from pylo.errors import PyloError
 from pylo.execution import _check_execution_id
@@ -70,6 +71,23 @@ def _execution_id(text: str) -> str:
         return _check_execution_id("ID", text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc).replace("ID ", "", 1)) from None
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, equals, value = text.partition("=")
+    if not equals:
+        raise argparse.ArgumentTypeError(f"must be KEY=VALUE, got {text!r}")
+    try:
+        check_labels({key: value}, "label")
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return key, value
+
+
+def _labels_option(parser: argparse._ActionsContainer, help_text: str) -> None:
+    parser.add_argument(
+        "--label", dest="labels", type=_label, action="append", default=[], metavar="KEY=VALUE", help=help_text
+    )
 
 
 def _rate(text: str) -> float:
@@ -133,6 +151,7 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--timeout", type=_seconds, metavar="S", help="fail an attempt that runs longer than S seconds")
     group.add_argument("--rate-limit", type=_rate, metavar="R", help="most task starts per second: 20, 20/s, 100/min")
     group.add_argument("--id", type=_execution_id, metavar="ID", help="id of the new execution (default: generated)")
+    _labels_option(group, "label the new execution (repeatable; a resume keeps its parent's labels)")
     for flag, text in (
         ("--store-results", "keep return values (see `pylo inputs --results`)"),
         ("--progress", "progress bar on stderr (default: when stderr is a terminal)"),
@@ -171,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("task", metavar="MODULE:FUNCTION", nargs="?", help="the (fixed) task; default: the one ID ran")
     _run_options(resume)
 
-    command("list", "list executions, oldest first")
+    listing = command("list", "list executions, oldest first")
+    _labels_option(listing, "only executions with this label (repeatable: all of them)")
 
     show = command("show", "one execution in detail, with lineage and throughput")
     show.add_argument("execution_id", metavar="ID")
@@ -194,6 +214,31 @@ def build_parser() -> argparse.ArgumentParser:
 # -- main -----------------------------------------------------------------------------
 
 
+class _OneLineFormatter(logging.Formatter):
+    """One line per record: a logged exception is named, its traceback shown only with ``-vv``.
+
+    The library logs some errors with their traceback (a flush that a full
+    disk refused, say); at a terminal that is a hundred lines burying the
+    one that says what happened.
+    """
+
+    def __init__(self, fmt: str, *, tracebacks: bool) -> None:
+        super().__init__(fmt)
+        self._tracebacks = tracebacks
+
+    def format(self, record: logging.LogRecord) -> str:
+        if self._tracebacks or not record.exc_info:
+            return super().format(record)
+        exc = record.exc_info[1]
+        brief = logging.makeLogRecord(record.__dict__)
+        brief.exc_info = brief.exc_text = None
+        brief.msg, brief.args = record.getMessage(), None
+        if exc is not None:
+            detail = " ".join(str(exc).split())
+            brief.msg += f": {type(exc).__name__}" + (f": {detail}" if detail else "")
+        return " ".join(super().format(brief).split("\n"))
+
+
 @contextlib.contextmanager
 def _command_logging(verbose: int, quiet: bool) -> Iterator[None]:
     """Send the library's log records to stderr while the command runs.
@@ -205,7 +250,7 @@ def _command_logging(verbose: int, quiet: bool) -> Iterator[None]:
     logger = logging.getLogger("pylo")
     saved = (logger.level, logger.propagate)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("pylo: %(levelname)s: %(message)s"))
+    handler.setFormatter(_OneLineFormatter("pylo: %(levelname)s: %(message)s", tracebacks=verbose >= 2))
     logger.addHandler(handler)
     logger.setLevel(logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)])
     logger.propagate = False

@@ -9,10 +9,8 @@ Example:
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import dataclasses
-import datetime as dt
 import functools
 import inspect
 import logging
@@ -24,22 +22,20 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from pylo import _engine
+from pylo import _claims, _engine, _reader
 from pylo._codec import Codec, get_codec, short_repr
+from pylo._labels import check_labels
 from pylo._progress import ProgressBar, wants_progress
 from pylo._ratelimit import parse_rate_limit
-from pylo.errors import ExecutionNotResumable, PyloError, StoredTaskError, StoreError
-from pylo.stores import open_store
+from pylo._reader import Failure
+from pylo.errors import DamagedExecutions, ExecutionNotResumable
+from pylo.stores import is_store_url, open_store
 from pylo.stores.base import (
-    FINISHED,
     ExecutionRecord,
     ExecutionStatus,
-    FailureRow,
     Store,
-    utc_from_timestamp,
 )
 from pylo.workers.base import Backend
 
@@ -49,36 +45,6 @@ logger = logging.getLogger(__name__)
 
 _ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _DEFAULT_FLUSH_SECONDS = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class Failure:
-    """One failed input of an execution, as returned by ``get_failures``.
-
-    Attributes:
-        input: The input object.
-        position: Its 0-based position in the execution's inputs.
-        exception_type: Qualified name of the exception type (None when the
-            execution did not store exceptions).
-        message: ``str()`` of the exception, or None.
-        traceback: The formatted traceback, or None.
-        exception: The exception object; a :class:`~pylo.errors.StoredTaskError`
-            when it could not be kept or rebuilt; None when exceptions were
-            not stored.
-        attempts: How many times the input was attempted (retries included).
-        worker: The worker (lane) that ran it, from 0.
-        time: When its last attempt failed (aware UTC datetime).
-    """
-
-    input: Any
-    position: int
-    exception_type: str | None
-    message: str | None
-    traceback: str | None
-    exception: BaseException | None
-    attempts: int
-    worker: int
-    time: dt.datetime
 
 
 # -- argument checks (exact messages: the name, the rule, the value) ----------
@@ -226,7 +192,7 @@ def _check_codec(codec: Any) -> str:
 
 
 def _open_store(local_store_dir: Any, store: Any) -> Store:
-    if isinstance(store, Store) or (isinstance(store, str) and "://" in store):
+    if isinstance(store, Store) or is_store_url(store):
         return open_store(store, None)
     if local_store_dir is None:
         raise ValueError(
@@ -593,7 +559,7 @@ class Pylo:
             progress=progress,
         )
         _check_sendable_retry(retry, "Dask workers")
-        if isinstance(store, Store) or (isinstance(store, str) and "://" in store):
+        if isinstance(store, Store) or is_store_url(store):
             opened = open_store(store, None)
         else:
             opened = _open_store(store, "sqlite")
@@ -607,6 +573,7 @@ class Pylo:
         task_function: Callable[[Any], Any],
         *,
         execution_id: str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> str:
         """Run ``task_function`` over every input, blocking until the execution ends.
 
@@ -621,6 +588,8 @@ class Pylo:
                 ``store_results`` is on.
             execution_id: Your own id for the execution (1-128 of
                 ``[A-Za-z0-9._-]``); a fresh one is made when None.
+            labels: ``str -> str`` labels kept on the execution record, to
+                find it with ``list_executions(labels=...)``.
 
         Returns:
             The execution id.
@@ -637,7 +606,9 @@ class Pylo:
         function = self._checked_function(task_function)
         inputs = _check_inputs(task_inputs)
         new_id = _new_execution_id() if execution_id is None else _check_execution_id("execution_id", execution_id)
+        checked_labels = check_labels(labels)
         record = _engine.new_record(new_id, _task_name(function), self._codec, self._config)
+        record = dataclasses.replace(record, labels=checked_labels)
 
         def prepare() -> _engine._Plan:
             return _engine.record_fresh(self._store, record, inputs, self._codec)
@@ -651,6 +622,7 @@ class Pylo:
         task_function: Callable[[Any], Any],
         *,
         execution_id: str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> str:
         """Start a new execution that runs only the past execution's unfinished inputs.
 
@@ -663,23 +635,28 @@ class Pylo:
                 status (including one whose process was killed).
             task_function: The (fixed) task function.
             execution_id: Your own id for the new execution, or None.
+            labels: Labels for the new execution, added to (and overriding)
+                the ones it inherits from the past execution.
 
         Returns:
             The new execution's id.
 
         Raises:
             ExecutionNotFound: No execution ``past_execution_id``.
-            ExecutionNotResumable: Its inputs were never fully recorded, or
-                it is still running in a live process on this machine.
+            ExecutionNotResumable: Its inputs were never fully recorded, it
+                is still running in a live process on this machine, or
+                another resume of it is running (the message names it).
             ExecutionExists: ``execution_id`` is taken in this store.
             TypeError, ValueError: Bad arguments.
             KeyboardInterrupt, SystemExit: As for :meth:`start_from_scratch`.
-            StoreError: The store could not be read or written.
+            StoreError: The store could not be read or written, or the past
+                execution's inputs are damaged or missing.
         """
         past_id = _check_execution_id("past_execution_id", past_execution_id)
+        checked_labels = check_labels(labels)
         function = self._checked_function(task_function)
         new_id = _new_execution_id() if execution_id is None else _check_execution_id("execution_id", execution_id)
-        parent = self._store.get_execution(past_id)
+        parent = _reader.read_record(self._store, past_id)
         if not parent.inputs_complete:
             raise ExecutionNotResumable(
                 f"execution {past_id!r} stopped while its inputs were being recorded "
@@ -697,12 +674,17 @@ class Pylo:
                 parent.host,
             )
         codec = self._codec_of(parent)
+        # A parent with lost batches is refused before anything is created.
+        _reader.read_layout(self._store, parent)
         record = _engine.new_record(new_id, _task_name(function), codec, self._config, parent=parent)
+        record = dataclasses.replace(record, labels={**parent.labels, **checked_labels})
 
         def prepare() -> _engine._Plan:
             return _engine.create_resumed(self._store, record, parent, codec)
 
-        self._run(new_id, prepare, function, codec)
+        # One resume of an execution at a time (another process may be at it).
+        with _claims.resume_claim(self._store, past_id, new_id):
+            self._run(new_id, prepare, function, codec)
         return new_id
 
     def _checked_function(self, task_function: Any) -> Callable[[Any], Any]:
@@ -764,16 +746,45 @@ class Pylo:
 
         Raises:
             ExecutionNotFound: No such execution.
+            StoreError: It is damaged, or the execution holding its inputs
+                (a resume reads its first ancestor's) is missing.
         """
-        return self._observed(self._store.get_execution(_check_execution_id("execution_id", execution_id)))
+        return self._observed(self._record(execution_id))
 
-    def list_executions(self) -> list[ExecutionRecord]:
+    def list_executions(self, *, labels: Mapping[str, str] | None = None) -> list[ExecutionRecord]:
         """Return every execution in the store, oldest first.
 
         A running execution whose process on this machine is gone (killed,
         crashed) is reported with status ``crashed``.
+
+        Args:
+            labels: Only the executions carrying all of these labels (the
+                store looks them up in its index).
+
+        Raises:
+            DamagedExecutions: Some executions cannot be read (damaged, or
+                their inputs' execution is missing); the error names them
+                and carries the intact ones.
+            StoreError: The store cannot be read.
+            TypeError, ValueError: ``labels`` is not a dict of str to str.
         """
-        return [self._observed(record) for record in self._store.list_executions()]
+        try:
+            return [self._observed(record) for record in _reader.list_records(self._store, check_labels(labels))]
+        except DamagedExecutions as exc:
+            exc.executions = [self._observed(record) for record in exc.executions]
+            raise
+
+    def lineage(self, execution_id: str) -> list[ExecutionRecord]:
+        """Return the chain of executions from the first one to the latest resume, through this one.
+
+        Its ancestors (oldest first), the execution itself, then its newest
+        resume, that one's newest resume, and so on.
+
+        Raises:
+            ExecutionNotFound: No such execution.
+            StoreError: A parent in the chain is missing from the store.
+        """
+        return [self._observed(record) for record in _reader.lineage(self._store, self._record(execution_id))]
 
     @staticmethod
     def _observed(record: ExecutionRecord) -> ExecutionRecord:
@@ -790,104 +801,27 @@ class Pylo:
 
         Raises:
             ExecutionNotFound: No such execution.
-            StoreError: The store, or a stored input, cannot be read.
+            StoreError: The store, or a stored input, cannot be read, or
+                inputs are missing from it.
         """
-        record = self._store.get_execution(_check_execution_id("execution_id", execution_id))
-        codec = self._codec_of(record)
-        finished: list[Any] = []
-        unfinished: list[Any] = []
-        for batch in self._store.read_batches(record.id, payloads=True):
-            items = self._decode_batch(codec, record, batch.batch_no, batch.payload)
-            done = batch.states.count(FINISHED)
-            if done == batch.size:
-                finished.extend(items)
-            elif done == 0:
-                unfinished.extend(items)
-            else:
-                for item, state in zip(items, batch.states, strict=True):
-                    (finished if state == FINISHED else unfinished).append(item)
-        return finished, unfinished
+        return _reader.read_state(self._store, self._record(execution_id))
+
+    def _record(self, execution_id: str) -> ExecutionRecord:
+        return _reader.read_record(self._store, _check_execution_id("execution_id", execution_id))
 
     def _codec_of(self, record: ExecutionRecord) -> Codec:
         """The codec an execution was written with; an unknown name is damage (or a newer pylo)."""
-        try:
-            return get_codec(record.codec)
-        except ValueError as exc:
-            raise StoreError(
-                f"execution {record.id!r} in the store at {self._store.location} was written with codec "
-                f"{record.codec!r}, which this pylo cannot read ({exc}); use the pylo that wrote it"
-            ) from None
-
-    def _decode_batch(self, codec: Codec, record: ExecutionRecord, batch_no: int, payload: bytes | None) -> list[Any]:
-        if payload is None:
-            raise StoreError(
-                f"batch {batch_no} of execution {record.id!r} has no inputs in the store at {self._store.location}"
-            )
-        try:
-            return codec.decode_batch(payload)
-        except Exception as exc:
-            raise StoreError(
-                f"cannot decode the inputs of batch {batch_no} of execution {record.id!r} in the store at "
-                f"{self._store.location}: {type(exc).__name__}: {exc} (the classes of pickled inputs must be "
-                "importable where they are read)"
-            ) from exc
+        return _reader.codec_of(self._store, record)
 
     def get_failures(self, execution_id: str) -> list[Failure]:
         """Return the execution's failure records, ordered by input position.
 
         Raises:
             ExecutionNotFound: No such execution.
-            StoreError: The store, or a stored input, cannot be read.
+            StoreError: The store, or a stored input, cannot be read, or
+                failure records are missing from it.
         """
-        record = self._store.get_execution(_check_execution_id("execution_id", execution_id))
-        codec = self._codec_of(record)
-        rows = self._store.read_failures(record.id)
-        if not rows:
-            return []
-        starts: list[int] = []
-        numbers: list[int] = []
-        sizes: list[int] = []
-        for batch in self._store.read_batches(record.id):
-            starts.append(batch.first_position)
-            numbers.append(batch.batch_no)
-            sizes.append(batch.size)
-        slots: dict[int, int] = {}
-        for row in rows:
-            slot = bisect.bisect_right(starts, row.position) - 1
-            if slot < 0 or row.position >= starts[slot] + sizes[slot]:
-                raise StoreError(
-                    f"execution {record.id!r} in the store at {self._store.location} is damaged: it has a "
-                    f"failure record for position {row.position}, which is none of its inputs"
-                )
-            slots[row.position] = slot
-        needed = sorted({numbers[slot] for slot in slots.values()})
-        inputs: dict[int, list[Any]] = {}
-        for batch_no, payload in self._store.read_payloads(record.id, needed):
-            inputs[batch_no] = self._decode_batch(codec, record, batch_no, payload)
-        failures = []
-        for row in rows:
-            slot = slots[row.position]
-            batch_inputs = inputs.get(numbers[slot])
-            if batch_inputs is None or len(batch_inputs) != sizes[slot]:
-                raise StoreError(
-                    f"batch {numbers[slot]} of execution {record.id!r} has lost inputs in the store at "
-                    f"{self._store.location}"
-                )
-            item = batch_inputs[row.position - starts[slot]]
-            failures.append(
-                Failure(
-                    input=item,
-                    position=row.position,
-                    exception_type=row.exc_type,
-                    message=row.message,
-                    traceback=row.traceback,
-                    exception=_rebuild_exception(codec, row),
-                    attempts=row.attempts,
-                    worker=row.worker,
-                    time=utc_from_timestamp(row.failed_at),  # type: ignore[arg-type]
-                )
-            )
-        return failures
+        return _reader.read_failures(self._store, self._record(execution_id))
 
     def get_exceptions(self, execution_id: str) -> list[BaseException]:
         """Return the exception of each failed input, ordered by input position.
@@ -899,15 +833,10 @@ class Pylo:
 
         Raises:
             ExecutionNotFound: No such execution.
+            StoreError: The store cannot be read, or failure records are
+                missing from it.
         """
-        record = self._store.get_execution(_check_execution_id("execution_id", execution_id))
-        codec = self._codec_of(record)
-        found = []
-        for row in self._store.read_failures(record.id):
-            exc = _rebuild_exception(codec, row)
-            if exc is not None:
-                found.append(exc)
-        return found
+        return _reader.read_exceptions(self._store, self._record(execution_id))
 
     def get_results(self, execution_id: str) -> list[tuple[Any, Any]]:
         """Return ``(input, result)`` for each finished input, in input order.
@@ -918,34 +847,10 @@ class Pylo:
 
         Raises:
             ExecutionNotFound: No such execution.
-            StoreError: The store cannot be read.
+            StoreError: The store cannot be read, or an ancestor or inputs
+                are missing from it.
         """
-        record = self._store.get_execution(_check_execution_id("execution_id", execution_id))
-        codec = self._codec_of(record)
-        by_position: dict[int, bytes] = {}
-        lineage: list[ExecutionRecord] = [record]
-        while lineage[-1].parent_id is not None:
-            try:
-                lineage.append(self._store.get_execution(lineage[-1].parent_id))
-            except PyloError:
-                break
-        for ancestor in reversed(lineage):  # newest wins
-            by_position.update(self._store.read_results(ancestor.id))
-        # States first, then the payloads of only the batches that have results.
-        wanted = {
-            batch.batch_no: batch
-            for batch in self._store.read_batches(record.id)
-            if any(batch.first_position + i in by_position for i in range(batch.size))
-        }
-        pairs: list[tuple[Any, Any]] = []
-        for batch_no, payload in self._store.read_payloads(record.id, sorted(wanted)):
-            batch = wanted[batch_no]
-            items = self._decode_batch(codec, record, batch_no, payload)
-            for offset, (item, state) in enumerate(zip(items, batch.states, strict=True)):
-                position = batch.first_position + offset
-                if state == FINISHED and position in by_position:
-                    pairs.append((item, codec.decode_value(by_position[position])))
-        return pairs
+        return _reader.read_results(self._store, self._record(execution_id))
 
     # -- housekeeping -----------------------------------------------------
 
@@ -973,14 +878,3 @@ class Pylo:
 
     def __repr__(self) -> str:
         return f"Pylo(store={self._store.location!r}, workers={self._config.number_of_workers})"
-
-
-def _rebuild_exception(codec: Codec, row: FailureRow) -> BaseException | None:
-    if row.exc_type is None:
-        return None
-    if row.exception is not None:
-        try:
-            return codec.decode_exception(row.exception)
-        except Exception:
-            logger.debug("cannot rebuild stored %s at position %d", row.exc_type, row.position, exc_info=True)
-    return StoredTaskError(row.exc_type, row.message or "", row.traceback or "")

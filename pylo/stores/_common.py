@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from pylo.stores.base import FAILED, FINISHED, PENDING, BatchRecord, ExecutionRecord, ExecutionStatus, Flush
@@ -19,7 +21,9 @@ __all__ = [
     "check_flush",
     "counts_problem",
     "dump_options",
+    "labels_match",
     "load_options",
+    "make_private_dirs",
     "record_fields",
 ]
 
@@ -88,19 +92,31 @@ def counts_problem(total: int, finished: int, failed: int) -> str | None:
 _VALID_STATES = bytes([PENDING, FINISHED, FAILED])
 
 
-def batches_problem(batches: Sequence[BatchRecord]) -> str | None:
+def batches_problem(batches: Sequence[BatchRecord], total: int | None = None) -> str | None:
     """Why batches read back from a store cannot be right, or None when they can.
 
     Checks what a reader relies on and is cheap to check (C-speed byte
-    operations, no Python loop over inputs): one state byte per input, each
-    a known state. A hand-edited or damaged store must give a StoreError,
-    not a ``zip()`` error or an input that is neither finished nor unfinished.
+    operations, a Python loop over batches, never over inputs): one state
+    byte per input, each a known state, and at least ``total`` inputs (the
+    count the execution's record holds, read before the batches or with
+    them: batches are only ever added). A hand-edited or damaged store must
+    give a StoreError, not a ``zip()`` error or an answer that silently
+    leaves inputs out.
     """
+    held = 0
     for batch in batches:
         if len(batch.states) != batch.size:
             return f"{len(batch.states)} state bytes for the {batch.size} inputs of batch {batch.batch_no}"
         if batch.states.translate(None, _VALID_STATES):
             return f"an unknown state byte in batch {batch.batch_no}"
+        held += batch.size
+    if total is not None and held < total:
+        numbers = {batch.batch_no for batch in batches}
+        gaps = [number for number in range(len(batches) + 1) if number not in numbers][:3]
+        return (
+            f"batches holding {held:,} inputs while its record counts {total:,}: batches are missing "
+            f"(the first numbers missing: {', '.join(map(str, gaps))})"
+        )
     return None
 
 
@@ -137,3 +153,40 @@ def record_fields(record: ExecutionRecord) -> dict[str, Any]:
         "pid": record.pid,
         "host": record.host,
     }
+
+
+def make_private_dirs(path: Path) -> None:
+    """Create ``path`` and every missing parent with mode 0o700, whatever the umask.
+
+    ``Path.mkdir(parents=True)`` gives the parents it creates the umask's
+    default mode (0o777 under ``umask 000``); a snapshot's inputs are
+    nobody else's business, so every directory pylo makes is private.
+    Directories that already exist keep their mode.
+
+    Raises:
+        OSError: A directory cannot be created (or ``path`` is a file:
+            ``FileExistsError``).
+    """
+    missing: list[Path] = []
+    cursor = path
+    while not cursor.is_dir():
+        if os.path.lexists(cursor):
+            raise FileExistsError(f"{cursor} exists and is not a directory")
+        missing.append(cursor)
+        if cursor.parent == cursor:
+            break
+        cursor = cursor.parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            if not directory.is_dir():
+                raise
+            continue  # another process made it a moment ago
+        # mkdir's mode is masked by the umask; say exactly what we mean.
+        os.chmod(directory, 0o700)
+
+
+def labels_match(record: ExecutionRecord, labels: Mapping[str, str]) -> bool:
+    """True when the record carries every one of ``labels``."""
+    return all(record.labels.get(key) == value for key, value in labels.items())

@@ -39,6 +39,7 @@ __all__ = [
     "FINISHED",
     "PENDING",
     "BatchRecord",
+    "Claim",
     "ExecutionRecord",
     "ExecutionStatus",
     "FailureRow",
@@ -110,6 +111,9 @@ class ExecutionRecord:
         pid: Process id of the coordinator that runs or ran it.
         host: Host name of that process.
         options: JSON-serializable settings the execution ran with.
+        labels: The user's ``str -> str`` labels (``start_*(labels=...)``),
+            for finding executions with ``list_executions(labels=...)``.
+            Empty for executions of stores written before labels existed.
     """
 
     id: str
@@ -128,6 +132,7 @@ class ExecutionRecord:
     pid: int | None = None
     host: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def pending(self) -> int:
@@ -228,6 +233,29 @@ class Flush:
     inputs_complete: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Who is resuming an execution right now (see :meth:`Store.claim_execution`).
+
+    Attributes:
+        execution_id: The execution being resumed.
+        claimant: Id of the new execution that resumes it.
+        pid: Process id of the process running the resume.
+        host: Host name of that process.
+        claimed_at: POSIX time the claim was taken.
+    """
+
+    execution_id: str
+    claimant: str
+    pid: int
+    host: str
+    claimed_at: float
+
+    def same_holder(self, other: Claim) -> bool:
+        """True when ``other`` is this claim (claimant, process and host alike)."""
+        return (self.claimant, self.pid, self.host) == (other.claimant, other.pid, other.host)
+
+
 class Store(abc.ABC):
     """Where executions are persisted.
 
@@ -245,6 +273,8 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def create_execution(self, record: ExecutionRecord) -> None:
         """Create a new execution with no batches, failures or results.
+
+        Its ``labels`` are kept with it, for ``list_executions(labels=...)``.
 
         Raises:
             ExecutionExists: An execution with ``record.id`` exists, even when
@@ -282,8 +312,16 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    def list_executions(self) -> list[ExecutionRecord]:
-        """Return every execution, oldest (by ``created_at``, then id) first."""
+    def list_executions(self, *, labels: Mapping[str, str] | None = None) -> list[ExecutionRecord]:
+        """Return every execution, oldest (by ``created_at``, then id) first.
+
+        Args:
+            labels: Only the executions carrying all of these labels, found
+                through the store's own index (a table, an index directory),
+                not by reading every execution. pylo passes this argument
+                only when the user asks for labels, so a store written for
+                an earlier pylo (without it) still works for everything else.
+        """
 
     @abc.abstractmethod
     def read_batches(self, execution_id: str, *, payloads: bool = False) -> Iterator[BatchRecord]:
@@ -298,6 +336,9 @@ class Store(abc.ABC):
         Raises:
             ExecutionNotFound: No such execution (raised on the first
                 ``next()``, or before).
+            StoreError: The batches hold fewer inputs than the execution's
+                ``total`` (rows or frames were lost), or their states are
+                damaged.
         """
 
     @abc.abstractmethod
@@ -343,6 +384,34 @@ class Store(abc.ABC):
             f"the store at {self.location} ({type(self).__name__}) cannot keep pipeline runs; "
             "use the sqlite or files store, or a SQLAlchemy URL"
         )
+
+    # -- claims: one resume of an execution at a time ----------------------
+    # Not abstract, so that stores written for an earlier pylo still load;
+    # without them a store cannot refuse a second resume (pylo warns).
+
+    def claim_execution(self, execution_id: str, claim: Claim, *, replacing: Claim | None = None) -> Claim | None:
+        """Atomically claim an execution for a resume, or say who holds it.
+
+        Sets ``claim`` when the execution has no claim, or when its claim
+        is held by ``replacing`` (:meth:`Claim.same_holder`: the caller
+        judged it stale, its process being gone); then returns None.
+        Otherwise changes nothing and returns the current claim. Of several
+        processes claiming (or replacing the same claim) at once, in any
+        number of processes, exactly one gets None.
+
+        Raises:
+            ExecutionNotFound: No such execution.
+            NotImplementedError: The store cannot keep claims.
+        """
+        raise NotImplementedError(f"{type(self).__name__} keeps no claims")
+
+    def release_claim(self, execution_id: str, claimant: str) -> None:
+        """Remove the claim on ``execution_id`` if ``claimant`` holds it; else do nothing.
+
+        Raises:
+            NotImplementedError: The store cannot keep claims.
+        """
+        raise NotImplementedError(f"{type(self).__name__} keeps no claims")
 
     def close(self) -> None:  # noqa: B027 - optional hook, most stores need nothing
         """Release connections and file handles. The store is unusable after."""

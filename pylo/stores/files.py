@@ -8,20 +8,8 @@ Layout under the root directory::
     executions/<id>/outcomes.log    one frame per flush, append-only
 
 ``<id>`` is the execution id, percent-encoded where it is not a safe file
-name. Every log frame is ``magic (4 bytes) | body length (u64) | CRC32 of
-the body (u32) | body``, little-endian. Nothing is pickled: bodies are
-``struct`` fields, JSON and raw bytes, so any pylo can open any store safely.
-
-An ``inputs.log`` body is ``batch_no, first_position, size (u64 each), flags
-(u8), CRC32 of the preceding fields and the states (u32) | states | payload``.
-Flags say whether a payload follows and whether the frame ends its
-``add_batches`` call: readers take the batches of a call only once its last
-frame is there, which makes the call atomic.
-
-An ``outcomes.log`` body is ``length of a JSON header (u32) | JSON header |
-state bytes | exception bytes | result bytes``. The header holds the
-execution's counts and status after the flush, and the shape of each state,
-failure and result; the raw bytes follow in that order.
+name. The format of the logs and of ``execution.json`` is
+:mod:`pylo.stores._filelog`; this module is the store built on them.
 
 Commit points are appends. Appending a frame commits a write; rewriting
 ``execution.json`` afterwards only caches the counts, along with the log
@@ -42,29 +30,27 @@ import dataclasses
 import json
 import logging
 import os
-import struct
-import tempfile
 import threading
 import time
-import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 from pylo.errors import DamagedExecutions, ExecutionExists, ExecutionNotFound, StoreError
+from pylo.stores import _filelog, _filemeta
 from pylo.stores._common import (
     batches_problem,
     check_batches,
     check_flush,
-    counts_problem,
     dump_options,
-    record_fields,
+    labels_match,
+    make_private_dirs,
 )
+from pylo.stores._filelog import FORMAT_NAME, MARKER_NAME, InputEntry, Outcome
 from pylo.stores.base import (
-    FORMAT_VERSION,
     BatchRecord,
+    Claim,
     ExecutionRecord,
     ExecutionStatus,
     FailureRow,
@@ -76,57 +62,11 @@ __all__ = ["FORMAT_NAME", "MARKER_NAME", "FileStore"]
 
 logger = logging.getLogger(__name__)
 
-#: Value of ``format`` in the marker file.
-FORMAT_NAME = "pylo-files"
-#: Name of the marker file at the root of a file store.
-MARKER_NAME = "pylo-files.json"
 
 _EXECUTIONS = "executions"
 _RECORD = "execution.json"
 _INPUTS = "inputs.log"
 _OUTCOMES = "outcomes.log"
-
-_FRAME = struct.Struct("<4sQI")
-_INPUTS_MAGIC = b"PLIb"
-_OUTCOMES_MAGIC = b"PLOf"
-_BATCH_FIELDS = struct.Struct("<QQQB")
-_BATCH_CRC = struct.Struct("<I")
-_BATCH_HEAD_SIZE = _BATCH_FIELDS.size + _BATCH_CRC.size
-_HAS_PAYLOAD = 0x01
-_ENDS_CALL = 0x02
-_HEADER_LENGTH = struct.Struct("<I")
-
-# Characters left as they are in directory names; everything else, "%"
-# included, is percent-encoded, so the mapping is reversible.
-_SAFE_CHARS = "@+=,"
-# Most file systems allow 255 bytes per name; keep a margin.
-_MAX_NAME = 200
-_BLANK_CHUNK = 1 << 16
-
-
-def _dir_name(execution_id: str) -> str:
-    """The directory name of an execution.
-
-    Raises:
-        ValueError: The id is empty or too long for a file name.
-    """
-    if not execution_id:
-        raise ValueError("execution id must not be empty")
-    name = quote(execution_id, safe=_SAFE_CHARS)
-    if name.startswith("."):
-        # "." and ".." are not directories of their own, and names starting
-        # with a dot are reserved for temporary files.
-        name = "%2E" + name[1:]
-    if len(name) > _MAX_NAME:
-        raise ValueError(
-            f"execution id {execution_id[:40]!r}... is too long for the file store "
-            f"({len(name)} characters once encoded, at most {_MAX_NAME})"
-        )
-    return name
-
-
-def _frame(magic: bytes, body: bytes) -> bytes:
-    return _FRAME.pack(magic, len(body), zlib.crc32(body)) + body
 
 
 def _file_size(path: Path) -> int:
@@ -140,27 +80,13 @@ def _size_or_zero(path: Path) -> int:
         return 0
 
 
-@dataclass(frozen=True, slots=True)
-class _InputEntry:
-    """Where one batch of ``inputs.log`` is, and its initial states."""
-
-    batch_no: int
-    first_position: int
-    size: int
-    flags: int
-    body_offset: int
-    body_length: int
-    crc: int
-    states: bytes | None
-
-
 @dataclass(slots=True)
 class _Index:
-    """Cached ``batch_no -> _InputEntry`` of one ``inputs.log``, extended as it grows."""
+    """Cached ``batch_no -> InputEntry`` of one ``inputs.log``, extended as it grows."""
 
     first: bytes
     end: int
-    entries: dict[int, _InputEntry]
+    entries: dict[int, InputEntry]
 
 
 @dataclass(slots=True)
@@ -172,84 +98,6 @@ class _Writer:
     outcomes_end: int
 
 
-@dataclass(frozen=True, slots=True)
-class _Outcome:
-    """A decoded ``outcomes.log`` frame; ``blobs`` is the file offset of its raw bytes."""
-
-    header: dict[str, Any]
-    body: bytes
-    blobs: int
-
-
-# -- record <-> JSON ------------------------------------------------------------
-
-
-def _record_to_json(record: ExecutionRecord, options: Any, inputs_end: int, outcomes_end: int) -> bytes:
-    document = {
-        **record_fields(record),
-        "options": options,
-        # Log offsets covered by the counts above (see the module docstring).
-        "inputs_end": inputs_end,
-        "outcomes_end": outcomes_end,
-    }
-    return json.dumps(document, indent=1).encode()
-
-
-def _get(document: dict[str, Any], key: str, kind: type | tuple[type, ...], *, optional: bool = False) -> Any:
-    value = document[key]
-    if value is None and optional:
-        return None
-    # bool is an int to isinstance; a flag is never a count and vice versa.
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, (int, float))):
-        raise TypeError(f"{key!r} is {value!r}")
-    return value
-
-
-def _record_from_json(data: bytes) -> tuple[ExecutionRecord, int, int]:
-    """Parse ``execution.json``; raises ValueError, TypeError or KeyError when damaged."""
-    document = json.loads(data)
-    if not isinstance(document, dict):
-        raise TypeError("not a JSON object")
-    options = _get(document, "options", dict)
-    record = ExecutionRecord(
-        id=_get(document, "id", str),
-        parent_id=_get(document, "parent_id", str, optional=True),
-        input_source=_get(document, "input_source", str),
-        status=ExecutionStatus(_get(document, "status", str)),
-        created_at=float(_get(document, "created_at", (int, float))),
-        updated_at=float(_get(document, "updated_at", (int, float))),
-        ended_at=_get(document, "ended_at", (int, float), optional=True),
-        task_name=_get(document, "task_name", str),
-        codec=_get(document, "codec", str),
-        total=_get(document, "total", int),
-        finished=_get(document, "finished", int),
-        failed=_get(document, "failed", int),
-        inputs_complete=_get(document, "inputs_complete", bool),
-        pid=_get(document, "pid", int, optional=True),
-        host=_get(document, "host", str, optional=True),
-        options=options,
-    )
-    problem = counts_problem(record.total, record.finished, record.failed)
-    if problem is not None:
-        raise ValueError(problem)
-    return record, _get(document, "inputs_end", int), _get(document, "outcomes_end", int)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data``: readers see the old file or the new one, never a mix."""
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp creates the file with mode 0o600.
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
-            file.flush()
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-
-
 class FileStore(Store):
     """Executions as plain files under a root directory.
 
@@ -257,16 +105,20 @@ class FileStore(Store):
     root, each writing its own executions, while others read them.
 
     Args:
-        root: The store directory. Created with mode 0o700 if missing; an
-            existing directory without a marker file gets one, so the
-            directory may hold other things too (such as a SQLite store).
+        root: The store directory. Created with mode 0o700 if missing (its
+            missing parents too); an existing directory without a marker
+            file gets one, so the directory may hold other things too (such
+            as a SQLite store).
+        create: Create the store when missing. When False (readers) nothing
+            is ever written, and a directory without a marker is a StoreError.
 
     Raises:
-        StoreError: The root is not a directory, cannot be created, or its
-            marker names another format or an unknown version.
+        StoreError: The root is not a directory, cannot be created, has no
+            marker (with ``create=False``), or its marker names another
+            format or an unknown version.
     """
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, create: bool = True) -> None:
         self.root = Path(root)
         self.location = str(self.root)
         self._executions = self.root / _EXECUTIONS
@@ -276,13 +128,17 @@ class FileStore(Store):
         self._index_lock = threading.Lock()
         self._writers: dict[str, _Writer] = {}
         self._indexes: dict[str, _Index] = {}
+        self.create = create
+        if not create:
+            _filelog.check_marker(self.root, create=False)
+            return
         try:
-            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_private_dirs(self.root)
         except FileExistsError as exc:
             raise StoreError(f"cannot open the store at {self.location}: it is not a directory") from exc
         except OSError as exc:
             raise StoreError(f"cannot create the store at {self.location}: {exc}") from exc
-        self._check_marker()
+        _filelog.check_marker(self.root, create=create)
         try:
             self._executions.mkdir(mode=0o700, exist_ok=True)
         except OSError as exc:
@@ -292,38 +148,6 @@ class FileStore(Store):
         return f"{type(self).__name__}({self.location!r})"
 
     # -- plumbing ----------------------------------------------------------------
-
-    def _check_marker(self) -> None:
-        marker = self.root / MARKER_NAME
-        try:
-            data = marker.read_bytes()
-        except FileNotFoundError:
-            document = {"format": FORMAT_NAME, "version": FORMAT_VERSION}
-            try:
-                # Processes opening a new root at once write the same bytes;
-                # the atomic replace makes the last one win harmlessly.
-                _write_atomically(marker, json.dumps(document).encode() + b"\n")
-            except OSError as exc:
-                raise StoreError(f"cannot write the marker file {marker}: {exc}") from exc
-            return
-        except OSError as exc:
-            raise StoreError(f"cannot read the marker file {marker}: {exc}") from exc
-        try:
-            document = json.loads(data)
-        except ValueError as exc:
-            raise StoreError(f"the marker file {marker} is damaged or not pylo's (it is not JSON: {exc})") from exc
-        found = document.get("format") if isinstance(document, dict) else None
-        if found != FORMAT_NAME:
-            raise StoreError(
-                f"the marker file {marker} says format {found!r}, expected {FORMAT_NAME!r}: "
-                "this directory is not a pylo file store"
-            )
-        version = document.get("version")
-        if version != FORMAT_VERSION or isinstance(version, bool):
-            raise StoreError(
-                f"the marker file {marker} says format version {version!r}, which this pylo cannot "
-                f"read (it reads version {FORMAT_VERSION}); use the pylo that wrote it"
-            )
 
     @contextlib.contextmanager
     def _guard(self, action: str) -> Iterator[None]:
@@ -339,7 +163,7 @@ class FileStore(Store):
     def _dir(self, execution_id: str) -> Path:
         """The directory of an existing-or-not execution; an impossible id is not found."""
         try:
-            return self._executions / _dir_name(execution_id)
+            return self._executions / _filelog.dir_name(execution_id)
         except ValueError:
             raise self._not_found(execution_id) from None
 
@@ -361,7 +185,7 @@ class FileStore(Store):
         except OSError as exc:
             raise StoreError(f"cannot read {path}: {exc}") from exc
         try:
-            record, inputs_end, outcomes_end = _record_from_json(data)
+            record, inputs_end, outcomes_end = _filelog.record_from_json(data)
         except (ValueError, TypeError, KeyError) as exc:
             raise self._damaged(path, f"cannot be read as an execution record ({type(exc).__name__}: {exc})") from exc
         if record.id != execution_id:
@@ -386,245 +210,42 @@ class FileStore(Store):
             )
         inputs_from = inputs_end
         if outcomes_size > outcomes_end:
-            last: _Outcome | None = None
-            for outcome, end in self._outcomes(outcomes, outcomes_end):
+            last: Outcome | None = None
+            for outcome, end in _filelog.outcomes(self.location, outcomes, outcomes_end):
                 last, outcomes_end = outcome, end
             if last is not None:
-                record, flushed_inputs_end = self._apply_header(outcomes, record, last.header)
+                record, flushed_inputs_end = _filelog.record_after_flush(self.location, outcomes, record, last.header)
                 # That flush's total already counts the batches added before it.
                 inputs_from = max(inputs_from, flushed_inputs_end)
         inputs_end = inputs_from
         if inputs_size > inputs_from:
-            entries, inputs_end = self._scan_inputs(inputs, inputs_from, with_states=False)
+            entries, inputs_end = _filelog.scan_inputs(self.location, inputs, inputs_from, with_states=False)
             if entries:
                 record = dataclasses.replace(record, total=record.total + sum(entry.size for entry in entries))
         return record, inputs_end, outcomes_end
 
-    def _apply_header(self, path: Path, record: ExecutionRecord, header: dict[str, Any]) -> tuple[ExecutionRecord, int]:
-        """The record after a flush, and the ``inputs.log`` offset that flush had seen."""
-        try:
-            problem = counts_problem(int(header["total"]), int(header["finished"]), int(header["failed"]))
-            if problem is not None:
-                raise ValueError(problem)
-            return dataclasses.replace(
-                record,
-                total=int(header["total"]),
-                finished=int(header["finished"]),
-                failed=int(header["failed"]),
-                status=ExecutionStatus(header["status"]),
-                ended_at=None if header["ended_at"] is None else float(header["ended_at"]),
-                inputs_complete=bool(header["inputs_complete"]),
-                updated_at=float(header["updated_at"]),
-            ), int(header["inputs_end"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise self._damaged(path, f"holds a flush that cannot be read ({type(exc).__name__}: {exc})") from exc
-
     # -- log reading -----------------------------------------------------------
 
-    def _blank_tail(self, file: BinaryIO, offset: int, size: int) -> bool:
-        """True when nothing but zero bytes follow ``offset``, as a crash may leave."""
-        file.seek(offset)
-        remaining = size - offset
-        while remaining > 0:
-            chunk = file.read(min(remaining, _BLANK_CHUNK))
-            if not chunk:
-                return True
-            if chunk.count(0) != len(chunk):
-                return False
-            remaining -= len(chunk)
-        return True
-
-    def _frames(
-        self, file: BinaryIO, path: Path, magic: bytes, start: int, size: int, committed: int = 0
-    ) -> Iterator[tuple[int, int, int]]:
-        """Yield ``(body_offset, body_length, crc)`` of the frames between ``start`` and ``size``.
-
-        Stops quietly at a frame cut short, which is a torn tail or a frame
-        being written, unless it starts before ``committed``: the offset
-        ``execution.json`` says is durable, which only complete frames can
-        reach. Leaves the file positioned at each body.
-        """
-        offset = start
-        while offset + _FRAME.size <= size:
-            file.seek(offset)
-            header = file.read(_FRAME.size)
-            if len(header) < _FRAME.size:
-                break
-            found, length, crc = _FRAME.unpack(header)
-            if found != magic:
-                if offset >= committed and self._blank_tail(file, offset, size):
-                    return
-                raise self._damaged(path, f"has no valid record at byte {offset}")
-            body_offset = offset + _FRAME.size
-            if body_offset + length > size:
-                break
-            file.seek(body_offset)
-            yield body_offset, length, crc
-            offset = body_offset + length
-        if offset < committed:
-            raise self._damaged(path, f"has a record cut short at byte {offset}, before the end it had ({committed})")
-
-    def _scan_inputs(
-        self, path: Path, start: int, *, with_states: bool, committed: int = 0
-    ) -> tuple[list[_InputEntry], int]:
-        """Read the batches of complete ``add_batches`` calls after ``start``.
-
-        Payloads are skipped, not read: only the fixed fields (and the states
-        when asked) of each frame are. Returns the batches and the offset
-        where the last complete call ends. ``committed`` is the offset
-        ``execution.json`` vouches for: a bad frame before it is damage,
-        never a torn tail to ignore.
-        """
-        entries: list[_InputEntry] = []
-        call: list[_InputEntry] = []
-        ended = start
-        with open(path, "rb") as file:
-            size = os.fstat(file.fileno()).st_size
-            for body_offset, length, crc in self._frames(file, path, _INPUTS_MAGIC, start, size, committed):
-                last = body_offset + length == size
-                if last:
-                    # Only the last frame can be torn: check all of it.
-                    body = file.read(length)
-                    if len(body) < length or zlib.crc32(body) != crc:
-                        if body_offset - _FRAME.size < committed:
-                            raise self._damaged(path, f"has a corrupt batch record at byte {body_offset}")
-                        break
-                    head = body[:_BATCH_HEAD_SIZE]
-                else:
-                    head = file.read(_BATCH_HEAD_SIZE)
-                if len(head) < _BATCH_HEAD_SIZE:
-                    raise self._damaged(path, f"has a truncated batch record at byte {body_offset}")
-                batch_no, first_position, count, flags = _BATCH_FIELDS.unpack_from(head)
-                (head_crc,) = _BATCH_CRC.unpack_from(head, _BATCH_FIELDS.size)
-                if _BATCH_HEAD_SIZE + count > length:
-                    raise self._damaged(path, f"has a batch record with a wrong size at byte {body_offset}")
-                states: bytes | None = None
-                if with_states:
-                    states = body[_BATCH_HEAD_SIZE : _BATCH_HEAD_SIZE + count] if last else file.read(count)
-                    # The frame CRC is only checked when the payload is read,
-                    # so the states carry a CRC of their own.
-                    if zlib.crc32(states, zlib.crc32(head[: _BATCH_FIELDS.size])) != head_crc:
-                        raise self._damaged(path, f"has a corrupt batch record at byte {body_offset}")
-                call.append(_InputEntry(batch_no, first_position, count, flags, body_offset, length, crc, states))
-                if flags & _ENDS_CALL:
-                    entries.extend(call)
-                    call.clear()
-                    ended = body_offset + length
-        if ended < committed:
-            raise self._damaged(
-                path, f"ends its last complete batch at byte {ended}, before the end it had ({committed})"
-            )
-        return entries, ended
-
-    def _outcomes(self, path: Path, start: int, committed: int = 0) -> Iterator[tuple[_Outcome, int]]:
-        """Yield each complete ``outcomes.log`` frame after ``start`` and the offset it ends at.
-
-        ``committed`` is the offset ``execution.json`` vouches for: a bad
-        frame before it is damage, never a torn tail to ignore.
-        """
-        with open(path, "rb") as file:
-            size = os.fstat(file.fileno()).st_size
-            for body_offset, length, crc in self._frames(file, path, _OUTCOMES_MAGIC, start, size, committed):
-                body = file.read(length)
-                end = body_offset + length
-                if len(body) < length or zlib.crc32(body) != crc:
-                    if end == size and body_offset - _FRAME.size >= committed:
-                        return  # a torn tail
-                    raise self._damaged(path, f"has a corrupt flush record at byte {body_offset}")
-                try:
-                    (header_length,) = _HEADER_LENGTH.unpack_from(body)
-                    header = json.loads(body[_HEADER_LENGTH.size : _HEADER_LENGTH.size + header_length])
-                    if not isinstance(header, dict):
-                        raise TypeError("the header is not a JSON object")
-                except (struct.error, ValueError, TypeError) as exc:
-                    raise self._damaged(path, f"has an unreadable flush record at byte {body_offset} ({exc})") from exc
-                yield _Outcome(header, body, _HEADER_LENGTH.size + header_length), end
-
-    def _outcome_parts(
-        self, path: Path, outcome: _Outcome
-    ) -> tuple[list[tuple[int, bytes]], list[FailureRow], list[tuple[int, int, int]]]:
-        """Split a flush into states, failures and ``(position, start, length)`` of results in its body."""
-        try:
-            cursor = outcome.blobs
-            states = []
-            for batch_no, length in outcome.header["states"]:
-                states.append((int(batch_no), outcome.body[cursor : cursor + length]))
-                cursor += length
-            failures = []
-            for position, exc_type, message, traceback, length, attempts, worker, failed_at in outcome.header[
-                "failures"
-            ]:
-                exception = None
-                if length is not None:
-                    exception = outcome.body[cursor : cursor + length]
-                    cursor += length
-                failures.append(
-                    FailureRow(
-                        int(position),
-                        exc_type,
-                        message,
-                        traceback,
-                        exception,
-                        int(attempts),
-                        int(worker),
-                        float(failed_at),
-                    )
-                )
-            results = []
-            for position, length in outcome.header["results"]:
-                results.append((int(position), cursor, int(length)))
-                cursor += length
-        except (KeyError, TypeError, ValueError) as exc:
-            raise self._damaged(path, f"holds a flush that cannot be read ({type(exc).__name__}: {exc})") from exc
-        if cursor != len(outcome.body):
-            raise self._damaged(path, "holds a flush whose sizes do not add up")
-        return states, failures, results
-
-    def _index(self, path: Path) -> dict[int, _InputEntry]:
+    def _index(self, path: Path) -> dict[int, InputEntry]:
         """The payload index of an ``inputs.log``, scanning only what was appended since last time."""
         with open(path, "rb") as file:
             size = os.fstat(file.fileno()).st_size
             # The first frame header identifies the log: an execution deleted
             # and created again may well get the same inode number.
-            first = file.read(_FRAME.size)
+            first = file.read(_filelog.FRAME_SIZE)
         key = str(path)
         with self._index_lock:
             index = self._indexes.get(key)
             if index is None or size < index.end or (index.end and index.first != first):
                 index = self._indexes[key] = _Index(first, 0, {})
             if size > index.end:
-                entries, index.end = self._scan_inputs(path, index.end, with_states=False)
+                entries, index.end = _filelog.scan_inputs(self.location, path, index.end, with_states=False)
                 index.first = first
                 for entry in entries:
                     index.entries[entry.batch_no] = entry
             return index.entries
 
-    def _read_payload(self, file: BinaryIO, path: Path, entry: _InputEntry) -> bytes:
-        file.seek(entry.body_offset)
-        body = file.read(entry.body_length)
-        if len(body) < entry.body_length or zlib.crc32(body) != entry.crc:
-            raise self._damaged(path, f"has a corrupt batch record at byte {entry.body_offset}")
-        return body[_BATCH_HEAD_SIZE + entry.size :]
-
     # -- writing -----------------------------------------------------------------
-
-    def _append(self, path: Path, data: bytes, expected_end: int) -> int:
-        """Append ``data`` at ``expected_end``; on failure cut the file back so no torn frame stays."""
-        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND)
-        try:
-            if os.fstat(descriptor).st_size != expected_end:
-                raise StoreError(f"{path} changed under this writer (another process writes the same execution?)")
-            view = memoryview(data)
-            try:
-                while view:
-                    view = view[os.write(descriptor, view) :]
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(descriptor, expected_end)
-                raise
-        finally:
-            os.close(descriptor)
-        return expected_end + len(data)
 
     def _writer(self, execution_id: str) -> tuple[Path, _Writer]:
         """This process's view of an execution it writes; call with ``self._lock`` held.
@@ -657,9 +278,8 @@ class FileStore(Store):
 
     def _save_record(self, directory: Path, writer: _Writer) -> None:
         record = writer.record
-        _write_atomically(
-            directory / _RECORD,
-            _record_to_json(record, dict(record.options), writer.inputs_end, writer.outcomes_end),
+        _filelog.write_atomically(
+            directory / _RECORD, _filelog.record_to_json(record, writer.inputs_end, writer.outcomes_end)
         )
 
     def create_execution(self, record: ExecutionRecord) -> None:
@@ -671,8 +291,9 @@ class FileStore(Store):
             TypeError: ``record.options`` is not JSON-serializable.
             ValueError: The id is empty or too long for a file name.
         """
-        directory = self._executions / _dir_name(record.id)
-        options = json.loads(dump_options(record.id, record.options))
+        directory = self._executions / _filelog.dir_name(record.id)
+        # Stored as JSON reads it back: the writer's copy must not differ.
+        record = dataclasses.replace(record, options=json.loads(dump_options(record.id, record.options)))
         with self._guard(f"create execution {record.id!r}"):
             try:
                 # mkdir either creates or fails, atomically: of processes
@@ -683,8 +304,9 @@ class FileStore(Store):
             try:
                 for name in (_INPUTS, _OUTCOMES):
                     os.close(os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                _filemeta.index_labels(self.root, directory.name, record.labels)
                 # Last: execution.json is what makes the execution visible.
-                _write_atomically(directory / _RECORD, _record_to_json(record, options, 0, 0))
+                _filelog.write_atomically(directory / _RECORD, _filelog.record_to_json(record, 0, 0))
             except BaseException:
                 # Give the id back rather than leave a directory that claims
                 # it but holds no execution.
@@ -706,19 +328,11 @@ class FileStore(Store):
             ValueError: A batch's ``states`` do not have ``size`` bytes.
         """
         check_batches(execution_id, batches)
-        frames = []
-        for number, batch in enumerate(batches):
-            flags = (_HAS_PAYLOAD if batch.payload is not None else 0) | (
-                _ENDS_CALL if number == len(batches) - 1 else 0
-            )
-            fields = _BATCH_FIELDS.pack(batch.batch_no, batch.first_position, batch.size, flags)
-            states = bytes(batch.states)
-            head = fields + _BATCH_CRC.pack(zlib.crc32(states, zlib.crc32(fields)))
-            frames.append(_frame(_INPUTS_MAGIC, head + states + (batch.payload or b"")))
+        frames = _filelog.encode_batches(batches)
         with self._lock, self._guard(f"add batches to execution {execution_id!r}"):
             directory, writer = self._writer(execution_id)
             if frames:
-                writer.inputs_end = self._append(directory / _INPUTS, b"".join(frames), writer.inputs_end)
+                writer.inputs_end = _filelog.append(directory / _INPUTS, frames, writer.inputs_end)
             writer.record = dataclasses.replace(
                 writer.record,
                 total=writer.record.total + sum(batch.size for batch in batches),
@@ -735,31 +349,6 @@ class FileStore(Store):
             ValueError: The flush sets the derived ``CRASHED`` status.
         """
         check_flush(execution_id, flush)
-        blobs: list[bytes] = []
-        states = []
-        for batch_no, data in flush.states.items():
-            states.append([batch_no, len(data)])
-            blobs.append(bytes(data))
-        failures = []
-        for row in flush.failures:
-            failures.append(
-                [
-                    row.position,
-                    row.exc_type,
-                    row.message,
-                    row.traceback,
-                    None if row.exception is None else len(row.exception),
-                    row.attempts,
-                    row.worker,
-                    float(row.failed_at),
-                ]
-            )
-            if row.exception is not None:
-                blobs.append(bytes(row.exception))
-        results = []
-        for position, value in flush.results:
-            results.append([position, len(value)])
-            blobs.append(bytes(value))
         with self._lock, self._guard(f"record a flush of execution {execution_id!r}"):
             directory, writer = self._writer(execution_id)
             old = writer.record
@@ -773,24 +362,8 @@ class FileStore(Store):
                 inputs_complete=old.inputs_complete or flush.inputs_complete,
                 updated_at=time.time(),
             )
-            header = {
-                "total": record.total,
-                "finished": record.finished,
-                "failed": record.failed,
-                "status": ExecutionStatus(record.status).value,
-                "ended_at": record.ended_at,
-                "inputs_complete": record.inputs_complete,
-                "updated_at": record.updated_at,
-                "inputs_end": writer.inputs_end,
-                "states": states,
-                "failures": failures,
-                "results": results,
-            }
-            encoded = json.dumps(header, separators=(",", ":")).encode()
-            body = b"".join([_HEADER_LENGTH.pack(len(encoded)), encoded, *blobs])
-            writer.outcomes_end = self._append(
-                directory / _OUTCOMES, _frame(_OUTCOMES_MAGIC, body), writer.outcomes_end
-            )
+            data = _filelog.encode_flush(record, writer.inputs_end, flush.states, flush.failures, flush.results)
+            writer.outcomes_end = _filelog.append(directory / _OUTCOMES, data, writer.outcomes_end)
             writer.record = record
             self._save_record(directory, writer)
 
@@ -808,8 +381,10 @@ class FileStore(Store):
             record, inputs_end, outcomes_end = self._read_record(directory, execution_id)
             return self._catch_up(directory, record, inputs_end, outcomes_end)[0]
 
-    def list_executions(self) -> list[ExecutionRecord]:
+    def list_executions(self, *, labels: Mapping[str, str] | None = None) -> list[ExecutionRecord]:
         """See :meth:`Store.list_executions`.
+
+        With ``labels``, only the executions the label index names are read.
 
         Raises:
             DamagedExecutions: Some executions cannot be read; the error
@@ -819,8 +394,14 @@ class FileStore(Store):
         """
         records = []
         damaged: dict[str, StoreError] = {}
-        with self._guard("list executions"), os.scandir(self._executions) as entries:
-            names = [entry.name for entry in entries if not entry.name.startswith(".") and entry.is_dir()]
+        if not self.create and not self._executions.exists():
+            return []  # a store whose first execution was never created
+        with self._guard("list executions"):
+            if labels:
+                names = sorted(_filemeta.indexed_names(self.root, labels))
+            else:
+                with os.scandir(self._executions) as entries:
+                    names = [entry.name for entry in entries if not entry.name.startswith(".") and entry.is_dir()]
         for name in names:
             directory = self._executions / name
             execution_id = unquote(name)
@@ -834,6 +415,8 @@ class FileStore(Store):
                 # Each execution has files of its own: read the others, then
                 # say which ones are damaged (see DamagedExecutions).
                 damaged[execution_id] = exc
+        if labels:  # an index entry can outlive a creation that failed
+            records = [record for record in records if labels_match(record, labels)]
         records.sort(key=lambda record: (record.created_at, record.id))
         if damaged:
             raise DamagedExecutions(self.location, records, damaged)
@@ -854,11 +437,13 @@ class FileStore(Store):
         directory = self._dir(execution_id)
         with self._guard(f"read the batches of execution {execution_id!r}"):
             record, inputs_end, outcomes_end = self._read_record(directory, execution_id)
-            entries, _ = self._scan_inputs(directory / _INPUTS, 0, with_states=True, committed=inputs_end)
+            entries, _ = _filelog.scan_inputs(
+                self.location, directory / _INPUTS, 0, with_states=True, committed=inputs_end
+            )
             states = {entry.batch_no: entry.states for entry in entries}
             outcomes = directory / _OUTCOMES
-            for outcome, _ in self._outcomes(outcomes, 0, outcomes_end):
-                for batch_no, data in self._outcome_parts(outcomes, outcome)[0]:
+            for outcome, _ in _filelog.outcomes(self.location, outcomes, 0, outcomes_end):
+                for batch_no, data in _filelog.decode_flush(self.location, outcomes, outcome)[0]:
                     # A flush may name batches added after inputs.log was read.
                     if batch_no in states:
                         states[batch_no] = data
@@ -866,7 +451,7 @@ class FileStore(Store):
             BatchRecord(entry.batch_no, entry.first_position, entry.size, states[entry.batch_no] or b"")
             for entry in sorted(entries, key=lambda entry: entry.batch_no)
         ]
-        problem = batches_problem(records)
+        problem = batches_problem(records, record.total)
         if problem is not None:
             raise self._damaged(directory, f"holds execution {execution_id!r} with {problem}")
         if not payloads:
@@ -877,7 +462,7 @@ class FileStore(Store):
         if source == execution_id:
             return self._dir(execution_id) / _INPUTS
         try:
-            return self._executions / _dir_name(source) / _INPUTS
+            return self._executions / _filelog.dir_name(source) / _INPUTS
         except ValueError as exc:
             raise StoreError(
                 f"execution {execution_id!r} in the store at {self.location} names an impossible "
@@ -891,12 +476,12 @@ class FileStore(Store):
             with open(path, "rb") as file:
                 for record in records:
                     entry = index.get(record.batch_no)
-                    if entry is None or not entry.flags & _HAS_PAYLOAD:
+                    if entry is None or not entry.flags & _filelog.HAS_PAYLOAD:
                         raise StoreError(
                             f"batch {record.batch_no} of execution {execution_id!r} has no inputs in "
                             f"execution {source!r}, which should hold them, in the store at {self.location}"
                         )
-                    yield dataclasses.replace(record, payload=self._read_payload(file, path, entry))
+                    yield dataclasses.replace(record, payload=_filelog.read_payload(self.location, file, path, entry))
 
     def read_payloads(self, execution_id: str, batch_nos: Iterable[int]) -> Iterator[tuple[int, bytes]]:
         """See :meth:`Store.read_payloads`.
@@ -917,8 +502,8 @@ class FileStore(Store):
         self,
         execution_id: str,
         path: Path,
-        own: dict[int, _InputEntry],
-        source: dict[int, _InputEntry],
+        own: dict[int, InputEntry],
+        source: dict[int, InputEntry],
         batch_nos: Iterable[int],
     ) -> Iterator[tuple[int, bytes]]:
         with self._guard(f"read the inputs of execution {execution_id!r}"), open(path, "rb") as file:
@@ -926,9 +511,9 @@ class FileStore(Store):
                 entry = source.get(batch_no)
                 if batch_no not in own or entry is None:
                     continue
-                if not entry.flags & _HAS_PAYLOAD:
+                if not entry.flags & _filelog.HAS_PAYLOAD:
                     raise self._damaged(path, f"holds batch {batch_no} without its inputs")
-                yield batch_no, self._read_payload(file, path, entry)
+                yield batch_no, _filelog.read_payload(self.location, file, path, entry)
 
     def read_failures(self, execution_id: str) -> list[FailureRow]:
         """See :meth:`Store.read_failures`.
@@ -942,8 +527,8 @@ class FileStore(Store):
         with self._guard(f"read the failures of execution {execution_id!r}"):
             _, _, outcomes_end = self._read_record(directory, execution_id)
             outcomes = directory / _OUTCOMES
-            for outcome, _ in self._outcomes(outcomes, 0, outcomes_end):
-                for row in self._outcome_parts(outcomes, outcome)[1]:
+            for outcome, _ in _filelog.outcomes(self.location, outcomes, 0, outcomes_end):
+                for row in _filelog.decode_flush(self.location, outcomes, outcome)[1]:
                     failures[row.position] = row
         return [failures[position] for position in sorted(failures)]
 
@@ -962,9 +547,9 @@ class FileStore(Store):
         found: dict[int, tuple[int, int]] = {}
         with self._guard(f"read the results of execution {execution_id!r}"):
             _, _, outcomes_end = self._read_record(directory, execution_id)
-            for outcome, end in self._outcomes(outcomes, 0, outcomes_end):
+            for outcome, end in _filelog.outcomes(self.location, outcomes, 0, outcomes_end):
                 body_offset = end - len(outcome.body)
-                for position, start, length in self._outcome_parts(outcomes, outcome)[2]:
+                for position, start, length in _filelog.decode_flush(self.location, outcomes, outcome)[2]:
                     found[position] = (body_offset + start, length)
         return self._results(execution_id, outcomes, [(position, *found[position]) for position in sorted(found)])
 
@@ -978,6 +563,32 @@ class FileStore(Store):
                 if len(value) < length:
                     raise self._damaged(path, f"lost the result of position {position}")
                 yield position, value
+
+    # -- claims --------------------------------------------------------------------
+
+    def claim_execution(self, execution_id: str, claim: Claim, *, replacing: Claim | None = None) -> Claim | None:
+        """See :meth:`Store.claim_execution` (``claim.json`` under a lock: :mod:`pylo.stores._filemeta`).
+
+        Raises:
+            ExecutionNotFound: No such execution.
+            StoreError: The directory cannot be written, or its claim is damaged.
+        """
+        directory = self._dir(execution_id)
+        with self._guard(f"claim execution {execution_id!r}"):
+            self._read_record(directory, execution_id)  # the existence check
+            try:
+                return _filemeta.swap_claim(self.location, directory, claim, replacing)
+            except FileNotFoundError:
+                raise self._not_found(execution_id) from None
+
+    def release_claim(self, execution_id: str, claimant: str) -> None:
+        """See :meth:`Store.release_claim`.
+
+        Raises:
+            StoreError: The directory cannot be written.
+        """
+        with self._guard(f"release the claim on execution {execution_id!r}"):
+            _filemeta.drop_claim(self.location, self._dir(execution_id), execution_id, claimant)
 
     def close(self) -> None:
         """Forget cached indexes and writer state (no file stays open between calls)."""

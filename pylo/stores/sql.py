@@ -1,15 +1,8 @@
 """A store in a SQL database, through SQLAlchemy Core.
 
 SQLite is the default (one file, :meth:`SQLStore.sqlite`); any SQLAlchemy URL
-works, PostgreSQL included. The schema keeps inputs per *batch*, not per
-input, so a million inputs are about a thousand rows::
-
-    pylo_meta(key PK, value)                    format name and version
-    pylo_executions(id PK, ..., options JSON)   one row per execution, counts
-    pylo_batches(execution_id, batch_no PK,     inputs and their state bytes
-                 first_position, size, states, payload NULL)
-    pylo_failures(execution_id, position PK, ...)  one row per failed input
-    pylo_results(execution_id, position PK, value) one row per kept result
+works, PostgreSQL included. The tables are in :mod:`pylo.stores._sqlschema`;
+claims and labels in :mod:`pylo.stores._sqlmeta`.
 
 Every write is one transaction. On SQLite those transactions start with
 ``BEGIN IMMEDIATE`` so that writers queue on the busy timeout instead of
@@ -20,27 +13,44 @@ plain ``BEGIN``, which in WAL mode never blocks and never blocks a writer.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
+import secrets
+import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from pylo.errors import DamagedExecutions, ExecutionExists, ExecutionNotFound, StoreError
+from pylo.stores import _sqlschema
 from pylo.stores._common import (
     batches_problem,
     check_batches,
     check_flush,
-    counts_problem,
     dump_options,
-    load_options,
+    make_private_dirs,
     record_fields,
+)
+from pylo.stores._sqlmeta import SQLMetaMixin
+from pylo.stores._sqlschema import (
+    BATCHES,
+    EXECUTIONS,
+    FAILURES,
+    FORMAT_NAME,
+    LABELS,
+    META,
+    METADATA,
+    REQUIRED_TABLES,
+    RESULTS,
+    SCHEMA_LOCK_KEY,
+    UPDATE_STATES,
+    WRITE_OPTION,
 )
 from pylo.stores.base import (
     FORMAT_VERSION,
@@ -54,15 +64,6 @@ from pylo.stores.base import (
 
 __all__ = ["FORMAT_NAME", "SQLStore"]
 
-logger = logging.getLogger(__name__)
-
-#: Value of the ``format`` key in ``pylo_meta``.
-FORMAT_NAME = "pylo-sql"
-
-#: How long a SQLite writer waits for another one before giving up. Flushes
-#: are short, so only a badly stuck process makes anyone wait this long.
-_BUSY_TIMEOUT_MS = 60_000
-
 #: Batches per query when payloads are read: bounds memory (payloads can be
 #: large) while keeping the number of round trips low.
 _PAYLOAD_GROUP = 32
@@ -70,156 +71,11 @@ _PAYLOAD_GROUP = 32
 #: Results per query in read_results.
 _RESULT_PAGE = 1000
 
-#: Key of the PostgreSQL advisory lock that serializes schema creation
-#: ("pylo" in ASCII); any constant works as long as every pylo uses the same.
-_SCHEMA_LOCK_KEY = 0x70796C6F
 
-#: Execution option read by the SQLite ``begin`` hook to emit BEGIN IMMEDIATE.
-_WRITE_OPTION = "pylo_write"
-
-_SQLITE_HEADER = b"SQLite format 3\x00"
-
-# ---------------------------------------------------------------------------
-# Schema. Types are chosen to be portable: String(255) ids (a TEXT primary
-# key is refused by some databases), Double timestamps (Float may be single
-# precision), LargeBinary for opaque bytes (BLOB on SQLite, bytea on
-# PostgreSQL).
-
-_metadata = sa.MetaData()
-_ID = sa.String(255)
-
-_meta = sa.Table(
-    "pylo_meta",
-    _metadata,
-    sa.Column("key", sa.String(64), primary_key=True),
-    sa.Column("value", sa.Text, nullable=False),
-)
-
-_executions = sa.Table(
-    "pylo_executions",
-    _metadata,
-    sa.Column("id", _ID, primary_key=True),
-    sa.Column("parent_id", _ID, nullable=True),
-    sa.Column("input_source", _ID, nullable=False),
-    sa.Column("status", sa.String(32), nullable=False),
-    sa.Column("created_at", sa.Double, nullable=False),
-    sa.Column("updated_at", sa.Double, nullable=False),
-    sa.Column("ended_at", sa.Double, nullable=True),
-    sa.Column("task_name", sa.Text, nullable=False),
-    sa.Column("codec", sa.String(64), nullable=False),
-    sa.Column("total", sa.BigInteger, nullable=False),
-    sa.Column("finished", sa.BigInteger, nullable=False),
-    sa.Column("failed", sa.BigInteger, nullable=False),
-    sa.Column("inputs_complete", sa.Boolean, nullable=False),
-    sa.Column("pid", sa.BigInteger, nullable=True),
-    sa.Column("host", sa.String(255), nullable=True),
-    sa.Column("options", sa.Text, nullable=False),
-    # list_executions sorts by (created_at, id).
-    sa.Index("ix_pylo_executions_created", "created_at", "id"),
-)
+logger = logging.getLogger(__name__)
 
 
-def _execution_fk() -> sa.Column[str]:
-    return sa.Column("execution_id", _ID, sa.ForeignKey("pylo_executions.id"), primary_key=True)
-
-
-_batches = sa.Table(
-    "pylo_batches",
-    _metadata,
-    _execution_fk(),
-    sa.Column("batch_no", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("first_position", sa.BigInteger, nullable=False),
-    sa.Column("size", sa.Integer, nullable=False),
-    sa.Column("states", sa.LargeBinary, nullable=False),
-    sa.Column("payload", sa.LargeBinary, nullable=True),
-)
-
-_failures = sa.Table(
-    "pylo_failures",
-    _metadata,
-    _execution_fk(),
-    sa.Column("position", sa.BigInteger, primary_key=True, autoincrement=False),
-    sa.Column("exc_type", sa.Text, nullable=True),
-    sa.Column("message", sa.Text, nullable=True),
-    sa.Column("traceback", sa.Text, nullable=True),
-    sa.Column("exception", sa.LargeBinary, nullable=True),
-    sa.Column("attempts", sa.Integer, nullable=False),
-    sa.Column("worker", sa.Integer, nullable=False),
-    sa.Column("failed_at", sa.Double, nullable=False),
-)
-
-_results = sa.Table(
-    "pylo_results",
-    _metadata,
-    _execution_fk(),
-    sa.Column("position", sa.BigInteger, primary_key=True, autoincrement=False),
-    sa.Column("value", sa.LargeBinary, nullable=False),
-)
-
-# Statements built once: SQLAlchemy caches their compiled form per engine.
-_update_states = (
-    _batches.update()
-    .where(
-        _batches.c.execution_id == sa.bindparam("b_execution_id"),
-        _batches.c.batch_no == sa.bindparam("b_batch_no"),
-    )
-    .values(states=sa.bindparam("b_states"))
-)
-
-
-def _location_of(url: URL) -> str:
-    """Name a database for messages: its path for SQLite, else the URL without password."""
-    if url.get_backend_name() == "sqlite":
-        return url.database or ":memory:"
-    return url.render_as_string(hide_password=True)
-
-
-def _describe(exc: BaseException) -> str:
-    """The useful part of a driver error (SQLAlchemy's text repeats the SQL and its parameters)."""
-    if isinstance(exc, DBAPIError) and exc.orig is not None:
-        return f"{type(exc.orig).__name__}: {exc.orig}"
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _on_sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:
-    """Configure every new SQLite connection.
-
-    Turning off the sqlite3 module's own transaction handling is the
-    documented SQLAlchemy recipe for emitting BEGIN ourselves (see
-    :func:`_on_sqlite_begin`); it also makes DDL transactional.
-    """
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-        (mode,) = cursor.execute("PRAGMA journal_mode").fetchone()
-        # The journal mode is persistent in the file: only the first
-        # connection to a new database has to switch it (an in-memory database
-        # reports "memory" and cannot use WAL).
-        if str(mode).lower() not in ("wal", "memory"):
-            cursor.execute("PRAGMA journal_mode = WAL")
-        # In WAL mode NORMAL keeps committed transactions across an
-        # application crash; only a power loss may lose the last ones.
-        cursor.execute("PRAGMA synchronous = NORMAL")
-    finally:
-        cursor.close()
-
-
-def _on_sqlite_begin(conn: Connection) -> None:
-    """Start SQLite transactions: IMMEDIATE for writes, deferred for reads."""
-    if conn.get_execution_options().get(_WRITE_OPTION):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-    else:
-        conn.exec_driver_sql("BEGIN")
-
-
-def _chunks(values: Iterable[int], size: int) -> Iterator[list[int]]:
-    iterator = iter(values)
-    while chunk := list(islice(iterator, size)):
-        yield chunk
-
-
-class SQLStore(Store):
+class SQLStore(SQLMetaMixin, Store):
     """Executions in a SQL database (SQLite, PostgreSQL, any SQLAlchemy URL).
 
     Safe to share between threads; any number of processes may open the same
@@ -230,6 +86,10 @@ class SQLStore(Store):
             ``postgresql+psycopg://user:secret@host/db``.
         exclusive: The database belongs to pylo alone: refuse one that holds
             tables of anything else (true for :meth:`sqlite` files).
+        create: Create pylo's tables when the database has none. When
+            False (readers: ``pylo list`` and the other inspecting commands)
+            nothing is ever written, and a database that is not a pylo
+            store yet is a StoreError.
         engine_kwargs: Extra keyword arguments for
             :func:`sqlalchemy.create_engine`.
 
@@ -243,27 +103,31 @@ class SQLStore(Store):
         url: str | URL,
         *,
         exclusive: bool = False,
+        create: bool = True,
         engine_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         try:
             parsed = make_url(url)
         except (SQLAlchemyError, ValueError) as exc:
             # Never echo the raw text: it may hold a password.
-            raise StoreError(f"not a valid SQLAlchemy database URL: {_describe(exc)}") from exc
+            raise StoreError(f"not a valid SQLAlchemy database URL: {_sqlschema.describe(exc)}") from exc
         self.url = parsed
-        self.location = _location_of(parsed)
+        self.location = _sqlschema.location_of(parsed)
         self.exclusive = exclusive
+        self.create = create
+        # Names of the tables seen in the database (see _has_table).
+        self._tables: set[str] = set()
         self._is_sqlite = parsed.get_backend_name() == "sqlite"
         self._is_postgres = parsed.get_backend_name() == "postgresql"
         if self._is_sqlite:
-            self._check_sqlite_file()
+            _sqlschema.check_sqlite_file(parsed.database, self.location, create=create)
         try:
             self._engine: Engine = sa.create_engine(parsed, **dict(engine_kwargs or {}))
         except (SQLAlchemyError, ImportError, TypeError, ValueError) as exc:
-            raise StoreError(f"cannot open the store at {self.location}: {_describe(exc)}") from exc
+            raise StoreError(f"cannot open the store at {self.location}: {_sqlschema.describe(exc)}") from exc
         if self._is_sqlite:
-            sa.event.listen(self._engine, "connect", _on_sqlite_connect)
-            sa.event.listen(self._engine, "begin", _on_sqlite_begin)
+            sa.event.listen(self._engine, "connect", functools.partial(_sqlschema.on_sqlite_connect, may_write=create))
+            sa.event.listen(self._engine, "begin", _sqlschema.on_sqlite_begin)
         try:
             self._ensure_schema()
         except BaseException:
@@ -271,56 +135,70 @@ class SQLStore(Store):
             raise
 
     @classmethod
-    def sqlite(cls, path: str | os.PathLike[str]) -> SQLStore:
+    def sqlite(cls, path: str | os.PathLike[str], *, create: bool = True) -> SQLStore:
         """Open (creating if needed) a store in a SQLite database file.
 
-        A new parent directory is created with mode 0o700 and a new file with
-        mode 0o600: snapshots hold the task's inputs and exceptions, which are
+        New directories are created with mode 0o700 and a new file with mode
+        0o600: snapshots hold the task's inputs and exceptions, which are
         nobody else's business. The file must hold nothing but pylo's tables.
+        A new store is built under a temporary name and linked into place
+        whole, so an empty file is never a store pylo made: it is refused
+        as damage (a truncated store) rather than silently reused.
 
         Args:
             path: The database file.
+            create: Create the store when the file does not exist; when
+                False a missing file is a StoreError and nothing is written.
 
         Raises:
-            StoreError: The file cannot be created, is not a SQLite database,
-                or is not a pylo store of a known version.
+            StoreError: The file cannot be created, does not exist (with
+                ``create=False``), is empty, is not a SQLite database, or is
+                not a pylo store of a known version.
         """
         file = Path(path)
+        if file.is_dir():
+            raise StoreError(f"cannot open the store at {file}: it is a directory, not a SQLite file")
+        if not os.path.lexists(file):
+            if not create:
+                raise StoreError(f"there is no pylo store at {file}: the file does not exist")
+            cls._create_sqlite_file(file)
+        return cls(URL.create("sqlite+pysqlite", database=str(file)), exclusive=True, create=create)
+
+    @classmethod
+    def _create_sqlite_file(cls, file: Path) -> None:
+        """Build a new store under a temporary name, then link it into place at once."""
         try:
-            file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            if file.is_dir():
-                raise StoreError(f"cannot open the store at {file}: it is a directory, not a SQLite file")
+            make_private_dirs(file.parent)
+            temporary = file.parent / f".{file.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
             # Create it ourselves: SQLite would create it with mode 0o644.
-            os.close(os.open(file, os.O_WRONLY | os.O_CREAT, 0o600))
+            os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         except OSError as exc:
             raise StoreError(f"cannot create the store at {file}: {exc}") from exc
-        return cls(URL.create("sqlite+pysqlite", database=str(file)), exclusive=True)
+        try:
+            # Switching to WAL writes the database header: the file is no
+            # longer empty, which only a truncated store is.
+            connection = sqlite3.connect(temporary)
+            try:
+                connection.execute("PRAGMA journal_mode = WAL")
+            finally:
+                connection.close()
+            # Closing the only connection checkpoints the WAL into the file.
+            cls(URL.create("sqlite+pysqlite", database=str(temporary)), exclusive=True).close()
+            try:
+                os.link(temporary, file)
+            except FileExistsError:
+                pass  # another process created the store a moment ago: use theirs
+            except OSError as exc:
+                raise StoreError(f"cannot create the store at {file}: {exc}") from exc
+        finally:
+            for leftover in (temporary, Path(f"{temporary}-wal"), Path(f"{temporary}-shm")):
+                with contextlib.suppress(OSError):
+                    os.unlink(leftover)
 
     # -- plumbing --------------------------------------------------------------
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.location!r})"
-
-    def _check_sqlite_file(self) -> None:
-        """Refuse a file that is not SQLite before the driver says something cryptic."""
-        database = self.url.database
-        if not database or database == ":memory:" or database.startswith("file:"):
-            return
-        try:
-            with open(database, "rb") as file:
-                header = file.read(len(_SQLITE_HEADER))
-        except FileNotFoundError:
-            return
-        except IsADirectoryError as exc:
-            raise StoreError(f"cannot open the store at {self.location}: it is a directory") from exc
-        except OSError as exc:
-            raise StoreError(f"cannot read the store at {self.location}: {exc}") from exc
-        # An empty file is a valid empty database (sqlite() creates one).
-        if header and header != _SQLITE_HEADER:
-            raise StoreError(
-                f"the store at {self.location} is not a SQLite database "
-                "(the file does not start with the SQLite header); point pylo at another path"
-            )
 
     @contextlib.contextmanager
     def _guard(self, action: str) -> Iterator[None]:
@@ -329,7 +207,7 @@ class SQLStore(Store):
             yield
         except (SQLAlchemyError, UnicodeError) as exc:
             # UnicodeError: drivers encode text themselves, unwrapped by SQLAlchemy.
-            raise StoreError(f"cannot {action} in the store at {self.location}: {_describe(exc)}") from exc
+            raise StoreError(f"cannot {action} in the store at {self.location}: {_sqlschema.describe(exc)}") from exc
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -347,7 +225,7 @@ class SQLStore(Store):
         """A write transaction, which on SQLite holds the write lock from its start."""
         with self._engine.connect() as conn:
             if self._is_sqlite:
-                conn = conn.execution_options(**{_WRITE_OPTION: True})
+                conn = conn.execution_options(**{WRITE_OPTION: True})
             with conn.begin():
                 yield conn
 
@@ -363,115 +241,45 @@ class SQLStore(Store):
             with self._read() as conn:
                 if self._check_schema(conn):
                     return
+            if not self.create:
+                raise StoreError(f"there is no pylo store at {self.location}: the database holds no pylo tables")
             with self._write() as conn:
                 if self._is_postgres:
-                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
                 if self._check_schema(conn):
                     return
-                _metadata.create_all(conn, checkfirst=True)
-                present = set(conn.execute(sa.select(_meta.c.key)).scalars())
+                # Optional tables come with the first write that needs them,
+                # as they do in a store written before they existed.
+                required = [table for name, table in METADATA.tables.items() if name in REQUIRED_TABLES]
+                METADATA.create_all(conn, tables=required, checkfirst=True)
+                present = set(conn.execute(sa.select(META.c.key)).scalars())
                 rows = [
                     {"key": key, "value": value}
                     for key, value in (("format", FORMAT_NAME), ("version", str(FORMAT_VERSION)))
                     if key not in present
                 ]
                 if rows:
-                    conn.execute(_meta.insert(), rows)
+                    conn.execute(META.insert(), rows)
                 logger.debug("created the pylo schema in %s", self.location)
 
     def _check_schema(self, conn: Connection) -> bool:
-        """Return True when the pylo schema is complete; raise if the database is foreign."""
-        names = set(sa.inspect(conn).get_table_names())
-        if _meta.name not in names:
-            ours = sorted(name for name in names if name.startswith("pylo_"))
-            if ours:
-                raise StoreError(
-                    f"the store at {self.location} has pylo tables ({', '.join(ours)}) but no "
-                    "pylo_meta table: it is damaged or was not written by pylo"
-                )
-            if self.exclusive and names:
-                listed = ", ".join(sorted(names)[:5]) + (", ..." if len(names) > 5 else "")
-                raise StoreError(
-                    f"the store at {self.location} is a database of something else (it holds the "
-                    f"tables {listed}); give pylo a path of its own"
-                )
+        """True when the pylo schema is complete (noting its tables); raise if the database is foreign."""
+        names = _sqlschema.check_schema(conn, self.location, exclusive=self.exclusive)
+        if names is None:
             return False
-        meta = {row.key: row.value for row in conn.execute(sa.select(_meta.c.key, _meta.c.value))}
-        if meta.get("format") != FORMAT_NAME:
-            raise StoreError(
-                f"the store at {self.location} is not a pylo SQL store: its pylo_meta table says "
-                f"format {meta.get('format')!r}, expected {FORMAT_NAME!r}"
-            )
-        if meta.get("version") != str(FORMAT_VERSION):
-            raise StoreError(
-                f"the store at {self.location} has format version {meta.get('version')!r}, which "
-                f"this pylo cannot read (it reads version {FORMAT_VERSION}); use the pylo that wrote it"
-            )
-        # pylo_meta is created in the same transaction as every other table:
-        # one missing now was dropped, and creating it empty would lose data.
-        missing = sorted(set(_metadata.tables) - names)
-        if missing:
-            raise StoreError(
-                f"the store at {self.location} is damaged: it is missing the tables {', '.join(missing)}; "
-                "restore it from a backup or give pylo another path"
-            )
+        self._tables = names
         return True
-
-    def _storable_text(self, text: str | None) -> str | None:
-        """Make exception text storable in a TEXT column, escaping what cannot be.
-
-        Exception messages may hold lone surrogates (from undecodable file
-        names, say), which UTF-8 drivers refuse, and PostgreSQL text cannot
-        hold NUL. Both are rare; escaping them keeps the failure readable
-        rather than losing the whole flush.
-        """
-        if text is None or (text.isascii() and not (self._is_postgres and "\x00" in text)):
-            return text
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-        if self._is_postgres:
-            text = text.replace("\x00", "\\x00")
-        return text
 
     def _not_found(self, execution_id: str) -> ExecutionNotFound:
         return ExecutionNotFound(execution_id, self.location)
 
     def _input_source(self, conn: Connection, execution_id: str) -> str:
         source = conn.execute(
-            sa.select(_executions.c.input_source).where(_executions.c.id == execution_id)
+            sa.select(EXECUTIONS.c.input_source).where(EXECUTIONS.c.id == execution_id)
         ).scalar_one_or_none()
         if source is None:
             raise self._not_found(execution_id)
         return str(source)
-
-    def _record_from_row(self, row: sa.Row[Any]) -> ExecutionRecord:
-        try:
-            record = ExecutionRecord(
-                id=row.id,
-                parent_id=row.parent_id,
-                input_source=row.input_source,
-                status=ExecutionStatus(row.status),
-                created_at=float(row.created_at),
-                updated_at=float(row.updated_at),
-                ended_at=None if row.ended_at is None else float(row.ended_at),
-                task_name=row.task_name,
-                codec=row.codec,
-                total=int(row.total),
-                finished=int(row.finished),
-                failed=int(row.failed),
-                inputs_complete=bool(row.inputs_complete),
-                pid=None if row.pid is None else int(row.pid),
-                host=row.host,
-                options=load_options(row.options),
-            )
-            problem = counts_problem(record.total, record.finished, record.failed)
-            if problem is not None:
-                raise ValueError(problem)
-            return record
-        except (TypeError, ValueError) as exc:
-            raise StoreError(f"execution {row.id!r} in the store at {self.location} is damaged: {exc}") from exc
 
     # -- writes ----------------------------------------------------------------
 
@@ -490,12 +298,13 @@ class SQLStore(Store):
         with self._guard(f"create execution {record.id!r}"):
             try:
                 with self._write() as conn:
-                    conn.execute(_executions.insert(), row)
+                    conn.execute(EXECUTIONS.insert(), row)
+                    self._insert_labels(conn, record.id, record.labels)
             except IntegrityError as exc:
                 # The primary key decides, inside the database, which of two
                 # racing creators wins; any other integrity error is re-raised.
                 with self._read() as conn:
-                    exists = conn.execute(sa.select(_executions.c.id).where(_executions.c.id == record.id)).first()
+                    exists = conn.execute(sa.select(EXECUTIONS.c.id).where(EXECUTIONS.c.id == record.id)).first()
                 if exists is not None:
                     raise ExecutionExists(record.id, self.location) from exc
                 raise
@@ -524,14 +333,14 @@ class SQLStore(Store):
         added = sum(batch.size for batch in batches)
         with self._guard(f"add batches to execution {execution_id!r}"), self._write() as conn:
             updated = conn.execute(
-                _executions.update()
-                .where(_executions.c.id == execution_id)
-                .values(total=_executions.c.total + added, updated_at=time.time())
+                EXECUTIONS.update()
+                .where(EXECUTIONS.c.id == execution_id)
+                .values(total=EXECUTIONS.c.total + added, updated_at=time.time())
             )
             if updated.rowcount == 0:
                 raise self._not_found(execution_id)
             if rows:
-                conn.execute(_batches.insert(), rows)
+                conn.execute(BATCHES.insert(), rows)
 
     def record_flush(self, execution_id: str, flush: Flush) -> None:
         """See :meth:`Store.record_flush`.
@@ -563,9 +372,9 @@ class SQLStore(Store):
             {
                 "execution_id": execution_id,
                 "position": row.position,
-                "exc_type": self._storable_text(row.exc_type),
-                "message": self._storable_text(row.message),
-                "traceback": self._storable_text(row.traceback),
+                "exc_type": _sqlschema.storable_text(postgres=self._is_postgres, text=row.exc_type),
+                "message": _sqlschema.storable_text(postgres=self._is_postgres, text=row.message),
+                "traceback": _sqlschema.storable_text(postgres=self._is_postgres, text=row.traceback),
                 "exception": None if row.exception is None else bytes(row.exception),
                 "attempts": row.attempts,
                 "worker": row.worker,
@@ -580,15 +389,15 @@ class SQLStore(Store):
         with self._guard(f"record a flush of execution {execution_id!r}"), self._write() as conn:
             # The execution row first: it doubles as the existence check, and
             # an exception inside the transaction rolls everything back.
-            updated = conn.execute(_executions.update().where(_executions.c.id == execution_id).values(**values))
+            updated = conn.execute(EXECUTIONS.update().where(EXECUTIONS.c.id == execution_id).values(**values))
             if updated.rowcount == 0:
                 raise self._not_found(execution_id)
             if states:
-                conn.execute(_update_states, states)
+                conn.execute(UPDATE_STATES, states)
             if failures:
-                conn.execute(_failures.insert(), failures)
+                conn.execute(FAILURES.insert(), failures)
             if results:
-                conn.execute(_results.insert(), results)
+                conn.execute(RESULTS.insert(), results)
 
     # -- reads -----------------------------------------------------------------
 
@@ -600,26 +409,36 @@ class SQLStore(Store):
             StoreError: The database cannot be read or the row is damaged.
         """
         with self._guard(f"read execution {execution_id!r}"), self._read() as conn:
-            row = conn.execute(sa.select(_executions).where(_executions.c.id == execution_id)).first()
+            row = conn.execute(sa.select(EXECUTIONS).where(EXECUTIONS.c.id == execution_id)).first()
+            labels = self._labels_of(conn, [execution_id])
         if row is None:
             raise self._not_found(execution_id)
-        return self._record_from_row(row)
+        return _sqlschema.record_from_row(row, self.location, labels.get(execution_id, {}))
 
-    def list_executions(self) -> list[ExecutionRecord]:
+    def list_executions(self, *, labels: Mapping[str, str] | None = None) -> list[ExecutionRecord]:
         """See :meth:`Store.list_executions`.
+
+        With ``labels``, the ``pylo_labels`` index picks the executions.
 
         Raises:
             DamagedExecutions: Some rows are damaged; the error names them
                 and carries the intact executions.
             StoreError: The database cannot be read.
         """
+        query = sa.select(EXECUTIONS).order_by(EXECUTIONS.c.created_at, EXECUTIONS.c.id)
         with self._guard("list executions"), self._read() as conn:
-            rows = conn.execute(sa.select(_executions).order_by(_executions.c.created_at, _executions.c.id)).all()
+            if labels and not self._has_table(conn, LABELS):
+                return []  # a store in which no execution has labels
+            for key, value in (labels or {}).items():
+                labelled = sa.select(LABELS.c.execution_id).where(LABELS.c.key == key, LABELS.c.value == value)
+                query = query.where(EXECUTIONS.c.id.in_(labelled))
+            rows = conn.execute(query).all()
+            found = self._labels_of(conn, [str(row.id) for row in rows] if labels else None)
         records = []
         damaged: dict[str, StoreError] = {}
         for row in rows:
             try:
-                records.append(self._record_from_row(row))
+                records.append(_sqlschema.record_from_row(row, self.location, found.get(str(row.id), {})))
             except StoreError as exc:  # one damaged row must not hide the others
                 damaged[str(row.id)] = exc
         if damaged:
@@ -639,16 +458,21 @@ class SQLStore(Store):
                 from the input source.
         """
         with self._guard(f"read the batches of execution {execution_id!r}"), self._read() as conn:
-            source = self._input_source(conn, execution_id)
+            found = conn.execute(
+                sa.select(EXECUTIONS.c.input_source, EXECUTIONS.c.total).where(EXECUTIONS.c.id == execution_id)
+            ).first()
+            if found is None:
+                raise self._not_found(execution_id)
+            source, total = str(found.input_source), int(found.total)
             rows = conn.execute(
-                sa.select(_batches.c.batch_no, _batches.c.first_position, _batches.c.size, _batches.c.states)
-                .where(_batches.c.execution_id == execution_id)
-                .order_by(_batches.c.batch_no)
+                sa.select(BATCHES.c.batch_no, BATCHES.c.first_position, BATCHES.c.size, BATCHES.c.states)
+                .where(BATCHES.c.execution_id == execution_id)
+                .order_by(BATCHES.c.batch_no)
             ).all()
         records = [
             BatchRecord(int(row.batch_no), int(row.first_position), int(row.size), bytes(row.states)) for row in rows
         ]
-        problem = batches_problem(records)
+        problem = batches_problem(records, total)
         if problem is not None:
             raise StoreError(f"execution {execution_id!r} in the store at {self.location} is damaged: it has {problem}")
         if not payloads:
@@ -661,9 +485,9 @@ class SQLStore(Store):
             with self._guard(f"read the inputs of execution {execution_id!r}"), self._read() as conn:
                 found = dict(
                     conn.execute(
-                        sa.select(_batches.c.batch_no, _batches.c.payload).where(
-                            _batches.c.execution_id == source,
-                            _batches.c.batch_no.in_([record.batch_no for record in group]),
+                        sa.select(BATCHES.c.batch_no, BATCHES.c.payload).where(
+                            BATCHES.c.execution_id == source,
+                            BATCHES.c.batch_no.in_([record.batch_no for record in group]),
                         )
                     ).all()
                 )
@@ -688,12 +512,12 @@ class SQLStore(Store):
         return self._payloads(execution_id, source, batch_nos)
 
     def _payloads(self, execution_id: str, source: str, batch_nos: Iterable[int]) -> Iterator[tuple[int, bytes]]:
-        own = _batches.alias("own")
-        src = _batches.alias("src")
+        own = BATCHES.alias("own")
+        src = BATCHES.alias("src")
         # Joining on the execution's own batches skips numbers it does not
         # have, even when its input source has them.
         joined = own.join(src, sa.and_(src.c.execution_id == source, src.c.batch_no == own.c.batch_no))
-        for group in _chunks(batch_nos, _PAYLOAD_GROUP):
+        for group in _sqlschema.chunks(batch_nos, _PAYLOAD_GROUP):
             with self._guard(f"read the inputs of execution {execution_id!r}"), self._read() as conn:
                 found = dict(
                     conn.execute(
@@ -717,7 +541,7 @@ class SQLStore(Store):
         with self._guard(f"read the failures of execution {execution_id!r}"), self._read() as conn:
             self._input_source(conn, execution_id)
             rows = conn.execute(
-                sa.select(_failures).where(_failures.c.execution_id == execution_id).order_by(_failures.c.position)
+                sa.select(FAILURES).where(FAILURES.c.execution_id == execution_id).order_by(FAILURES.c.position)
             ).all()
         return [
             FailureRow(
@@ -752,9 +576,9 @@ class SQLStore(Store):
         while True:
             with self._guard(f"read the results of execution {execution_id!r}"), self._read() as conn:
                 page = conn.execute(
-                    sa.select(_results.c.position, _results.c.value)
-                    .where(_results.c.execution_id == execution_id, _results.c.position > after)
-                    .order_by(_results.c.position)
+                    sa.select(RESULTS.c.position, RESULTS.c.value)
+                    .where(RESULTS.c.execution_id == execution_id, RESULTS.c.position > after)
+                    .order_by(RESULTS.c.position)
                     .limit(_RESULT_PAGE)
                 ).all()
             for position, value in page:

@@ -53,3 +53,17 @@ def test_every_directory_is_0700_and_every_file_0600(tmp_path: Path, store_name:
         name: oct(mode) for name, mode in found.items() if mode != (0o700 if (store_dir / name).is_dir() else 0o600)
     }
     assert not wrong, f"readable by others under umask {umask:03o}: {wrong}"
+
+
+@pytest.mark.parametrize("store_name", ["sqlite", "files"])
+def test_directories_pylo_creates_on_the_way_to_the_store_are_0700_too(
+    tmp_path: Path, store_name: str, umask: int
+) -> None:
+    store_dir = tmp_path / "a" / "b" / "store"
+    with Pylo.local_multithread(store_dir, 1, store=store_name, progress=False) as pylo:
+        pylo.start_from_scratch(range(3), noop)
+    made = [tmp_path / "a", tmp_path / "a" / "b", store_dir]
+    wrong = {
+        str(path): oct(stat.S_IMODE(path.stat().st_mode)) for path in made if stat.S_IMODE(path.stat().st_mode) != 0o700
+    }
+    assert not wrong, f"directories pylo made under umask {umask:03o} are not private: {wrong}"

@@ -657,12 +657,25 @@ def test_sqlite_store_refuses_a_file_that_is_not_sqlite(tmp_path: Path, content:
     assert path.read_bytes() == content
 
 
-def test_sqlite_store_accepts_an_empty_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("create", [True, False])
+def test_sqlite_store_refuses_an_empty_file_and_leaves_it_empty(tmp_path: Path, create: bool) -> None:
+    # An empty file is a store truncated to nothing (pylo never makes one):
+    # reusing it as a new store would hide that every execution is gone.
     path = tmp_path / "empty.sqlite"
     path.touch()
-    with SQLStore.sqlite(path) as store:
-        store.create_execution(make_record("e"))
-        assert store.get_execution("e").id == "e"
+    with pytest.raises(StoreError, match="empty file") as caught:
+        SQLStore.sqlite(path, create=create)
+    assert str(path) in str(caught.value)
+    assert path.stat().st_size == 0
+
+
+def test_a_reader_never_creates_a_store(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no pylo store") as caught:
+        SQLStore.sqlite(tmp_path / "none" / "pylo.sqlite", create=False)
+    assert str(tmp_path / "none" / "pylo.sqlite") in str(caught.value)
+    with pytest.raises(StoreError, match="no pylo file store"):
+        FileStore(tmp_path / "files", create=False)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_sqlite_store_refuses_a_directory(tmp_path: Path) -> None:
