@@ -14,7 +14,9 @@ from pylo.errors import (
     PipelineNotFound,
     PipelineValidationError,
 )
+from pylo.pipeline._builder import Pipeline, in_parallel
 from pylo.pipeline._records import NodeFailure, NodeRecord, PipelineRecord, PipelineStatus, TaskState
+from pylo.pipeline._task import Task, TaskOptions, task
 
 __all__ = [
     "NodeFailure",
@@ -22,9 +24,14 @@ __all__ = [
     "PipelineCycleError",
     "PipelineExists",
     "PipelineFailed",
+    "Pipeline",
     "PipelineNotFound",
     "PipelineRecord",
     "PipelineStatus",
     "PipelineValidationError",
+    "Task",
+    "TaskOptions",
     "TaskState",
+    "in_parallel",
+    "task",
 ]
