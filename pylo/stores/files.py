@@ -50,7 +50,7 @@ import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import quote, unquote
 
 from pylo.errors import DamagedExecutions, ExecutionExists, ExecutionNotFound, StoreError
@@ -71,6 +71,9 @@ from pylo.stores.base import (
     Flush,
     Store,
 )
+
+if TYPE_CHECKING:
+    from pylo.stores.runs import RunStore
 
 __all__ = ["FORMAT_NAME", "MARKER_NAME", "FileStore"]
 
@@ -978,6 +981,16 @@ class FileStore(Store):
                 if len(value) < length:
                     raise self._damaged(path, f"lost the result of position {position}")
                 yield position, value
+
+    def runs(self) -> RunStore:
+        """See :meth:`Store.runs`: runs live under ``runs/``, made by the first run."""
+        from pylo.stores.files_runs import FileRunStore
+
+        # One per store: it keeps this process's view of the runs it writes.
+        runs: RunStore | None = getattr(self, "_runs", None)
+        if runs is None:
+            runs = self._runs = FileRunStore(self)
+        return runs
 
     def close(self) -> None:
         """Forget cached indexes and writer state (no file stays open between calls)."""
