@@ -32,6 +32,7 @@ from pylo._codec import Codec, get_codec, short_repr
 from pylo._progress import ProgressBar, wants_progress
 from pylo._ratelimit import parse_rate_limit
 from pylo.errors import ExecutionNotResumable, PyloError, StoredTaskError, StoreError
+from pylo.pipeline._api import PipelineMethods
 from pylo.stores import open_store
 from pylo.stores.base import (
     FINISHED,
@@ -308,7 +309,7 @@ _RUNNING_HERE: set[str] = set()
 _RUNNING_LOCK = threading.Lock()
 
 
-class Pylo:
+class Pylo(PipelineMethods):
     """Runs a task function over inputs and keeps a durable snapshot of each execution.
 
     Build one with a constructor such as :meth:`local_multithread`. A Pylo

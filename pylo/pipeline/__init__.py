@@ -15,17 +15,21 @@ from pylo.errors import (
     PipelineValidationError,
 )
 from pylo.pipeline._builder import Pipeline, in_parallel
+from pylo.pipeline._errors import BatchFailed, PipelineNotCompleted, PipelineNotResumable
 from pylo.pipeline._records import NodeFailure, NodeRecord, PipelineRecord, PipelineStatus, TaskState
 from pylo.pipeline._task import Task, TaskOptions, task
 
 __all__ = [
+    "BatchFailed",
     "NodeFailure",
     "NodeRecord",
     "PipelineCycleError",
     "PipelineExists",
     "PipelineFailed",
     "Pipeline",
+    "PipelineNotCompleted",
     "PipelineNotFound",
+    "PipelineNotResumable",
     "PipelineRecord",
     "PipelineStatus",
     "PipelineValidationError",
