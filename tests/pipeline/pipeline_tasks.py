@@ -1,0 +1,116 @@
+"""Tasks the pipeline tests run, at module level so they pickle, with a call log.
+
+``CALLS`` counts calls by name; ``BROKEN`` holds the names of tasks that
+raise until a test "fixes" them by removing the name.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import time
+from typing import Any
+
+from pylo.pipeline import task
+
+CALLS: collections.Counter[str] = collections.Counter()
+BROKEN: set[str] = set()
+_LOCK = threading.Lock()
+
+
+def record(name: str) -> None:
+    with _LOCK:
+        CALLS[name] += 1
+
+
+def reset() -> None:
+    with _LOCK:
+        CALLS.clear()
+        BROKEN.clear()
+
+
+def count(name: str) -> int:
+    with _LOCK:
+        return CALLS[name]
+
+
+@task
+def multiply(x: int, y: int) -> int:
+    record("multiply")
+    return x * y
+
+
+@task
+def add(x: int, y: int = 0) -> int:
+    record("add")
+    return x + y
+
+
+@task
+def average(values: list[float]) -> float:
+    record("average")
+    return sum(values) / len(values)
+
+
+@task
+def divide(x: float, y: float) -> float:
+    record("divide")
+    return x / y
+
+
+@task
+def pair(x: int) -> tuple[int, int]:
+    record("pair")
+    return (x, x + 1)
+
+
+@task
+def collect(*values: Any, **named: Any) -> Any:
+    record("collect")
+    return [list(values), named] if named else list(values)
+
+
+@task
+def step(name: str, *upstream: Any) -> str:
+    """A named step: fails while its name is in BROKEN."""
+    record(name)
+    if name in BROKEN:
+        raise RuntimeError(f"{name} is broken")
+    return name
+
+
+@task
+def square_or_fail(x: int) -> int:
+    """Batch task: fails for inputs in BROKEN (as strings)."""
+    record("square")
+    if str(x) in BROKEN:
+        raise ValueError(f"input {x} is broken")
+    return x * x
+
+
+@task
+def total(values: list[int]) -> int:
+    record("total")
+    return sum(values)
+
+
+@task
+def sleepy(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@task
+async def async_double(x: int) -> int:
+    record("async_double")
+    return x * 2
+
+
+@task
+def pid_of(_: Any = None) -> int:
+    return os.getpid()
+
+
+def plain_triple(x: int) -> int:
+    return 3 * x
