@@ -243,7 +243,7 @@ def _lookup(module: str, qualname: str) -> Any:
 
 
 @overload
-def task(function: Callable[..., Any], /) -> Task: ...
+def task(function: Callable[..., Any], /, **options: Any) -> Task: ...
 
 
 @overload
@@ -251,7 +251,7 @@ def task(function: None = None, /, **options: Any) -> Callable[[Callable[..., An
 
 
 def task(function: Callable[..., Any] | None = None, /, **options: Any) -> Task | Callable[[Callable[..., Any]], Task]:
-    """Make a task of a function: ``@task`` or ``@task(retry=..., fail_softly=True, ...)``.
+    """Make a task of a function: ``@task``, ``@task(retry=..., fail_softly=True, ...)`` or ``task(f, **options)``.
 
     Args:
         function: The function (when used as ``@task``).

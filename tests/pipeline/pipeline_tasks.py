@@ -114,3 +114,31 @@ def pid_of(_: Any = None) -> int:
 
 def plain_triple(x: int) -> int:
     return 3 * x
+
+
+#: Status codes the next calls of ``http_call`` get, in order (then 200).
+SCRIPT: list[int] = []
+
+
+class HttpError(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(f"Error {status}")
+        self.status = status
+
+
+def is_server_error(exc: BaseException) -> bool:
+    return isinstance(exc, HttpError) and exc.status >= 500
+
+
+def http_call() -> str:
+    record("http")
+    with _LOCK:
+        status = SCRIPT.pop(0) if SCRIPT else 200
+    if status != 200:
+        raise HttpError(status)
+    return "ok"
+
+
+def always_fails() -> None:
+    record("always_fails")
+    raise RuntimeError("AlwaysFailsTask failed")
