@@ -142,3 +142,21 @@ def http_call() -> str:
 def always_fails() -> None:
     record("always_fails")
     raise RuntimeError("AlwaysFailsTask failed")
+
+
+@task
+def numbers(n: int) -> list[int]:
+    record("numbers")
+    return list(range(n))
+
+
+@task
+def scaled(x: int, factor: int, *, offset: int = 0) -> int:
+    return x * factor + offset
+
+
+@task
+def checksum(values: list[int]) -> tuple[int, int, bool]:
+    """Count, sum and whether the values arrived in input order (squares of 0..n-1)."""
+    record("checksum")
+    return len(values), sum(values), values == [i * i for i in range(len(values))]
