@@ -160,3 +160,49 @@ def checksum(values: list[int]) -> tuple[int, int, bool]:
     """Count, sum and whether the values arrived in input order (squares of 0..n-1)."""
     record("checksum")
     return len(values), sum(values), values == [i * i for i in range(len(values))]
+
+
+# -- crash tests: calls logged to a file, one task that hangs until killed ----
+
+
+def _log_and_maybe_hang(name: str) -> None:
+    with open(os.environ["PYLO_TEST_LOG"], "a") as log:
+        log.write(name + "\n")
+    if name == os.environ.get("PYLO_TEST_HANG"):
+        with open(os.environ["PYLO_TEST_LOG"] + ".hanging", "w"):
+            pass
+        time.sleep(120)
+
+
+@task
+def logged(name: str, *upstream: Any) -> str:
+    _log_and_maybe_hang(name)
+    return name
+
+
+@task
+def logged_item(x: int) -> int:
+    _log_and_maybe_hang(f"item{x}")
+    return x
+
+
+def crash_flow() -> Any:
+    """a -> b -> batch of 60 (hangs at item 40 when asked) -> c (hangs when asked) -> d; and a side branch."""
+
+    def node(name: str, *upstream: Any) -> Any:
+        return logged.send(name, *upstream).set(display_name=name)
+
+    a = node("a")
+    b = node("b", a)
+    batch = logged_item.map(list(range(60))).set(display_name="batch").after(b)
+    c = node("c", batch)
+    side = node("side", a)
+    return [node("d", c), side]
+
+
+def logged_calls(path: str) -> list[str]:
+    try:
+        with open(path) as log:
+            return log.read().split()
+    except FileNotFoundError:
+        return []
