@@ -290,7 +290,7 @@ def print_run_summary(record: PipelineRecord, store: StoreChoice, spec: str, out
             print(f"    {node.key}: {_failure_cell(node)}", file=out)
     steps = [("details", f"pylo pipeline show {record.id}{store.flag()}"), *_next_steps(record, store, spec)]
     for label, step in steps:
-        print(f"  {label + ':':<9} {step}", file=out)
+        print(f"  {label + ':':<10}{step}", file=out)
 
 
 def _exit_status(record: PipelineRecord) -> int:
