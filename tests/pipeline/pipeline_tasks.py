@@ -206,3 +206,21 @@ def logged_calls(path: str) -> list[str]:
             return log.read().split()
     except FileNotFoundError:
         return []
+
+
+# -- property tests: an event log of starts and ends ----------------------------
+
+EVENTS: list[tuple[str, str]] = []
+
+
+@task
+def prop_step(name: str, fails: bool, *upstream: Any) -> str:
+    with _LOCK:
+        EVENTS.append(("start", name))
+    try:
+        if fails:
+            raise RuntimeError(f"{name} fails")
+        return name
+    finally:
+        with _LOCK:
+            EVENTS.append(("end", name))
