@@ -30,9 +30,9 @@ import collections
 import dataclasses
 import logging
 import queue
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pylo.pipeline._batch import batch_execution_id, run_batch
@@ -119,7 +119,10 @@ class RunCoordinator:
         self._flush_every = host.flush_every
         self._flush_seconds = host.flush_seconds
         self._calls = CallRunner(host.kind, host.workers, host.backend_options, codec_name)
-        self._pool = ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="pylo-node")
+        self._pool = _NodeThreads(max_parallel, self._work, self._outbox.put)
+        # Started nodes whose "running" row is not written yet: written at a
+        # flush only if still running, so a short node costs one row, not two.
+        self._started: dict[int, float] = {}
 
     # -- the loop -----------------------------------------------------------
 
@@ -150,7 +153,7 @@ class RunCoordinator:
         except BaseException:
             self._stop_early()
             raise
-        self._pool.shutdown(wait=True)
+        self._pool.stop()
         self._calls.close()
         return status
 
@@ -188,28 +191,11 @@ class RunCoordinator:
             self._start(index)
 
     def _start(self, index: int) -> None:
-        graph_node = self._graph.nodes[index]
-        node = graph_node.node
-        row = self._rows[index]
-        execution_id = batch_execution_id(self._run_id, row.key) if node.kind == BATCH else None
+        node = self._graph.nodes[index].node
+        execution_id = batch_execution_id(self._run_id, self._rows[index].key) if node.kind == BATCH else None
         self._running += 1
         self._states[index] = _RUNNING
-        self._note(
-            index,
-            dataclasses.replace(
-                row,
-                state=_RUNNING,
-                started_at=time.time(),
-                ended_at=None,
-                attempts=0,
-                result=None,
-                exc_type=None,
-                message=None,
-                traceback=None,
-                exception=None,
-                execution_id=execution_id,
-            ),
-        )
+        self._started[index] = time.time()
         if self._on_event is not None:
             self._on_event("start", index)
         try:
@@ -217,7 +203,7 @@ class RunCoordinator:
         except Exception as exc:  # pragma: no cover - substitution of built values does not raise
             self._outbox.put((index, describe_failure(exc, self._codec_name, 0, time.time())))
             return
-        self._pool.submit(self._work, index, node, args, kwargs, inputs, execution_id)
+        self._pool.submit((index, node, args, kwargs, inputs, execution_id))
 
     def _arguments(self, node: _Node) -> tuple[tuple[Any, ...], dict[str, Any], Any]:
         if not node.deps:
@@ -244,8 +230,8 @@ class RunCoordinator:
         kwargs: dict[str, Any],
         inputs: Any,
         execution_id: str | None,
-    ) -> None:
-        """In a node thread: run the node to an outcome and hand it to the coordinator."""
+    ) -> Outcome:
+        """In a node thread: run the node to its outcome."""
         task = node.task
         try:
             if execution_id is not None:
@@ -265,7 +251,7 @@ class RunCoordinator:
                 outcome = self._calls.call(task.function, task.is_async, options.retry, options.timeout, args, kwargs)
         except BaseException as exc:  # a bug of ours: fail the node, never lose it
             outcome = describe_failure(exc, self._codec_name, 1, time.time())
-        self._outbox.put((index, outcome))
+        return outcome
 
     # -- applying outcomes ------------------------------------------------------
 
@@ -292,6 +278,7 @@ class RunCoordinator:
             self._hard_failures += 1
         self._states[index] = state
         row = self._rows[index]
+        started_at = self._started.pop(index, None)
         self._note(
             index,
             NodeRow(
@@ -303,7 +290,7 @@ class RunCoordinator:
                 upstream=row.upstream,
                 state=state,
                 attempts=outcome.attempts,
-                started_at=row.started_at,
+                started_at=outcome.started if started_at is None else started_at,
                 ended_at=outcome.ended,
                 result=outcome.encoded if outcome.ok else None,
                 exc_type=outcome.exc_type,
@@ -353,7 +340,7 @@ class RunCoordinator:
         states[index] = verdict
         self._values[index] = None
         row = self._rows[index]
-        self._note(index, dataclasses.replace(row, state=verdict, started_at=None, ended_at=time.time()))
+        self._note(index, _with_state(row, verdict, None, time.time()))
         self._outcomes_since_flush += 1
         if self._on_event is not None:
             self._on_event("end", index)
@@ -373,6 +360,13 @@ class RunCoordinator:
         self._changed[row.key] = row
 
     def _flush(self, status: str | None = None, ended_at: float | None = None) -> None:
+        for index, started_at in self._started.items():
+            row = self._rows[index]
+            if row.state != _RUNNING:
+                node = self._graph.nodes[index].node
+                execution_id = batch_execution_id(self._run_id, row.key) if node.kind == BATCH else None
+                running = _with_state(row, _RUNNING, started_at, None)
+                self._note(index, dataclasses.replace(running, execution_id=execution_id, attempts=0))
         update = RunUpdate(nodes=list(self._changed.values()), status=status, ended_at=ended_at)
         self._runs.record_run(self._run_id, update)
         self._changed.clear()
@@ -381,7 +375,7 @@ class RunCoordinator:
 
     def _stop_early(self) -> None:
         """Interrupted (or a bug of ours): record what is known, running nodes back to pending."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.stop()
         # Outcomes that arrived meanwhile are kept, as executions keep theirs.
         try:
             for index, outcome in _take_all(self._outbox, 0):
@@ -392,14 +386,73 @@ class RunCoordinator:
         for index, state in enumerate(self._states):
             if state == _RUNNING:
                 self._states[index] = _PENDING
-                self._note(
-                    index, dataclasses.replace(self._rows[index], state=_PENDING, started_at=None, ended_at=None)
-                )
+                self._started.pop(index, None)
+                self._note(index, _with_state(self._rows[index], _PENDING, None, None))
         try:
             self._flush(status=PipelineStatus.INTERRUPTED.value, ended_at=time.time())
         except BaseException:
             logger.exception("could not record the end of interrupted pipeline run %s", self._run_id)
         self._calls.close(wait=False)
+
+
+def _with_state(row: NodeRow, state: str, started_at: float | None, ended_at: float | None) -> NodeRow:
+    """``row`` in a new state, without its result or failure (a node that did not end ``done``)."""
+    return NodeRow(
+        row.key,
+        row.seq,
+        row.task_name,
+        row.display_name,
+        row.kind,
+        row.upstream,
+        state,
+        row.attempts,
+        started_at,
+        ended_at,
+        execution_id=row.execution_id,
+    )
+
+
+class _NodeThreads:
+    """At most ``size`` threads running started nodes, made as needed; cheaper than an executor.
+
+    Each job's outcome goes to ``deliver``. Threads are daemons: an
+    interrupted run does not wait for a node stuck in its task.
+    """
+
+    def __init__(self, size: int, work: Callable[..., Outcome], deliver: Callable[[Any], None]) -> None:
+        self._size = size
+        self._work = work
+        self._deliver = deliver
+        self._inbox: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._lock = threading.Lock()
+
+    def submit(self, job: tuple[Any, ...]) -> None:
+        with self._lock:
+            grow = self._idle <= 0 and len(self._threads) < self._size
+            if not grow:
+                self._idle -= 1
+        if grow:
+            thread = threading.Thread(target=self._loop, name=f"pylo-node-{len(self._threads)}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
+        self._inbox.put(job)
+
+    def _loop(self) -> None:
+        while True:
+            job = self._inbox.get()
+            if job is None:
+                return
+            outcome = self._work(*job)
+            with self._lock:
+                self._idle += 1  # before delivering: the coordinator may submit at once
+            self._deliver((job[0], outcome))
+
+    def stop(self) -> None:
+        """Let every thread end once its current node ends; do not wait for them."""
+        for _ in self._threads:
+            self._inbox.put(None)
 
 
 def _take_all(outbox: queue.SimpleQueue[tuple[int, Outcome]], timeout: float) -> list[tuple[int, Outcome]]:
