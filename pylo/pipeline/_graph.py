@@ -104,18 +104,19 @@ def build_graph(target: Pipeline | Sequence[Any]) -> Graph:
     stack: list[Pipeline] = list(sinks)
     while stack:
         pipeline = stack.pop()
-        if id(pipeline) in seen_pipelines:
-            continue
-        seen_pipelines.add(id(pipeline))
         node = pipeline._node
         if node is None:
+            if id(pipeline) in seen_pipelines:
+                continue
+            seen_pipelines.add(id(pipeline))
             assert pipeline._members is not None
             if pipeline._max_parallelism is not None:
                 groups[id(pipeline)] = pipeline
             stack.extend(pipeline._members)
         elif id(node) not in found:
             found[id(node)] = node
-            stack.extend(_upstream_pipelines(node))
+            stack.extend(node.deps)
+            stack.extend(node.after)
 
     # 2. Edges (unique, in declaration order) and Kahn's order, ties by declaration.
     nodes = sorted(found.values(), key=lambda n: n.ordinal)
@@ -123,10 +124,16 @@ def build_graph(target: Pipeline | Sequence[Any]) -> Graph:
     upstream: list[list[int]] = []
     dependents: list[list[int]] = [[] for _ in nodes]
     for i, node in enumerate(nodes):
+        if not node.deps and not node.after:
+            upstream.append([])
+            continue
         ups: dict[int, None] = {}
         for pipeline in _upstream_pipelines(node):
-            for last in pipeline.last_nodes():
-                ups[position[id(last)]] = None
+            if pipeline._node is not None:
+                ups[position[id(pipeline._node)]] = None
+            else:
+                for last in pipeline.last_nodes():
+                    ups[position[id(last)]] = None
         upstream.append(list(ups))
         for up in ups:
             dependents[up].append(i)
