@@ -12,12 +12,15 @@ their reading: a frame cut short or with a bad CRC at the end of the log is
 a torn tail, ignored by readers and cut away by the next writer; anywhere
 else it is damage, a :class:`~pylo.errors.StoreError`.
 
-A body is ``length of a JSON header (u32) | JSON header | blobs``. The
-header of the first frame (``"op": "create"``) holds the run and every node;
-each later one (``"op": "update"``) holds one :class:`RunUpdate`: the new
-version of each node it changes, the status, end time and options to merge,
-and the time it was written. Each node gives the byte lengths of its result
-and exception, which follow as blobs in node order. Nothing is pickled.
+A body is ``length (u32) | run JSON | length (u32) | nodes JSON | blobs``.
+The run JSON of the first frame (``"op": "create"``) holds the run; that of
+each later frame (``"op": "update"``) holds one :class:`RunUpdate`'s status,
+end time and options to merge, and the time it was written, so reading a
+run's row never parses its nodes. The nodes JSON is a list with one list per
+node, in the field order of :data:`_CREATED` (all of a new run's nodes) or
+:data:`_UPDATED` (the new version of each node an update changes), where
+``result`` and ``exception`` are the byte lengths of blobs that follow in
+node order, or null. Nothing is pickled.
 
 The first frame is written to a temporary file renamed to ``run.log``, so a
 run exists whole or not at all; every later write is one append, which
@@ -63,21 +66,19 @@ logger = logging.getLogger(__name__)
 _RUNS = "runs"
 _LOG = "run.log"
 _MAGIC = b"PLRn"
-_HEADER_LENGTH = struct.Struct("<I")
+_LENGTH = struct.Struct("<I")
 
-#: NodeRow fields an update may change (and every update frame repeats).
-_MUTABLE = (
-    "state",
-    "attempts",
-    "started_at",
-    "ended_at",
-    "exc_type",
-    "message",
-    "traceback",
-    "execution_id",
-    "child_run_id",
-)
-_FIXED = ("seq", "task_name", "display_name", "kind")
+#: Fields of a node in a create frame, in order; ``result``/``exception`` are blob lengths.
+_CREATED = (
+    "key", "seq", "task_name", "display_name", "kind", "upstream", "state", "attempts", "started_at", "ended_at",
+    "result", "exc_type", "message", "traceback", "exception", "execution_id", "child_run_id",
+)  # fmt: skip
+#: Fields of a node in an update frame: what an update may change.
+_UPDATED = (
+    "key", "state", "attempts", "started_at", "ended_at",
+    "result", "exc_type", "message", "traceback", "exception", "execution_id", "child_run_id",
+)  # fmt: skip
+_FIXED = ("seq", "task_name", "display_name", "kind", "upstream")
 
 
 @dataclass(slots=True)
@@ -97,18 +98,28 @@ class _Writer:
     keys: frozenset[str]
 
 
-def _node_header(node: NodeRow, *, fixed: bool) -> dict[str, Any]:
-    header: dict[str, Any] = {"key": node.key}
-    if fixed:
-        header.update({name: getattr(node, name) for name in _FIXED})
-        header["upstream"] = list(node.upstream)
-    header.update({name: getattr(node, name) for name in _MUTABLE})
-    header["result"] = None if node.result is None else len(node.result)
-    header["exception"] = None if node.exception is None else len(node.exception)
-    return header
+@dataclass(frozen=True, slots=True)
+class _Body:
+    """A frame's body and where its node part and its blobs start."""
+
+    data: bytes
+    nodes_at: int
+    blobs_at: int
 
 
-def _encode(header: dict[str, Any], nodes: Sequence[NodeRow]) -> bytes:
+def _node_entry(node: NodeRow, fields: tuple[str, ...]) -> list[Any]:
+    entry = []
+    for name in fields:
+        value = getattr(node, name)
+        if name in ("result", "exception"):
+            value = None if value is None else len(value)
+        elif name == "upstream":
+            value = list(value)
+        entry.append(value)
+    return entry
+
+
+def _encode(header: dict[str, Any], nodes: Sequence[NodeRow], fields: tuple[str, ...]) -> bytes:
     blobs: list[bytes] = []
     for node in nodes:
         for blob in (node.result, node.exception):
@@ -116,8 +127,10 @@ def _encode(header: dict[str, Any], nodes: Sequence[NodeRow]) -> bytes:
                 blobs.append(bytes(blob))
     # ensure_ascii (the default) writes lone surrogates as escapes, which
     # json.loads turns back into the same text.
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    return _frame(_MAGIC, b"".join([_HEADER_LENGTH.pack(len(encoded)), encoded, *blobs]))
+    run_part = json.dumps(header, separators=(",", ":")).encode()
+    node_part = json.dumps([_node_entry(node, fields) for node in nodes], separators=(",", ":")).encode()
+    body = [_LENGTH.pack(len(run_part)), run_part, _LENGTH.pack(len(node_part)), node_part, *blobs]
+    return _frame(_MAGIC, b"".join(body))
 
 
 def _number(value: Any, *, optional: bool = False) -> Any:
@@ -182,8 +195,8 @@ class FileRunStore(RunStore):
 
     # -- reading the log -------------------------------------------------------
 
-    def _frames(self, path: Path, start: int, *, run_id: str) -> Iterator[tuple[dict[str, Any], bytes, int]]:
-        """Yield ``(header, blobs, end)`` of each complete frame after ``start``."""
+    def _frames(self, path: Path, start: int, *, run_id: str) -> Iterator[tuple[dict[str, Any], _Body, int]]:
+        """Yield ``(run JSON, body, end)`` of each complete frame after ``start``."""
         try:
             file = open(path, "rb")  # noqa: SIM115 - closed by the with below, after the not-found check
         except (FileNotFoundError, NotADirectoryError):
@@ -202,26 +215,40 @@ class FileRunStore(RunStore):
                         return
                     raise self._damaged(path, f"has a corrupt record at byte {body_offset}")
                 try:
-                    (header_length,) = _HEADER_LENGTH.unpack_from(body)
-                    header = json.loads(body[_HEADER_LENGTH.size : _HEADER_LENGTH.size + header_length])
+                    (run_length,) = _LENGTH.unpack_from(body)
+                    nodes_at = _LENGTH.size + run_length
+                    header = json.loads(body[_LENGTH.size : nodes_at])
                     if not isinstance(header, dict):
-                        raise TypeError("the header is not a JSON object")
+                        raise TypeError("the run part is not a JSON object")
+                    (nodes_length,) = _LENGTH.unpack_from(body, nodes_at)
+                    blobs_at = nodes_at + _LENGTH.size + nodes_length
+                    if blobs_at > len(body):
+                        raise ValueError("the node part is longer than the record")
                 except (struct.error, ValueError, TypeError) as exc:
                     raise self._damaged(path, f"has an unreadable record at byte {body_offset} ({exc})") from exc
-                yield header, body[_HEADER_LENGTH.size + header_length :], end
+                yield header, _Body(body, nodes_at + _LENGTH.size, blobs_at), end
 
-    def _replay(self, run_id: str, *, results: bool) -> _Replay:
-        """Read a run's log from the start; raises PipelineNotFound or StoreError."""
+    def _replay(self, run_id: str, *, nodes: bool, results: bool = False) -> _Replay:
+        """Read a run's log from the start; raises PipelineNotFound or StoreError.
+
+        Args:
+            run_id: The run.
+            nodes: Read the nodes too (else only the run's row).
+            results: Keep the nodes' results and exceptions.
+        """
         path = self._log(run_id)
         replay: _Replay | None = None
-        for header, blobs, end in self._frames(path, 0, run_id=run_id):
+        for header, body, end in self._frames(path, 0, run_id=run_id):
+            first = replay is None
             try:
                 if replay is None:
-                    replay = self._created(header, blobs, results)
+                    replay = _Replay(self._created(header), {}, 0)
                     if replay.run.id != run_id:
                         raise ValueError(f"it holds run {replay.run.id!r} instead of {run_id!r}")
                 else:
-                    self._apply(replay, header, blobs, results)
+                    replay.run = self._updated(replay.run, header)
+                if nodes:
+                    self._apply_nodes(replay.nodes, body, results, created=first)
             except (KeyError, TypeError, ValueError) as exc:
                 raise self._damaged(path, f"holds a record that cannot be read ({type(exc).__name__}: {exc})") from exc
             replay.end = end
@@ -236,58 +263,14 @@ class FileRunStore(RunStore):
         return replay
 
     @staticmethod
-    def _blobs(headers: list[Any], blobs: bytes, results: bool) -> list[tuple[bytes | None, bytes | None]]:
-        cursor = 0
-        found = []
-        for header in headers:
-            pair: list[bytes | None] = []
-            for name in ("result", "exception"):
-                length = _number(header[name], optional=True)
-                if length is None:
-                    pair.append(None)
-                    continue
-                if length < 0 or cursor + length > len(blobs):
-                    raise ValueError("blob lengths do not add up")
-                pair.append(blobs[cursor : cursor + length] if results else None)
-                cursor += length
-            found.append((pair[0], pair[1]))
-        if cursor != len(blobs):
-            raise ValueError("blob lengths do not add up")
-        return found
-
-    @staticmethod
-    def _node(base: dict[str, Any], header: dict[str, Any], blob: tuple[bytes | None, bytes | None]) -> NodeRow:
-        upstream = base["upstream"]
-        if not isinstance(upstream, list):
-            raise TypeError("upstream is not a list")
-        return NodeRow(
-            key=_text(header["key"]),
-            seq=_number(base["seq"]),
-            task_name=_text(base["task_name"]),
-            display_name=_text(base["display_name"]),
-            kind=_text(base["kind"]),
-            upstream=tuple(upstream),
-            state=_text(header["state"]),
-            attempts=_number(header["attempts"]),
-            started_at=_number(header["started_at"], optional=True),
-            ended_at=_number(header["ended_at"], optional=True),
-            result=blob[0],
-            exc_type=_text(header["exc_type"], optional=True),
-            message=_text(header["message"], optional=True),
-            traceback=_text(header["traceback"], optional=True),
-            exception=blob[1],
-            execution_id=_text(header["execution_id"], optional=True),
-            child_run_id=_text(header["child_run_id"], optional=True),
-        )
-
-    def _created(self, header: dict[str, Any], blobs: bytes, results: bool) -> _Replay:
+    def _created(header: dict[str, Any]) -> RunRow:
         if header["op"] != "create":
             raise ValueError(f"its first record is {header['op']!r}, not 'create'")
         document = header["run"]
         options = document["options"]
         if not isinstance(options, dict):
             raise TypeError("options are not a JSON object")
-        run = RunRow(
+        return RunRow(
             id=_text(document["id"]),
             parent_id=_text(document["parent_id"], optional=True),
             name=_text(document["name"]),
@@ -300,35 +283,71 @@ class FileRunStore(RunStore):
             host=_text(document["host"], optional=True),
             options=options,
         )
-        node_headers = header["nodes"]
-        nodes = {}
-        for node_header, blob in zip(node_headers, self._blobs(node_headers, blobs, results), strict=True):
-            node = self._node(node_header, node_header, blob)
-            nodes[node.key] = node
-        return _Replay(run, nodes, 0)
 
-    def _apply(self, replay: _Replay, header: dict[str, Any], blobs: bytes, results: bool) -> None:
+    @staticmethod
+    def _updated(run: RunRow, header: dict[str, Any]) -> RunRow:
         if header["op"] != "update":
             raise ValueError(f"a record is {header['op']!r}, not 'update'")
-        node_headers = header["nodes"]
-        for node_header, blob in zip(node_headers, self._blobs(node_headers, blobs, results), strict=True):
-            old = replay.nodes.get(node_header["key"])
-            if old is None:
-                raise ValueError(f"an update names node {node_header['key']!r}, which the run does not have")
-            base = {name: getattr(old, name) for name in _FIXED}
-            base["upstream"] = list(old.upstream)
-            replay.nodes[old.key] = self._node(base, node_header, blob)
-        run = replay.run
         options = header["options"]
         if options is not None and not isinstance(options, dict):
             raise TypeError("options are not a JSON object")
-        replay.run = dataclasses.replace(
+        return dataclasses.replace(
             run,
             status=run.status if header["status"] is None else _text(header["status"]),
             ended_at=run.ended_at if header["ended_at"] is None else float(_number(header["ended_at"])),
             options=run.options if options is None else {**run.options, **options},
             updated_at=float(_number(header["updated_at"])),
         )
+
+    @staticmethod
+    def _apply_nodes(nodes: dict[str, NodeRow], body: _Body, results: bool, *, created: bool) -> None:
+        """Apply a frame's nodes: all of them (the create frame) or the changed ones."""
+        entries = json.loads(body.data[body.nodes_at : body.blobs_at])
+        if not isinstance(entries, list):
+            raise TypeError("the node part is not a JSON list")
+        fields = _CREATED if created else _UPDATED
+        cursor = body.blobs_at
+        for entry in entries:
+            if not isinstance(entry, list) or len(entry) != len(fields):
+                raise ValueError(f"a node record has {len(entry)} fields instead of {len(fields)}")
+            values = dict(zip(fields, entry, strict=True))
+            for name in ("result", "exception"):
+                length = _number(values[name], optional=True)
+                if length is not None:
+                    if length < 0 or cursor + length > len(body.data):
+                        raise ValueError("blob lengths do not add up")
+                    values[name] = body.data[cursor : cursor + length] if results else None
+                    cursor += length
+            if not created:
+                old = nodes.get(values["key"])
+                if old is None:
+                    raise ValueError(f"an update names node {values['key']!r}, which the run does not have")
+                values.update({name: getattr(old, name) for name in _FIXED})
+            upstream = values["upstream"]
+            if not isinstance(upstream, (list, tuple)):
+                raise TypeError("upstream is not a list")
+            node = NodeRow(
+                key=_text(values["key"]),
+                seq=_number(values["seq"]),
+                task_name=_text(values["task_name"]),
+                display_name=_text(values["display_name"]),
+                kind=_text(values["kind"]),
+                upstream=tuple(upstream),
+                state=_text(values["state"]),
+                attempts=_number(values["attempts"]),
+                started_at=_number(values["started_at"], optional=True),
+                ended_at=_number(values["ended_at"], optional=True),
+                result=values["result"],
+                exc_type=_text(values["exc_type"], optional=True),
+                message=_text(values["message"], optional=True),
+                traceback=_text(values["traceback"], optional=True),
+                exception=values["exception"],
+                execution_id=_text(values["execution_id"], optional=True),
+                child_run_id=_text(values["child_run_id"], optional=True),
+            )
+            nodes[node.key] = node
+        if cursor != len(body.data):
+            raise ValueError("blob lengths do not add up")
 
     # -- writes ----------------------------------------------------------------
 
@@ -361,8 +380,7 @@ class FileRunStore(RunStore):
             "host": run.host,
             "options": dict(run.options),
         }
-        header = {"op": "create", "run": document, "nodes": [_node_header(node, fixed=True) for node in nodes]}
-        data = _encode(header, nodes)
+        data = _encode({"op": "create", "run": document}, nodes, _CREATED)
         with self._guard(f"create pipeline run {run.id!r}"):
             self._runs.mkdir(mode=0o700, exist_ok=True)
             try:
@@ -397,7 +415,7 @@ class FileRunStore(RunStore):
                 size = -1
             if size == writer.end:
                 return writer
-        replay = self._replay(run_id, results=False)
+        replay = self._replay(run_id, nodes=True)
         size = os.stat(path).st_size
         if size > replay.end:
             logger.warning(
@@ -430,9 +448,8 @@ class FileRunStore(RunStore):
             "status": update.status,
             "ended_at": None if update.ended_at is None else float(update.ended_at),
             "options": None if update.options is None else dict(update.options),
-            "nodes": [_node_header(node, fixed=False) for node in changed],
         }
-        data = _encode(header, changed)
+        data = _encode(header, changed, _UPDATED)
         with self._lock, self._guard(f"record an update of pipeline run {run_id!r}"):
             writer = self._writer(run_id, path)
             unknown = [node.key for node in changed if node.key not in writer.keys]
@@ -453,7 +470,7 @@ class FileRunStore(RunStore):
             StoreError: Its log cannot be read or is damaged.
         """
         with self._guard(f"read pipeline run {run_id!r}"):
-            return self._replay(run_id, results=False).run
+            return self._replay(run_id, nodes=False).run
 
     def list_runs(self) -> list[RunRow]:
         """See :meth:`RunStore.list_runs`.
@@ -490,5 +507,5 @@ class FileRunStore(RunStore):
             StoreError: Its log cannot be read or is damaged.
         """
         with self._guard(f"read the nodes of pipeline run {run_id!r}"):
-            nodes = self._replay(run_id, results=results).nodes
+            nodes = self._replay(run_id, nodes=True, results=results).nodes
         return sorted(nodes.values(), key=lambda node: node.seq)
