@@ -224,3 +224,13 @@ def prop_step(name: str, fails: bool, *upstream: Any) -> str:
     finally:
         with _LOCK:
             EVENTS.append(("end", name))
+
+
+@task
+def fail_with(message: str) -> None:
+    raise ValueError(message)
+
+
+@task
+async def async_square(x: int) -> int:
+    return x * x
