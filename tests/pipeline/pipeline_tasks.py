@@ -234,3 +234,10 @@ def fail_with(message: str) -> None:
 @task
 async def async_square(x: int) -> int:
     return x * x
+
+
+@task
+def interrupt(*upstream: Any) -> None:
+    if "interrupt" in BROKEN:
+        raise KeyboardInterrupt
+    record("interrupt")
