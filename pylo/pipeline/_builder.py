@@ -212,6 +212,10 @@ def _check_count(name: str, value: Any) -> int:
 
 def _check_map_options(options: Mapping[str, Any]) -> dict[str, Any]:
     checked = dict(options)
+    if checked.pop("store_results", True) is not True:
+        raise PipelineValidationError(
+            "a batch node always stores its results (they are its value): leave store_results out of map()"
+        )
     for name in ("max_worker_failures", "max_failures", "task_executions_before_flush"):
         if checked.get(name) is not None:
             _check_count(name, checked[name])

@@ -35,6 +35,7 @@ MAP_OPTIONS = frozenset(
         "task_executions_before_flush",
         "flush_seconds",
         "rate_limit",
+        "store_results",
     }
 )
 
@@ -209,7 +210,9 @@ class Task:
                 options ``max_worker_failures``, ``max_failures``,
                 ``store_exceptions``, ``task_executions_before_flush``,
                 ``flush_seconds`` and ``rate_limit``, which set up the
-                execution. Results are always stored.
+                execution. Results are always stored (they are the node's
+                value), so ``store_results`` may only be True. The task's own
+                ``retry`` and ``timeout`` apply to each input.
 
         Returns:
             A one-node pipeline whose result is the list of results in input order.

@@ -150,3 +150,11 @@ def test_a_long_chain_builds_without_recursion() -> None:
         p = p.continue_with(add, i)
     graph = build_graph(p)
     assert len(graph.nodes) == 5001
+
+
+def test_map_always_stores_results() -> None:
+    assert add.map([1], store_results=True)._node.map_options == {}  # type: ignore[union-attr]
+    with pytest.raises(PipelineValidationError, match="always stores its results"):
+        add.map([1], store_results=False)
+    with pytest.raises(PipelineValidationError, match="max_worker_failures must be >= 1"):
+        add.map([1], max_worker_failures=0)
