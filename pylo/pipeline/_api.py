@@ -11,7 +11,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from pylo._codec import short_repr
@@ -226,10 +226,6 @@ def _run(
     return new_id
 
 
-#: Test hook: called with (event, graph index) as nodes start and end.
-_on_event: Callable[[str, int], None] | None = None
-
-
 def _coordinate(
     host: Host,
     run_id: str,
@@ -252,7 +248,6 @@ def _coordinate(
         lineage=lineage,
         max_parallel=limit,
         codec_name=codec_name,
-        on_event=_on_event,
     ).run()
 
 
