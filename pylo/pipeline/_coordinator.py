@@ -247,8 +247,7 @@ class RunCoordinator:
                     self._codec_name,
                 )
             else:
-                options = task.options
-                outcome = self._calls.call(task.function, task.is_async, options.retry, options.timeout, args, kwargs)
+                outcome = self._calls.call(task, args, kwargs)
         except BaseException as exc:  # a bug of ours: fail the node, never lose it
             outcome = describe_failure(exc, self._codec_name, 1, time.time())
         return outcome

@@ -20,10 +20,13 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pylo._codec import get_codec, short_repr
 from pylo.errors import ResultSerializationError, TaskTimeout
+
+if TYPE_CHECKING:
+    from pylo.pipeline._task import Task
 
 __all__ = ["CallRunner", "Outcome", "describe_failure", "execute_call", "finish_call"]
 
@@ -254,21 +257,23 @@ class CallRunner:
         self._loop: _LoopThread | None = None
         self._pool: Any = None
 
-    def call(self, function: Callable[..., Any], is_async: bool, retry: Any, timeout: float | None,
-             args: tuple[Any, ...], kwargs: dict[str, Any]) -> Outcome:  # fmt: skip
-        """Run one call to its outcome, blocking this (node) thread."""
-        if is_async:
-            return self._call_on_loop(function, retry, timeout, args, kwargs)
+    def call(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Outcome:
+        """Run one call of ``task`` to its outcome, blocking this (node) thread."""
+        retry, timeout = task.options.retry, task.options.timeout
+        if task.is_async:
+            return self._call_on_loop(task.function, retry, timeout, args, kwargs)
         if self._kind == "processes":
-            return self._call_remote(self._process_pool().submit, function, retry, timeout, args, kwargs)
+            # The Task travels, not its function: a decorated module-level
+            # function pickles by reference only through its Task.
+            return self._call_remote(self._process_pool().submit, task, retry, timeout, args, kwargs)
         if self._kind == "dask":
             client = self._options["client"]
 
             def submit(fn: Callable[..., Any], *fn_args: Any) -> Any:
                 return client.submit(fn, *fn_args, pure=False)
 
-            return self._call_remote(submit, function, retry, timeout, args, kwargs)
-        return execute_call(function, retry, timeout, args, kwargs, self._codec_name)
+            return self._call_remote(submit, task, retry, timeout, args, kwargs)
+        return execute_call(task.function, retry, timeout, args, kwargs, self._codec_name)
 
     def _call_on_loop(self, function: Callable[..., Any], retry: Any, timeout: float | None,
                       args: tuple[Any, ...], kwargs: dict[str, Any]) -> Outcome:  # fmt: skip
