@@ -114,6 +114,16 @@ def _unwrap_retry_error(exc: BaseException) -> BaseException:
 
 
 def finish_call(value: Any, codec_name: str, attempts: int, started: float) -> Outcome:
+    from pylo.pipeline._builder import Pipeline
+
+    if isinstance(value, Pipeline):
+        from pylo.errors import PipelineValidationError
+
+        problem = PipelineValidationError(
+            "the task returned a pipeline; tasks that return pipelines (dynamic pipelines) are not "
+            "supported yet: pass the pipeline as an argument instead"
+        )
+        return describe_failure(problem, codec_name, attempts, started)
     codec = get_codec(codec_name)
     try:
         encoded = codec.encode_value(value)

@@ -40,6 +40,12 @@ MAP_OPTIONS = frozenset(
 )
 
 
+#: Options DESIGN.md names that later releases add.
+_NOT_YET = frozenset(
+    {"with_state", "with_context", "is_fruitful", "rate_limit", "rate_key", "wait_for", "wait_timeout"}
+)
+
+
 def _check_bool(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, got {type(value).__name__} {short_repr(value)}")
@@ -122,6 +128,11 @@ class TaskOptions:
     def replace(self, **changes: Any) -> TaskOptions:
         """A copy with ``changes`` applied, validated like :meth:`make`."""
         valid = {f.name for f in dataclasses.fields(self)}
+        later = sorted(set(changes) & _NOT_YET)
+        if later:
+            raise TypeError(
+                f"task option(s) {', '.join(later)} are not supported yet; supported: {', '.join(sorted(valid))}"
+            )
         unknown = sorted(set(changes) - valid)
         if unknown:
             raise TypeError(f"unknown task option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(valid))}")

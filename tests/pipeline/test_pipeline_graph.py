@@ -158,3 +158,8 @@ def test_map_always_stores_results() -> None:
         add.map([1], store_results=False)
     with pytest.raises(PipelineValidationError, match="max_worker_failures must be >= 1"):
         add.map([1], max_worker_failures=0)
+
+
+def test_options_of_later_releases_say_so() -> None:
+    with pytest.raises(TypeError, match="with_state are not supported yet"):
+        task(with_state=True)

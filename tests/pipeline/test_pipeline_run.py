@@ -148,3 +148,30 @@ def test_async_tasks_run_on_an_event_loop(make_pylo: MakePylo) -> None:
 
     p = make_pylo()
     assert p.get_pipeline_result(p.run_pipeline(async_double.send(add.send(1, 2)))) == 6
+
+
+def test_a_task_that_returns_a_pipeline_fails_clearly_for_now(make_pylo: MakePylo) -> None:
+    @task
+    def dynamic() -> object:
+        return multiply.send(1, 2)
+
+    p = make_pylo()
+    node = p.get_pipeline(p.run_pipeline(dynamic.send())).nodes[0]
+    assert node.state is TaskState.FAILED and node.failure is not None
+    assert "not supported yet" in node.failure.message
+
+
+def test_one_pylo_runs_pipelines_from_several_threads_at_once(make_pylo: MakePylo) -> None:
+    p = make_pylo(2)
+    results: dict[int, Any] = {}
+
+    def run(i: int) -> None:
+        results[i] = p.get_pipeline_result(p.run_pipeline(add.send(multiply.send(i, 2), 1)))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert results == {i: 2 * i + 1 for i in range(4)}
+    assert len(p.list_pipelines()) == 4
