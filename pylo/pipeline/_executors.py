@@ -119,11 +119,11 @@ def finish_call(value: Any, codec_name: str, attempts: int, started: float) -> O
     if isinstance(value, Pipeline):
         from pylo.errors import PipelineValidationError
 
-        problem = PipelineValidationError(
+        dynamic = PipelineValidationError(
             "the task returned a pipeline; tasks that return pipelines (dynamic pipelines) are not "
             "supported yet: pass the pipeline as an argument instead"
         )
-        return describe_failure(problem, codec_name, attempts, started)
+        return describe_failure(dynamic, codec_name, attempts, started)
     codec = get_codec(codec_name)
     try:
         encoded = codec.encode_value(value)
