@@ -23,9 +23,12 @@ Each graph runs on
 
 Then a **batch node**: ``noop.map(range(N))`` as a one-node pipeline against
 the same execution started directly with ``start_from_scratch``; the
-difference is what the pipeline layer adds to an execution.
+difference is what the pipeline layer adds to an execution. Last, the run
+store alone (SQLite and files): what creating a run, recording its nodes
+done and reading them back cost per node.
 
-Each figure is the best of ``--repeat`` runs; the load average is printed
+Each figure is the best of ``--repeat`` runs (Dask's: of one, as it takes
+tens of seconds per graph of 10,000 delayed calls); the load average is printed
 too, since on a shared machine other processes take CPU from all of them.
 Figures are to read, not assertions; docs/performance.md records them.
 """
@@ -167,6 +170,37 @@ def run_batch(count: int, *, as_pipeline: bool) -> float:
         return time.perf_counter() - start
 
 
+def store_costs(count: int, kind: str) -> tuple[float, float, float]:
+    """Seconds per node to create a run, record its nodes done (1,000 per update) and read them back."""
+    from pylo.stores.files import FileStore
+    from pylo.stores.runs import NodeRow, RunRow, RunUpdate
+    from pylo.stores.sql import SQLStore
+
+    with tempfile.TemporaryDirectory() as directory:
+        store = SQLStore.sqlite(Path(directory) / "pylo.sqlite") if kind == "sqlite" else FileStore(directory)
+        with store:
+            runs = store.runs()
+            runs.create_run(RunRow("warm", None, "warm", "running", 0.0, 0.0, None, "pickle"), [])
+            nodes = [
+                NodeRow(f"noop-{i:08x}", i, "bench:noop", "noop", upstream=(f"noop-{i - 1:08x}",) if i else ())
+                for i in range(count)
+            ]
+            start = time.perf_counter()
+            runs.create_run(RunRow("run", None, "bench", "running", 0.0, 0.0, None, "pickle"), nodes)
+            created = time.perf_counter()
+            for first in range(0, count, 1000):
+                done = [
+                    NodeRow(node.key, node.seq, node.task_name, node.display_name, state="done", attempts=1,
+                            started_at=1.0, ended_at=2.0, result=b"\x80\x04N.")
+                    for node in nodes[first : first + 1000]
+                ]  # fmt: skip
+                runs.record_run("run", RunUpdate(nodes=done))
+            recorded = time.perf_counter()
+            runs.read_nodes("run")
+            read = time.perf_counter()
+    return (created - start) / count, (recorded - created) / count, (read - recorded) / count
+
+
 # -- reporting --------------------------------------------------------------------------
 
 
@@ -194,13 +228,14 @@ def main() -> None:
     count = args.nodes
     print(f"command: python benchmarks/pipelines.py {' '.join(sys.argv[1:])}".rstrip())
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; {os.cpu_count()} CPUs")
-    print(f"{count:,} no-op nodes, {WORKERS} workers, best of {args.repeat}\n")
+    print(f"{count:,} no-op nodes, {WORKERS} workers, best of {args.repeat} (Dask: 1 run)\n")
     for name, graph, make in (
         ("fan-out", fan_out_graph(count), lambda: fan_out_pipeline(count)),
         ("chain", chain_graph(count), lambda: chain_pipeline(count)),
     ):
         pool = best(args.repeat, lambda graph=graph: run_thread_pool(graph))
-        dask_time = best(args.repeat, lambda graph=graph: run_dask(graph))
+        # Once: dask.delayed takes seconds per graph of this size.
+        dask_time = best(1, lambda graph=graph: run_dask(graph))
         pylo_time = best(args.repeat, lambda make=make: run_pylo(make))
         assert pool is not None and pylo_time is not None
         print(f"{name}:")
@@ -218,6 +253,12 @@ def main() -> None:
     print(f"  start_from_scratch directly  {direct * 1e3:8.2f} ms")
     print(f"  as a one-node pipeline       {batch * 1e3:8.2f} ms")
     print(f"  added by the pipeline:       {(batch - direct) * 1e3:8.2f} ms   (goal <= 1 ms)")
+    print(f"\nrun store alone, {count:,} nodes (best of {args.repeat}):")
+    for kind in ("sqlite", "files"):
+        costs = [store_costs(count, kind) for _ in range(args.repeat)]
+        create, record, read = (min(cost[i] for cost in costs) * 1e6 for i in range(3))
+        print(f"  {kind:<6}  create_run {create:5.1f} µs/node, record_run {record:5.1f} µs/node, "
+              f"read_nodes {read:5.1f} µs/node")  # fmt: skip
     print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
