@@ -123,6 +123,7 @@ class RunCoordinator:
         # Started nodes whose "running" row is not written yet: written at a
         # flush only if still running, so a short node costs one row, not two.
         self._started: dict[int, float] = {}
+        self._unwritten_starts = 0
 
     # -- the loop -----------------------------------------------------------
 
@@ -139,13 +140,14 @@ class RunCoordinator:
             self._dispatch()
             while self._running:
                 timeout = _MAX_WAIT
-                if self._changed:
+                if self._changed or self._unwritten_starts:
                     timeout = min(timeout, max(0.0, self._last_flush + self._flush_seconds - time.monotonic()))
                 for index, outcome in _take_all(self._outbox, timeout):
                     self._complete(index, outcome)
                 self._dispatch()
                 if self._outcomes_since_flush >= self._flush_every or (
-                    self._changed and time.monotonic() - self._last_flush >= self._flush_seconds
+                    (self._changed or self._unwritten_starts)
+                    and time.monotonic() - self._last_flush >= self._flush_seconds
                 ):
                     self._flush()
             status = PipelineStatus.FAILED if self._hard_failures else PipelineStatus.COMPLETED
@@ -196,6 +198,7 @@ class RunCoordinator:
         self._running += 1
         self._states[index] = _RUNNING
         self._started[index] = time.time()
+        self._unwritten_starts += 1
         if self._on_event is not None:
             self._on_event("start", index)
         try:
@@ -369,6 +372,7 @@ class RunCoordinator:
         update = RunUpdate(nodes=list(self._changed.values()), status=status, ended_at=ended_at)
         self._runs.record_run(self._run_id, update)
         self._changed.clear()
+        self._unwritten_starts = 0
         self._outcomes_since_flush = 0
         self._last_flush = time.monotonic()
 

@@ -145,3 +145,39 @@ def test_resume_refuses_a_run_still_running_here(make_pylo: MakePylo) -> None:
     )
     with pytest.raises(PipelineNotResumable, match="still running"):
         p.resume_pipeline("live", step.send("a"))
+
+
+def test_a_reader_sees_a_long_node_running_within_flush_seconds(make_pylo: MakePylo) -> None:
+    import threading
+    import time
+
+    from pylo import PipelineNotFound
+    from pylo.pipeline import task
+
+    release = threading.Event()
+
+    @task
+    def long_node() -> str:
+        assert release.wait(30)
+        return "done"
+
+    p = make_pylo(2, flush_seconds=0.05)
+    runner = threading.Thread(target=p.run_pipeline, args=(long_node.send(),), kwargs={"run_id": "watched"})
+    runner.start()
+    try:
+        deadline = time.monotonic() + 20
+        state = None
+        while state is not TaskState.RUNNING:
+            assert time.monotonic() < deadline, f"the node never read as running (last: {state})"
+            try:
+                record = p.get_pipeline("watched")
+            except PipelineNotFound:
+                continue
+            state = record.nodes[0].state
+            assert record.status is PipelineStatus.RUNNING
+            time.sleep(0.01)
+        assert record.nodes[0].started_at is not None
+    finally:
+        release.set()
+        runner.join(30)
+    assert p.get_pipeline_result("watched") == "done"
