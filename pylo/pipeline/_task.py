@@ -187,7 +187,7 @@ class Task:
                     f"task {self.name} is {'an async' if self.is_async else 'a plain'} function, so its retry "
                     f"must be a tenacity.{wanted}, got {type(self.options.retry).__name__}"
                 )
-        functools.update_wrapper(self, function)
+        functools.update_wrapper(self, function, updated=())  # not its __dict__: it could shadow ours
 
     @property
     def display_name(self) -> str:
