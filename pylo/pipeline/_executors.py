@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pylo._codec import get_codec, short_repr
-from pylo.errors import ResultSerializationError, TaskTimeout
+from pylo.errors import ResultSerializationError, TaskTimeout, WorkerCrashed
 
 if TYPE_CHECKING:
     from pylo.pipeline._task import Task
@@ -316,6 +316,15 @@ class CallRunner:
         try:
             outcome: Outcome = submit(_execute_pickled, payload, self._codec_name).result()
         except Exception as exc:  # the worker died, or the cluster lost it
+            from concurrent.futures.process import BrokenProcessPool
+
+            if isinstance(exc, BrokenProcessPool):
+                self._drop_broken_pool()
+                crashed = WorkerCrashed(
+                    f"the worker process running the node died without a word ({exc}); "
+                    "its pool is replaced for the nodes that follow"
+                )
+                return describe_failure(crashed, self._codec_name, 1, started)
             return describe_failure(exc, self._codec_name, 1, started)
         if outcome.ok:
             assert outcome.encoded is not None
@@ -323,6 +332,13 @@ class CallRunner:
 
             return replace(outcome, value=get_codec(self._codec_name).decode_value(outcome.encoded))
         return outcome
+
+    def _drop_broken_pool(self) -> None:
+        """A dead worker process breaks the whole pool: the next call makes a new one."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def _process_pool(self) -> Any:
         with self._lock:

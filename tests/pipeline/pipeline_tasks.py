@@ -241,3 +241,8 @@ def interrupt(*upstream: Any) -> None:
     if "interrupt" in BROKEN:
         raise KeyboardInterrupt
     record("interrupt")
+
+
+@task
+def die(*upstream: Any) -> None:
+    os._exit(3)

@@ -90,3 +90,16 @@ def test_nodes_and_batches_run_on_a_dask_cluster(dask_client: Any, tmp_path: Pat
         run_id = pylo.run_pipeline([pid_of.send(), total.send(scaled.map(range(10), 2))])
         worker_pid, value = pylo.get_pipeline_result(run_id)
         assert worker_pid != os.getpid() and value == 90
+
+
+def test_a_worker_process_that_dies_fails_only_its_node(process_pylo: Pylo) -> None:
+    from pipeline_tasks import die
+
+    dead = die.send()
+    after = add.send(1, 2).set(propagate_soft_failures=False).after(dead.set(fail_softly=True))
+    run_id = process_pylo.run_pipeline([dead, after], max_parallel=1)
+    died, also_died, survived = (n.state for n in process_pylo.get_pipeline(run_id).nodes)
+    assert died is TaskState.FAILED and also_died is TaskState.FAILED_SOFTLY
+    node = process_pylo.get_pipeline(run_id).nodes[0]
+    assert node.failure is not None and node.failure.exception_type == "pylo.errors.WorkerCrashed"
+    assert survived is TaskState.DONE
