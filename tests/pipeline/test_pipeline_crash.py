@@ -71,3 +71,30 @@ def test_sigkill_while_a_node_runs_then_resume_reruns_no_done_node(
         assert len(items_after) < 60
     else:
         assert items_after == set()  # the batch node was done: nothing of it ran again
+
+
+def test_sigterm_interrupts_the_run_which_then_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store_dir = str(tmp_path / "store")
+    log_before = str(tmp_path / "before.log")
+    child = multiprocessing.get_context("spawn").Process(target=run_victim, args=(store_dir, "sqlite", log_before, "c"))
+    child.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(log_before + ".hanging"):
+            assert child.is_alive() and time.monotonic() < deadline
+            time.sleep(0.01)
+        os.kill(child.pid, signal.SIGTERM)  # type: ignore[arg-type]
+    finally:
+        child.join(30)
+    assert child.exitcode == 128 + signal.SIGTERM
+
+    with Pylo.local_multithread(store_dir, 2) as pylo:
+        stopped = pylo.get_pipeline("victim")
+        assert stopped.status is PipelineStatus.INTERRUPTED
+        states = {n.display_name: n.state for n in stopped.nodes}
+        assert states["c"] is TaskState.PENDING and states["batch"] is TaskState.DONE
+        monkeypatch.setenv("PYLO_TEST_LOG", str(tmp_path / "after.log"))
+        monkeypatch.delenv("PYLO_TEST_HANG", raising=False)
+        resumed = pylo.resume_pipeline("victim", crash_flow())
+        assert pylo.get_pipeline_result(resumed) == ["d", "side"]
+    assert logged_calls(str(tmp_path / "after.log")) == ["c", "d"]
