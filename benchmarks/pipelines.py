@@ -37,9 +37,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import queue
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -88,7 +88,11 @@ def chain_pipeline(count: int) -> Pipeline:
 
 
 def run_thread_pool(graph: list[tuple[int, list[int]]]) -> float:
-    """Run ``noop`` for each node once its upstream calls are done; seconds taken."""
+    """Run ``noop`` for each node once its upstream calls are done; seconds taken.
+
+    One scheduling loop submits a node when the last of its upstream calls
+    has reported, as a hand-written dependency scheduler would.
+    """
     start = time.perf_counter()
     dependents: list[list[int]] = [[] for _ in graph]
     waiting = [len(upstream) for _, upstream in graph]
@@ -96,35 +100,25 @@ def run_thread_pool(graph: list[tuple[int, list[int]]]) -> float:
         for up in upstream:
             dependents[up].append(index)
     results: list[Any] = [None] * len(graph)
-    lock = threading.Lock()
-    left = [len(graph)]
-    finished = threading.Event()
+    finished: queue.SimpleQueue[tuple[int, Future[Any]]] = queue.SimpleQueue()
     with ThreadPoolExecutor(WORKERS) as pool:
 
         def submit(index: int) -> None:
             argument, upstream = graph[index]
             value = results[upstream[0]] if upstream else argument
-            pool.submit(noop, value).add_done_callback(lambda future, index=index: done(index, future))
-
-        def done(index: int, future: Future[Any]) -> None:
-            results[index] = future.result()
-            ready = []
-            with lock:
-                for dependent in dependents[index]:
-                    waiting[dependent] -= 1
-                    if waiting[dependent] == 0:
-                        ready.append(dependent)
-                left[0] -= 1
-                if left[0] == 0:
-                    finished.set()
-            for dependent in ready:
-                submit(dependent)
+            future = pool.submit(noop, value)
+            future.add_done_callback(lambda future, index=index: finished.put((index, future)))
 
         for index, count in enumerate(waiting):
             if count == 0:
                 submit(index)
-        if not finished.wait(timeout=600):
-            raise TimeoutError("the thread pool baseline did not finish")
+        for _ in range(len(graph)):
+            index, future = finished.get(timeout=600)
+            results[index] = future.result()
+            for dependent in dependents[index]:
+                waiting[dependent] -= 1
+                if waiting[dependent] == 0:
+                    submit(dependent)
     return time.perf_counter() - start
 
 
