@@ -175,3 +175,28 @@ def test_one_pylo_runs_pipelines_from_several_threads_at_once(make_pylo: MakePyl
         thread.join(60)
     assert results == {i: 2 * i + 1 for i in range(4)}
     assert len(p.list_pipelines()) == 4
+
+
+def test_nested_limited_groups_respect_every_limit_and_finish(make_pylo: MakePylo) -> None:
+    live: dict[str, int] = {"a": 0, "b": 0, "all": 0}
+    peak: dict[str, int] = {"a": 0, "b": 0, "all": 0}
+    lock = threading.Lock()
+
+    @task
+    def busy(group: str, i: int) -> int:
+        with lock:
+            for name in (group, "all"):
+                live[name] += 1
+                peak[name] = max(peak[name], live[name])
+        time.sleep(0.01)
+        with lock:
+            for name in (group, "all"):
+                live[name] -= 1
+        return i
+
+    p = make_pylo(8)
+    a = in_parallel([busy.send("a", i) for i in range(6)], max_parallelism=1)
+    b = in_parallel([busy.send("b", i) for i in range(6)], max_parallelism=2)
+    flow = in_parallel([a, b, busy.send("c", 0)], max_parallelism=2)
+    assert p.get_pipeline_result(p.run_pipeline(flow)) == [list(range(6)), list(range(6)), 0]
+    assert peak["a"] == 1 and peak["b"] <= 2 and peak["all"] <= 2
