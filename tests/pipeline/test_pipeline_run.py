@@ -178,8 +178,8 @@ def test_one_pylo_runs_pipelines_from_several_threads_at_once(make_pylo: MakePyl
 
 
 def test_nested_limited_groups_respect_every_limit_and_finish(make_pylo: MakePylo) -> None:
-    live: dict[str, int] = {"a": 0, "b": 0, "all": 0}
-    peak: dict[str, int] = {"a": 0, "b": 0, "all": 0}
+    live: dict[str, int] = {"a": 0, "b": 0, "c": 0, "all": 0}
+    peak: dict[str, int] = {"a": 0, "b": 0, "c": 0, "all": 0}
     lock = threading.Lock()
 
     @task
