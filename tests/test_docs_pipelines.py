@@ -44,3 +44,10 @@ def test_the_blocks_print_what_the_doc_says(tmp_path: Path) -> None:
         "completed ['download 4', 'download 8', 'total']",
         "360",
     ]
+
+
+def test_readme_pipelines_block_runs_and_prints_its_result(tmp_path: Path) -> None:
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split("## Pipelines", 1)[1]
+    block = re.search(r"```python\n(.*?)```", section, flags=re.S)
+    assert block is not None
+    assert run(block.group(1), tmp_path).splitlines() == ["9000"]
