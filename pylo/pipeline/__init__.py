@@ -1,8 +1,23 @@
 """Pipelines: durable graphs of task calls that resume task by task, and input by input.
 
-The records and errors below are what users read about runs; the builder
-(``task``, ``in_parallel``) and the coordinator live in this package's
-private modules.
+Example:
+    >>> from pylo.pipeline import task, in_parallel
+    >>> @task
+    ... def multiply(x, y):
+    ...     return x * y
+    >>> @task
+    ... def total(values):
+    ...     return sum(values)
+    >>> flow = total.send(in_parallel([multiply.send(1, 2), multiply.send(3, 4)]))
+    >>> run_id = pylo.run_pipeline(flow)  # doctest: +SKIP
+    >>> pylo.get_pipeline_result(run_id)  # doctest: +SKIP
+    14
+
+Building (``task``, ``Pipeline``, ``in_parallel``) is pure description;
+``Pylo.run_pipeline`` flattens a pipeline into a graph (stable order, node
+keys, cycle check), records the run and its nodes, and runs it with one
+coordinator that is the run's only writer. The records and errors below are
+what users read about runs.
 """
 
 from __future__ import annotations
