@@ -47,7 +47,15 @@ def _id(text: str) -> str:
 
 
 def _worker_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("worker options (as for `pylo run`; batch nodes run on these workers)")
+    parser.add_argument("--run-id", type=_id, metavar="ID", help="id of the new run (default: generated)")
+    parser.add_argument(
+        "--max-parallel", type=_int_at_least(1), metavar="N", help="most nodes running at once (default: --workers)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the run as JSON instead of a summary")
+    group = parser.add_argument_group(
+        "worker options (as for `pylo run`): the Pylo that runs the pipeline, and so every batch node's "
+        "execution; a task's own retry and timeout win, and are all a call node uses"
+    )
     group.add_argument(
         "--workers", type=_int_at_least(1), metavar="N", help="workers (default 8; CPUs with --processes)"
     )
@@ -62,15 +70,14 @@ def _worker_options(parser: argparse.ArgumentParser) -> None:
         "--max-failures", type=_int_at_least(1), metavar="K", help="a batch node stops after K failed inputs"
     )
     group.add_argument(
-        "--retries", type=_int_at_least(0), metavar="N", help="retry a failing task call or input N times (default 0)"
+        "--retries", type=_int_at_least(0), metavar="N", help="retry a batch node's failing input N times (default 0)"
     )
-    group.add_argument("--timeout", type=_seconds, metavar="S", help="fail an attempt that runs longer than S seconds")
-    group.add_argument("--rate-limit", type=_rate, metavar="R", help="most task starts per second: 20, 20/s, 100/min")
-    group.add_argument("--run-id", type=_id, metavar="ID", help="id of the new run (default: generated)")
     group.add_argument(
-        "--max-parallel", type=_int_at_least(1), metavar="N", help="most nodes running at once (default: --workers)"
+        "--timeout", type=_seconds, metavar="S", help="fail a batch node's input that runs longer than S seconds"
     )
-    group.add_argument("--json", action="store_true", help="print the run as JSON instead of a summary")
+    group.add_argument(
+        "--rate-limit", type=_rate, metavar="R", help="most batch input starts per second: 20, 20/s, 100/min"
+    )
 
 
 def add_pipeline_parser(
