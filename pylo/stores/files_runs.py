@@ -149,6 +149,30 @@ def _text(value: Any, *, optional: bool = False) -> Any:
     return value
 
 
+_TEXT = ("key", "task_name", "display_name", "kind", "state")
+_OPTIONAL_TEXT = ("exc_type", "message", "traceback", "execution_id", "child_run_id")
+
+
+def _types_problem(node: NodeRow) -> str | None:
+    """Why a node read back cannot be right by its field types, or None (values: see node_problem)."""
+    for name in _TEXT:
+        if not isinstance(getattr(node, name), str):
+            return f"a node with a {name} that is not text: {getattr(node, name)!r}"
+    for name in _OPTIONAL_TEXT:
+        value = getattr(node, name)
+        if value is not None and not isinstance(value, str):
+            return f"node {node.key!r} with a {name} that is not text"
+    for name in ("seq", "attempts"):
+        value = getattr(node, name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"node {node.key!r} with a {name} that is not a whole number"
+    for name in ("started_at", "ended_at"):
+        value = getattr(node, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            return f"node {node.key!r} with a {name} that is not a time"
+    return None
+
+
 class FileRunStore(RunStore):
     """Pipeline runs under the root directory of a :class:`~pylo.stores.files.FileStore`.
 
@@ -256,8 +280,10 @@ class FileRunStore(RunStore):
             # Written whole by a rename, so never legitimately empty.
             raise self._damaged(path, "holds no run")
         problem = run_problem(replay.run)
-        if problem is None:
-            problem = next(filter(None, map(node_problem, replay.nodes.values())), None)
+        for node in replay.nodes.values():
+            if problem is not None:
+                break
+            problem = _types_problem(node) or node_problem(node)
         if problem is not None:
             raise self._damaged(path, f"holds a run with {problem}")
         return replay
@@ -301,52 +327,51 @@ class FileRunStore(RunStore):
 
     @staticmethod
     def _apply_nodes(nodes: dict[str, NodeRow], body: _Body, results: bool, *, created: bool) -> None:
-        """Apply a frame's nodes: all of them (the create frame) or the changed ones."""
+        """Apply a frame's nodes: all of them (the create frame) or the changed ones.
+
+        Fields are unpacked by position (a record of the wrong length is a
+        ValueError); their types are checked once, on the nodes a read
+        returns (see :func:`_types_problem`), not on every version.
+        """
         entries = json.loads(body.data[body.nodes_at : body.blobs_at])
         if not isinstance(entries, list):
             raise TypeError("the node part is not a JSON list")
-        fields = _CREATED if created else _UPDATED
+        data = body.data
         cursor = body.blobs_at
         for entry in entries:
-            if not isinstance(entry, list) or len(entry) != len(fields):
-                raise ValueError(f"a node record has {len(entry)} fields instead of {len(fields)}")
-            values = dict(zip(fields, entry, strict=True))
-            for name in ("result", "exception"):
-                length = _number(values[name], optional=True)
-                if length is not None:
-                    if length < 0 or cursor + length > len(body.data):
-                        raise ValueError("blob lengths do not add up")
-                    values[name] = body.data[cursor : cursor + length] if results else None
-                    cursor += length
-            if not created:
-                old = nodes.get(values["key"])
+            if created:
+                (key, seq, task_name, display_name, kind, upstream, state, attempts, started_at, ended_at,
+                 result_size, exc_type, message, traceback, exc_size, execution_id, child_run_id) = entry  # fmt: skip
+                if not isinstance(upstream, list):
+                    raise TypeError(f"the upstream keys of node {key!r} are not a list")
+                upstream = tuple(upstream)
+            else:
+                (key, state, attempts, started_at, ended_at,
+                 result_size, exc_type, message, traceback, exc_size, execution_id, child_run_id) = entry  # fmt: skip
+                old = nodes.get(key)
                 if old is None:
-                    raise ValueError(f"an update names node {values['key']!r}, which the run does not have")
-                values.update({name: getattr(old, name) for name in _FIXED})
-            upstream = values["upstream"]
-            if not isinstance(upstream, (list, tuple)):
-                raise TypeError("upstream is not a list")
-            node = NodeRow(
-                key=_text(values["key"]),
-                seq=_number(values["seq"]),
-                task_name=_text(values["task_name"]),
-                display_name=_text(values["display_name"]),
-                kind=_text(values["kind"]),
-                upstream=tuple(upstream),
-                state=_text(values["state"]),
-                attempts=_number(values["attempts"]),
-                started_at=_number(values["started_at"], optional=True),
-                ended_at=_number(values["ended_at"], optional=True),
-                result=values["result"],
-                exc_type=_text(values["exc_type"], optional=True),
-                message=_text(values["message"], optional=True),
-                traceback=_text(values["traceback"], optional=True),
-                exception=values["exception"],
-                execution_id=_text(values["execution_id"], optional=True),
-                child_run_id=_text(values["child_run_id"], optional=True),
-            )
-            nodes[node.key] = node
-        if cursor != len(body.data):
+                    raise ValueError(f"an update names node {key!r}, which the run does not have")
+                seq, task_name, display_name, kind, upstream = (
+                    old.seq, old.task_name, old.display_name, old.kind, old.upstream
+                )  # fmt: skip
+            result = exception = None
+            if result_size is not None:
+                if isinstance(result_size, bool) or not isinstance(result_size, int) or result_size < 0:
+                    raise ValueError(f"node {key!r} has a result length of {result_size!r}")
+                if results:
+                    result = data[cursor : cursor + result_size]
+                cursor += result_size
+            if exc_size is not None:
+                if isinstance(exc_size, bool) or not isinstance(exc_size, int) or exc_size < 0:
+                    raise ValueError(f"node {key!r} has an exception length of {exc_size!r}")
+                if results:
+                    exception = data[cursor : cursor + exc_size]
+                cursor += exc_size
+            nodes[key] = NodeRow(
+                key, seq, task_name, display_name, kind, upstream, state, attempts, started_at, ended_at,
+                result, exc_type, message, traceback, exception, execution_id, child_run_id,
+            )  # fmt: skip
+        if cursor != len(data):
             raise ValueError("blob lengths do not add up")
 
     # -- writes ----------------------------------------------------------------
