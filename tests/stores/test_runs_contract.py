@@ -681,3 +681,28 @@ def test_file_store_refuses_a_run_id_too_long_for_a_file_name(tmp_path: Path) ->
             store.runs().create_run(make_run("x" * 300), [])
         with pytest.raises(PipelineNotFound):
             store.runs().get_run("x" * 300)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"state": 5}, "state that is not text"),
+        ({"attempts": "3"}, "attempts that is not a whole number"),
+        ({"state": "exploded"}, "unknown state 'exploded'"),
+        ({"message": ["not", "text"]}, "message that is not text"),
+    ],
+    ids=["state-type", "attempts-type", "state-value", "message-type"],
+)
+def test_file_store_refuses_well_framed_records_of_the_wrong_shape(
+    tmp_path: Path, change: dict[str, Any], expected: str
+) -> None:
+    from pylo.stores import files_runs
+
+    _two_updates(tmp_path)
+    bad = dataclasses.replace(done(chain(3)[2]), **change)
+    header = {"op": "update", "updated_at": 1.0, "status": None, "ended_at": None, "options": None}
+    with _log(tmp_path).open("ab") as log:
+        log.write(files_runs._encode(header, [bad], files_runs._UPDATED))
+    with FileStore(tmp_path) as store, pytest.raises(StoreError, match=expected) as caught:
+        store.runs().read_nodes("r")
+    assert str(_log(tmp_path)) in str(caught.value)
