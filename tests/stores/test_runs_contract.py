@@ -706,3 +706,28 @@ def test_file_store_refuses_well_framed_records_of_the_wrong_shape(
     with FileStore(tmp_path) as store, pytest.raises(StoreError, match=expected) as caught:
         store.runs().read_nodes("r")
     assert str(_log(tmp_path)) in str(caught.value)
+
+
+def _tables_or_dirs(pylo: Any, kind: str, root: Path) -> set[str]:
+    store = pylo.store
+    if kind == "files":
+        return {path.name for path in root.iterdir()}
+    return sql_tables(store)
+
+
+def test_executions_of_a_store_without_runs_still_read_and_resume(
+    make_pylo: Callable[..., Any], store_name: str, store_dir: Path
+) -> None:
+    from tasks import double, fail_on_multiples_of_seven
+
+    pylo = make_pylo()
+    first = pylo.start_from_scratch(range(20), fail_on_multiples_of_seven)
+    before = _tables_or_dirs(pylo, store_name, store_dir)
+    # Reading pipelines (what `pylo pipeline list` does) finds none and writes nothing.
+    assert make_pylo().list_pipelines() == []
+    with pytest.raises(PipelineNotFound):
+        make_pylo().get_pipeline("nope")
+    assert _tables_or_dirs(pylo, store_name, store_dir) == before
+    resumed = make_pylo().start_from_past_execution(first, double)
+    finished, unfinished = make_pylo().get_state(resumed)
+    assert (len(finished), unfinished) == (20, [])
