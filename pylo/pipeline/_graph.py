@@ -156,20 +156,24 @@ def build_graph(target: Pipeline | Sequence[Any]) -> Graph:
     graph_nodes: list[GraphNode] = []
     keys: dict[str, int] = {}
     siblings: dict[tuple[str, str, tuple[str, ...]], int] = {}
+    slugs: dict[str, str] = {}
     for old in order:
         node = nodes[old]
         up_indices = tuple(new_index[u] for u in upstream[old])
         key = node.task.options.task_id
         if key is None:
-            up_keys = tuple(sorted(graph_nodes[u].key for u in up_indices))
+            up_keys = tuple(sorted([graph_nodes[u].key for u in up_indices])) if up_indices else ()
             family = (node.task.name, node.kind, up_keys)
             ordinal = siblings.get(family, 0)
             siblings[family] = ordinal + 1
             digest = hashlib.sha256(
                 "\0".join((node.task.name, node.kind, ",".join(up_keys), str(ordinal))).encode()
             ).hexdigest()[:8]
-            name = getattr(node.task.function, "__name__", None) or "task"
-            key = f"{_SLUG.sub('_', name).strip('_')[:40] or 'task'}-{digest}"
+            slug = slugs.get(node.task.name)
+            if slug is None:
+                name = getattr(node.task.function, "__name__", None) or "task"
+                slug = slugs[node.task.name] = _SLUG.sub("_", name).strip("_")[:40] or "task"
+            key = f"{slug}-{digest}"
         if key in keys:
             other = graph_nodes[keys[key]].node.task.display_name
             raise PipelineValidationError(
