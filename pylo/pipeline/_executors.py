@@ -136,15 +136,17 @@ def finish_call(value: Any, codec_name: str, attempts: int, started: float) -> O
     return Outcome(ok=True, value=value, encoded=encoded, attempts=attempts, started=started, ended=time.time())
 
 
-def _call_sync(function: Callable[..., Any], retry: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def _call_sync(
+    function: Callable[..., Any], retry: Any, args: tuple[Any, ...], kwargs: dict[str, Any], attempts: list[int]
+) -> Any:
+    """Call with the retry policy; ``attempts[0]`` says how many attempts were made, however it ends."""
     if retry is None:
-        return function(*args, **kwargs), 1
-    retrying = retry.copy()
+        return function(*args, **kwargs)
+    retrying = retry.copy()  # tenacity keeps per-call state on the object
     try:
-        return retrying(function, *args, **kwargs), _attempts_of(retrying)
-    except Exception as exc:
-        exc.pylo_attempts = _attempts_of(retrying)  # type: ignore[attr-defined]  # carried to the outcome
-        raise
+        return retrying(function, *args, **kwargs)
+    finally:
+        attempts[0] = _attempts_of(retrying)
 
 
 def execute_call(
@@ -161,27 +163,32 @@ def execute_call(
     cannot be stopped) when the time is up; the outcome is a TaskTimeout.
     """
     started = time.time()
+    attempts = [1]
     try:
         if timeout is None:
-            value, attempts = _call_sync(function, retry, args, kwargs)
+            value = _call_sync(function, retry, args, kwargs, attempts)
         else:
-            value, attempts = _call_with_timeout(function, retry, timeout, args, kwargs)
+            value = _call_with_timeout(function, retry, timeout, args, kwargs, attempts)
     except Exception as exc:
-        attempts = getattr(exc, "pylo_attempts", 1)
-        return describe_failure(_unwrap_retry_error(exc), codec_name, attempts, started)
+        return describe_failure(_unwrap_retry_error(exc), codec_name, attempts[0], started)
     except BaseException as exc:  # KeyboardInterrupt, SystemExit: the run is interrupted
         return Outcome(ok=False, interrupt=exc, started=started, ended=time.time())
-    return finish_call(value, codec_name, attempts, started)
+    return finish_call(value, codec_name, attempts[0], started)
 
 
 def _call_with_timeout(
-    function: Callable[..., Any], retry: Any, timeout: float, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[Any, int]:
-    box: list[Any] = []
+    function: Callable[..., Any],
+    retry: Any,
+    timeout: float,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    attempts: list[int],
+) -> Any:
+    box: list[tuple[bool, Any]] = []
 
     def target() -> None:
         try:
-            box.append((True, _call_sync(function, retry, args, kwargs)))
+            box.append((True, _call_sync(function, retry, args, kwargs, attempts)))
         except BaseException as exc:
             box.append((False, exc))
 
@@ -197,17 +204,21 @@ def _call_with_timeout(
 
 
 async def _call_async(
-    function: Callable[..., Any], retry: Any, timeout: float | None, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[Any, int]:
-    async def attempt() -> tuple[Any, int]:
+    function: Callable[..., Any],
+    retry: Any,
+    timeout: float | None,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    attempts: list[int],
+) -> Any:
+    async def attempt() -> Any:
         if retry is None:
-            return await function(*args, **kwargs), 1
+            return await function(*args, **kwargs)
         retrying = retry.copy()
         try:
-            return await retrying(function, *args, **kwargs), _attempts_of(retrying)
-        except Exception as exc:
-            exc.pylo_attempts = _attempts_of(retrying)  # type: ignore[attr-defined]
-            raise
+            return await retrying(function, *args, **kwargs)
+        finally:
+            attempts[0] = _attempts_of(retrying)
 
     if timeout is None:
         return await attempt()
@@ -292,16 +303,15 @@ class CallRunner:
                 self._loop = _LoopThread()
             loop = self._loop.loop
         started = time.time()
-        future = asyncio.run_coroutine_threadsafe(_call_async(function, retry, timeout, args, kwargs), loop)
+        attempts = [1]
+        future = asyncio.run_coroutine_threadsafe(_call_async(function, retry, timeout, args, kwargs, attempts), loop)
         try:
-            value, attempts = future.result()
+            value = future.result()
         except Exception as exc:
-            return describe_failure(
-                _unwrap_retry_error(exc), self._codec_name, getattr(exc, "pylo_attempts", 1), started
-            )
+            return describe_failure(_unwrap_retry_error(exc), self._codec_name, attempts[0], started)
         except BaseException as exc:
             return Outcome(ok=False, interrupt=exc, started=started, ended=time.time())
-        return finish_call(value, self._codec_name, attempts, started)
+        return finish_call(value, self._codec_name, attempts[0], started)
 
     def _call_remote(self, submit: Callable[..., Any], function: Callable[..., Any], retry: Any,
                      timeout: float | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Outcome:  # fmt: skip

@@ -103,3 +103,29 @@ def test_a_worker_process_that_dies_fails_only_its_node(process_pylo: Pylo) -> N
     node = process_pylo.get_pipeline(run_id).nodes[0]
     assert node.failure is not None and node.failure.exception_type == "pylo.errors.WorkerCrashed"
     assert survived is TaskState.DONE
+
+
+def test_async_tasks_retry_with_async_retrying_and_count_attempts(tmp_path: Path) -> None:
+    from tenacity import AsyncRetrying, stop_after_attempt
+
+    from pylo.pipeline import task
+
+    tries: list[int] = []
+
+    @task(retry=AsyncRetrying(stop=stop_after_attempt(3), reraise=True))
+    async def flaky() -> int:
+        tries.append(1)
+        if len(tries) < 3:
+            raise ConnectionError("try again")
+        return len(tries)
+
+    @task(retry=AsyncRetrying(stop=stop_after_attempt(2), reraise=True))
+    async def hopeless() -> None:
+        raise ConnectionError("never")
+
+    with Pylo.local_multithread(tmp_path / "store", 2) as pylo:
+        run_id = pylo.run_pipeline([flaky.send(), hopeless.send()])
+        ok, failed = pylo.get_pipeline(run_id).nodes
+        assert ok.state is TaskState.DONE and ok.attempts == 3
+        assert failed.state is TaskState.FAILED and failed.attempts == 2
+        assert failed.failure is not None and not hasattr(failed.failure.exception, "pylo_attempts")
