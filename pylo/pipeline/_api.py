@@ -275,7 +275,7 @@ def _resumed_rows(
     import dataclasses
 
     from pylo.errors import StoreError
-    from pylo.pipeline._batch import batch_execution_id
+    from pylo.pipeline._batch import batch_execution_id, read_values
     from pylo.pipeline._builder import BATCH
 
     by_key = {row.key: row for row in parent_rows}
@@ -312,6 +312,10 @@ def _resumed_rows(
         index = node.index
         if copied[index] and not all(copied[d] for d in node.dependents):
             data = rows[index].result
+            execution_id = rows[index].execution_id
+            if data is None and execution_id is not None:
+                values[index] = read_values(host, execution_id)  # a batch node's results
+                continue
             try:
                 values[index] = None if data is None else codec.decode_value(data)
             except Exception as exc:
@@ -415,6 +419,7 @@ def _list_records(pylo: Pylo) -> list[PipelineRecord]:
 
 def _result(pylo: Pylo, run_id: str) -> Any:
     from pylo.errors import PipelineFailed, StoreError
+    from pylo.pipeline._batch import read_values
     from pylo.pipeline._errors import PipelineNotCompleted
     from pylo.pipeline._graph import result_from_shape
     from pylo.pipeline._host import Host
@@ -440,8 +445,11 @@ def _result(pylo: Pylo, run_id: str) -> Any:
         row = by_key.get(key)
         if row is None:
             raise StoreError(f"pipeline run {run.id!r} in the store at {host.location} has lost node {key!r}")
-        if row.state != "done" or row.result is None:
+        if row.state != "done":
             return None  # a softly failed or skipped sink
+        if row.result is None:
+            # A batch node's results stay in its execution.
+            return None if row.execution_id is None else read_values(host, row.execution_id)
         try:
             return codec.decode_value(row.result)
         except Exception as exc:

@@ -9,20 +9,21 @@ did not finish run again.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import time
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
+from pylo._codec import get_codec
+from pylo.errors import StoreError
 from pylo.pipeline._errors import BatchFailed
-from pylo.pipeline._executors import Outcome, describe_failure, finish_call
+from pylo.pipeline._executors import Outcome, describe_failure
 
 if TYPE_CHECKING:
     from pylo.pipeline._host import Host
     from pylo.pipeline._task import Task
 
-__all__ = ["AsyncBoundCall", "BoundCall", "batch_execution_id", "run_batch"]
+__all__ = ["AsyncBoundCall", "BoundCall", "batch_execution_id", "read_values", "run_batch"]
 
 _MAX_ID = 128
 
@@ -78,8 +79,15 @@ def run_batch(
     execution_id: str,
     past_execution_id: str | None,
     codec_name: str,
+    need_value: bool,
 ) -> Outcome:
-    """Run (or resume) a batch node's execution; its value is the list of results in input order."""
+    """Run (or resume) a batch node's execution; its value is the list of results in input order.
+
+    The results stay where the execution stored them: the node's row keeps
+    no copy (its ``execution_id`` says where they are), and they are read
+    back only when ``need_value`` (a downstream node takes them), so a batch
+    node adds almost nothing to the execution it wraps.
+    """
     started = time.time()
     pylo = host.batch_pylo(task, map_options)
     function = (AsyncBoundCall if task.is_async else BoundCall)(task, args, kwargs)
@@ -92,10 +100,42 @@ def run_batch(
         record = pylo.get_execution(execution_id)
         if record.unfinished:
             raise BatchFailed(execution_id, record.failed, record.pending, record.total)
-        values = [result for _, result in pylo.get_results(execution_id)]
+        values = read_values(host, execution_id) if need_value else None
     except Exception as exc:
         ran = host.find_execution(execution_id) is not None
         return describe_failure(exc, codec_name, 1, started, execution_id=execution_id if ran else None)
     except BaseException as exc:
         return Outcome(ok=False, interrupt=exc, started=started, ended=time.time())
-    return dataclasses.replace(finish_call(values, codec_name, 1, started), execution_id=execution_id)
+    return Outcome(ok=True, value=values, started=started, ended=time.time(), execution_id=execution_id)
+
+
+def read_values(host: Host, execution_id: str) -> list[Any]:
+    """A finished batch execution's results in input order, from it and the executions it resumed.
+
+    Raises:
+        StoreError: Some input has no stored result, or one cannot be decoded.
+    """
+    store = host.pylo.store
+    record = store.get_execution(execution_id)
+    lineage = [record]
+    while lineage[-1].parent_id is not None:
+        parent = host.find_execution(lineage[-1].parent_id)
+        if parent is None:
+            break
+        lineage.append(parent)
+    by_position: dict[int, bytes] = {}
+    for ancestor in reversed(lineage):  # the newest result of a position wins
+        by_position.update(store.read_results(ancestor.id))
+    try:
+        codec = get_codec(record.codec)
+        return [codec.decode_value(by_position[position]) for position in range(record.total)]
+    except KeyError as exc:
+        raise StoreError(
+            f"execution {execution_id!r} in the store at {host.location} has no result for input {exc}; "
+            "resume the pipeline run to compute it"
+        ) from None
+    except Exception as exc:
+        raise StoreError(
+            f"cannot decode the results of execution {execution_id!r} in the store at {host.location}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc

@@ -248,6 +248,7 @@ class RunCoordinator:
                     execution_id,
                     self._lineage.get(index),
                     self._codec_name,
+                    need_value=bool(self._graph.nodes[index].dependents),
                 )
             else:
                 outcome = self._calls.call(task, args, kwargs)

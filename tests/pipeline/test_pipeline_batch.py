@@ -71,3 +71,27 @@ def test_a_batch_node_whose_inputs_are_not_iterable_fails(make_pylo: MakePylo) -
     node = p.get_pipeline(run_id).nodes[-1]
     assert node.state is TaskState.FAILED and node.failure is not None
     assert "iterable" in node.failure.message
+
+
+def test_a_done_batch_node_feeds_its_results_to_a_resumed_downstream_node(make_pylo: MakePylo) -> None:
+    from pipeline_tasks import step
+
+    BROKEN.add("after")
+    p = make_pylo(2)
+
+    def flow() -> Pipeline:
+        return step.send("after", square_or_fail.map(range(50)))
+
+    first = p.run_pipeline(flow())
+    batch = p.get_pipeline(first).nodes[0]
+    assert batch.state is TaskState.DONE and count("square") == 50
+    BROKEN.clear()
+    second = p.resume_pipeline(first, flow())
+    assert p.get_pipeline_result(second) == "after"
+    assert count("square") == 50  # the batch node was done: its results were read, not recomputed
+
+
+def test_a_batch_sink_result_is_read_from_its_execution(make_pylo: MakePylo) -> None:
+    p = make_pylo(2)
+    run_id = p.run_pipeline(square_or_fail.map(range(30)))
+    assert p.get_pipeline_result(run_id) == [i * i for i in range(30)]
