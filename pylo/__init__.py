@@ -11,6 +11,11 @@ from pylo.errors import (
     ExecutionNotFound,
     ExecutionNotResumable,
     InputSerializationError,
+    PipelineCycleError,
+    PipelineExists,
+    PipelineFailed,
+    PipelineNotFound,
+    PipelineValidationError,
     PyloError,
     ResultSerializationError,
     StoredTaskError,
@@ -19,6 +24,7 @@ from pylo.errors import (
     WorkerCrashed,
 )
 from pylo.execution import Failure, Pylo
+from pylo.pipeline._records import NodeFailure, NodeRecord, PipelineRecord, PipelineStatus, TaskState
 from pylo.stores._registry import register_store
 from pylo.stores.base import ExecutionRecord, ExecutionStatus, Store
 
@@ -33,12 +39,22 @@ __all__ = [
     "ExecutionStatus",
     "Failure",
     "InputSerializationError",
+    "NodeFailure",
+    "NodeRecord",
+    "PipelineCycleError",
+    "PipelineExists",
+    "PipelineFailed",
+    "PipelineNotFound",
+    "PipelineRecord",
+    "PipelineStatus",
+    "PipelineValidationError",
     "Pylo",
     "PyloError",
     "ResultSerializationError",
     "Store",
     "StoreError",
     "StoredTaskError",
+    "TaskState",
     "TaskTimeout",
     "WorkerCrashed",
     "__version__",

@@ -208,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
         states.add_argument(f"--{state}", dest="state", action="store_const", const=state, help=f"only {state} inputs")
     inputs.add_argument("--json", action="store_true", help="print each input as JSON")
     inputs.add_argument("--results", action="store_true", help="finished inputs with their results (--store-results)")
+
+    from pylo._cli_pipeline import add_pipeline_parser
+
+    add_pipeline_parser(command, _common)
     return parser
 
 
@@ -263,7 +267,7 @@ def _command_logging(verbose: int, quiet: bool) -> Iterator[None]:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from pylo import _cli_inspect, _cli_run
+    from pylo import _cli_inspect, _cli_pipeline, _cli_run
 
     handlers = {
         "run": _cli_run.run_command,
@@ -272,6 +276,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         "show": _cli_inspect.show_command,
         "failures": _cli_inspect.failures_command,
         "inputs": _cli_inspect.inputs_command,
+        "pipeline": _cli_pipeline.pipeline_command,
     }
     return handlers[args.command](args, StoreChoice.resolve(args.store))
 

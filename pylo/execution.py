@@ -31,6 +31,7 @@ from pylo._progress import ProgressBar, wants_progress
 from pylo._ratelimit import parse_rate_limit
 from pylo._reader import Failure
 from pylo.errors import DamagedExecutions, ExecutionNotResumable
+from pylo.pipeline._api import PipelineMethods
 from pylo.stores import is_store_url, open_store
 from pylo.stores.base import (
     ExecutionRecord,
@@ -274,7 +275,7 @@ _RUNNING_HERE: set[str] = set()
 _RUNNING_LOCK = threading.Lock()
 
 
-class Pylo:
+class Pylo(PipelineMethods):
     """Runs a task function over inputs and keeps a durable snapshot of each execution.
 
     Build one with a constructor such as :meth:`local_multithread`. A Pylo

@@ -47,6 +47,7 @@ __all__ = [
     "record_after_flush",
     "FAILURE_FIELDS",
     "FRAME_SIZE",
+    "frames",
     "HAS_PAYLOAD",
     "INPUTS_MAGIC",
     "OUTCOMES_MAGIC",
@@ -436,7 +437,7 @@ def _blank_tail(file: BinaryIO, offset: int, size: int) -> bool:
     return True
 
 
-def _frames(
+def frames(
     location: str, file: BinaryIO, path: Path, magic: bytes, start: int, size: int, committed: int = 0
 ) -> Iterator[tuple[int, int, int]]:
     """Yield ``(body_offset, body_length, crc)`` of the frames between ``start`` and ``size``.
@@ -483,7 +484,7 @@ def scan_inputs(
     ended = start
     with open(path, "rb") as file:
         size = os.fstat(file.fileno()).st_size
-        for body_offset, length, crc in _frames(location, file, path, INPUTS_MAGIC, start, size, committed):
+        for body_offset, length, crc in frames(location, file, path, INPUTS_MAGIC, start, size, committed):
             last = body_offset + length == size
             if last:
                 # Only the last frame can be torn: check all of it.
@@ -528,7 +529,7 @@ def outcomes(location: str, path: Path, start: int, committed: int = 0) -> Itera
     """
     with open(path, "rb") as file:
         size = os.fstat(file.fileno()).st_size
-        for body_offset, length, crc in _frames(location, file, path, OUTCOMES_MAGIC, start, size, committed):
+        for body_offset, length, crc in frames(location, file, path, OUTCOMES_MAGIC, start, size, committed):
             body = file.read(length)
             end = body_offset + length
             if len(body) < length or zlib.crc32(body) != crc:

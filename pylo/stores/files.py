@@ -35,6 +35,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 from pylo.errors import DamagedExecutions, ExecutionExists, ExecutionNotFound, StoreError
@@ -57,6 +58,9 @@ from pylo.stores.base import (
     Flush,
     Store,
 )
+
+if TYPE_CHECKING:
+    from pylo.stores.runs import RunStore
 
 __all__ = ["FORMAT_NAME", "MARKER_NAME", "FileStore"]
 
@@ -589,6 +593,16 @@ class FileStore(Store):
         """
         with self._guard(f"release the claim on execution {execution_id!r}"):
             _filemeta.drop_claim(self.location, self._dir(execution_id), execution_id, claimant)
+
+    def runs(self) -> RunStore:
+        """See :meth:`Store.runs`: runs live under ``runs/``, made by the first run."""
+        from pylo.stores.files_runs import FileRunStore
+
+        # One per store: it keeps this process's view of the runs it writes.
+        runs: RunStore | None = getattr(self, "_runs", None)
+        if runs is None:
+            runs = self._runs = FileRunStore(self)
+        return runs
 
     def close(self) -> None:
         """Forget cached indexes and writer state (no file stays open between calls)."""

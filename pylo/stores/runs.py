@@ -82,6 +82,8 @@ class NodeRow:
         started_at: POSIX time it started, or None.
         ended_at: POSIX time it ended, or None.
         result: Codec-encoded result when ``state == "done"``, else None.
+            A batch node keeps none: its results are its execution's
+            (``execution_id``), not copied here.
         exc_type: Qualified name of the failure's exception type, or None.
         message: ``str()`` of the exception, or None.
         traceback: Formatted traceback text, or None.

@@ -21,7 +21,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, make_url
@@ -61,6 +61,9 @@ from pylo.stores.base import (
     Flush,
     Store,
 )
+
+if TYPE_CHECKING:
+    from pylo.stores.runs import RunStore
 
 __all__ = ["FORMAT_NAME", "SQLStore"]
 
@@ -586,6 +589,16 @@ class SQLStore(SQLMetaMixin, Store):
             if len(page) < _RESULT_PAGE:
                 return
             after = int(page[-1].position)
+
+    def runs(self) -> RunStore:
+        """See :meth:`Store.runs`: runs live in this database, tables made by the first run."""
+        from pylo.stores.sql_runs import SqlRunStore
+
+        # One per store: it remembers that the run tables exist.
+        runs: RunStore | None = getattr(self, "_runs", None)
+        if runs is None:
+            runs = self._runs = SqlRunStore(self)
+        return runs
 
     def close(self) -> None:
         """Close the database connections."""

@@ -1,0 +1,287 @@
+"""Building pipelines: immutable descriptions of task calls and how they connect.
+
+A :class:`Pipeline` is either one node (a task call, or a batch node that
+maps a task over inputs) or a group of member pipelines (``in_parallel``),
+whose value is the list of its members' values. Nodes are compared by
+identity: two calls of one task are two nodes, and two different tasks that
+share a name are two nodes too.
+
+Everything here is immutable except ``Pipeline.after``, which adds ordering
+dependencies to nodes already made (as ProcessFlow's ``a >> b`` does), and
+so is the one way to build a cycle; the graph refuses cycles before a run.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from pylo._codec import short_repr
+from pylo.errors import PipelineValidationError
+from pylo.pipeline._task import Task
+
+__all__ = ["Pipeline", "call_pipeline", "in_parallel", "map_pipeline"]
+
+# Declaration order: the tie-break of the stable topological order.
+_ordinals = itertools.count()
+
+CALL = "call"
+BATCH = "batch"
+
+
+class _Node:
+    """One task call of a pipeline. Identity matters: nodes are never merged."""
+
+    __slots__ = ("after", "args", "deps", "inputs", "kind", "kwargs", "map_options", "ordinal", "spread_first", "task")
+
+    def __init__(
+        self,
+        task: Task,
+        kind: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        inputs: Any = None,
+        map_options: Mapping[str, Any] | None = None,
+        spread_first: bool = False,
+        after: list[Pipeline] | None = None,
+    ) -> None:
+        self.task = task
+        self.kind = kind
+        self.args = args
+        self.kwargs = kwargs
+        self.inputs = inputs
+        self.map_options = dict(map_options or {})
+        self.spread_first = spread_first
+        self.after: list[Pipeline] = list(after or ())
+        self.ordinal = next(_ordinals)
+        # Data dependencies, in argument order: each is replaced by its value.
+        found: list[Pipeline] = []
+        _find_pipelines((inputs, args, kwargs), found)
+        self.deps: tuple[Pipeline, ...] = tuple(found)
+
+    def copy_with(self, task: Task) -> _Node:
+        return _Node(
+            task,
+            self.kind,
+            self.args,
+            self.kwargs,
+            inputs=self.inputs,
+            map_options=self.map_options,
+            spread_first=self.spread_first,
+            after=self.after,
+        )
+
+    def __repr__(self) -> str:
+        return f"<node {self.task.display_name} #{self.ordinal}>"
+
+
+def _find_pipelines(value: Any, found: list[Pipeline]) -> None:
+    """Collect pipelines in ``value``, looking inside lists, tuples and dicts."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Pipeline):
+            found.append(item)
+        elif isinstance(item, (list, tuple)):
+            stack.extend(reversed(item))
+        elif isinstance(item, dict):
+            stack.extend(reversed(list(item.values())))
+    # The stack reverses twice, so found is in argument order.
+
+
+def substitute(value: Any, value_of: Callable[[Pipeline], Any]) -> Any:
+    """``value`` with each pipeline in it (also in lists, tuples, dicts) replaced by its value."""
+    if isinstance(value, Pipeline):
+        return value_of(value)
+    if isinstance(value, list):
+        return [substitute(item, value_of) for item in value]
+    if isinstance(value, tuple):
+        items = [substitute(item, value_of) for item in value]
+        return type(value)(*items) if hasattr(value, "_fields") else tuple(items)
+    if isinstance(value, dict):
+        out = {key: substitute(item, value_of) for key, item in value.items()}
+        return out if type(value) is dict else type(value)(out)
+    return value
+
+
+class Pipeline:
+    """An immutable description of task calls; nothing runs until ``Pylo.run_pipeline``.
+
+    Make one with ``task.send(...)``, ``task.map(...)`` or :func:`in_parallel`.
+    """
+
+    __slots__ = ("_max_parallelism", "_members", "_node")
+
+    def __init__(
+        self,
+        node: _Node | None = None,
+        members: tuple[Pipeline, ...] | None = None,
+        max_parallelism: int | None = None,
+    ) -> None:
+        self._node = node
+        self._members = members
+        self._max_parallelism = max_parallelism
+
+    @property
+    def is_group(self) -> bool:
+        """True for an ``in_parallel`` group."""
+        return self._node is None
+
+    def last_nodes(self) -> Iterator[_Node]:
+        """The nodes whose results make this pipeline's value, in member order."""
+        stack: list[Pipeline] = [self]
+        while stack:
+            pipeline = stack.pop()
+            if pipeline._node is not None:
+                yield pipeline._node
+            else:
+                assert pipeline._members is not None
+                stack.extend(reversed(pipeline._members))
+
+    def continue_with(self, next_task: Task | Callable[..., Any], *args: Any, **kwargs: Any) -> Pipeline:
+        """Then call ``next_task(result, *args, **kwargs)``; a tuple result is spread over the arguments.
+
+        Raises:
+            PipelineValidationError: ``next_task`` is not a task or a function.
+        """
+        if isinstance(next_task, Pipeline):
+            raise PipelineValidationError(
+                "continue_with takes a task, not a pipeline; pass the pipeline as an argument "
+                "(task.send(pipeline)) or order it with .after()"
+            )
+        return Pipeline(_Node(_as_task(next_task), CALL, (self, *args), kwargs, spread_first=True))
+
+    def after(self, *pipelines: Pipeline) -> Pipeline:
+        """Make this pipeline's last node(s) wait for ``pipelines``, without taking their values.
+
+        Returns this pipeline itself (it is the one operation that changes
+        nodes already made, and so can form a cycle, which ``run_pipeline``
+        refuses before anything runs).
+
+        Raises:
+            PipelineValidationError: An argument is not a pipeline.
+        """
+        for other in pipelines:
+            if not isinstance(other, Pipeline):
+                raise PipelineValidationError(
+                    f"after() takes pipelines, got {type(other).__name__} {short_repr(other)}"
+                )
+        for node in self.last_nodes():
+            node.after.extend(pipelines)
+        return self
+
+    def set(self, **options: Any) -> Pipeline:
+        """A new pipeline whose last task (each member's, for a group) has these options changed.
+
+        Raises:
+            TypeError, ValueError: An unknown option or a bad value.
+        """
+        if self._node is not None:
+            return Pipeline(self._node.copy_with(self._node.task.with_options(**options)))
+        assert self._members is not None
+        return Pipeline(members=tuple(m.set(**options) for m in self._members), max_parallelism=self._max_parallelism)
+
+    def __repr__(self) -> str:
+        if self._node is not None:
+            return f"Pipeline({self._node.task.display_name})"
+        return f"Pipeline(in_parallel of {len(self._members or ())})"
+
+
+def _as_task(value: Any) -> Task:
+    if isinstance(value, Task):
+        return value
+    if callable(value):
+        return Task(value)
+    raise PipelineValidationError(f"expected a task or a function, got {type(value).__name__} {short_repr(value)}")
+
+
+def call_pipeline(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Pipeline:
+    """The one-node pipeline of ``task(*args, **kwargs)``."""
+    return Pipeline(_Node(task, CALL, args, dict(kwargs)))
+
+
+def _check_count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PipelineValidationError(f"{name} must be an int >= 1, got {type(value).__name__} {short_repr(value)}")
+    if value < 1:
+        raise PipelineValidationError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+def _check_map_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    checked = dict(options)
+    if checked.pop("store_results", True) is not True:
+        raise PipelineValidationError(
+            "a batch node always stores its results (they are its value): leave store_results out of map()"
+        )
+    for name in ("max_worker_failures", "max_failures", "task_executions_before_flush"):
+        if checked.get(name) is not None:
+            _check_count(name, checked[name])
+    for name in ("flush_seconds",):
+        if name in checked:
+            value = checked[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise PipelineValidationError(f"{name} must be a number of seconds > 0, got {short_repr(value)}")
+    if "store_exceptions" in checked and not isinstance(checked["store_exceptions"], bool):
+        raise PipelineValidationError(
+            f"store_exceptions must be True or False, got {short_repr(checked['store_exceptions'])}"
+        )
+    return checked
+
+
+def map_pipeline(
+    task: Task,
+    inputs: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    options: Mapping[str, Any],
+) -> Pipeline:
+    """The one-node pipeline of a batch node: ``task(input, *args, **kwargs)`` per input."""
+    if not isinstance(inputs, Pipeline):
+        if isinstance(inputs, (str, bytes, bytearray)) or not isinstance(inputs, Iterable):
+            raise PipelineValidationError(
+                f"map needs an iterable of inputs or a pipeline whose result is one, got "
+                f"{type(inputs).__name__} {short_repr(inputs)}"
+            )
+        # A description may run more than once (a resume): keep the inputs, not an iterator.
+        inputs = list(inputs)
+    return Pipeline(_Node(task, BATCH, args, dict(kwargs), inputs=inputs, map_options=_check_map_options(options)))
+
+
+def in_parallel(
+    pipelines: Iterable[Pipeline],
+    max_parallelism: int | None = None,
+    num_stages: int = 1,
+    return_exceptions: bool = False,
+) -> Pipeline:
+    """A group: its members run in parallel; its value is the list of their values, in order.
+
+    Args:
+        pipelines: The members (pipelines; groups nest). May be empty (value ``[]``).
+        max_parallelism: At most this many of the members' nodes run at once
+            (None: only the run's ``max_parallel`` limits them).
+        num_stages: Accepted for compatibility; groups are values, not
+            stored nodes, so there is no aggregation to split into stages.
+        return_exceptions: Must be False in this release (a member failure
+            fails the nodes that use the group).
+
+    Raises:
+        PipelineValidationError: A member is not a pipeline, or a bad option.
+    """
+    members = tuple(pipelines) if not isinstance(pipelines, Pipeline) else None
+    if members is None:
+        raise PipelineValidationError("in_parallel takes a list of pipelines, got a single pipeline; wrap it in [ ]")
+    for member in members:
+        if not isinstance(member, Pipeline):
+            raise PipelineValidationError(
+                f"in_parallel takes pipelines, got {type(member).__name__} {short_repr(member)}; "
+                "make one with task.send(...)"
+            )
+    if max_parallelism is not None:
+        _check_count("max_parallelism", max_parallelism)
+    _check_count("num_stages", num_stages)
+    if return_exceptions is not False:
+        raise PipelineValidationError("in_parallel(return_exceptions=True) is not supported yet; leave it False")
+    return Pipeline(members=members, max_parallelism=max_parallelism)

@@ -1,0 +1,166 @@
+"""The adapter between pipelines and the ``Pylo`` that runs them.
+
+Every use of ``Pylo`` internals by the pipeline layer is here, and only
+here: its run settings (workers, flush policy), its kind of workers and their
+options, its codec, and how to derive from it the ``Pylo`` that runs a batch
+node as an execution. The rest of the layer uses the public API
+(``start_from_scratch``, ``start_from_past_execution``, ``get_results``,
+``get_execution``, ``store``). When the facade changes shape (an options
+object, backend instances), this module is what to rewire.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import socket
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from pylo._codec import Codec, get_codec
+from pylo.errors import ExecutionNotFound, StoreError
+
+if TYPE_CHECKING:
+    from pylo.execution import Pylo
+    from pylo.pipeline._task import Task
+    from pylo.stores.base import ExecutionRecord
+    from pylo.stores.runs import RunStore
+
+__all__ = ["Host"]
+
+_KINDS = {
+    "ThreadBackend": "threads",
+    "ProcessBackend": "processes",
+    "AsyncioBackend": "asyncio",
+    "DaskBackend": "dask",
+}
+
+
+class Host:
+    """What the pipeline layer needs to know about, and get from, one ``Pylo``.
+
+    Attributes:
+        kind: ``"threads"``, ``"processes"``, ``"asyncio"`` or ``"dask"``.
+        workers: The Pylo's number of workers (its concurrency for asyncio).
+        flush_every: Outcomes between flushes (``task_executions_before_flush``).
+        flush_seconds: Seconds between flushes.
+        codec: The codec for new runs' results and exceptions.
+        backend_options: Options of the Pylo's workers (start method, Dask client).
+    """
+
+    def __init__(self, pylo: Pylo) -> None:
+        self.pylo = pylo
+        config = pylo._config
+        self.workers: int = config.number_of_workers
+        self.flush_every: int = config.task_executions_before_flush
+        self.flush_seconds: float = config.flush_seconds
+        self.codec: Codec = pylo._codec
+        self.kind: str = _KINDS.get(pylo._backend.__name__, "threads")
+        self.backend_options: dict[str, Any] = dict(pylo._backend_options)
+
+    @property
+    def location(self) -> str:
+        return self.pylo.store.location
+
+    def runs(self) -> RunStore:
+        """The run store next to the Pylo's executions."""
+        return self.pylo.store.runs()
+
+    def codec_named(self, name: str, run_id: str) -> Codec:
+        """The codec a run was written with; an unknown name is damage (or a newer pylo)."""
+        try:
+            return get_codec(name)
+        except ValueError as exc:
+            raise StoreError(
+                f"pipeline run {run_id!r} in the store at {self.location} was written with codec {name!r}, "
+                f"which this pylo cannot read ({exc})"
+            ) from None
+
+    @staticmethod
+    def check_id(name: str, value: Any) -> str:
+        """Validate a run id like an execution id (1-128 of ``[A-Za-z0-9._-]``)."""
+        from pylo.execution import _check_execution_id
+
+        return _check_execution_id(name, value)
+
+    @staticmethod
+    def new_id() -> str:
+        """A fresh id, sortable by time."""
+        from pylo.execution import _new_execution_id
+
+        return _new_execution_id()
+
+    @staticmethod
+    def sigterm_as_system_exit() -> contextlib.AbstractContextManager[None]:
+        """SIGTERM as SystemExit while a run runs, as for executions."""
+        from pylo.execution import _sigterm_as_system_exit
+
+        return _sigterm_as_system_exit()
+
+    @staticmethod
+    def process_is_gone(pid: int | None, host: str | None, running_here: bool) -> bool:
+        """True when the process that runs a run is known to be dead."""
+        if pid is None or host != socket.gethostname():
+            return False  # another machine: we cannot tell
+        if pid == os.getpid():
+            return not running_here
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    def find_execution(self, execution_id: str) -> ExecutionRecord | None:
+        """The execution's record, or None when the store has none with that id."""
+        try:
+            return self.pylo.store.get_execution(execution_id)
+        except ExecutionNotFound:
+            return None
+
+    def batch_pylo(self, task: Task, map_options: Mapping[str, Any]) -> Pylo:
+        """A Pylo on the same store and workers that runs one batch node's execution.
+
+        Results are always stored (they are the node's value). The task's
+        own ``retry`` and ``timeout`` apply to each input, else the Pylo's;
+        ``map``'s execution options override the Pylo's. An ``async def``
+        task runs on an event loop, and a plain one on threads when the Pylo
+        is an asyncio one. The Pylo returned shares the store: never close it.
+        """
+        from pylo._ratelimit import parse_rate_limit
+        from pylo.execution import Pylo
+
+        pylo = self.pylo
+        backend = pylo._backend
+        backend_options = dict(pylo._backend_options)
+        config = pylo._config
+        changes: dict[str, Any] = {"store_results": True, "progress": False}
+        if backend.runs_coroutines != task.is_async:
+            if task.is_async:
+                from pylo.workers.aio import AsyncioBackend
+
+                backend = AsyncioBackend
+            else:
+                from pylo.workers.threads import ThreadBackend
+
+                backend = ThreadBackend
+            backend_options = {}
+            changes["retry"] = None  # the Pylo's policy is for the other kind of function
+        if task.options.retry is not None:
+            changes["retry"] = task.options.retry
+        if task.options.timeout is not None:
+            changes["timeout"] = float(task.options.timeout)
+        for name, value in map_options.items():
+            changes[name] = parse_rate_limit(value) if name == "rate_limit" else value
+        if "flush_seconds" in changes:
+            changes["flush_seconds"] = float(changes["flush_seconds"])
+        derived = Pylo(
+            pylo.store,
+            backend,
+            dataclasses.replace(config, **changes),
+            backend_options=backend_options,
+            codec=pylo._codec.name,
+        )
+        return derived

@@ -1,0 +1,288 @@
+"""Tasks: plain functions with pipeline options, still callable directly.
+
+``@task`` and ``@task(**options)`` wrap a function in a :class:`Task`;
+``Task.send`` and ``Task.map`` describe calls (one-node pipelines) without
+running anything. Options are frozen and validated where they enter, so a
+bad option fails at decoration (or ``.set``) time, never mid-run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, overload
+
+from pylo._codec import short_repr
+
+if TYPE_CHECKING:
+    from pylo.pipeline._builder import Pipeline
+
+__all__ = ["MAP_OPTIONS", "Task", "TaskOptions", "task"]
+
+_TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+#: Execution options ``Task.map`` takes out of its keyword arguments; every
+#: other keyword argument goes to the task.
+MAP_OPTIONS = frozenset(
+    {
+        "max_worker_failures",
+        "max_failures",
+        "store_exceptions",
+        "task_executions_before_flush",
+        "flush_seconds",
+        "rate_limit",
+        "store_results",
+    }
+)
+
+
+#: Options DESIGN.md names that later releases add.
+_NOT_YET = frozenset(
+    {"with_state", "with_context", "is_fruitful", "rate_limit", "rate_key", "wait_for", "wait_timeout"}
+)
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {short_repr(value)}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOptions:
+    """The frozen, validated options of a task (``@task(...)`` or ``.set(...)``).
+
+    Attributes:
+        retry: A tenacity ``Retrying`` (``AsyncRetrying`` for ``async def``
+            tasks) that may re-attempt the call before it counts as failed.
+        timeout: Seconds one call may take, retries included (None: no limit).
+        fail_softly: A raise ends the node ``failed_softly`` instead of
+            ``failed``; the run can still complete.
+        propagate_soft_failures: When an upstream node failed softly, end
+            this node ``failed_softly`` without running it (True), or run it
+            with None in the upstream's place (False).
+        skippable: A raise ends the node ``skipped`` (result None) and
+            downstream nodes run.
+        task_id: A fixed node key (1-100 of ``[A-Za-z0-9._-]``); two nodes
+            of one pipeline cannot share it.
+        display_name: The name shown for the node (default: the function's).
+    """
+
+    retry: Any = None
+    timeout: float | None = None
+    fail_softly: bool = False
+    propagate_soft_failures: bool = True
+    skippable: bool = False
+    task_id: str | None = None
+    display_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.retry is not None:
+            from tenacity import BaseRetrying
+
+            if not isinstance(self.retry, BaseRetrying):
+                raise TypeError(
+                    "retry must be a tenacity Retrying object such as Retrying(stop=stop_after_attempt(3)), "
+                    f"got {type(self.retry).__name__} {short_repr(self.retry)}"
+                )
+        if self.timeout is not None:
+            value = self.timeout
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"timeout must be a number of seconds > 0, got {type(value).__name__} {value!r}")
+            if not value > 0 or value == float("inf"):
+                raise ValueError(f"timeout must be a finite number of seconds > 0, got {value}")
+        _check_bool("fail_softly", self.fail_softly)
+        _check_bool("propagate_soft_failures", self.propagate_soft_failures)
+        _check_bool("skippable", self.skippable)
+        if self.fail_softly and self.skippable:
+            raise ValueError(
+                "fail_softly and skippable cannot both be True: a raise either fails the node softly "
+                "or skips it; choose one"
+            )
+        if self.task_id is not None:
+            if not isinstance(self.task_id, str):
+                raise TypeError(f"task_id must be a str, got {type(self.task_id).__name__} {short_repr(self.task_id)}")
+            if not _TASK_ID.fullmatch(self.task_id):
+                raise ValueError(
+                    f"task_id {self.task_id!r} is not valid: use 1 to 100 letters, digits, '.', '_' or '-', "
+                    "starting with a letter or digit"
+                )
+        if self.display_name is not None and (not isinstance(self.display_name, str) or not self.display_name):
+            raise TypeError(f"display_name must be a non-empty str, got {short_repr(self.display_name)}")
+
+    @classmethod
+    def make(cls, **options: Any) -> TaskOptions:
+        """Validate keyword options into a TaskOptions.
+
+        Raises:
+            TypeError: An unknown option (the message lists the valid ones),
+                or a value of the wrong type.
+            ValueError: A value out of range.
+        """
+        return cls().replace(**options)
+
+    def replace(self, **changes: Any) -> TaskOptions:
+        """A copy with ``changes`` applied, validated like :meth:`make`."""
+        valid = {f.name for f in dataclasses.fields(self)}
+        later = sorted(set(changes) & _NOT_YET)
+        if later:
+            raise TypeError(
+                f"task option(s) {', '.join(later)} are not supported yet; supported: {', '.join(sorted(valid))}"
+            )
+        unknown = sorted(set(changes) - valid)
+        if unknown:
+            raise TypeError(f"unknown task option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(valid))}")
+        return dataclasses.replace(self, **changes)
+
+
+def _qualified_name(function: Callable[..., Any]) -> str:
+    target = function
+    while isinstance(target, functools.partial):
+        target = target.func
+    module = getattr(target, "__module__", None) or "?"
+    qualname = getattr(target, "__qualname__", None) or type(target).__qualname__
+    return f"{module}:{qualname}"
+
+
+def _is_async(function: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
+        getattr(function, "__call__", None)  # noqa: B004 - callable objects with an async __call__
+    )
+
+
+class Task:
+    """A function with pipeline options. Calling it calls the function.
+
+    Attributes:
+        function: The wrapped function.
+        options: Its :class:`TaskOptions`.
+        name: ``module:qualname`` of the function.
+        is_async: True for an ``async def`` function (it runs on an event loop).
+    """
+
+    function: Callable[..., Any]
+    options: TaskOptions
+    name: str
+    is_async: bool
+
+    def __init__(self, function: Callable[..., Any], options: TaskOptions | None = None) -> None:
+        if isinstance(function, Task):
+            function = function.function  # re-wrapping a task wraps its function
+        if not callable(function):
+            raise TypeError(f"task needs a callable, got {type(function).__name__} {short_repr(function)}")
+        self.function = function
+        self.options = options or TaskOptions()
+        self.name = _qualified_name(function)
+        self.is_async = _is_async(function)
+        if self.options.retry is not None:
+            from tenacity import AsyncRetrying
+
+            if isinstance(self.options.retry, AsyncRetrying) != self.is_async:
+                wanted = "AsyncRetrying" if self.is_async else "Retrying"
+                raise TypeError(
+                    f"task {self.name} is {'an async' if self.is_async else 'a plain'} function, so its retry "
+                    f"must be a tenacity.{wanted}, got {type(self.options.retry).__name__}"
+                )
+        functools.update_wrapper(self, function, updated=())  # not its __dict__: it could shadow ours
+
+    @property
+    def display_name(self) -> str:
+        """The task's ``display_name``, or its function's name."""
+        return self.options.display_name or getattr(self.function, "__name__", None) or self.name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.function(*args, **kwargs)
+
+    def with_options(self, **options: Any) -> Task:
+        """A copy of this task with some options changed (validated)."""
+        return Task(self.function, self.options.replace(**options))
+
+    def send(self, *args: Any, **kwargs: Any) -> Pipeline:
+        """Describe one call ``task(*args, **kwargs)`` as a one-node pipeline.
+
+        Pipelines among the arguments (also inside lists, tuples and dicts)
+        run first; their results are passed in their place.
+        """
+        from pylo.pipeline._builder import call_pipeline
+
+        return call_pipeline(self, args, kwargs)
+
+    def map(self, inputs: Iterable[Any] | Pipeline, *args: Any, **kwargs: Any) -> Pipeline:
+        """Describe a batch node: ``task(input, *args, **kwargs)`` for each input, as one pylo execution.
+
+        Args:
+            inputs: An iterable of inputs, or a pipeline whose result is one.
+            *args: More arguments for every call (pipelines allowed).
+            **kwargs: Keyword arguments for every call, except the execution
+                options ``max_worker_failures``, ``max_failures``,
+                ``store_exceptions``, ``task_executions_before_flush``,
+                ``flush_seconds`` and ``rate_limit``, which set up the
+                execution. Results are always stored (they are the node's
+                value), so ``store_results`` may only be True. The task's own
+                ``retry`` and ``timeout`` apply to each input.
+
+        Returns:
+            A one-node pipeline whose result is the list of results in input order.
+        """
+        from pylo.pipeline._builder import map_pipeline
+
+        options = {name: kwargs.pop(name) for name in list(kwargs) if name in MAP_OPTIONS}
+        return map_pipeline(self, inputs, args, kwargs, options)
+
+    def __repr__(self) -> str:
+        return f"Task({self.name})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A decorated module-level function is the Task itself under the
+        # function's name, so the function cannot pickle by reference: send
+        # the Task by its name when that finds it again.
+        module = getattr(self.function, "__module__", None)
+        qualname = getattr(self.function, "__qualname__", "")
+        if module and "<" not in qualname and _lookup(module, qualname) is self:
+            return (_lookup, (module, qualname))
+        return (Task, (self.function, self.options))
+
+
+def _lookup(module: str, qualname: str) -> Any:
+    import importlib
+
+    found: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    return found
+
+
+@overload
+def task(function: Callable[..., Any], /, **options: Any) -> Task: ...
+
+
+@overload
+def task(function: None = None, /, **options: Any) -> Callable[[Callable[..., Any]], Task]: ...
+
+
+def task(function: Callable[..., Any] | None = None, /, **options: Any) -> Task | Callable[[Callable[..., Any]], Task]:
+    """Make a task of a function: ``@task``, ``@task(retry=..., fail_softly=True, ...)`` or ``task(f, **options)``.
+
+    Args:
+        function: The function (when used as ``@task``).
+        **options: :class:`TaskOptions` fields.
+
+    Returns:
+        A :class:`Task`, or a decorator that makes one.
+
+    Raises:
+        TypeError: An unknown option or a value of the wrong type.
+        ValueError: A value out of range.
+    """
+    checked = TaskOptions.make(**options)
+    if function is not None:
+        return Task(function, checked)
+
+    def decorate(fn: Callable[..., Any]) -> Task:
+        return Task(fn, checked)
+
+    return decorate

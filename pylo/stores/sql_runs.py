@@ -1,0 +1,484 @@
+"""Pipeline runs in the SQL store's database, through SQLAlchemy Core.
+
+Two tables next to the executions' (:mod:`pylo.stores.sql`)::
+
+    pylo_runs(id PK, parent_id, name, status, ..., options JSON)
+    pylo_nodes(run_id, key PK, seq, task_name, ..., upstream JSON,
+               state, attempts, ..., result, exception, execution_id, ...)
+               index (run_id, seq)
+
+They are created by the first :meth:`SqlRunStore.create_run`, in its own
+transaction, and never by a read: a store written before pipelines existed
+opens, reads and resumes exactly as before, and lists no runs, until a run is
+created in it. The execution store's schema check ignores these tables, so
+a pylo that predates pipelines still opens a store that has them.
+
+Every write is one transaction through the execution store's own helpers
+(``BEGIN IMMEDIATE`` on SQLite, errors turned into a
+:class:`~pylo.errors.StoreError` naming the database).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql.compiler import SQLCompiler
+
+from pylo.errors import PipelineExists, PipelineNotFound, StoreError
+from pylo.stores import _sqlschema
+from pylo.stores._run_rows import (
+    MAX_KEY_LENGTH,
+    check_new_run,
+    check_update,
+    dump_run_options,
+    last_change_per_key,
+    load_run_options,
+    node_problem,
+    run_problem,
+)
+from pylo.stores._sqlschema import SCHEMA_LOCK_KEY
+from pylo.stores.runs import NodeRow, RunRow, RunStore, RunUpdate
+from pylo.stores.sql import SQLStore
+
+__all__ = ["SqlRunStore"]
+
+logger = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------------------
+# Schema: a MetaData of its own, so that the execution store neither creates
+# these tables when it opens nor calls a store without them damaged.
+
+_metadata = sa.MetaData()
+_ID = sa.String(255)
+
+_runs = sa.Table(
+    "pylo_runs",
+    _metadata,
+    sa.Column("id", _ID, primary_key=True),
+    sa.Column("parent_id", _ID, nullable=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+    sa.Column("ended_at", sa.Double, nullable=True),
+    sa.Column("codec", sa.String(64), nullable=False),
+    sa.Column("pid", sa.BigInteger, nullable=True),
+    sa.Column("host", sa.String(255), nullable=True),
+    sa.Column("options", sa.Text, nullable=False),
+    # list_runs sorts by (created_at, id).
+    sa.Index("ix_pylo_runs_created", "created_at", "id"),
+)
+
+_nodes = sa.Table(
+    "pylo_nodes",
+    _metadata,
+    sa.Column("run_id", _ID, sa.ForeignKey("pylo_runs.id"), primary_key=True),
+    sa.Column("key", sa.String(MAX_KEY_LENGTH), primary_key=True),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("task_name", sa.Text, nullable=False),
+    sa.Column("display_name", sa.Text, nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("upstream", sa.Text, nullable=False),
+    sa.Column("state", sa.String(32), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("started_at", sa.Double, nullable=True),
+    sa.Column("ended_at", sa.Double, nullable=True),
+    sa.Column("result", sa.LargeBinary, nullable=True),
+    sa.Column("exc_type", sa.Text, nullable=True),
+    sa.Column("message", sa.Text, nullable=True),
+    sa.Column("traceback", sa.Text, nullable=True),
+    sa.Column("exception", sa.LargeBinary, nullable=True),
+    sa.Column("execution_id", _ID, nullable=True),
+    sa.Column("child_run_id", _ID, nullable=True),
+    # read_nodes returns a run's nodes in seq order.
+    sa.Index("ix_pylo_nodes_seq", "run_id", "seq"),
+)
+
+#: Columns a RunUpdate may change; the others are fixed by create_run.
+_MUTABLE = (
+    "state",
+    "attempts",
+    "started_at",
+    "ended_at",
+    "result",
+    "exc_type",
+    "message",
+    "traceback",
+    "exception",
+    "execution_id",
+    "child_run_id",
+)
+
+# Built once: SQLAlchemy caches the compiled form per engine, and
+# record_run sends all of an update's nodes through it in one executemany.
+_update_node = (
+    _nodes.update()
+    .where(_nodes.c.run_id == sa.bindparam("n_run_id"), _nodes.c.key == sa.bindparam("n_key"))
+    .values({name: sa.bindparam(f"n_{name}") for name in _MUTABLE})
+)
+
+_WITHOUT_BLOBS = [column for column in _nodes.c if column.name not in ("result", "exception")]
+
+_insert_node = _nodes.insert()
+_NODE_COLUMNS = [column.name for column in _nodes.c]
+
+
+def _select_nodes(results: bool) -> sa.Select[Any]:
+    columns = list(_nodes.c) if results else _WITHOUT_BLOBS
+    return sa.select(*columns).where(_nodes.c.run_id == sa.bindparam("s_run_id")).order_by(_nodes.c.seq)
+
+
+@dataclass(frozen=True, slots=True)
+class _Raw:
+    """A statement compiled once for one database, run through the driver with plain values.
+
+    A run's nodes are many rows of plain values (text, numbers, bytes) that
+    every driver takes as they are, so SQLAlchemy's per-row parameter and
+    result processing, most of the cost of a 10,000-node run's writes and
+    reads, is skipped; the statement, its paramstyle and its errors (still
+    wrapped as SQLAlchemy's) stay SQLAlchemy's.
+    """
+
+    sql: str
+    names: tuple[str, ...] | None  # parameter order when the paramstyle is positional
+
+    @classmethod
+    def compile(cls, statement: sa.ClauseElement, dialect: sa.Dialect, column_keys: list[str] | None = None) -> _Raw:
+        compiled = statement.compile(dialect=dialect, column_keys=column_keys)
+        assert isinstance(compiled, SQLCompiler)
+        return cls(str(compiled), tuple(compiled.positiontup or ()) if compiled.positional else None)
+
+    def params(self, rows: list[dict[str, Any]]) -> list[Any]:
+        if self.names is None:
+            return rows
+        names = self.names
+        return [tuple([row[name] for name in names]) for row in rows]
+
+
+class SqlRunStore(RunStore):
+    """Pipeline runs in the database of a :class:`~pylo.stores.sql.SQLStore`.
+
+    Obtain one with ``store.runs()``. It shares the store's engine, so
+    closing the store closes it too.
+
+    Args:
+        store: The execution store whose database keeps the runs.
+    """
+
+    def __init__(self, store: SQLStore) -> None:
+        self._store = store
+        self.location = store.location
+        # Set once this process has seen both tables; they are never dropped.
+        self._tables_seen = False
+        dialect = store._engine.dialect
+        self._insert = _Raw.compile(_insert_node, dialect, _NODE_COLUMNS)
+        self._update = _Raw.compile(_update_node, dialect)
+        self._select = {results: _Raw.compile(_select_nodes(results), dialect) for results in (True, False)}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.location!r})"
+
+    # -- plumbing --------------------------------------------------------------
+
+    def _has_tables(self, conn: Connection) -> bool:
+        """True when the run tables exist; a store written before pipelines has neither."""
+        if self._tables_seen:
+            return True
+        inspector = sa.inspect(conn)
+        runs, nodes = (inspector.has_table(table.name) for table in (_runs, _nodes))
+        if runs != nodes:
+            # Both are created in one transaction: one alone was dropped.
+            missing = _nodes.name if runs else _runs.name
+            raise StoreError(
+                f"the store at {self.location} is damaged: it has pipeline tables but not {missing}; "
+                "restore it from a backup or give pylo another path"
+            )
+        self._tables_seen = runs
+        return runs
+
+    def _create_tables(self, conn: Connection) -> None:
+        """Create the run tables inside the caller's write transaction, once per store."""
+        if self._tables_seen:
+            return
+        if self._store._is_postgres:
+            # Processes creating the first run of a store at once: the second
+            # waits here, then finds the tables (READ COMMITTED sees them).
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+        if not self._has_tables(conn):
+            _metadata.create_all(conn, checkfirst=True)
+            logger.debug("created the pipeline tables in %s", self.location)
+
+    def _not_found(self, run_id: str) -> PipelineNotFound:
+        return PipelineNotFound(run_id, self.location)
+
+    def _damaged(self, run_id: str, problem: str) -> StoreError:
+        return StoreError(f"pipeline run {run_id!r} in the store at {self.location} is damaged: {problem}")
+
+    def _node_values(self, node: NodeRow) -> dict[str, Any]:
+        postgres = self._store._is_postgres
+
+        def text(value: str | None) -> str | None:
+            return _sqlschema.storable_text(value, postgres=postgres)
+
+        return {
+            "state": node.state,
+            "attempts": node.attempts,
+            "started_at": None if node.started_at is None else float(node.started_at),
+            "ended_at": None if node.ended_at is None else float(node.ended_at),
+            "result": None if node.result is None else bytes(node.result),
+            "exc_type": text(node.exc_type),
+            "message": text(node.message),
+            "traceback": text(node.traceback),
+            "exception": None if node.exception is None else bytes(node.exception),
+            "execution_id": node.execution_id,
+            "child_run_id": node.child_run_id,
+        }
+
+    def _run_from_row(self, row: sa.Row[Any]) -> RunRow:
+        try:
+            run = RunRow(
+                id=row.id,
+                parent_id=row.parent_id,
+                name=row.name,
+                status=row.status,
+                created_at=float(row.created_at),
+                updated_at=float(row.updated_at),
+                ended_at=None if row.ended_at is None else float(row.ended_at),
+                codec=row.codec,
+                pid=None if row.pid is None else int(row.pid),
+                host=row.host,
+                options=load_run_options(row.options),
+            )
+        except (TypeError, ValueError) as exc:
+            raise self._damaged(str(row.id), f"{type(exc).__name__}: {exc}") from exc
+        problem = run_problem(run)
+        if problem is not None:
+            raise self._damaged(run.id, f"it has {problem}")
+        return run
+
+    def _node_from_row(self, run_id: str, row: Sequence[Any], results: bool) -> NodeRow:
+        # By position, in the order of _NODE_COLUMNS (names cost a lookup each).
+        try:
+            if results:
+                (_, key, seq, task_name, display_name, kind, upstream_text, state, attempts, started_at, ended_at,
+                 result, exc_type, message, traceback, exception, execution_id, child_run_id) = row  # fmt: skip
+            else:
+                (_, key, seq, task_name, display_name, kind, upstream_text, state, attempts, started_at, ended_at,
+                 exc_type, message, traceback, execution_id, child_run_id) = row  # fmt: skip
+                result = exception = None
+            upstream = json.loads(upstream_text)
+            if not isinstance(upstream, list):
+                raise TypeError(f"the upstream keys of node {key!r} are not a JSON list")
+            node = NodeRow(
+                key,
+                int(seq),
+                task_name,
+                display_name,
+                kind,
+                tuple(upstream),
+                state,
+                int(attempts),
+                None if started_at is None else float(started_at),
+                None if ended_at is None else float(ended_at),
+                None if result is None else bytes(result),
+                exc_type,
+                message,
+                traceback,
+                None if exception is None else bytes(exception),
+                execution_id,
+                child_run_id,
+            )
+        except (TypeError, ValueError) as exc:
+            raise self._damaged(run_id, f"{type(exc).__name__}: {exc}") from exc
+        problem = node_problem(node)
+        if problem is not None:
+            raise self._damaged(run_id, problem)
+        return node
+
+    # -- writes ----------------------------------------------------------------
+
+    def create_run(self, run: RunRow, nodes: Sequence[NodeRow]) -> None:
+        """See :meth:`RunStore.create_run`.
+
+        The first run of a store creates the run tables, in the same
+        transaction.
+
+        Raises:
+            PipelineExists: A run with ``run.id`` exists.
+            ValueError: Two nodes share a key or a ``seq``, a key is empty or
+                too long, or a state or status is unknown.
+            TypeError: ``run.options`` is not JSON-serializable.
+            StoreError: The database cannot be written.
+        """
+        check_new_run(run, nodes)
+        row = {
+            "id": run.id,
+            "parent_id": run.parent_id,
+            "name": _sqlschema.storable_text(run.name, postgres=self._store._is_postgres),
+            "status": run.status,
+            "created_at": float(run.created_at),
+            "updated_at": float(run.updated_at),
+            "ended_at": None if run.ended_at is None else float(run.ended_at),
+            "codec": run.codec,
+            "pid": run.pid,
+            "host": run.host,
+            "options": dump_run_options(run.id, run.options),
+        }
+        node_rows = [
+            {
+                "run_id": run.id,
+                "key": node.key,
+                "seq": node.seq,
+                "task_name": node.task_name,
+                "display_name": _sqlschema.storable_text(node.display_name, postgres=self._store._is_postgres),
+                "kind": node.kind,
+                "upstream": json.dumps(list(node.upstream)),
+                **self._node_values(node),
+            }
+            for node in nodes
+        ]
+        store = self._store
+        with store._guard(f"create pipeline run {run.id!r}"):
+            try:
+                with store._write() as conn:
+                    self._create_tables(conn)
+                    conn.execute(_runs.insert(), row)
+                    if node_rows:
+                        conn.exec_driver_sql(self._insert.sql, self._insert.params(node_rows))
+            except IntegrityError as exc:
+                # The primary key decides, inside the database, which of two
+                # racing creators wins; any other integrity error is re-raised.
+                with store._read() as conn:
+                    exists = conn.execute(sa.select(_runs.c.id).where(_runs.c.id == run.id)).first()
+                if exists is not None:
+                    raise PipelineExists(run.id, self.location) from exc
+                raise
+        self._tables_seen = True
+
+    def record_run(self, run_id: str, update: RunUpdate) -> None:
+        """See :meth:`RunStore.record_run`.
+
+        The nodes of an update go to the database in one ``executemany`` of
+        one compiled statement; a node changed twice in one update is
+        written once, as its last change says.
+
+        Raises:
+            PipelineNotFound: No such run.
+            StoreError: A node key in the update is not one of the run's, or
+                the database cannot be written.
+            ValueError: A state or the status is unknown, or the status is
+                the derived ``crashed``.
+            TypeError: ``update.options`` is not JSON-serializable.
+        """
+        check_update(run_id, update)
+        values: dict[str, Any] = {"updated_at": time.time()}
+        if update.status is not None:
+            values["status"] = update.status
+        if update.ended_at is not None:
+            values["ended_at"] = float(update.ended_at)
+        changed = last_change_per_key(update.nodes)
+        params = [
+            {
+                "n_run_id": run_id,
+                "n_key": node.key,
+                **{f"n_{name}": value for name, value in self._node_values(node).items()},
+            }
+            for node in changed
+        ]
+        store = self._store
+        with store._guard(f"record an update of pipeline run {run_id!r}"), store._write() as conn:
+            if not self._has_tables(conn):
+                raise self._not_found(run_id)
+            if update.options is not None:
+                current = conn.execute(sa.select(_runs.c.options).where(_runs.c.id == run_id)).scalar_one_or_none()
+                if current is None:
+                    raise self._not_found(run_id)
+                try:
+                    merged = {**load_run_options(current), **update.options}
+                except ValueError as exc:
+                    raise self._damaged(run_id, f"its options cannot be read ({exc})") from exc
+                values["options"] = dump_run_options(run_id, merged)
+            # The run row first: it doubles as the existence check, and an
+            # exception inside the transaction rolls everything back.
+            updated = conn.execute(_runs.update().where(_runs.c.id == run_id).values(**values))
+            if updated.rowcount == 0:
+                raise self._not_found(run_id)
+            if params:
+                result = conn.exec_driver_sql(self._update.sql, self._update.params(params))
+                if result.rowcount != len(params):
+                    self._raise_unknown_keys(conn, run_id, changed)
+
+    def _raise_unknown_keys(self, conn: Connection, run_id: str, changed: Sequence[NodeRow]) -> None:
+        known = set(conn.execute(sa.select(_nodes.c.key).where(_nodes.c.run_id == run_id)).scalars())
+        unknown = [node.key for node in changed if node.key not in known]
+        raise StoreError(
+            f"cannot record an update of pipeline run {run_id!r} in the store at {self.location}: "
+            f"it has no node with the key(s) {', '.join(map(repr, unknown))}; nothing was written"
+        )
+
+    # -- reads -----------------------------------------------------------------
+
+    def get_run(self, run_id: str) -> RunRow:
+        """See :meth:`RunStore.get_run`.
+
+        Raises:
+            PipelineNotFound: No such run.
+            StoreError: The database cannot be read or the row is damaged.
+        """
+        store = self._store
+        with store._guard(f"read pipeline run {run_id!r}"), store._read() as conn:
+            row = None
+            if self._has_tables(conn):
+                row = conn.execute(sa.select(_runs).where(_runs.c.id == run_id)).first()
+        if row is None:
+            raise self._not_found(run_id)
+        return self._run_from_row(row)
+
+    def list_runs(self) -> list[RunRow]:
+        """See :meth:`RunStore.list_runs`.
+
+        Raises:
+            StoreError: The database cannot be read, or a run row is damaged
+                (the message names every damaged run).
+        """
+        store = self._store
+        with store._guard("list pipeline runs"), store._read() as conn:
+            if not self._has_tables(conn):
+                return []
+            rows = conn.execute(sa.select(_runs).order_by(_runs.c.created_at, _runs.c.id)).all()
+        runs = []
+        damaged = []
+        for row in rows:
+            try:
+                runs.append(self._run_from_row(row))
+            except StoreError as exc:  # name them all, not just the first
+                damaged.append(str(exc))
+        if damaged:
+            raise StoreError("; ".join(damaged))
+        return runs
+
+    def read_nodes(self, run_id: str, *, results: bool = True) -> list[NodeRow]:
+        """See :meth:`RunStore.read_nodes`.
+
+        Raises:
+            PipelineNotFound: No such run.
+            StoreError: The database cannot be read or a row is damaged.
+        """
+        store = self._store
+        select = self._select[results]
+        with store._guard(f"read the nodes of pipeline run {run_id!r}"), store._read() as conn:
+            exists = self._has_tables(conn) and (
+                conn.execute(sa.select(_runs.c.id).where(_runs.c.id == run_id)).first() is not None
+            )
+            if not exists:
+                raise self._not_found(run_id)
+            rows = conn.exec_driver_sql(select.sql, select.params([{"s_run_id": run_id}])[0]).all()
+        return [self._node_from_row(run_id, row, results) for row in rows]

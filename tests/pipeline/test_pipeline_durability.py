@@ -1,0 +1,183 @@
+"""Durability: the flush policy, the store's invariant after every flush, interrupts, crashed runs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+import pytest
+from pipeline_tasks import BROKEN, count, interrupt, step
+
+from pylo import PipelineStatus, Pylo, TaskState
+from pylo.pipeline import Pipeline, _host
+from pylo.stores.runs import NodeRow, RunRow, RunStore, RunUpdate
+
+MakePylo = Callable[..., Pylo]
+
+
+class WatchedRuns(RunStore):
+    """Delegates to a real run store; after each write, checks that no done node has an upstream not done."""
+
+    def __init__(self, inner: RunStore) -> None:
+        self.inner = inner
+        self.location = inner.location
+        self.updates: list[RunUpdate] = []
+
+    def create_run(self, run: RunRow, nodes: Sequence[NodeRow]) -> None:
+        self.inner.create_run(run, nodes)
+
+    def record_run(self, run_id: str, update: RunUpdate) -> None:
+        self.inner.record_run(run_id, update)
+        self.updates.append(update)
+        rows = {row.key: row for row in self.inner.read_nodes(run_id, results=False)}
+        for row in rows.values():
+            if row.state == "done":
+                assert all(rows[up].state == "done" for up in row.upstream), row.key
+
+    def get_run(self, run_id: str) -> RunRow:
+        return self.inner.get_run(run_id)
+
+    def list_runs(self) -> list[RunRow]:
+        return self.inner.list_runs()
+
+    def read_nodes(self, run_id: str, *, results: bool = True) -> list[NodeRow]:
+        return self.inner.read_nodes(run_id, results=results)
+
+
+@pytest.fixture
+def watched(monkeypatch: pytest.MonkeyPatch) -> list[WatchedRuns]:
+    made: list[WatchedRuns] = []
+    original = _host.Host.runs
+
+    def runs(self: _host.Host) -> RunStore:
+        if not made or made[-1].inner is not original(self):
+            made.append(WatchedRuns(original(self)))
+        return made[-1]
+
+    monkeypatch.setattr(_host.Host, "runs", runs)
+    return made
+
+
+def chain(length: int) -> Pipeline:
+    p = step.send("n0")
+    for i in range(1, length):
+        p = step.send(f"n{i}", p)
+    return p
+
+
+def test_outcomes_are_flushed_every_n_and_at_the_end(make_pylo: MakePylo, watched: list[WatchedRuns]) -> None:
+    p = make_pylo(2, task_executions_before_flush=3, flush_seconds=3600)
+    run_id = p.run_pipeline(chain(10))
+    updates = watched[-1].updates
+    assert [len([r for r in u.nodes if r.state == "done"]) for u in updates] == [3, 3, 3, 1]
+    assert [u.status for u in updates] == [None, None, None, "completed"]
+    assert p.get_pipeline(run_id).status is PipelineStatus.COMPLETED
+
+
+def test_failures_cascades_and_soft_failures_keep_the_invariant(
+    make_pylo: MakePylo, watched: list[WatchedRuns]
+) -> None:
+    BROKEN.update({"n3", "m2"})
+    p = make_pylo(3, task_executions_before_flush=1)
+    soft = step.send("m0")
+    for i in range(1, 6):
+        soft = step.send(f"m{i}", soft).set(fail_softly=i == 2)
+    p.run_pipeline([chain(8), soft])
+    assert len(watched[-1].updates) > 5
+
+
+def test_an_interrupt_is_recorded_and_the_run_resumes(make_pylo: MakePylo) -> None:
+    BROKEN.add("interrupt")
+    p = make_pylo(2)
+
+    def flow() -> Pipeline:
+        first = step.send("first")
+        return step.send("last", interrupt.send(first).set(task_id="interrupt"))
+
+    with pytest.raises(KeyboardInterrupt):
+        p.run_pipeline(flow(), run_id="stopped")
+    record = p.get_pipeline("stopped")
+    assert record.status is PipelineStatus.INTERRUPTED and record.ended_at is not None
+    states = {n.key: n.state for n in record.nodes}
+    assert states["interrupt"] is TaskState.PENDING
+    assert list(states.values()).count(TaskState.DONE) == 1
+    BROKEN.clear()
+    resumed = p.resume_pipeline("stopped", flow())
+    assert p.get_pipeline_result(resumed) == "last"
+    assert count("first") == 1 and count("interrupt") == 1
+
+
+def test_a_running_run_of_a_dead_process_reads_as_crashed(make_pylo: MakePylo) -> None:
+    p = make_pylo()
+    run_id = p.run_pipeline(step.send("a"))
+    runs = p.store.runs()
+    row = runs.get_run(run_id)
+    gone = _dead_pid()
+    runs.create_run(
+        RunRow("ghost", None, "ghost", "running", row.created_at, row.created_at, None, "pickle", gone, row.host),
+        [NodeRow("a", 0, "m:a", "a")],
+    )
+    assert p.get_pipeline("ghost").status is PipelineStatus.CRASHED
+    assert [r.status for r in p.list_pipelines()] == [PipelineStatus.COMPLETED, PipelineStatus.CRASHED]
+    resumed = p.resume_pipeline("ghost", step.send("a").set(task_id="a"))
+    assert p.get_pipeline_result(resumed) == "a"
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_resume_refuses_a_run_still_running_here(make_pylo: MakePylo) -> None:
+    from pylo.pipeline import PipelineNotResumable
+
+    p = make_pylo()
+    run_id = p.run_pipeline(step.send("a"))
+    runs = p.store.runs()
+    row = runs.get_run(run_id)
+    runs.create_run(
+        RunRow("live", None, "live", "running", row.created_at, row.created_at, None, "pickle", os.getppid(), row.host),
+        [NodeRow("a", 0, "m:a", "a")],
+    )
+    with pytest.raises(PipelineNotResumable, match="still running"):
+        p.resume_pipeline("live", step.send("a"))
+
+
+def test_a_reader_sees_a_long_node_running_within_flush_seconds(make_pylo: MakePylo) -> None:
+    import threading
+    import time
+
+    from pylo import PipelineNotFound
+    from pylo.pipeline import task
+
+    release = threading.Event()
+
+    @task
+    def long_node() -> str:
+        assert release.wait(30)
+        return "done"
+
+    p = make_pylo(2, flush_seconds=0.05)
+    runner = threading.Thread(target=p.run_pipeline, args=(long_node.send(),), kwargs={"run_id": "watched"})
+    runner.start()
+    try:
+        deadline = time.monotonic() + 20
+        state = None
+        while state is not TaskState.RUNNING:
+            assert time.monotonic() < deadline, f"the node never read as running (last: {state})"
+            try:
+                record = p.get_pipeline("watched")
+            except PipelineNotFound:
+                continue
+            state = record.nodes[0].state
+            assert record.status is PipelineStatus.RUNNING
+            time.sleep(0.01)
+        assert record.nodes[0].started_at is not None
+    finally:
+        release.set()
+        runner.join(30)
+    assert p.get_pipeline_result("watched") == "done"
