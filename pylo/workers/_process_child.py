@@ -203,6 +203,12 @@ class _ChildLane:
                     break
         # No input runs from here on: a timeout must not fire while the result is sent.
         state[INPUT_STARTED] = 0.0
+        if attempted == len(inputs):
+            # Only now, with every result and failure of the chunk in the pipe,
+            # may the parent read the whole chunk as done: a progress() report
+            # of it before its last result arrived would count that input
+            # finished without its result (and the result would be dropped).
+            state[KEY] = self._base + attempted
         if interrupt is not None:
             # The execution is being interrupted: every lane stops after its
             # current input now, without waiting for the parent to say so.
@@ -262,7 +268,6 @@ class _Published(Sequence[Any]):
             state[INPUT_STARTED] = clock()
             state[KEY] = base + index
             yield inputs[index]
-        if self._stop == len(self._inputs):
-            # Every input of the chunk has an outcome; none is running.
-            state[INPUT_STARTED] = 0.0
-            state[KEY] = base + self._stop
+        # The input taken last has ended, but its result may not be sent yet:
+        # the key stays on it until _ChildLane._run has sent it.
+        state[INPUT_STARTED] = 0.0

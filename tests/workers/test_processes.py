@@ -25,6 +25,7 @@ import pytest
 from contract_tasks import always_fail, calls, flaky, noop, square
 from process_tasks import (
     LockedInterrupt,
+    big_result,
     crash_then_fail,
     echo,
     exit_on,
@@ -351,6 +352,19 @@ def test_results_are_kept_and_failures_have_none(make: MakePylo) -> None:
     execution_id = pylo.start_from_scratch(range(300), partial(fail_then_hang, 7, -1))
     assert pylo.get_results(execution_id) == [(x, x * x) for x in range(300) if x != 7]
     assert pylo.get_state(execution_id)[1] == [7]
+
+
+@pytest.mark.parametrize("start_method", ["spawn"])
+def test_every_finished_input_has_its_result_however_often_it_flushes(make: MakePylo) -> None:
+    # Flushes every 5 ms land while workers are still sending a chunk's last
+    # result; the chunk must not read as done until that result is in.
+    pylo = make(3, store_results=True, flush_seconds=0.005)
+    execution_id = pylo.start_from_scratch(range(300), partial(big_result, 300_000))
+    finished, unfinished = pylo.get_state(execution_id)
+    assert (len(finished), unfinished) == (300, [])
+    results = pylo.get_results(execution_id)
+    assert [item for item, _ in results] == list(range(300))
+    assert all(value == bytes([item % 256]) * 300_000 for item, value in results)
 
 
 @pytest.mark.parametrize("start_method", ["spawn"])
