@@ -75,18 +75,21 @@ def main(boot: Boot) -> None:
 
 
 def _leave_signals_to_the_parent() -> None:
-    """Ignore Ctrl-C, and die at once on SIGTERM.
+    """Ignore Ctrl-C and SIGTERM: the parent decides what they mean.
 
-    Ctrl-C reaches the whole process group; the parent decides what it
-    means and stops the workers itself. With fork, the parent's SIGTERM
-    handler (SystemExit) was inherited: the default makes ``terminate()``
-    end a worker even inside a task. The parent blocked SIGINT around the
-    start, so a Ctrl-C in between waits, and is dropped once unblocked.
+    Both reach the whole process group (a terminal's Ctrl-C, systemd's
+    SIGTERM when it stops a service). The parent turns them into an
+    interrupt and stops the workers itself, so the inputs they were running
+    stay pending; a worker that died of the signal on its own would look
+    like a crash and fail its input. With fork, the parent's handlers were
+    inherited, so both are set here. The parent blocked both around the
+    start, so a signal in between waits, and is dropped once unblocked. The
+    parent ends workers with SIGKILL.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
 def _exit_with_parent() -> None:

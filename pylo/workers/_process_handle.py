@@ -54,7 +54,7 @@ class WorkerProcess:
         process = context.Process(target=_process_child.main, args=(boot,), name=f"pylo-worker-{lane}")
         spawned.append(process)
         try:
-            with _sigint_blocked():
+            with _signals_blocked():
                 process.start()
         except BaseException:
             inbox_writer.close()
@@ -140,18 +140,18 @@ def how_it_ended(exitcode: int | None) -> str:
 
 
 @contextlib.contextmanager
-def _sigint_blocked() -> Iterator[None]:
-    """Hold back SIGINT in this thread while a worker starts.
+def _signals_blocked() -> Iterator[None]:
+    """Hold back SIGINT and SIGTERM in this thread while a worker starts.
 
-    A forked or spawned worker inherits the signal mask, so a Ctrl-C that
-    arrives before it has set SIGINT to be ignored waits instead of raising
-    KeyboardInterrupt inside it. The parent still gets the signal (another
-    thread takes it, or this one once the mask is restored).
+    A forked or spawned worker inherits the signal mask, so a Ctrl-C or a
+    SIGTERM to the process group that arrives before the worker has set them
+    to be ignored waits instead of ending it. The parent still gets the
+    signal (another thread takes it, or this one once the mask is restored).
     """
     if not hasattr(signal, "pthread_sigmask"):
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
         yield
     finally:

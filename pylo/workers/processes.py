@@ -317,11 +317,11 @@ class ProcessBackend(Backend):
                 worker.send(frame(b""))  # the stop message, after any chunk still queued
             join_all(workers)
         # Whatever is left ends now, and is reaped: no orphan, no zombie.
-        for stop in ("terminate", "kill"):
-            for worker in workers:
-                if worker.process.is_alive():
-                    getattr(worker.process, stop)()
-            join_all(workers)
+        # SIGKILL: workers ignore SIGTERM (see _process_child).
+        for worker in workers:
+            if worker.process.is_alive():
+                worker.process.kill()
+        join_all(workers)
         for worker in workers:
             worker.release()
         end_strays(self._spawned)
