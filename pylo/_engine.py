@@ -387,7 +387,7 @@ class Coordinator:
     def __init__(
         self,
         store: Store,
-        backend: Backend,
+        backend: Callable[[], Backend],
         execution_id: str,
         plan: _Plan,
         config: RunConfig,
@@ -395,7 +395,8 @@ class Coordinator:
         on_progress: Callable[[int, int], None] | None = None,
     ) -> None:
         self._store = store
-        self._backend = backend
+        self._make_backend = backend
+        self._backend: Backend | None = None
         self._id = execution_id
         self._plan = plan
         self._config = config
@@ -412,31 +413,37 @@ class Coordinator:
         self._stopping = False
         self._target_chunk_seconds = min(TARGET_CHUNK_SECONDS, config.flush_seconds / 4)
         self._flush_due = time.monotonic() + config.flush_seconds
+        self._ended = False  # the final status is durable
 
     # -- the loop ---------------------------------------------------------
 
     def run(self, function: Callable[[Any], Any]) -> ExecutionStatus:
         """Run every pending input; flush; return the final status.
 
+        Every moment of the run is inside one ``try``, from making the
+        backend to the final flush: an interrupt anywhere (a Ctrl-C while
+        the lanes are being joined, say) ends the execution ``interrupted``
+        with every outcome heard so far, never leaves it ``running``.
+
         Raises:
             BaseException: Whatever interrupted the run (KeyboardInterrupt,
                 SystemExit, a store failure...), after recording what it can.
         """
-        backend = self._backend
         try:
+            self._backend = backend = self._make_backend()
             backend.start(function, len(self._lanes), self._config.runner_settings(self._codec))
             self._loop()
-        except BaseException as exc:
-            self._end_early(exc)
-            raise
-        else:
             backend.shutdown(wait=True)
-        status = ExecutionStatus.COMPLETED if self._pending() == 0 else ExecutionStatus.STOPPED
-        self._flush(status=status, ended_at=time.time())
+            status = ExecutionStatus.COMPLETED if self._pending() == 0 else ExecutionStatus.STOPPED
+            self._flush(status=status, ended_at=time.time())
+        except BaseException as exc:
+            if not self._ended:  # an interrupt after the final flush changes nothing
+                self._end_early(exc)
+            raise
         return status
 
     def _loop(self) -> None:
-        backend = self._backend
+        backend = self._started()
         threshold = self._config.task_executions_before_flush
         while True:
             if not self._stopping:
@@ -464,11 +471,21 @@ class Coordinator:
                     self._apply(partial, final=False)
                 self._flush()
 
+    @property
+    def ended(self) -> bool:
+        """True once the execution's final status has been written (or tried to the last)."""
+        return self._ended
+
+    def _started(self) -> Backend:
+        assert self._backend is not None, "the backend is made first thing in run()"
+        return self._backend
+
     def _feed(self) -> None:
         # Round by round (every lane's first chunk, then second ones), so
         # with many lanes and few inputs no lane waits while another holds
         # queued work.
-        for depth in range(1, 2 + self._backend.prefetch):
+        backend = self._started()
+        for depth in range(1, 2 + backend.prefetch):
             for lane in self._lanes:
                 if not lane.active or lane.in_flight >= depth:
                     continue
@@ -482,7 +499,7 @@ class Coordinator:
                 self._in_flight[chunk_id] = chunk
                 self._in_flight_inputs[chunk_id] = inputs
                 lane.in_flight += 1
-                self._backend.submit(lane.number, chunk_id, inputs, self._budget(lane))
+                backend.submit(lane.number, chunk_id, inputs, self._budget(lane))
 
     def _budget(self, lane: _Lane) -> int:
         budget = self._config.max_worker_failures - lane.failures
@@ -585,7 +602,7 @@ class Coordinator:
         if max_failures is not None and not self._stopping and self._failed_here >= max_failures:
             logger.info("execution %s stopping: %d failed inputs (max_failures)", self._id, self._failed_here)
             self._stopping = True
-            self._backend.cancel()
+            self._started().cancel()
 
     def _resize(self, lane: _Lane, result: ChunkResult) -> None:
         """Aim the lane's next chunk at TARGET_CHUNK_SECONDS of work."""
@@ -616,8 +633,15 @@ class Coordinator:
             status=status,
             ended_at=ended_at,
         )
-        self._store.record_flush(self._id, flush)
+        # Handed over before the write: an interrupt just after the store
+        # committed must not make the outcomes look unwritten.
         self._outcomes = _Outcomes()
+        try:
+            self._store.record_flush(self._id, flush)
+        except BaseException:
+            self._outcomes = outcomes  # not written: the next flush carries them
+            raise
+        self._ended = status is not None
         self._flush_due = time.monotonic() + self._config.flush_seconds
 
     # -- ending early -----------------------------------------------------
@@ -626,18 +650,21 @@ class Coordinator:
         """Save what can be saved after ``exc`` cut the run short."""
         store_failed = isinstance(exc, StoreError)
         backend = self._backend
-        try:
-            backend.cancel()
-            if not store_failed:
-                # Lanes stop after their current input; take what they finished.
-                deadline = time.monotonic() + INTERRUPT_GRACE
-                while self._in_flight and (left := deadline - time.monotonic()) > 0:
-                    for result in backend.poll(left):
-                        self._apply_quietly(result)
-        except BaseException:  # a second Ctrl-C while draining: save what we have
-            logger.debug("draining lanes of execution %s was cut short", self._id, exc_info=True)
-        finally:
-            backend.shutdown(wait=False)
+        if backend is not None:
+            try:
+                backend.cancel()
+                if not store_failed:
+                    # Lanes stop after their current input; take what they finished.
+                    deadline = time.monotonic() + INTERRUPT_GRACE
+                    while self._in_flight and (left := deadline - time.monotonic()) > 0:
+                        for result in backend.poll(left):
+                            self._apply_quietly(result)
+            except BaseException:  # a second Ctrl-C while draining: save what we have
+                logger.debug("draining lanes of execution %s was cut short", self._id, exc_info=True)
+            try:
+                backend.shutdown(wait=False)
+            except BaseException:  # not even this may keep the outcomes from being saved
+                logger.debug("stopping the lanes of execution %s was cut short", self._id, exc_info=True)
         interrupted = not isinstance(exc, Exception)
         status = ExecutionStatus.INTERRUPTED if interrupted else ExecutionStatus.ABORTED
         try:
@@ -645,6 +672,7 @@ class Coordinator:
         except BaseException:
             logger.error("could not save the last outcomes of execution %s", self._id, exc_info=True)
             record_end(self._store, self._id, status)
+        self._ended = True
 
     def _apply_quietly(self, result: ChunkResult) -> None:
         if result.chunk_id not in self._in_flight:

@@ -722,22 +722,27 @@ class Pylo:
         bar: ProgressBar | None = None
         try:
             with _sigterm_as_system_exit():
+                coordinator: _engine.Coordinator | None = None
                 try:
                     plan = prepare()
+                    if wants_progress(self._config.progress):
+                        bar = ProgressBar(execution_id, plan.total, plan.finished)
+                    coordinator = _engine.Coordinator(
+                        self._store,
+                        functools.partial(self._backend, **self._backend_options),
+                        execution_id,
+                        plan,
+                        self._config,
+                        codec or self._codec,
+                        on_progress=None if bar is None else bar.update,
+                    )
+                    coordinator.run(function)
                 except BaseException as exc:
-                    self._mark_failed_start(execution_id, exc)
+                    # The coordinator records the end of what it ran; this covers the moments
+                    # before (or an interrupt cutting its own ending short).
+                    if coordinator is None or not coordinator.ended:
+                        self._mark_failed_start(execution_id, exc)
                     raise
-                if wants_progress(self._config.progress):
-                    bar = ProgressBar(execution_id, plan.total, plan.finished)
-                _engine.Coordinator(
-                    self._store,
-                    self._backend(**self._backend_options),
-                    execution_id,
-                    plan,
-                    self._config,
-                    codec or self._codec,
-                    on_progress=None if bar is None else bar.update,
-                ).run(function)
         finally:
             if bar is not None:
                 bar.close()
@@ -745,7 +750,7 @@ class Pylo:
                 _RUNNING_HERE.discard(execution_id)
 
     def _mark_failed_start(self, execution_id: str, exc: BaseException) -> None:
-        """Give an execution that failed while recording its inputs a final status."""
+        """Give an execution a final status when it ended before its coordinator could (or while it did)."""
         from pylo.errors import ExecutionExists
 
         if isinstance(exc, ExecutionExists):

@@ -10,11 +10,15 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
 from pylo import ExecutionStatus, Pylo
+from pylo.stores import open_store
+from pylo.stores.base import Flush
+from pylo.workers.threads import ThreadBackend
 
 CHILD = textwrap.dedent(
     """
@@ -136,3 +140,91 @@ def test_sigterm_handler_of_the_application_is_left_alone(tmp_path: Path) -> Non
         assert signal.getsignal(signal.SIGTERM) is mine
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+# -- an interrupt at every moment of a run -------------------------------------------
+#
+# Each window is hit deterministically: a test double raises KeyboardInterrupt,
+# or sends this process a real SIGINT, at that very point.
+
+
+def _interrupt(real: bool) -> None:
+    if real:
+        # Python's own handler raises KeyboardInterrupt in this (the main)
+        # thread at its next check, which comes before this call returns.
+        os.kill(os.getpid(), signal.SIGINT)
+        return
+    raise KeyboardInterrupt("injected")
+
+
+class _Window:
+    """Where the next run is interrupted, and how."""
+
+    where = ""
+    real = False
+
+
+def _backend_interrupted_at(window: type[_Window]) -> type[ThreadBackend]:
+    class Interrupted(ThreadBackend):
+        def __init__(self) -> None:
+            if window.where == "construction":
+                _interrupt(window.real)
+            super().__init__()
+
+        def start(self, *args: Any) -> None:
+            super().start(*args)
+            if window.where == "start":
+                _interrupt(window.real)
+
+        def shutdown(self, wait: bool) -> None:
+            super().shutdown(wait)
+            if wait and window.where == "shutdown":
+                _interrupt(window.real)
+
+    return Interrupted
+
+
+@pytest.mark.parametrize("real", [False, True], ids=["raised", "real-sigint"])
+@pytest.mark.parametrize("where", ["construction", "start", "shutdown", "final-flush"])
+def test_an_interrupt_at_any_moment_of_a_run_ends_it_interrupted_with_every_outcome(
+    tmp_path: Path, where: str, real: bool
+) -> None:
+    from pylo import _engine
+
+    class Window(_Window):
+        pass
+
+    Window.where, Window.real = where, real
+    store = open_store("sqlite", tmp_path / "store")
+    original = store.record_flush
+
+    def record_flush(execution_id: str, flush: Flush) -> None:
+        if Window.where == "final-flush" and flush.status is ExecutionStatus.COMPLETED:
+            _interrupt(real)
+        original(execution_id, flush)
+
+    store.record_flush = record_flush  # type: ignore[method-assign]
+    # No flush before the end: every outcome is saved by the last one, or lost.
+    config = _engine.RunConfig(
+        number_of_workers=3,
+        max_worker_failures=1000,
+        task_executions_before_flush=100_000,
+        flush_seconds=3600.0,
+        store_exceptions=True,
+    )
+    pylo = Pylo(store, _backend_interrupted_at(Window), config)
+    ran: list[int] = []
+    with pytest.raises(KeyboardInterrupt):
+        pylo.start_from_scratch(range(300), ran.append, execution_id="cut")
+    record = pylo.get_execution("cut")
+    assert record.status is ExecutionStatus.INTERRUPTED
+    finished, unfinished = pylo.get_state("cut")
+    assert record.finished == len(finished) == len(ran)
+    assert sorted(finished + unfinished) == list(range(300))
+    if where in ("shutdown", "final-flush"):
+        assert len(finished) == 300  # the run was over: everything is saved
+    Window.where = ""
+    resumed = pylo.start_from_past_execution("cut", ran.append)
+    assert sorted(ran) == list(range(300))
+    assert pylo.get_state(resumed) == (list(range(300)), [])
+    pylo.close()
