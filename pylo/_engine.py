@@ -200,11 +200,13 @@ def record_fresh(
     """
     store.create_execution(record)
     in_memory: Sequence[Any] | None = None
-    if isinstance(task_inputs, Collection):
-        in_memory = task_inputs if isinstance(task_inputs, Sequence) else list(task_inputs)
-        iterator: Iterator[Any] = iter(in_memory)
-    else:
-        iterator = iter(task_inputs)
+    if isinstance(task_inputs, (list, tuple, range)):
+        in_memory = task_inputs
+    elif isinstance(task_inputs, Collection):
+        # Sets, dicts, deques, arrays...: in memory already, but not all can
+        # be sliced (a deque is a Sequence that cannot), so take a list.
+        in_memory = list(task_inputs)
+    iterator: Iterator[Any] = iter(task_inputs if in_memory is None else in_memory)
 
     batches: list[_Batch] = []
     pending_writes: list[BatchRecord] = []
@@ -404,7 +406,9 @@ class Coordinator:
         self._on_progress = on_progress
         self._scheduler = _Scheduler(plan)
         self._max_chunk = min(MAX_BATCH, config.task_executions_before_flush)
-        self._lanes = [_Lane(n, chunk_size=min(FIRST_CHUNK, self._max_chunk)) for n in range(config.number_of_workers)]
+        # No more lanes than inputs to run: 20,000 workers for 2 inputs start 2.
+        lanes = max(1, min(config.number_of_workers, plan.total - plan.finished))
+        self._lanes = [_Lane(n, chunk_size=min(FIRST_CHUNK, self._max_chunk)) for n in range(lanes)]
         self._in_flight: dict[int, _Chunk] = {}
         self._in_flight_inputs: dict[int, Sequence[Any]] = {}
         self._next_chunk_id = 0
@@ -430,10 +434,11 @@ class Coordinator:
                 SystemExit, a store failure...), after recording what it can.
         """
         try:
-            self._backend = backend = self._make_backend()
-            backend.start(function, len(self._lanes), self._config.runner_settings(self._codec))
-            self._loop()
-            backend.shutdown(wait=True)
+            if self._pending():  # nothing to run (a resume of a complete execution): no workers
+                self._backend = backend = self._make_backend()
+                backend.start(function, len(self._lanes), self._config.runner_settings(self._codec))
+                self._loop()
+                backend.shutdown(wait=True)
             status = ExecutionStatus.COMPLETED if self._pending() == 0 else ExecutionStatus.STOPPED
             self._flush(status=status, ended_at=time.time())
         except BaseException as exc:

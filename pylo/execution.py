@@ -92,11 +92,19 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     return value
 
 
+#: Longest ``flush_seconds`` or ``timeout``: one week. Waits this long still
+#: fit every timeout the backends pass to the system (poll(2) takes at most
+#: about 24 days), and a longer one means "never": use the count, or None.
+MAX_SECONDS = 7 * 24 * 3600
+
+
 def _check_seconds(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of seconds > 0, got {type(value).__name__} {value!r}")
     if not value > 0 or value != value or value == float("inf"):
         raise ValueError(f"{name} must be a finite number of seconds > 0, got {value}")
+    if value > MAX_SECONDS:
+        raise ValueError(f"{name} must be at most {MAX_SECONDS} seconds (one week), got {value:g}")
     return float(value)
 
 

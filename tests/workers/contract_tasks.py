@@ -8,6 +8,7 @@ from threads, processes and coroutines. ``Async`` turns any of these into an
 from __future__ import annotations
 
 import inspect
+import os
 import time
 from typing import Any
 
@@ -68,3 +69,29 @@ class Async:
         if inspect.isawaitable(result):
             return await result
         return result
+
+
+def lanes_seen(log: str, item: Any) -> None:
+    """Record how many lanes the backend running this task has started, where it can be seen.
+
+    Thread lanes are threads named ``pylo-lane-N``; asyncio lanes are tasks
+    with those names; process lanes are the worker processes of this one's
+    parent. Dask lanes start nothing of their own.
+    """
+    import asyncio
+    import multiprocessing
+    import threading
+
+    import psutil
+
+    threads = sum(thread.name.startswith("pylo-lane-") for thread in threading.enumerate())
+    try:
+        coroutines = sum(task.get_name().startswith("pylo-lane-") for task in asyncio.all_tasks())
+    except RuntimeError:  # no running loop: not on asyncio
+        coroutines = 0
+    processes = 0
+    if multiprocessing.parent_process() is not None:
+        for sibling in psutil.Process(os.getppid()).children():
+            command = " ".join(sibling.cmdline())
+            processes += "resource_tracker" not in command and "forkserver" not in command
+    log_call(log, max(threads, coroutines, processes))

@@ -18,6 +18,7 @@ from contract_tasks import (
     fail_multiples_of_seven,
     flaky,
     interrupt_at,
+    lanes_seen,
     logged,
     noop,
     square,
@@ -131,3 +132,23 @@ def test_an_interrupt_from_a_task_is_saved_and_resumable(workers: Workers) -> No
     assert 1000 in unfinished and sorted(finished + unfinished) == list(range(2000))
     resumed = pylo.start_from_past_execution("cut", workers.task(noop))
     assert pylo.get_state(resumed) == (list(range(2000)), [])
+
+
+def test_no_more_lanes_start_than_there_are_inputs(workers: Workers, tmp_path: Path) -> None:
+    # Many workers for two inputs: two lanes, however many workers were asked for.
+    log = str(tmp_path / "lanes.log")
+    pylo = workers.make(12)
+    execution_id = pylo.start_from_scratch([0, 1], workers.task(lanes_seen, log))
+    assert pylo.get_state(execution_id) == ([0, 1], [])
+    assert len(calls(log)) == 2
+    assert all(int(seen) <= 2 for seen in calls(log))
+
+
+def test_a_resume_with_nothing_left_to_run_starts_no_workers(workers: Workers, tmp_path: Path) -> None:
+    pylo = workers.make(2)
+    past = pylo.start_from_scratch(range(5), workers.task(noop))
+    log = str(tmp_path / "lanes.log")
+    resumed = pylo.start_from_past_execution(past, workers.task(lanes_seen, log))
+    assert calls(log) == []
+    assert pylo.get_state(resumed) == (list(range(5)), [])
+    assert pylo.get_execution(resumed).status is ExecutionStatus.COMPLETED
