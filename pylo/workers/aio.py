@@ -27,10 +27,13 @@ two loops never meet. How chunks flow::
 
 Semantics specific to asyncio:
 
-* ``timeout`` bounds each input, retries included, with ``asyncio.timeout``:
-  the task is cancelled and the input fails with ``TaskTimeout``. A task that
-  blocks the loop past its timeout cannot be cancelled; when it returns, its
-  input is failed with ``TaskTimeout`` all the same, and a warning says why.
+* ``timeout`` bounds each input, retries included: the input runs in an
+  asyncio task of its own, which is cancelled past the timeout, and the input
+  fails with ``TaskTimeout``. A task that swallows the cancellation and goes
+  on is abandoned after ``ABANDON_GRACE`` (it keeps running on the loop, its
+  outcome ignored) and the lane goes on. A task that blocks the loop past its
+  timeout cannot be cancelled; when it returns, its input is failed with
+  ``TaskTimeout`` all the same, and a warning says why.
 * ``rate_limit``: one token bucket for every lane, without a lock (the loop
   is one thread); a lane waits for its token with ``asyncio.sleep``, before
   the input's timeout starts.
