@@ -71,12 +71,13 @@ class Async:
         return result
 
 
-def lanes_seen(log: str, item: Any) -> None:
+def lanes_seen(log: str, before: frozenset[int], item: Any) -> None:
     """Record how many lanes the backend running this task has started, where it can be seen.
 
     Thread lanes are threads named ``pylo-lane-N``; asyncio lanes are tasks
     with those names; process lanes are the worker processes of this one's
-    parent. Dask lanes start nothing of their own.
+    parent that were not there ``before`` the run. Dask lanes start nothing
+    of their own.
     """
     import asyncio
     import multiprocessing
@@ -93,5 +94,6 @@ def lanes_seen(log: str, item: Any) -> None:
     if multiprocessing.parent_process() is not None:
         for sibling in psutil.Process(os.getppid()).children():
             command = " ".join(sibling.cmdline())
-            processes += "resource_tracker" not in command and "forkserver" not in command
+            new = sibling.pid not in before
+            processes += new and "resource_tracker" not in command and "forkserver" not in command
     log_call(log, max(threads, coroutines, processes))

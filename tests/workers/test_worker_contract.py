@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import psutil
 import pytest
 from backends import Workers
 from contract_tasks import (
@@ -138,7 +139,8 @@ def test_no_more_lanes_start_than_there_are_inputs(workers: Workers, tmp_path: P
     # Many workers for two inputs: two lanes, however many workers were asked for.
     log = str(tmp_path / "lanes.log")
     pylo = workers.make(12)
-    execution_id = pylo.start_from_scratch([0, 1], workers.task(lanes_seen, log))
+    before = frozenset(process.pid for process in psutil.Process().children())
+    execution_id = pylo.start_from_scratch([0, 1], workers.task(lanes_seen, log, before))
     assert pylo.get_state(execution_id) == ([0, 1], [])
     assert len(calls(log)) == 2
     assert all(int(seen) <= 2 for seen in calls(log))
@@ -148,7 +150,7 @@ def test_a_resume_with_nothing_left_to_run_starts_no_workers(workers: Workers, t
     pylo = workers.make(2)
     past = pylo.start_from_scratch(range(5), workers.task(noop))
     log = str(tmp_path / "lanes.log")
-    resumed = pylo.start_from_past_execution(past, workers.task(lanes_seen, log))
+    resumed = pylo.start_from_past_execution(past, workers.task(lanes_seen, log, frozenset()))
     assert calls(log) == []
     assert pylo.get_state(resumed) == (list(range(5)), [])
     assert pylo.get_execution(resumed).status is ExecutionStatus.COMPLETED
