@@ -16,9 +16,10 @@ import psutil
 import pytest
 
 from pylo import ExecutionStatus, Pylo
+from pylo._options import RunOptions
 from pylo.stores import open_store
 from pylo.stores.base import Flush
-from pylo.workers.threads import ThreadBackend
+from pylo.workers.threads import ThreadBackend, ThreadLanes
 
 CHILD = textwrap.dedent(
     """
@@ -164,13 +165,8 @@ class _Window:
     real = False
 
 
-def _backend_interrupted_at(window: type[_Window]) -> type[ThreadBackend]:
-    class Interrupted(ThreadBackend):
-        def __init__(self) -> None:
-            if window.where == "construction":
-                _interrupt(window.real)
-            super().__init__()
-
+def _backend_interrupted_at(window: type[_Window]) -> ThreadBackend:
+    class Interrupted(ThreadLanes):
         def start(self, *args: Any) -> None:
             super().start(*args)
             if window.where == "start":
@@ -181,7 +177,13 @@ def _backend_interrupted_at(window: type[_Window]) -> type[ThreadBackend]:
             if wait and window.where == "shutdown":
                 _interrupt(window.real)
 
-    return Interrupted
+    class Backend(ThreadBackend):
+        def new_lanes(self) -> ThreadLanes:
+            if window.where == "construction":
+                _interrupt(window.real)
+            return Interrupted(5.0)
+
+    return Backend()
 
 
 @pytest.mark.parametrize("real", [False, True], ids=["raised", "real-sigint"])
@@ -189,8 +191,6 @@ def _backend_interrupted_at(window: type[_Window]) -> type[ThreadBackend]:
 def test_an_interrupt_at_any_moment_of_a_run_ends_it_interrupted_with_every_outcome(
     tmp_path: Path, where: str, real: bool
 ) -> None:
-    from pylo import _engine
-
     class Window(_Window):
         pass
 
@@ -205,14 +205,8 @@ def test_an_interrupt_at_any_moment_of_a_run_ends_it_interrupted_with_every_outc
 
     store.record_flush = record_flush  # type: ignore[method-assign]
     # No flush before the end: every outcome is saved by the last one, or lost.
-    config = _engine.RunConfig(
-        number_of_workers=3,
-        max_worker_failures=1000,
-        task_executions_before_flush=100_000,
-        flush_seconds=3600.0,
-        store_exceptions=True,
-    )
-    pylo = Pylo(store, _backend_interrupted_at(Window), config)
+    options = RunOptions(3, task_executions_before_flush=100_000, flush_seconds=3600.0, progress=False)
+    pylo = Pylo(store, _backend_interrupted_at(Window), options)
     ran: list[int] = []
     with pytest.raises(KeyboardInterrupt):
         pylo.start_from_scratch(range(300), ran.append, execution_id="cut")

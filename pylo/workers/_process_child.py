@@ -163,7 +163,6 @@ class _ChildLane:
             rate, bucket_state, lock = kit.bucket
             limiter = _TimedBucket(boot.state, rate, 1.0, bucket_state, lock)
         self._runner = _ReportingRunner(self._report_failure, function, boot.lane, settings, stop, gate, limiter)
-        self._runner.remaining_budget = boot.remaining
         # With results, each input is a chunk of its own for the runner, so
         # that its result can be sent before the next input starts.
         self._one_by_one = settings.store_results

@@ -5,14 +5,13 @@ cost must stay at a function call, an exception handler and a flag check;
 everything else (retries, results) takes a slower path only when asked for.
 
 :class:`BaseLaneRunner` keeps what does not depend on how a task is called
-(the lane's budget, the live view for ``progress()``, failure records, result
+(the chunk's budget, the live view for ``progress()``, failure records, result
 encoding); :class:`LaneRunner` calls plain functions, and the asyncio
 backend's ``AsyncLaneRunner`` awaits coroutines with the same bookkeeping.
 """
 
 from __future__ import annotations
 
-import math
 import queue
 import threading
 import time
@@ -32,6 +31,7 @@ __all__ = [
     "LaneRunner",
     "StopFlag",
     "collect_results",
+    "describe_failure",
     "partial_results",
     "qualified_name",
     "take_all",
@@ -149,6 +149,35 @@ def _safe_traceback(exc: BaseException, quiet_files: frozenset[str]) -> str:
         return f"{qualified_name(type(exc))}: {_safe_str(exc)}\n"
 
 
+def describe_failure(
+    exc: BaseException,
+    attempts: int,
+    settings: RunnerSettings,
+    quiet_files: frozenset[str] = frozenset({__file__}),
+) -> TaskFailure:
+    """The one way a failure is described, wherever it happened (a lane, a dead process, a lost Dask worker).
+
+    Keeps only the attempt count and the time when exceptions are not
+    stored. Frames of ``quiet_files`` (pylo's own calling of the task) are
+    left out of the traceback.
+    """
+    now = time.time()
+    if not settings.store_exceptions:
+        return TaskFailure(None, None, None, None, attempts, now)
+    text = _safe_traceback(exc, quiet_files)
+    encoded = get_codec(settings.codec_name).encode_exception(exc)
+    # Drop frames now: they pin every local of the failed call in memory.
+    exc.__traceback__ = None
+    return TaskFailure(
+        exc_type=qualified_name(type(exc)),
+        message=_safe_str(exc),
+        traceback=text,
+        exception=encoded,
+        attempts=attempts,
+        failed_at=now,
+    )
+
+
 class BaseLaneRunner:
     """What every lane runner keeps, however it calls the task.
 
@@ -178,26 +207,14 @@ class BaseLaneRunner:
         self._codec = get_codec(settings.codec_name)
         # Each lane retries with its own copy: tenacity keeps per-call state.
         self._retry = settings.retry.copy() if settings.retry is not None else None
-        # Failures this lane may still see; the chunk's budget can only lower it.
-        self._remaining: float = math.inf
         self._live: _Live | None = None
 
-    @property
-    def remaining_budget(self) -> float:
-        """Failures this lane may still see (infinite until a chunk sets it)."""
-        return self._remaining
-
-    @remaining_budget.setter
-    def remaining_budget(self, value: float) -> None:
-        self._remaining = value
-
     def _open_chunk(self, chunk_id: int, budget: int) -> _Live:
-        """Start a chunk; its ``budget`` is the lower of the lane's and the coordinator's."""
-        return _Live(chunk_id, time.perf_counter(), [], [], min(self._remaining, budget))
+        """Start a chunk that may see ``budget`` failures (the coordinator's share for it)."""
+        return _Live(chunk_id, time.perf_counter(), [], [], budget)
 
     def _close_chunk(self, live: _Live, attempted: int, interrupt: BaseException | None) -> ChunkResult:
-        """End a chunk: charge its failures to the lane and describe it."""
-        self._remaining = live.budget - len(live.failures)
+        """End a chunk and describe it."""
         return ChunkResult(
             chunk_id=live.chunk_id,
             lane=self._lane,
@@ -211,7 +228,9 @@ class BaseLaneRunner:
     def _note_failure(self, live: _Live, index: int, failure: TaskFailure) -> bool:
         """Record a failed input; True when the lane must stop (budget or max_failures used up)."""
         live.failures.append((index, failure))
-        return len(live.failures) >= live.budget or (self._gate is not None and self._gate.count_failure())
+        # Every failure goes through the gate, also the one that ends the chunk's budget.
+        reached = self._gate is not None and self._gate.count_failure()
+        return reached or len(live.failures) >= live.budget
 
     def _store_result(self, live: _Live, index: int, value: Any) -> TaskFailure | None:
         """Keep a finished input's encoded result; a value the codec cannot store fails the input."""
@@ -250,21 +269,7 @@ class BaseLaneRunner:
 
     def failure(self, exc: BaseException, attempts: int) -> TaskFailure:
         """Describe a failure; keeps only counts when exceptions are not stored."""
-        now = time.time()
-        if not self._settings.store_exceptions:
-            return TaskFailure(None, None, None, None, attempts, now)
-        text = _safe_traceback(exc, self._quiet_files)
-        encoded = self._codec.encode_exception(exc)
-        # Drop frames now: they pin every local of the failed call in memory.
-        exc.__traceback__ = None
-        return TaskFailure(
-            exc_type=qualified_name(type(exc)),
-            message=_safe_str(exc),
-            traceback=text,
-            exception=encoded,
-            attempts=attempts,
-            failed_at=now,
-        )
+        return describe_failure(exc, attempts, self._settings, self._quiet_files)
 
     def _gave_up(self, gave_up: Any, attempts: int) -> TaskFailure:
         """Describe an input a retry policy gave up on (a ``tenacity.RetryError``)."""
@@ -398,7 +403,6 @@ class LaneRunner(BaseLaneRunner):
             done = live.done
         failures = [entry for entry in live.failures[:] if entry[0] < done]
         failures.append((done, self.failure(TaskTimeout(f"the task ran longer than its timeout of {timeout:g} s"), 1)))
-        self._remaining = live.budget - len(failures)
         return ChunkResult(
             chunk_id=live.chunk_id,
             lane=self._lane,

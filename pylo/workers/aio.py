@@ -60,9 +60,9 @@ from typing import Any
 from pylo._ratelimit import TokenBucket
 from pylo.workers._aiorunner import AsyncLaneRunner
 from pylo.workers._runner import FailureGate, collect_results, partial_results
-from pylo.workers.base import Backend, ChunkResult, RunnerSettings
+from pylo.workers.base import Backend, ChunkResult, Lanes, RunnerSettings
 
-__all__ = ["AsyncioBackend"]
+__all__ = ["AsyncioBackend", "AsyncioLanes"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,13 +90,25 @@ def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
 
 
 class AsyncioBackend(Backend):
-    """Runs each lane as a coroutine of one event loop in a dedicated thread.
+    """Runs each lane as a coroutine of one event loop in a dedicated thread (one loop per execution).
 
     Args:
         join_timeout: Longest wait, at shutdown, for the loop's thread to end.
     """
 
+    name = "asyncio"
     runs_coroutines = True
+
+    def __init__(self, *, join_timeout: float = 5.0) -> None:
+        self._join_timeout = join_timeout
+
+    def new_lanes(self) -> AsyncioLanes:
+        return AsyncioLanes(self._join_timeout)
+
+
+class AsyncioLanes(Lanes):
+    """One execution's lanes: coroutines of an event loop in a thread of their own."""
+
     # One chunk queued behind the running one hides the hop to the
     # coordinator's thread. More would hoard inputs: with hundreds of lanes
     # the first feed hands out (1 + prefetch) first-size chunks per lane, and
@@ -104,7 +116,7 @@ class AsyncioBackend(Backend):
     # (benchmarks/io_bound.py: 1.33x its ideal, against 1.05x with 1).
     prefetch = 1
 
-    def __init__(self, *, join_timeout: float = 5.0) -> None:
+    def __init__(self, join_timeout: float) -> None:
         self._join_timeout = join_timeout
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None

@@ -21,9 +21,9 @@ from typing import Any
 
 from pylo._ratelimit import TokenBucket
 from pylo.workers._runner import Abandoned, FailureGate, LaneRunner, collect_results, partial_results
-from pylo.workers.base import Backend, ChunkResult, RunnerSettings
+from pylo.workers.base import Backend, ChunkResult, Lanes, RunnerSettings
 
-__all__ = ["ThreadBackend"]
+__all__ = ["ThreadBackend", "ThreadLanes"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,12 +32,29 @@ _Inbox = queue.SimpleQueue[tuple[int, Sequence[Any], int] | None]
 
 
 class ThreadBackend(Backend):
-    """Runs each lane in its own thread of this process."""
+    """Runs each lane in its own thread of this process.
+
+    Args:
+        join_timeout: Longest wait, at the end of an execution, for each
+            lane's thread to end.
+    """
+
+    name = "threads"
+
+    def __init__(self, *, join_timeout: float = 5.0) -> None:
+        self._join_timeout = join_timeout
+
+    def new_lanes(self) -> ThreadLanes:
+        return ThreadLanes(self._join_timeout)
+
+
+class ThreadLanes(Lanes):
+    """One execution's lanes: a thread and an inbox each."""
 
     # Two chunks queued per lane hide the hop back to the coordinator.
     prefetch = 2
 
-    def __init__(self, *, join_timeout: float = 5.0) -> None:
+    def __init__(self, join_timeout: float) -> None:
         self._join_timeout = join_timeout
         self._threads: list[threading.Thread] = []
         self._inboxes: list[_Inbox] = []
@@ -107,9 +124,7 @@ class ThreadBackend(Backend):
                     timeout,
                 )
                 assert self._make_runner is not None
-                fresh = self._make_runner(lane)
-                fresh.remaining_budget = runner.remaining_budget
-                self._runners[lane] = fresh
+                self._runners[lane] = self._make_runner(lane)
                 self._outbox.put(result)
                 if not self._stop.is_set():
                     self._threads[lane] = self._start_lane(lane)

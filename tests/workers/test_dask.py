@@ -286,7 +286,7 @@ def test_a_scheduler_address_works_like_a_client(cluster: Any, client: Any, tmp_
         assert "workers=2" in repr(pylo)
     finally:
         pylo.close()  # closes the client pylo made from the address
-    assert pylo._backend_options["client"].status == "closed"
+    assert pylo.backend.client.status == "closed"
 
 
 def test_closing_pylo_leaves_a_client_passed_in_alone(client: Any, tmp_path: Path) -> None:

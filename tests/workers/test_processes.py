@@ -272,15 +272,32 @@ def test_workers_exit_when_their_parent_is_killed(tmp_path: Path, start_method: 
     assert not alive, f"workers outlived their parent: {alive}"
 
 
-def test_shutdown_ends_a_process_that_no_lane_holds() -> None:
+@pytest.mark.parametrize("start_method", ["spawn"])
+def test_an_interrupt_while_workers_start_leaves_no_process(start_method: str) -> None:
+    # A real Ctrl-C as soon as the first worker process exists: it lands while
+    # the others start, or while a started one is not yet given to its lane.
     from pylo.workers.base import RunnerSettings
     from pylo.workers.processes import ProcessBackend
 
-    backend = ProcessBackend("fork")
-    backend.start(noop, 2, RunnerSettings())
-    # As if a Ctrl-C had come between the start of a process and its lane taking it.
-    backend._lanes[0].worker = None
-    backend.shutdown(wait=False)  # the fixture checks that nothing is left
+    backend = ProcessBackend(start_method)
+    before = {process.pid for process in psutil.Process().children(recursive=True)}
+    sent = threading.Event()
+
+    def interrupt_when_a_worker_appears() -> None:
+        deadline = time.monotonic() + 60
+        while not _worker_processes(before) and time.monotonic() < deadline:
+            time.sleep(0.002)
+        os.kill(os.getpid(), signal.SIGINT)
+        sent.set()
+
+    threading.Thread(target=interrupt_when_a_worker_appears, daemon=True).start()
+    started = None
+    with pytest.raises(KeyboardInterrupt):
+        started = backend.start(noop, 6, RunnerSettings())
+        sent.wait(60)  # should all six start first, the interrupt lands in this wait
+    if started is not None:
+        started.shutdown(wait=False)
+    # The fixture checks that no worker process is left, running or zombie.
 
 
 # -- timeouts ------------------------------------------------------------------------
