@@ -1,9 +1,11 @@
 """The ``Pylo`` constructors: one per kind of workers, each a thin front for explicit arguments.
 
 Each constructor only chooses: it validates its arguments into one
-:class:`~pylo._options.RunOptions` (``RunOptions.from_call(locals())``: the
-options keep their explicit names in the signature without being listed
-again), makes its :class:`~pylo.workers.base.Backend`, and opens the store.
+:class:`~pylo._options.RunOptions`, makes its
+:class:`~pylo.workers.base.Backend`, and opens the store. The seed's
+positional arguments (``max_worker_failures``, ``task_executions_before_flush``,
+``store_exceptions``) stay in each signature; the other options are typed
+keyword arguments, ``**options: Unpack[RunOptionArgs]``, listed once.
 A new kind of workers needs one module in ``pylo/workers/`` and one short
 constructor here.
 """
@@ -11,10 +13,10 @@ constructor here.
 from __future__ import annotations
 
 import os
-from typing import Any, Self
+from typing import Any, Self, Unpack
 
 from pylo._codec import short_repr
-from pylo._options import DEFAULT_FLUSH_SECONDS, RunOptions, check_int
+from pylo._options import RunOptionArgs, RunOptions, check_int
 from pylo.stores import open_store
 from pylo.stores.base import Store
 from pylo.workers.base import Backend
@@ -63,14 +65,7 @@ class Constructors:
         store_exceptions: bool = True,
         *,
         store: Any = "sqlite",
-        flush_seconds: float = DEFAULT_FLUSH_SECONDS,
-        retry: Any = None,
-        max_failures: int | None = None,
-        store_results: bool = False,
-        timeout: float | None = None,
-        rate_limit: float | str | None = None,
-        progress: bool | None = None,
-        codec: str = "pickle",
+        **options: Unpack[RunOptionArgs],
     ) -> Self:
         """Run tasks on ``number_of_workers`` threads of this process.
 
@@ -114,7 +109,10 @@ class Constructors:
         """
         from pylo.workers.threads import ThreadBackend
 
-        return cls._build(RunOptions.from_call(locals()), ThreadBackend(), local_store_dir, store)
+        chosen = RunOptions.make(
+            options, number_of_workers, max_worker_failures, task_executions_before_flush, store_exceptions
+        )
+        return cls._build(chosen, ThreadBackend(), local_store_dir, store)
 
     @classmethod
     def local_multiprocess(
@@ -126,15 +124,8 @@ class Constructors:
         store_exceptions: bool = True,
         *,
         store: Any = "sqlite",
-        flush_seconds: float = DEFAULT_FLUSH_SECONDS,
-        retry: Any = None,
-        max_failures: int | None = None,
-        store_results: bool = False,
-        timeout: float | None = None,
-        rate_limit: float | str | None = None,
-        progress: bool | None = None,
-        codec: str = "pickle",
         start_method: str | None = None,
+        **options: Unpack[RunOptionArgs],
     ) -> Self:
         """Run tasks in ``number_of_workers`` worker processes, for CPU-bound work.
 
@@ -153,8 +144,10 @@ class Constructors:
         """
         from pylo.workers.processes import ProcessBackend
 
-        options = RunOptions.from_call(locals())
-        return cls._build(options, ProcessBackend(start_method), local_store_dir, store)
+        chosen = RunOptions.make(
+            options, number_of_workers, max_worker_failures, task_executions_before_flush, store_exceptions
+        )
+        return cls._build(chosen, ProcessBackend(start_method), local_store_dir, store)
 
     @classmethod
     def local_asyncio(
@@ -166,14 +159,7 @@ class Constructors:
         store_exceptions: bool = True,
         *,
         store: Any = "sqlite",
-        flush_seconds: float = DEFAULT_FLUSH_SECONDS,
-        retry: Any = None,
-        max_failures: int | None = None,
-        store_results: bool = False,
-        timeout: float | None = None,
-        rate_limit: float | str | None = None,
-        progress: bool | None = None,
-        codec: str = "pickle",
+        **options: Unpack[RunOptionArgs],
     ) -> Self:
         """Run ``async def`` tasks on one event loop, at most ``concurrency`` at a time.
 
@@ -191,8 +177,9 @@ class Constructors:
         """
         from pylo.workers.aio import AsyncioBackend
 
-        options = RunOptions.from_call(locals(), number_of_workers=check_int("concurrency", concurrency, 1))
-        return cls._build(options, AsyncioBackend(), local_store_dir, store)
+        lanes = check_int("concurrency", concurrency, 1)
+        chosen = RunOptions.make(options, lanes, max_worker_failures, task_executions_before_flush, store_exceptions)
+        return cls._build(chosen, AsyncioBackend(), local_store_dir, store)
 
     @classmethod
     def dask(
@@ -203,15 +190,7 @@ class Constructors:
         max_worker_failures: int = 1000,
         task_executions_before_flush: int = 1000,
         store_exceptions: bool = True,
-        *,
-        flush_seconds: float = DEFAULT_FLUSH_SECONDS,
-        retry: Any = None,
-        max_failures: int | None = None,
-        store_results: bool = False,
-        timeout: float | None = None,
-        rate_limit: float | str | None = None,
-        progress: bool | None = None,
-        codec: str = "pickle",
+        **options: Unpack[RunOptionArgs],
     ) -> Self:
         """Run tasks as chunks on a Dask cluster; snapshots stay with this process.
 
@@ -242,10 +221,12 @@ class Constructors:
         backend = DaskBackend(client)
         try:
             lanes = backend.default_lanes() if number_of_workers is None else number_of_workers
-            options = RunOptions.from_call(locals(), number_of_workers=lanes)
+            chosen = RunOptions.make(
+                options, lanes, max_worker_failures, task_executions_before_flush, store_exceptions
+            )
             if isinstance(store, Store) or (isinstance(store, str) and "://" in store):
-                return cls._build(options, backend, None, store)
-            return cls._build(options, backend, store, "sqlite")
+                return cls._build(chosen, backend, None, store)
+            return cls._build(chosen, backend, store, "sqlite")
         except BaseException:
             backend.release()
             raise

@@ -17,13 +17,13 @@ import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from pylo._codec import Codec, get_codec, short_repr
 from pylo._ratelimit import parse_rate_limit
 from pylo.workers.base import RunnerSettings
 
-__all__ = ["MAX_SECONDS", "RunOptions", "check_execution_id", "check_int", "check_seconds"]
+__all__ = ["MAX_SECONDS", "RunOptionArgs", "RunOptions", "check_execution_id", "check_int", "check_seconds"]
 
 #: Longest ``flush_seconds`` or ``timeout``: one week. Waits this long still
 #: fit every timeout the backends pass to the system (poll(2) takes at most
@@ -113,6 +113,33 @@ def check_retry(retry: Any, *, asynchronous: bool) -> None:
         )
 
 
+class RunOptionArgs(TypedDict, total=False):
+    """The keyword options every ``Pylo`` constructor takes (see :class:`RunOptions`)."""
+
+    flush_seconds: float
+    retry: Any
+    max_failures: int | None
+    store_results: bool
+    timeout: float | None
+    rate_limit: float | str | None
+    progress: bool | None
+    codec: str
+
+
+_POSITIONAL = frozenset(
+    {"number_of_workers", "max_worker_failures", "task_executions_before_flush", "store_exceptions"}
+)
+
+
+def _check_names(given: Mapping[str, Any], exclude: frozenset[str] = frozenset()) -> None:
+    names = {field.name for field in dataclasses.fields(RunOptions)} - exclude
+    unknown = sorted(set(given) - names)
+    if unknown:
+        raise TypeError(
+            f"unknown run option {', '.join(map(repr, unknown))}; valid options: {', '.join(sorted(names))}"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class RunOptions:
     """How a Pylo runs its executions: frozen, and valid once made.
@@ -184,16 +211,29 @@ class RunOptions:
         set_field(self, "rate_limit", parse_rate_limit(self.rate_limit))
 
     @classmethod
-    def from_call(cls, arguments: Mapping[str, Any], **overrides: Any) -> RunOptions:
-        """The options among a constructor's ``locals()``, with ``overrides`` on top.
+    def make(
+        cls,
+        options: Mapping[str, Any],
+        number_of_workers: int,
+        max_worker_failures: int = 1000,
+        task_executions_before_flush: int = 1000,
+        store_exceptions: bool = True,
+    ) -> RunOptions:
+        """Options from a constructor's arguments: its ``**options`` and the seed's positional ones.
 
-        Lets every ``Pylo`` constructor keep an explicit signature without
-        repeating the list of options in its body.
+        Raises:
+            TypeError: An unknown option name (the message lists the valid
+                ones), or an option of the wrong type.
+            ValueError: An option out of range.
         """
-        names = [field.name for field in dataclasses.fields(cls)]
-        chosen = {name: arguments[name] for name in names if name in arguments}
-        chosen.update(overrides)
-        return cls(**chosen)
+        _check_names(options, exclude=_POSITIONAL)
+        return cls(
+            number_of_workers,
+            max_worker_failures,
+            task_executions_before_flush,
+            store_exceptions=store_exceptions,
+            **options,
+        )
 
     def replace(self, **changes: Any) -> RunOptions:
         """A copy with ``changes``, validated like a new object.
@@ -203,12 +243,7 @@ class RunOptions:
                 ones), or an option of the wrong type.
             ValueError: An option out of range.
         """
-        names = {field.name for field in dataclasses.fields(self)}
-        unknown = sorted(set(changes) - names)
-        if unknown:
-            raise TypeError(
-                f"unknown run option {', '.join(map(repr, unknown))}; valid options: {', '.join(sorted(names))}"
-            )
+        _check_names(changes)
         return dataclasses.replace(self, **changes)
 
     @property

@@ -60,7 +60,7 @@ from typing import Any
 from pylo._ratelimit import TokenBucket
 from pylo.workers._aiorunner import AsyncLaneRunner
 from pylo.workers._runner import FailureGate, collect_results, partial_results
-from pylo.workers.base import Backend, ChunkResult, Lanes, RunnerSettings
+from pylo.workers.base import ChunkResult, Lanes, LocalBackend, RunnerSettings
 
 __all__ = ["AsyncioBackend", "AsyncioLanes"]
 
@@ -87,23 +87,6 @@ def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
         logger.warning("async generators did not close within %g s of the end of the execution", SHUTDOWN_GRACE)
     finally:
         loop.close()
-
-
-class AsyncioBackend(Backend):
-    """Runs each lane as a coroutine of one event loop in a dedicated thread (one loop per execution).
-
-    Args:
-        join_timeout: Longest wait, at shutdown, for the loop's thread to end.
-    """
-
-    name = "asyncio"
-    runs_coroutines = True
-
-    def __init__(self, *, join_timeout: float = 5.0) -> None:
-        self._join_timeout = join_timeout
-
-    def new_lanes(self) -> AsyncioLanes:
-        return AsyncioLanes(self._join_timeout)
 
 
 class AsyncioLanes(Lanes):
@@ -271,3 +254,14 @@ class AsyncioLanes(Lanes):
         thread.join(self._join_timeout)
         if thread.is_alive():
             logger.warning("the asyncio worker thread did not end within %g s; it is abandoned", self._join_timeout)
+
+
+class AsyncioBackend(LocalBackend):
+    """Runs each lane as a coroutine of an event loop in a thread of its own, one loop per execution.
+
+    ``join_timeout``: the longest wait, at shutdown, for the loop's thread to end.
+    """
+
+    name = "asyncio"
+    runs_coroutines = True
+    lanes_class = AsyncioLanes

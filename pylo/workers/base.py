@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pylo._options import RunOptions
 
-__all__ = ["Backend", "ChunkResult", "Lanes", "RunnerSettings", "TaskFailure"]
+__all__ = ["Backend", "ChunkResult", "Lanes", "LocalBackend", "RunnerSettings", "TaskFailure"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,3 +230,21 @@ class Backend(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
+
+
+class LocalBackend(Backend):
+    """A backend whose lanes run in threads of this process (threads, asyncio).
+
+    Args:
+        join_timeout: Longest wait, at the end of an execution, for a lane's
+            thread to end; a thread stuck in a task is abandoned after it.
+    """
+
+    #: Makes one execution's lanes from the join timeout.
+    lanes_class: Callable[[float], Lanes]
+
+    def __init__(self, *, join_timeout: float = 5.0) -> None:
+        self.join_timeout = join_timeout
+
+    def new_lanes(self) -> Lanes:
+        return self.lanes_class(self.join_timeout)

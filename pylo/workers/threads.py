@@ -21,7 +21,7 @@ from typing import Any
 
 from pylo._ratelimit import TokenBucket
 from pylo.workers._runner import Abandoned, FailureGate, LaneRunner, collect_results, partial_results
-from pylo.workers.base import Backend, ChunkResult, Lanes, RunnerSettings
+from pylo.workers.base import ChunkResult, Lanes, LocalBackend, RunnerSettings
 
 __all__ = ["ThreadBackend", "ThreadLanes"]
 
@@ -29,23 +29,6 @@ logger = logging.getLogger(__name__)
 
 _STOP = None
 _Inbox = queue.SimpleQueue[tuple[int, Sequence[Any], int] | None]
-
-
-class ThreadBackend(Backend):
-    """Runs each lane in its own thread of this process.
-
-    Args:
-        join_timeout: Longest wait, at the end of an execution, for each
-            lane's thread to end.
-    """
-
-    name = "threads"
-
-    def __init__(self, *, join_timeout: float = 5.0) -> None:
-        self._join_timeout = join_timeout
-
-    def new_lanes(self) -> ThreadLanes:
-        return ThreadLanes(self._join_timeout)
 
 
 class ThreadLanes(Lanes):
@@ -150,6 +133,13 @@ class ThreadLanes(Lanes):
             for thread in self._threads:
                 thread.join(self._join_timeout)
         self._threads.clear()
+
+
+class ThreadBackend(LocalBackend):
+    """Runs each lane in its own thread of this process (``join_timeout``: see LocalBackend)."""
+
+    name = "threads"
+    lanes_class = ThreadLanes
 
 
 class _Count:
