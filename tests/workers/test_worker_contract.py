@@ -7,8 +7,8 @@ on threads, processes (spawn and fork) and asyncio.
 
 from __future__ import annotations
 
-from collections import Counter
 import threading
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,9 @@ from contract_tasks import (
     flaky,
     interrupt_at,
     lanes_seen,
-    rendezvous,
     logged,
     noop,
+    rendezvous,
     square,
     stuck_at,
 )
