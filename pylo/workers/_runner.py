@@ -22,13 +22,14 @@ from typing import Any, Protocol, TypeVar
 from pylo._codec import get_codec
 from pylo._ratelimit import TokenBucket
 from pylo.errors import ResultSerializationError, TaskTimeout
-from pylo.workers.base import ChunkResult, RunnerSettings, TaskFailure
+from pylo.workers.base import ChunkResult, Lanes, RunnerSettings, TaskFailure
 
 __all__ = [
     "Abandoned",
     "BaseLaneRunner",
     "FailureGate",
     "LaneRunner",
+    "LocalLanes",
     "StopFlag",
     "collect_results",
     "describe_failure",
@@ -120,6 +121,25 @@ def partial_results(runners: Iterable[BaseLaneRunner]) -> list[ChunkResult]:
         if partial is not None and partial.attempted:
             found.append(partial)
     return found
+
+
+class LocalLanes(Lanes):
+    """Lanes whose runners live in this process and hand their results to one queue (threads, asyncio)."""
+
+    def __init__(self, join_timeout: float) -> None:
+        self._join_timeout = join_timeout
+        self._outbox: queue.SimpleQueue[ChunkResult | BaseException] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._runners: Sequence[BaseLaneRunner] = ()
+
+    def poll(self, timeout: float | None) -> list[ChunkResult]:
+        return collect_results(self._outbox, timeout)
+
+    def progress(self) -> list[ChunkResult]:
+        return partial_results(self._runners)
+
+    def cancel(self) -> None:
+        self._stop.set()
 
 
 def qualified_name(kind: type) -> str:

@@ -51,7 +51,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import queue
 import threading
 import types
 from collections.abc import Callable, Sequence
@@ -59,8 +58,8 @@ from typing import Any
 
 from pylo._ratelimit import TokenBucket
 from pylo.workers._aiorunner import AsyncLaneRunner
-from pylo.workers._runner import FailureGate, collect_results, partial_results
-from pylo.workers.base import ChunkResult, Lanes, LocalBackend, RunnerSettings
+from pylo.workers._runner import FailureGate, LocalLanes
+from pylo.workers.base import LocalBackend, RunnerSettings
 
 __all__ = ["AsyncioBackend", "AsyncioLanes"]
 
@@ -89,7 +88,7 @@ def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
         loop.close()
 
 
-class AsyncioLanes(Lanes):
+class AsyncioLanes(LocalLanes):
     """One execution's lanes: coroutines of an event loop in a thread of their own."""
 
     # One chunk queued behind the running one hides the hop to the
@@ -100,15 +99,13 @@ class AsyncioLanes(Lanes):
     prefetch = 1
 
     def __init__(self, join_timeout: float) -> None:
-        self._join_timeout = join_timeout
+        super().__init__(join_timeout)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._finished: asyncio.Future[None] | None = None
         self._runners: list[AsyncLaneRunner] = []
         self._lane_tasks: list[asyncio.Task[None]] = []
         self._inboxes: list[asyncio.Queue[_Chunk]] = []
-        self._outbox: queue.SimpleQueue[ChunkResult | BaseException] = queue.SimpleQueue()
-        self._stop = threading.Event()
         self._closing = threading.Event()
         # Chunks submitted but not yet in their lane's inbox; the lock keeps
         # one wake-up of the loop per burst of submits, not one per chunk.
@@ -229,15 +226,6 @@ class AsyncioLanes(Lanes):
                 return
             self._wake_scheduled = True
         self._loop.call_soon_threadsafe(self._deliver)
-
-    def poll(self, timeout: float | None) -> list[ChunkResult]:
-        return collect_results(self._outbox, timeout)
-
-    def progress(self) -> list[ChunkResult]:
-        return partial_results(self._runners)
-
-    def cancel(self) -> None:
-        self._stop.set()
 
     def shutdown(self, wait: bool) -> None:
         # Both cases cancel whatever still runs: with wait True nothing is in

@@ -20,8 +20,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from pylo._ratelimit import TokenBucket
-from pylo.workers._runner import Abandoned, FailureGate, LaneRunner, collect_results, partial_results
-from pylo.workers.base import ChunkResult, Lanes, LocalBackend, RunnerSettings
+from pylo.workers._runner import Abandoned, FailureGate, LaneRunner, LocalLanes
+from pylo.workers.base import LocalBackend, RunnerSettings
 
 __all__ = ["ThreadBackend", "ThreadLanes"]
 
@@ -31,19 +31,17 @@ _STOP = None
 _Inbox = queue.SimpleQueue[tuple[int, Sequence[Any], int] | None]
 
 
-class ThreadLanes(Lanes):
+class ThreadLanes(LocalLanes):
     """One execution's lanes: a thread and an inbox each."""
 
     # Two chunks queued per lane hide the hop back to the coordinator.
     prefetch = 2
 
     def __init__(self, join_timeout: float) -> None:
-        self._join_timeout = join_timeout
+        super().__init__(join_timeout)
         self._threads: list[threading.Thread] = []
         self._inboxes: list[_Inbox] = []
         self._runners: list[LaneRunner] = []
-        self._outbox: queue.SimpleQueue[ChunkResult | BaseException] = queue.SimpleQueue()
-        self._stop = threading.Event()
         self._watchdog_done = threading.Event()
         self._make_runner: Callable[[int], LaneRunner] | None = None
 
@@ -114,15 +112,6 @@ class ThreadLanes(Lanes):
 
     def submit(self, lane: int, chunk_id: int, inputs: Sequence[Any], budget: int) -> None:
         self._inboxes[lane].put((chunk_id, inputs, budget))
-
-    def poll(self, timeout: float | None) -> list[ChunkResult]:
-        return collect_results(self._outbox, timeout)
-
-    def progress(self) -> list[ChunkResult]:
-        return partial_results(self._runners)
-
-    def cancel(self) -> None:
-        self._stop.set()
 
     def shutdown(self, wait: bool) -> None:
         self._stop.set()
