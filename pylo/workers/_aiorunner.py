@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 from pylo._ratelimit import TokenBucket
@@ -80,71 +80,57 @@ class AsyncLaneRunner(BaseLaneRunner):
                 is abandoned unreported (the coordinator no longer listens).
         """
         live = self._open_chunk(chunk_id, budget)
+        if live is None:
+            return self._close_chunk(0)
+        attempt = self._attempt_plain if self._fast(self._timeout) else self._attempt
         interrupt: BaseException | None = None
-        attempted = 0
-        if live.budget > 0:
-            self._live = live
-            try:
-                if (
-                    self._retry is None
-                    and self._limiter is None
-                    and self._timeout is None
-                    and not self._settings.store_results
-                ):
-                    attempted = await self._run_plain(inputs, live)
-                else:
-                    attempted = await self._run_full(inputs, live)
-            except _Interrupted as stop:
-                attempted = stop.attempted
-                interrupt = stop.cause
-            finally:
-                self._live = None
-        return self._close_chunk(live, attempted, interrupt)
-
-    async def _run_plain(self, inputs: Sequence[Any], live: _Live) -> int:
-        function = self._function
-        is_stopped = self._stop.is_set
-        index = 0
         try:
-            for index, item in enumerate(inputs):
-                live.done = index
-                if is_stopped():
-                    return index
-                try:
-                    await function(item)
-                except Exception as exc:
-                    if self._note_failure(live, index, self.failure(exc, 1)):
-                        return index + 1
-                except asyncio.CancelledError as exc:
-                    if self._closing.is_set():
-                        raise
-                    if self._note_failure(live, index, self._cancelled_by_task(exc, 1)):
-                        return index + 1
-        except asyncio.CancelledError:
-            raise  # pylo's own shutdown: not the task's interrupt
-        except BaseException as exc:
-            raise _Interrupted(index, exc) from None
-        return len(inputs)
+            attempted = await self._run(inputs, live, attempt)
+        except _Interrupted as stop:
+            attempted, interrupt = stop.attempted, stop.cause
+        return self._close_chunk(attempted, interrupt)
 
-    async def _run_full(self, inputs: Sequence[Any], live: _Live) -> int:
-        store_results = self._settings.store_results
+    def _each(self, inputs: Sequence[Any], live: _Live) -> Iterator[tuple[int, Any]]:
+        """The inputs with their index, each published as taken, until the lane is told to stop.
+
+        ``live.done`` ends as the number of inputs attempted: the index of the
+        one not taken when stopped, else all of them.
+        """
         is_stopped = self._stop.is_set
-        index = 0
+        for index, item in enumerate(inputs):
+            live.done = index
+            if is_stopped():
+                return
+            yield index, item
+        live.done = len(inputs)
+
+    async def _run(
+        self,
+        inputs: Sequence[Any],
+        live: _Live,
+        attempt: Callable[[Any], Awaitable[tuple[TaskFailure | None, Any]]],
+    ) -> int:
         try:
-            for index, item in enumerate(inputs):
-                live.done = index
-                if is_stopped():
-                    return index
-                failure, value = await self._attempt(item)
-                if failure is None and store_results:
-                    failure = self._store_result(live, index, value)
-                if failure is not None and self._note_failure(live, index, failure):
+            for index, item in self._each(inputs, live):
+                if self._outcome(live, index, *await attempt(item)):
                     return index + 1
         except asyncio.CancelledError:
             raise  # pylo's own shutdown: not the task's interrupt
         except BaseException as exc:
-            raise _Interrupted(index, exc) from None
-        return len(inputs)
+            raise _Interrupted(live.done, exc) from None
+        return live.done
+
+    async def _attempt_plain(self, item: Any) -> tuple[TaskFailure | None, Any]:
+        """Await the task once: no retry, rate limit, timeout or result to keep."""
+        try:
+            await self._function(item)
+        except Exception as exc:
+            return self.failure(exc, 1), None
+        except asyncio.CancelledError as exc:
+            if self._closing.is_set():
+                raise
+            return self._cancelled_by_task(exc, 1), None
+        return None, None
 
     async def _attempt(self, item: Any) -> tuple[TaskFailure | None, Any]:
         """Run one input: its rate-limit wait, then the task with retries, within its timeout."""

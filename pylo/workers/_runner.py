@@ -227,14 +227,36 @@ class BaseLaneRunner:
         self._codec = get_codec(settings.codec_name)
         # Each lane retries with its own copy: tenacity keeps per-call state.
         self._retry = settings.retry.copy() if settings.retry is not None else None
-        self._live: _Live | None = None
+        self._live: _Live | None = None  # the chunk running, for progress()
+        self._opened = _Live(-1, 0.0, [], [], 0)  # the chunk opened last
 
-    def _open_chunk(self, chunk_id: int, budget: int) -> _Live:
-        """Start a chunk that may see ``budget`` failures (the coordinator's share for it)."""
-        return _Live(chunk_id, time.perf_counter(), [], [], budget)
+    def _outcome(self, live: _Live, index: int, failure: TaskFailure | None, value: Any) -> bool:
+        """Keep an input's outcome (its result, or its failure); True when the chunk must stop."""
+        if failure is None and self._settings.store_results:
+            failure = self._store_result(live, index, value)
+        return failure is not None and self._note_failure(live, index, failure)
 
-    def _close_chunk(self, live: _Live, attempted: int, interrupt: BaseException | None) -> ChunkResult:
-        """End a chunk and describe it."""
+    def _open_chunk(self, chunk_id: int, budget: int) -> _Live | None:
+        """Start a chunk that may see ``budget`` failures (the coordinator's share for it).
+
+        Publishes it for :meth:`progress`; returns None for a chunk whose
+        budget lets it attempt nothing (then report it with ``_close_chunk(0)``).
+        """
+        live = _Live(chunk_id, time.perf_counter(), [], [], budget)
+        self._opened = live
+        if budget <= 0:
+            return None
+        self._live = live
+        return live
+
+    def _fast(self, watched: object) -> bool:
+        """True when the plain loop will do: no retry, rate limit, watched timeout or results."""
+        return self._retry is None and self._limiter is None and watched is None and not self._settings.store_results
+
+    def _close_chunk(self, attempted: int, interrupt: BaseException | None = None) -> ChunkResult:
+        """End the chunk opened last and describe it."""
+        live = self._opened
+        self._live = None
         return ChunkResult(
             chunk_id=live.chunk_id,
             lane=self._lane,
@@ -321,28 +343,15 @@ class LaneRunner(BaseLaneRunner):
     def run(self, chunk_id: int, inputs: Sequence[Any], budget: int) -> ChunkResult:
         """Run ``inputs`` in order until done, out of budget, or stopped."""
         live = self._open_chunk(chunk_id, budget)
-        interrupt: BaseException | None = None
-        attempted = 0
-        if live.budget > 0:
-            self._live = live
-            try:
-                if (
-                    self._retry is None
-                    and self._limiter is None
-                    and self._watch_lock is None
-                    and not self._settings.store_results
-                ):
-                    attempted = self._run_plain(inputs, live)
-                else:
-                    attempted = self._run_full(inputs, live)
-            except _Interrupted as stop:
-                if isinstance(stop.cause, Abandoned):
-                    raise stop.cause from None
-                attempted = stop.attempted
-                interrupt = stop.cause
-            finally:
-                self._live = None
-        return self._close_chunk(live, attempted, interrupt)
+        if live is None:
+            return self._close_chunk(0)
+        loop = self._run_plain if self._fast(self._watch_lock) else self._run_full
+        try:
+            return self._close_chunk(loop(inputs, live))
+        except _Interrupted as stop:
+            if isinstance(stop.cause, Abandoned):
+                raise stop.cause from None  # this runner is replaced: it reports nothing
+            return self._close_chunk(stop.attempted, stop.cause)
 
     def _run_plain(self, inputs: Sequence[Any], live: _Live) -> int:
         function = self._function
@@ -363,7 +372,6 @@ class LaneRunner(BaseLaneRunner):
         return len(inputs)
 
     def _run_full(self, inputs: Sequence[Any], live: _Live) -> int:
-        store_results = self._settings.store_results
         is_stopped = self._stop.is_set
         watch_lock = self._watch_lock
         index = 0
@@ -384,10 +392,7 @@ class LaneRunner(BaseLaneRunner):
                     self._limiter.acquire()
                 if watch_lock is not None:
                     live.input_started = time.monotonic()
-                failure, value = self._attempt(item)
-                if failure is None and store_results:
-                    failure = self._store_result(live, index, value)
-                if failure is not None and self._note_failure(live, index, failure):
+                if self._outcome(live, index, *self._attempt(item)):
                     return self._finish(index + 1)
         except BaseException as exc:
             raise _Interrupted(index, exc) from None
