@@ -69,7 +69,7 @@ class _Outcomes:
 
 
 class Coordinator:
-    """Runs one execution's plan on a backend; the only writer to the store."""
+    """Runs one execution's plan on lanes of a backend; the only writer to the store."""
 
     def __init__(
         self,
@@ -94,6 +94,7 @@ class Coordinator:
         # No more lanes than inputs to run: 20,000 workers for 2 inputs start 2.
         lanes = max(1, min(options.number_of_workers, plan.total - plan.finished))
         self._lanes = [_Lane(n, chunk_size=min(FIRST_CHUNK, self._max_chunk)) for n in range(lanes)]
+        # Made again once the lanes say how many chunks each may have in flight.
         self._budgets = Budgets(options.max_worker_failures, options.max_failures, lanes, 1)
         self._in_flight: dict[int, Chunk] = {}
         self._in_flight_inputs: dict[int, Sequence[Any]] = {}
@@ -109,8 +110,8 @@ class Coordinator:
     def run(self, function: Callable[[Any], Any]) -> ExecutionStatus:
         """Run every pending input; flush; return the final status.
 
-        Every moment of the run is inside one ``try``, from making the
-        backend to the final flush: an interrupt anywhere (a Ctrl-C while
+        Every moment of the run is inside one ``try``, from starting the
+        lanes to the final flush: an interrupt anywhere (a Ctrl-C while
         the lanes are being joined, say) ends the execution ``interrupted``
         with every outcome heard so far, never leaves it ``running``.
 
