@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pylo._ratelimit import TokenBucket
@@ -82,55 +82,43 @@ class AsyncLaneRunner(BaseLaneRunner):
         live = self._open_chunk(chunk_id, budget)
         if live is None:
             return self._close_chunk(0)
-        attempt = self._attempt_plain if self._fast(self._timeout) else self._attempt
         interrupt: BaseException | None = None
         try:
-            attempted = await self._run(inputs, live, attempt)
+            attempted = await self._run(inputs, live, self._fast(self._timeout))
         except _Interrupted as stop:
             attempted, interrupt = stop.attempted, stop.cause
         return self._close_chunk(attempted, interrupt)
 
-    def _each(self, inputs: Sequence[Any], live: _Live) -> Iterator[tuple[int, Any]]:
-        """The inputs with their index, each published as taken, until the lane is told to stop.
-
-        ``live.done`` ends as the number of inputs attempted: the index of the
-        one not taken when stopped, else all of them.
-        """
+    async def _run(self, inputs: Sequence[Any], live: _Live, plain: bool) -> int:
+        """The lane's loop; ``plain`` when a bare ``await`` per input will do (the fast path)."""
+        function = self._function
         is_stopped = self._stop.is_set
-        for index, item in enumerate(inputs):
-            live.done = index
-            if is_stopped():
-                return
-            yield index, item
-        live.done = len(inputs)
-
-    async def _run(
-        self,
-        inputs: Sequence[Any],
-        live: _Live,
-        attempt: Callable[[Any], Awaitable[tuple[TaskFailure | None, Any]]],
-    ) -> int:
+        index = 0
         try:
-            for index, item in self._each(inputs, live):
-                if self._outcome(live, index, *await attempt(item)):
+            for index, item in enumerate(inputs):
+                live.done = index
+                if is_stopped():
+                    return index
+                if not plain:
+                    if self._outcome(live, index, *await self._attempt(item)):
+                        return index + 1
+                    continue
+                try:
+                    await function(item)
+                    continue
+                except Exception as exc:
+                    failure = self.failure(exc, 1)
+                except asyncio.CancelledError as exc:
+                    if self._closing.is_set():
+                        raise
+                    failure = self._cancelled_by_task(exc, 1)
+                if self._note_failure(live, index, failure):
                     return index + 1
         except asyncio.CancelledError:
             raise  # pylo's own shutdown: not the task's interrupt
         except BaseException as exc:
-            raise _Interrupted(live.done, exc) from None
-        return live.done
-
-    async def _attempt_plain(self, item: Any) -> tuple[TaskFailure | None, Any]:
-        """Await the task once: no retry, rate limit, timeout or result to keep."""
-        try:
-            await self._function(item)
-        except Exception as exc:
-            return self.failure(exc, 1), None
-        except asyncio.CancelledError as exc:
-            if self._closing.is_set():
-                raise
-            return self._cancelled_by_task(exc, 1), None
-        return None, None
+            raise _Interrupted(index, exc) from None
+        return len(inputs)
 
     async def _attempt(self, item: Any) -> tuple[TaskFailure | None, Any]:
         """Run one input: its rate-limit wait, then the task with retries, within its timeout."""
