@@ -292,23 +292,22 @@ class CallRunner:
         """
         timeout = task.options.timeout
         function: Callable[..., Any]
-        if prepared is None:
-            function, retry = (task.function if task.is_async else task), task.options.retry
-        else:
-            function, retry = prepared
+        function, retry = (task.function, task.options.retry) if prepared is None else prepared
         if task.is_async:
             return self._call_on_loop(function, retry, timeout, args, kwargs)
+        # The Task travels, not its function: a decorated module-level
+        # function pickles by reference only through its Task (a prepared
+        # function wraps the Task for the same reason).
+        sent = task if prepared is None else function
         if self._kind == "processes":
-            # The Task travels, not its function: a decorated module-level
-            # function pickles by reference only through its Task.
-            return self._call_remote(self._process_pool().submit, function, retry, timeout, args, kwargs)
+            return self._call_remote(self._process_pool().submit, sent, retry, timeout, args, kwargs)
         if self._kind == "dask":
             client = self._options["client"]
 
             def submit(fn: Callable[..., Any], *fn_args: Any) -> Any:
                 return client.submit(fn, *fn_args, pure=False)
 
-            return self._call_remote(submit, function, retry, timeout, args, kwargs)
+            return self._call_remote(submit, sent, retry, timeout, args, kwargs)
         return execute_call(function, retry, timeout, args, kwargs, self._codec_name)
 
     def _call_on_loop(self, function: Callable[..., Any], retry: Any, timeout: float | None,

@@ -142,11 +142,17 @@ class RunEnvironment:
             rate_key=bucket_key(task.name, options.rate_limit, options.rate_key),
         )
 
-    def call(self, task: Task, node_key: str) -> tuple[Callable[..., Any], Any]:
-        """What a call node runs: ``(function, retry)``.
+    def _plain(self, task: Task) -> bool:
+        options = task.options
+        return not options.with_context and bucket_key(task.name, options.rate_limit, options.rate_key) is None
+
+    def call(self, task: Task, node_key: str) -> tuple[Callable[..., Any], Any] | None:
+        """What a call node runs: ``(function, retry)``, or None (the task's own).
 
         With a context, the retry policy counts attempts so ``context.attempt`` is right.
         """
+        if self._plain(task):
+            return None
         function = self._prepared(task, _target(task), node_key)
         retry = task.options.retry
         if task.options.with_context and retry is not None:
@@ -155,8 +161,7 @@ class RunEnvironment:
 
     def batch_call(self, task: Task, node_key: str) -> Callable[..., Any] | None:
         """What each input of a batch node runs in place of the task's function, or None (the function itself)."""
-        options = task.options
-        if not options.with_context and bucket_key(task.name, options.rate_limit, options.rate_key) is None:
+        if self._plain(task):
             return None
         return self._prepared(task, _target(task), node_key)
 
