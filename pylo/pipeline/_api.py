@@ -248,8 +248,8 @@ def _run(
         _RUNNING_HERE.add(new_id)
     try:
         with host.sigterm_as_system_exit():
+            environment.open(new_id)  # its buckets: before the run is recorded, so a failure leaves no run
             runs.create_run(run, rows)
-            environment.open(new_id)
             _coordinate(host, new_id, graph, rows, values, lineage, limit, codec.name, environment)
     finally:
         environment.close()
