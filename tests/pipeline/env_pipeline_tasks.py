@@ -106,3 +106,11 @@ class Probe:
         if self.event is not None:
             return self.event.is_set()
         return self.ready_after is not None and self.calls >= self.ready_after
+
+
+@task(with_context=True)
+def seen_unless_flagged(ctx: TaskContext, path: str) -> dict[str, Any]:
+    """Raises while the file ``path`` exists; else what the context said."""
+    if os.path.exists(path):
+        raise RuntimeError(f"{path} is still there")
+    return _seen(ctx, path)

@@ -20,6 +20,7 @@ from env_pipeline_tasks import (
     output_started,
     seen,
     seen_async,
+    seen_unless_flagged,
     status_started,
     third_time_lucky,
     third_time_lucky_async,
@@ -212,6 +213,22 @@ def test_a_resume_given_a_changed_configuration_warns_records_it_and_keeps_the_s
     with caplog.at_level(logging.WARNING, logger="pylo.pipeline"):
         third = pylo.resume_pipeline(first, flow, config=CONFIG)  # the same: nothing to say
     assert not caplog.records and pylo.get_pipeline(third).config_changes == ()
+
+
+def test_a_resumed_batch_node_gives_its_remaining_inputs_the_new_run_and_the_stored_configuration(
+    make_pylo: Callable[..., Pylo], tmp_path: Path
+) -> None:
+    flag = tmp_path / "flag"
+    flag.touch()
+    pylo = make_pylo()
+    flow = seen_unless_flagged.map([str(tmp_path / "fine"), str(flag)])
+    first = pylo.run_pipeline(flow, config=CONFIG)
+    assert pylo.get_pipeline(first).status is PipelineStatus.FAILED
+    flag.unlink()
+    second = pylo.resume_pipeline(first, flow)
+    kept, rerun = pylo.get_pipeline_result(second)
+    assert (kept["run_id"], rerun["run_id"]) == (first, second)  # only the failed input ran again
+    assert kept["node_key"] == rerun["node_key"] and rerun["config"] == CONFIG
 
 
 # -- waiting for a resource ----------------------------------------------------------------
