@@ -124,14 +124,17 @@ class Host:
         except ExecutionNotFound:
             return None
 
-    def batch_pylo(self, task: Task, map_options: Mapping[str, Any]) -> Pylo:
+    def batch_pylo(self, task: Task, map_options: Mapping[str, Any], *, count_attempts: bool = False) -> Pylo:
         """A Pylo on the same store and workers that runs one batch node's execution.
 
         Results are always stored (they are the node's value). The task's
         own ``retry`` and ``timeout`` apply to each input, else the Pylo's;
         ``map``'s execution options override the Pylo's. An ``async def``
         task runs on an event loop, and a plain one on threads when the Pylo
-        is an asyncio one. The Pylo returned shares the store: never close it.
+        is an asyncio one. With ``count_attempts`` the retry policy publishes
+        each attempt's number to the task's context
+        (:func:`~pylo.pipeline._context.counting_attempts`). The Pylo
+        returned shares the store: never close it.
         """
         from pylo.execution import Pylo
 
@@ -146,6 +149,12 @@ class Host:
         if task.options.timeout is not None:
             changes["timeout"] = float(task.options.timeout)
         changes.update(map_options)
+        if count_attempts:
+            retry = changes.get("retry", pylo.options.retry)
+            if retry is not None:
+                from pylo.pipeline._context import counting_attempts
+
+                changes["retry"] = counting_attempts(retry)
         if not other_kind:
             return pylo.with_options(**changes)
         if task.is_async:
