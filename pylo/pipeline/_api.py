@@ -277,18 +277,27 @@ def _resumed_rows(
     from pylo.errors import StoreError
     from pylo.pipeline._batch import batch_execution_id, read_values
     from pylo.pipeline._builder import BATCH
+    from pylo.pipeline._outcomes import recovered
 
     by_key = {row.key: row for row in parent_rows}
     past_lineage = dict(parent.options.get("lineage") or {})
     rows = _fresh_rows(graph)
     copied = [False] * len(rows)
     lineage: dict[int, str] = {}
+    old_states = [by_key[n.key].state if n.key in by_key else "pending" for n in graph.nodes]
+    # Kept as they ended: done nodes, pass-through skips (continue_if, exceptionally),
+    # and failures an exceptionally recovered or return_exceptions made a value.
+    keep = recovered(old_states, graph.nodes)
     for node in graph.nodes:
         index = node.index
         old = by_key.get(node.key)
         if (
             old is not None
-            and old.state == "done"
+            and (
+                old.state == "done"
+                or (old.state == "skipped" and old.result is not None)
+                or (keep[index] and old.state in ("failed", "failed_dependency"))
+            )
             and old.kind == node.node.kind
             and all(copied[up] for up in node.upstream)
         ):
@@ -313,6 +322,10 @@ def _resumed_rows(
         if copied[index] and not all(copied[d] for d in node.dependents):
             data = rows[index].result
             execution_id = rows[index].execution_id
+            if rows[index].state in ("failed", "failed_dependency"):
+                values[index] = _node_record(rows[index], codec).failure  # a recovered failure: its exception
+                values[index] = None if values[index] is None else values[index].exception
+                continue
             if data is None and execution_id is not None:
                 values[index] = read_values(host, execution_id)  # a batch node's results
                 continue
@@ -445,8 +458,11 @@ def _result(pylo: Pylo, run_id: str) -> Any:
         row = by_key.get(key)
         if row is None:
             raise StoreError(f"pipeline run {run.id!r} in the store at {host.location} has lost node {key!r}")
-        if row.state != "done":
-            return None  # a softly failed or skipped sink
+        if row.state == "failed":
+            # A completed run keeps a failed sink only as a value: in_parallel(return_exceptions=True).
+            return _node_record(row, codec).failure.exception  # type: ignore[union-attr]
+        if row.state != "done" and (row.state != "skipped" or row.result is None):
+            return None  # a softly failed or skipped sink (continue_if and exceptionally pass a value on)
         if row.result is None:
             # A batch node's results stay in its execution.
             return None if row.execution_id is None else read_values(host, row.execution_id)

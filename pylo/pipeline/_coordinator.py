@@ -35,11 +35,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from pylo._codec import get_codec
 from pylo.pipeline._batch import batch_execution_id, run_batch
-from pylo.pipeline._builder import BATCH, Pipeline, _Node, substitute
+from pylo.pipeline._builder import BATCH, EXCEPTIONALLY, FINALLY, Pipeline, _Node, substitute
 from pylo.pipeline._executors import CallRunner, Outcome, describe_failure
 from pylo.pipeline._graph import Graph
 from pylo.pipeline._host import Host
+from pylo.pipeline._outcomes import check_arguments, combined_error, is_failed_run
 from pylo.pipeline._records import PipelineStatus, TaskState
 from pylo.stores.runs import NodeRow, RunStore, RunUpdate
 
@@ -112,6 +114,13 @@ class RunCoordinator:
         self._group_running = [0] * len(graph.limits)
         self._group_waiting: list[collections.deque[int]] = [collections.deque() for _ in graph.limits]
         self._hard_failures = 0
+        # The exception of each failed node (and, for a failed_dependency
+        # node, of what it waited for): what exceptionally/finally_do receive.
+        self._errors: list[BaseException | None] = [None] * len(rows)
+        # Nodes that end "skipped" with a pass-through value (continue_if, exceptionally).
+        self._passed: set[int] = set()
+        # finally_do nodes: the value they pass on (the one before them).
+        self._finally_values: dict[int, Any] = {}
         self._outbox: queue.SimpleQueue[tuple[int, Outcome]] = queue.SimpleQueue()
         self._changed: dict[str, NodeRow] = {}
         self._outcomes_since_flush = 0
@@ -150,7 +159,8 @@ class RunCoordinator:
                     and time.monotonic() - self._last_flush >= self._flush_seconds
                 ):
                     self._flush()
-            status = PipelineStatus.FAILED if self._hard_failures else PipelineStatus.COMPLETED
+            failed = self._hard_failures and is_failed_run(self._states, self._graph.nodes)
+            status = PipelineStatus.FAILED if failed else PipelineStatus.COMPLETED
             self._flush(status=status.value, ended_at=time.time())
         except BaseException:
             self._stop_early()
@@ -203,10 +213,74 @@ class RunCoordinator:
             self._on_event("start", index)
         try:
             args, kwargs, inputs = self._arguments(node)
-        except Exception as exc:  # pragma: no cover - substitution of built values does not raise
-            self._outbox.put((index, describe_failure(exc, self._codec_name, 0, time.time())))
+            early = self._compose(index, node, args, kwargs)
+        except Exception as exc:  # a continue_if condition that raised
+            early = describe_failure(exc, self._codec_name, 0, time.time())
+        if isinstance(early, Outcome):
+            self._outbox.put((index, early))
             return
+        if early is not None:
+            args = early
         self._pool.submit((index, node, args, kwargs, inputs, execution_id))
+
+    def _upstream_error(self, index: int) -> BaseException | None:
+        """The error of the nodes ``index`` waits for that failed hard (None when none did)."""
+        nodes = self._graph.nodes
+        failures = []
+        for up in nodes[index].upstream:
+            if self._states[up] in _HARD and not nodes[up].tolerant:
+                failures.append((nodes[up].node.task.display_name, self._error_of(up)))
+        return combined_error(failures) if failures else None
+
+    def _error_of(self, index: int) -> BaseException:
+        error = self._errors[index]
+        if error is None:
+            from pylo.errors import StoredTaskError
+
+            row = self._rows[index]
+            if row.exception is not None:
+                try:
+                    error = get_codec(self._codec_name).decode_exception(row.exception)
+                except Exception:
+                    error = None
+            if not isinstance(error, BaseException):
+                error = StoredTaskError(row.exc_type or "Exception", row.message or "", row.traceback or "")
+            self._errors[index] = error
+        return error
+
+    def _compose(
+        self, index: int, node: _Node, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Outcome | tuple[Any, ...] | None:
+        """Composition rules before a call: an outcome that ends the node now, new args, or None."""
+        if node.kind == BATCH:
+            return None
+        first = node.args[0] if node.args else None
+        previous = self._graph.value_of(first, self._values) if isinstance(first, Pipeline) else None
+        if node.handler is not None:
+            error = self._upstream_error(index)
+            if node.handler == EXCEPTIONALLY and error is None:
+                return self._pass_through(index, previous)  # nothing failed: skipped, value passes on
+            if node.handler == FINALLY:
+                self._finally_values[index] = None if error is not None else previous
+            if error is not None:
+                args = (error, *args[1:])
+        elif node.condition is not None and not node.condition(previous):
+            return self._pass_through(index, previous)
+        problem = check_arguments(node.task, args, kwargs)
+        if problem is not None:
+            return describe_failure(problem, self._codec_name, 0, time.time())
+        return args if node.handler is not None else None
+
+    def _pass_through(self, index: int, value: Any) -> Outcome:
+        self._passed.add(index)
+        now = time.time()
+        return Outcome(ok=True, value=value, encoded=self._encode(value), attempts=0, started=now, ended=now)
+
+    def _encode(self, value: Any) -> bytes | None:
+        try:
+            return get_codec(self._codec_name).encode_value(value)
+        except Exception:
+            return None
 
     def _arguments(self, node: _Node) -> tuple[tuple[Any, ...], dict[str, Any], Any]:
         if not node.deps:
@@ -271,6 +345,13 @@ class RunCoordinator:
         options = graph_node.node.task.options
         if outcome.ok:
             state = _DONE
+            if index in self._passed:
+                state = _SKIPPED
+            elif index in self._finally_values:
+                value = self._finally_values.pop(index)  # not fruitful: the value before it
+                outcome = dataclasses.replace(outcome, value=value, encoded=self._encode(value))
+            elif not options.is_fruitful:
+                outcome = dataclasses.replace(outcome, value=None, encoded=self._encode(None))
             self._values[index] = outcome.value
         elif options.skippable:
             state = _SKIPPED
@@ -279,6 +360,10 @@ class RunCoordinator:
         else:
             state = _FAILED
             self._hard_failures += 1
+        if not outcome.ok:
+            self._errors[index] = outcome.error
+            if state == _FAILED and graph_node.tolerant:
+                self._values[index] = outcome.error  # in_parallel(return_exceptions=True): a value
         self._states[index] = state
         row = self._rows[index]
         started_at = self._started.pop(index, None)
@@ -321,9 +406,18 @@ class RunCoordinator:
         states = self._states
         soft = cancelled = False
         verdict: str | None = None
-        for up in self._graph.nodes[index].upstream:
+        nodes = self._graph.nodes
+        handler = nodes[index].node.handler
+        if handler == FINALLY:
+            self._ready.append(index)  # always runs
+            return
+        for up in nodes[index].upstream:
             state = states[up]
             if state in _HARD:
+                if nodes[up].tolerant:
+                    continue  # its exception is its value
+                if handler == EXCEPTIONALLY:
+                    continue  # runs with the error
                 verdict = _FAILED_DEPENDENCY  # wins over every other upstream outcome
                 break
             if state == _CANCELLED:
@@ -338,12 +432,17 @@ class RunCoordinator:
         if verdict is None:
             self._ready.append(index)
             return
+        row = self._rows[index]
+        ended_row = _with_state(row, verdict, None, time.time())
         if verdict == _FAILED_DEPENDENCY:
             self._hard_failures += 1
+            error = self._upstream_error(index)
+            self._errors[index] = error
+            if error is not None:  # the aggregate: every failed node it waited for, by name
+                ended_row = dataclasses.replace(ended_row, exc_type=type(error).__name__, message=str(error))
         states[index] = verdict
         self._values[index] = None
-        row = self._rows[index]
-        self._note(index, _with_state(row, verdict, None, time.time()))
+        self._note(index, ended_row)
         self._outcomes_since_flush += 1
         if self._on_event is not None:
             self._on_event("end", index)

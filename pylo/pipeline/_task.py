@@ -41,9 +41,7 @@ MAP_OPTIONS = frozenset(
 
 
 #: Options DESIGN.md names that later releases add.
-_NOT_YET = frozenset(
-    {"with_state", "with_context", "is_fruitful", "rate_limit", "rate_key", "wait_for", "wait_timeout"}
-)
+_NOT_YET = frozenset({"with_state", "with_context", "rate_limit", "rate_key", "wait_for", "wait_timeout"})
 
 
 def _check_bool(name: str, value: Any) -> bool:
@@ -70,6 +68,7 @@ class TaskOptions:
         task_id: A fixed node key (1-100 of ``[A-Za-z0-9._-]``); two nodes
             of one pipeline cannot share it.
         display_name: The name shown for the node (default: the function's).
+        is_fruitful: False: the node's result is None whatever the task returns.
     """
 
     retry: Any = None
@@ -79,6 +78,7 @@ class TaskOptions:
     skippable: bool = False
     task_id: str | None = None
     display_name: str | None = None
+    is_fruitful: bool = True
 
     def __post_init__(self) -> None:
         if self.retry is not None:
@@ -98,6 +98,7 @@ class TaskOptions:
         _check_bool("fail_softly", self.fail_softly)
         _check_bool("propagate_soft_failures", self.propagate_soft_failures)
         _check_bool("skippable", self.skippable)
+        _check_bool("is_fruitful", self.is_fruitful)
         if self.fail_softly and self.skippable:
             raise ValueError(
                 "fail_softly and skippable cannot both be True: a raise either fails the node softly "
