@@ -436,6 +436,7 @@ def _result(pylo: Pylo, run_id: str) -> Any:
     from pylo.pipeline._errors import PipelineNotCompleted
     from pylo.pipeline._graph import result_from_shape
     from pylo.pipeline._host import Host
+    from pylo.pipeline._outcomes import unwrap_state
     from pylo.pipeline._records import PipelineStatus
 
     host = Host(pylo)
@@ -467,7 +468,7 @@ def _result(pylo: Pylo, run_id: str) -> Any:
             # A batch node's results stay in its execution.
             return None if row.execution_id is None else read_values(host, row.execution_id)
         try:
-            return codec.decode_value(row.result)
+            return unwrap_state(codec.decode_value(row.result))[0]
         except Exception as exc:
             raise StoreError(
                 f"cannot decode the result of node {key!r} of pipeline run {run.id!r} in the store at "

@@ -41,6 +41,7 @@ class _Node:
         "condition",
         "deps",
         "handler",
+        "initial",
         "inputs",
         "kind",
         "kwargs",
@@ -63,12 +64,15 @@ class _Node:
         after: list[Pipeline] | None = None,
         handler: str | None = None,
         condition: Callable[[Any], Any] | None = None,
+        initial: tuple[Any] | None = None,
     ) -> None:
         self.task = task
         #: None, EXCEPTIONALLY or FINALLY: the error-handling rules of the node (see _outcomes).
         self.handler = handler
         #: continue_if's condition on the previous result (None: always run).
         self.condition = condition
+        #: with_initial(state=...): ``(state,)`` for a first node that carries initial parameters.
+        self.initial = initial
         self.kind = kind
         self.args = args
         self.kwargs = kwargs
@@ -94,22 +98,31 @@ class _Node:
             after=self.after,
             handler=self.handler,
             condition=self.condition,
+            initial=self.initial,
         )
 
-    def with_args(self, args: tuple[Any, ...], spread_first: bool) -> _Node:
-        """A copy (a new node) calling the same task with other positional arguments."""
-        return _Node(
+    def with_args(
+        self,
+        args: tuple[Any, ...],
+        spread_first: bool,
+        kwargs: dict[str, Any] | None = None,
+        initial: tuple[Any] | None = None,
+    ) -> _Node:
+        """A copy (a new node) calling the same task with other arguments."""
+        node = _Node(
             self.task,
             self.kind,
             args,
-            self.kwargs,
+            self.kwargs if kwargs is None else kwargs,
             inputs=self.inputs,
             map_options=self.map_options,
             spread_first=spread_first,
             after=self.after,
             handler=self.handler,
             condition=self.condition,
+            initial=self.initial if initial is None else initial,
         )
+        return node
 
     def __repr__(self) -> str:
         return f"<node {self.task.display_name} #{self.ordinal}>"
@@ -244,6 +257,17 @@ class Pipeline:
         self._check_not_final("finally_do")
         return Pipeline(_Node(_as_task(cleanup), CALL, (self, *args), kwargs, handler=FINALLY))
 
+    def with_initial(
+        self, args: tuple[Any, ...] | list[Any] = (), kwargs: Mapping[str, Any] | None = None, state: Any = None
+    ) -> Pipeline:
+        """This pipeline with initial parameters: ``args`` prepended and ``kwargs`` added to its first
+        task's call (every member's, for a group), and ``state`` as the state it starts with.
+
+        Raises:
+            PipelineValidationError: The pipeline already carries initial parameters.
+        """
+        return _prepend(self, None, (tuple(args), dict(kwargs or {}), state))
+
     def _check_not_final(self, operation: str) -> None:
         for node in self.last_nodes():
             if node.handler == FINALLY:
@@ -291,22 +315,37 @@ class Pipeline:
         return f"Pipeline(in_parallel of {len(self._members or ())})"
 
 
-def _prepend(pipeline: Pipeline, previous: Pipeline) -> Pipeline:
-    """``pipeline`` with ``previous``'s result prepended to its first task(s): new nodes, same shape."""
+def _prepend(
+    pipeline: Pipeline, previous: Pipeline | None, initial: tuple[tuple[Any, ...], dict[str, Any], Any] | None = None
+) -> Pipeline:
+    """``pipeline`` with ``previous``'s result (or ``initial`` parameters) given to its first task(s).
+
+    New nodes, same shape: a description is never changed.
+    """
     node = pipeline._node
     if node is None:
         assert pipeline._members is not None
         return Pipeline(
-            members=tuple(_prepend(member, previous) for member in pipeline._members),
+            members=tuple(_prepend(member, previous, initial) for member in pipeline._members),
             max_parallelism=pipeline._max_parallelism,
             return_exceptions=pipeline._return_exceptions,
         )
     if node.args and isinstance(node.args[0], Pipeline) and (node.spread_first or node.handler is not None):
         # A chain: the result goes to the chain's first task.
-        return Pipeline(node.with_args((_prepend(node.args[0], previous), *node.args[1:]), node.spread_first))
+        return Pipeline(node.with_args((_prepend(node.args[0], previous, initial), *node.args[1:]), node.spread_first))
+    if node.initial is not None:
+        raise PipelineValidationError(
+            f"{node.task.display_name} already carries initial parameters (with_initial): combining pipelines "
+            "that both carry them is ambiguous; give with_initial to the combined pipeline only"
+        )
     if node.kind == BATCH:
         raise PipelineValidationError("continue_with cannot prepend a result to a batch node (map); use map(pipeline)")
-    return Pipeline(node.with_args((previous, *node.args), True))
+    if initial is None:
+        return Pipeline(node.with_args((previous, *node.args), True))
+    init_args, init_kwargs, state = initial
+    return Pipeline(
+        node.with_args((*init_args, *node.args), node.spread_first, {**init_kwargs, **node.kwargs}, (state,))
+    )
 
 
 def _as_task(value: Any) -> Task:

@@ -41,7 +41,14 @@ from pylo.pipeline._builder import BATCH, EXCEPTIONALLY, FINALLY, Pipeline, _Nod
 from pylo.pipeline._executors import CallRunner, Outcome, describe_failure
 from pylo.pipeline._graph import Graph
 from pylo.pipeline._host import Host
-from pylo.pipeline._outcomes import check_arguments, combined_error, is_failed_run
+from pylo.pipeline._outcomes import (
+    check_arguments,
+    combined_error,
+    is_failed_run,
+    merge_states,
+    unwrap_state,
+    wrap_state,
+)
 from pylo.pipeline._records import PipelineStatus, TaskState
 from pylo.stores.runs import NodeRow, RunStore, RunUpdate
 
@@ -121,6 +128,8 @@ class RunCoordinator:
         self._passed: set[int] = set()
         # finally_do nodes: the value they pass on (the one before them).
         self._finally_values: dict[int, Any] = {}
+        # The state each node ended with (with_state tasks; None when the run has none).
+        self._node_states: list[Any] = [None] * len(rows)
         self._outbox: queue.SimpleQueue[tuple[int, Outcome]] = queue.SimpleQueue()
         self._changed: dict[str, NodeRow] = {}
         self._outcomes_since_flush = 0
@@ -174,6 +183,7 @@ class RunCoordinator:
         nodes = self._graph.nodes
         for index, state in enumerate(self._states):
             if state in _FINAL:
+                self._values[index], self._node_states[index] = unwrap_state(self._values[index])
                 if state in _HARD:
                     self._hard_failures += 1
                 for dependent in nodes[index].dependents:
@@ -212,9 +222,10 @@ class RunCoordinator:
         if self._on_event is not None:
             self._on_event("start", index)
         try:
+            state = self._node_states[index] = self._state_in(index)
             args, kwargs, inputs = self._arguments(node)
-            early = self._compose(index, node, args, kwargs)
-        except Exception as exc:  # a continue_if condition that raised
+            early = self._compose(index, node, args, kwargs, state)
+        except Exception as exc:  # a continue_if condition that raised, a state conflict
             early = describe_failure(exc, self._codec_name, 0, time.time())
         if isinstance(early, Outcome):
             self._outbox.put((index, early))
@@ -248,8 +259,16 @@ class RunCoordinator:
             self._errors[index] = error
         return error
 
+    def _state_in(self, index: int) -> Any:
+        """The state node ``index`` starts with: its initial state, or its upstream nodes' merged."""
+        graph_node = self._graph.nodes[index]
+        if graph_node.node.initial is not None:
+            return graph_node.node.initial[0]
+        nodes = self._graph.nodes
+        return merge_states([(nodes[up].node.task.display_name, self._node_states[up]) for up in graph_node.upstream])
+
     def _compose(
-        self, index: int, node: _Node, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, index: int, node: _Node, args: tuple[Any, ...], kwargs: dict[str, Any], state: Any = None
     ) -> Outcome | tuple[Any, ...] | None:
         """Composition rules before a call: an outcome that ends the node now, new args, or None."""
         if node.kind == BATCH:
@@ -264,12 +283,31 @@ class RunCoordinator:
                 self._finally_values[index] = None if error is not None else previous
             if error is not None:
                 args = (error, *args[1:])
+            elif node.handler == FINALLY and previous is None and node.args:
+                args = (None, *args[1:])  # a cancelled or softly failed node before it
         elif node.condition is not None and not node.condition(previous):
             return self._pass_through(index, previous)
+        changed = node.handler is not None
+        if node.task.options.with_state:
+            args, changed = (state, *args), True
         problem = check_arguments(node.task, args, kwargs)
         if problem is not None:
             return describe_failure(problem, self._codec_name, 0, time.time())
-        return args if node.handler is not None else None
+        return args if changed else None
+
+    def _split_state(self, index: int, outcome: Outcome) -> Outcome:
+        """A with_state task returned ``(state, result)``: keep the state, the result is the value."""
+        value = outcome.value
+        if not (isinstance(value, (tuple, list)) and len(value) == 2):
+            from pylo.errors import PipelineValidationError
+
+            problem = PipelineValidationError(
+                f"`{self._graph.nodes[index].node.task.display_name}` has with_state=True, so it must return "
+                f"(state, result), got {type(value).__name__}"
+            )
+            return describe_failure(problem, self._codec_name, outcome.attempts, outcome.started)
+        self._node_states[index], result = value
+        return dataclasses.replace(outcome, value=result, encoded=self._encode(result))
 
     def _pass_through(self, index: int, value: Any) -> Outcome:
         self._passed.add(index)
@@ -343,6 +381,8 @@ class RunCoordinator:
             if waiting:
                 self._ready.appendleft(waiting.popleft())
         options = graph_node.node.task.options
+        if outcome.ok and options.with_state and index not in self._passed:
+            outcome = self._split_state(index, outcome)
         if outcome.ok:
             state = _DONE
             if index in self._passed:
@@ -353,6 +393,9 @@ class RunCoordinator:
             elif not options.is_fruitful:
                 outcome = dataclasses.replace(outcome, value=None, encoded=self._encode(None))
             self._values[index] = outcome.value
+            if self._node_states[index] is not None:
+                encoded = self._encode(wrap_state(outcome.value, self._node_states[index]))
+                outcome = dataclasses.replace(outcome, encoded=encoded)
         elif options.skippable:
             state = _SKIPPED
         elif options.fail_softly:
@@ -434,6 +477,10 @@ class RunCoordinator:
             return
         row = self._rows[index]
         ended_row = _with_state(row, verdict, None, time.time())
+        try:
+            self._node_states[index] = self._state_in(index)  # exceptions carry the state
+        except Exception:
+            self._node_states[index] = None
         if verdict == _FAILED_DEPENDENCY:
             self._hard_failures += 1
             error = self._upstream_error(index)

@@ -103,3 +103,58 @@ def recovered(states: Sequence[str], nodes: Sequence[Any]) -> list[bool]:
             (nodes[d].node.handler == EXCEPTIONALLY and states[d] == "done") or kept[d] for d in dependents
         )
     return kept
+
+
+# -- state ------------------------------------------------------------------------
+
+#: How a node's result is stored when the node also has a state: one JSON-able mapping.
+STATE_KEY = "__pylo_state__"
+
+
+def wrap_state(value: Any, state: Any) -> Any:
+    """What a node stores: its value, with its state beside it when it has one."""
+    return value if state is None else {STATE_KEY: state, "value": value}
+
+
+def unwrap_state(stored: Any) -> tuple[Any, Any]:
+    """``(value, state)`` of what :func:`wrap_state` stored."""
+    if type(stored) is dict and len(stored) == 2 and STATE_KEY in stored and "value" in stored:
+        return stored["value"], stored[STATE_KEY]
+    return stored, None
+
+
+def merge_states(states: Sequence[tuple[str, Any]]) -> Any:
+    """The state a node starts with, from the states of the nodes it waits for.
+
+    None states are ignored; dicts are merged key by key; any other states
+    must be equal. A key (or a state) two nodes set to different values is
+    an error naming both, never a silent pick.
+
+    Raises:
+        PipelineValidationError: A conflict.
+    """
+    merged: Any = None
+    owner: dict[Any, str] = {}
+    first_name = ""
+    for name, state in states:
+        if state is None:
+            continue
+        if merged is None:
+            merged, first_name = (dict(state) if isinstance(state, dict) else state), name
+            owner = dict.fromkeys(state, name) if isinstance(state, dict) else {}
+            continue
+        if isinstance(merged, dict) and isinstance(state, dict):
+            for key, value in state.items():
+                if key in merged and merged[key] != value:
+                    raise PipelineValidationError(
+                        f"state conflict on key {key!r}: {owner[key]} has {merged[key]!r}, {name} has {value!r}; "
+                        "give each member of a group its own keys"
+                    )
+                merged[key] = value
+                owner.setdefault(key, name)
+        elif merged != state:
+            raise PipelineValidationError(
+                f"state conflict: {first_name} has {merged!r}, {name} has {state!r}; use dict states with "
+                "distinct keys to merge the states of a group"
+            )
+    return merged

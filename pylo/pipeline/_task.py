@@ -41,7 +41,7 @@ MAP_OPTIONS = frozenset(
 
 
 #: Options DESIGN.md names that later releases add.
-_NOT_YET = frozenset({"with_state", "with_context", "rate_limit", "rate_key", "wait_for", "wait_timeout"})
+_NOT_YET = frozenset({"with_context", "rate_limit", "rate_key", "wait_for", "wait_timeout"})
 
 
 def _check_bool(name: str, value: Any) -> bool:
@@ -69,6 +69,8 @@ class TaskOptions:
             of one pipeline cannot share it.
         display_name: The name shown for the node (default: the function's).
         is_fruitful: False: the node's result is None whatever the task returns.
+        with_state: The task receives the pipeline's state first and returns
+            ``(state, result)``.
     """
 
     retry: Any = None
@@ -79,6 +81,7 @@ class TaskOptions:
     task_id: str | None = None
     display_name: str | None = None
     is_fruitful: bool = True
+    with_state: bool = False
 
     def __post_init__(self) -> None:
         if self.retry is not None:
@@ -99,6 +102,7 @@ class TaskOptions:
         _check_bool("propagate_soft_failures", self.propagate_soft_failures)
         _check_bool("skippable", self.skippable)
         _check_bool("is_fruitful", self.is_fruitful)
+        _check_bool("with_state", self.with_state)
         if self.fail_softly and self.skippable:
             raise ValueError(
                 "fail_softly and skippable cannot both be True: a raise either fails the node softly "

@@ -161,5 +161,5 @@ def test_map_always_stores_results() -> None:
 
 
 def test_options_of_later_releases_say_so() -> None:
-    with pytest.raises(TypeError, match="with_state are not supported yet"):
-        task(with_state=True)
+    with pytest.raises(TypeError, match="with_context are not supported yet"):
+        task(with_context=True)
