@@ -162,6 +162,7 @@ def _run(
     run_id: str | None,
     max_parallel: int | None,
     parent_id: str | None,
+    child_of: dict[str, str] | None = None,
 ) -> str:
     from pylo.pipeline._graph import build_graph
     from pylo.pipeline._host import Host
@@ -212,6 +213,7 @@ def _run(
             "flush": {"every": host.flush_every, "seconds": host.flush_seconds},
             "shape": graph.shape,
             "lineage": {graph.nodes[index].key: execution_id for index, execution_id in lineage.items()},
+            **({"child_of": child_of} if child_of else {}),
         },
     )
     with _RUNNING_LOCK:
@@ -306,6 +308,9 @@ def _resumed_rows(
                 display_name=rows[index].display_name,
             )  # fmt: skip
             copied[index] = True
+        elif old is not None and old.child_run_id is not None and old.result is not None:
+            # Its task returned a pipeline that ran as a child run: resume that child, not the task.
+            rows[index] = dataclasses.replace(rows[index], child_run_id=old.child_run_id, result=old.result)
         elif node.node.kind == BATCH:
             candidates = [
                 batch_execution_id(parent.id, node.key),
@@ -430,7 +435,7 @@ def _list_records(pylo: Pylo) -> list[PipelineRecord]:
     return [_record(host, run, runs.read_nodes(run.id, results=False), None) for run in runs.list_runs()]
 
 
-def _result(pylo: Pylo, run_id: str) -> Any:
+def _result(pylo: Pylo, run_id: str, with_state: bool = False) -> Any:
     from pylo.errors import PipelineFailed, StoreError
     from pylo.pipeline._batch import read_values
     from pylo.pipeline._errors import PipelineNotCompleted
@@ -454,6 +459,7 @@ def _result(pylo: Pylo, run_id: str) -> Any:
     if not isinstance(shape, dict):
         raise StoreError(f"pipeline run {run.id!r} in the store at {host.location} has no result shape")
     by_key = {row.key: row for row in runs.read_nodes(run.id)}
+    states: list[tuple[str, Any]] = []
 
     def value_of_key(key: str) -> Any:
         row = by_key.get(key)
@@ -468,11 +474,19 @@ def _result(pylo: Pylo, run_id: str) -> Any:
             # A batch node's results stay in its execution.
             return None if row.execution_id is None else read_values(host, row.execution_id)
         try:
-            return unwrap_state(codec.decode_value(row.result))[0]
+            value, state = unwrap_state(codec.decode_value(row.result))
         except Exception as exc:
             raise StoreError(
                 f"cannot decode the result of node {key!r} of pipeline run {run.id!r} in the store at "
                 f"{host.location}: {type(exc).__name__}: {exc}"
             ) from exc
 
-    return result_from_shape(shape, value_of_key)
+        states.append((row.display_name, state))
+        return value
+
+    result = result_from_shape(shape, value_of_key)
+    if with_state:
+        from pylo.pipeline._outcomes import merge_states
+
+        return result, merge_states(states)
+    return result

@@ -163,7 +163,7 @@ class Pipeline:
     Make one with ``task.send(...)``, ``task.map(...)`` or :func:`in_parallel`.
     """
 
-    __slots__ = ("_max_parallelism", "_members", "_node", "_return_exceptions")
+    __slots__ = ("_inline", "_max_parallelism", "_members", "_node", "_return_exceptions")
 
     def __init__(
         self,
@@ -176,6 +176,8 @@ class Pipeline:
         self._members = members
         self._max_parallelism = max_parallelism
         self._return_exceptions = return_exceptions
+        #: Run as a child of a task that returns it: share the task's state.
+        self._inline = False
 
     @property
     def is_group(self) -> bool:
@@ -267,6 +269,16 @@ class Pipeline:
             PipelineValidationError: The pipeline already carries initial parameters.
         """
         return _prepend(self, None, (tuple(args), dict(kwargs or {}), state))
+
+    def inline(self) -> Pipeline:
+        """This pipeline, to be returned by a task: as a child run it shares that task's state.
+
+        A child run that is not inline starts with its own state (None, or
+        its ``with_initial`` state) and the parent's state goes on unchanged.
+        """
+        copy = Pipeline(self._node, self._members, self._max_parallelism, self._return_exceptions)
+        copy._inline = True
+        return copy
 
     def _check_not_final(self, operation: str) -> None:
         for node in self.last_nodes():

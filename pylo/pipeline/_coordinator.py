@@ -128,8 +128,16 @@ class RunCoordinator:
         self._passed: set[int] = set()
         # finally_do nodes: the value they pass on (the one before them).
         self._finally_values: dict[int, Any] = {}
+        # Call nodes whose past run started a child run: (child run id, pickled pipeline).
+        self._past_children = {
+            i: (row.child_run_id, row.result)
+            for i, row in enumerate(rows)
+            if row.child_run_id is not None and row.result is not None and row.state not in _FINAL
+        }
         # The state each node ended with (with_state tasks; None when the run has none).
         self._node_states: list[Any] = [None] * len(rows)
+        # Nodes that ran a child run: the state they end with (set by the node thread).
+        self._child_states: dict[int, Any] = {}
         self._outbox: queue.SimpleQueue[tuple[int, Outcome]] = queue.SimpleQueue()
         self._changed: dict[str, NodeRow] = {}
         self._outcomes_since_flush = 0
@@ -161,7 +169,10 @@ class RunCoordinator:
                 if self._changed or self._unwritten_starts:
                     timeout = min(timeout, max(0.0, self._last_flush + self._flush_seconds - time.monotonic()))
                 for index, outcome in _take_all(self._outbox, timeout):
-                    self._complete(index, outcome)
+                    if isinstance(outcome, _ChildStarted):
+                        self._record_child(index, outcome)
+                    else:
+                        self._complete(index, outcome)
                 self._dispatch()
                 if self._outcomes_since_flush >= self._flush_every or (
                     (self._changed or self._unwritten_starts)
@@ -363,10 +374,50 @@ class RunCoordinator:
                     need_value=bool(self._graph.nodes[index].dependents),
                 )
             else:
-                outcome = self._calls.call(task, args, kwargs)
+                past = self._past_children.get(index)
+                previous_child = None
+                if past is not None:
+                    previous_child, payload = past
+                    outcome = Outcome(ok=True, child=payload, attempts=0)
+                else:
+                    outcome = self._calls.call(task, args, kwargs)
+                state = self._node_states[index]
+                if outcome.ok and task.options.with_state and outcome.child is None:
+                    outcome, state = _stateful_child(outcome, state)
+                if outcome.ok and outcome.child is not None:
+                    outcome = self._run_child(index, outcome.child, previous_child, state)
         except BaseException as exc:  # a bug of ours: fail the node, never lose it
             outcome = describe_failure(exc, self._codec_name, 1, time.time())
         return outcome
+
+    def _run_child(self, index: int, payload: bytes, previous_child: str | None, state: Any) -> Outcome:
+        """In a node thread: the task returned a pipeline; record it, then run it as a child run."""
+        from pylo.pipeline._dynamic import run_child
+
+        def record(child_id: str) -> None:
+            started = _ChildStarted(child_id, payload)
+            self._outbox.put((index, started))  # type: ignore[arg-type]
+            started.recorded.wait()
+
+        outcome, state = run_child(
+            self._host,
+            self._run_id,
+            self._rows[index].key,
+            payload,
+            state=state,
+            previous_child=previous_child,
+            record=record,
+            codec_name=self._codec_name,
+        )
+        self._child_states[index] = state
+        return outcome
+
+    def _record_child(self, index: int, started: _ChildStarted) -> None:
+        """Make the child run findable from its node before the child starts (a resume resumes it)."""
+        row = _with_state(self._rows[index], _RUNNING, self._started.get(index), None)
+        self._note(index, dataclasses.replace(row, child_run_id=started.child_id, result=started.payload))
+        self._flush()
+        started.recorded.set()
 
     # -- applying outcomes ------------------------------------------------------
 
@@ -381,7 +432,9 @@ class RunCoordinator:
             if waiting:
                 self._ready.appendleft(waiting.popleft())
         options = graph_node.node.task.options
-        if outcome.ok and options.with_state and index not in self._passed:
+        if index in self._child_states:
+            self._node_states[index] = self._child_states.pop(index)
+        elif outcome.ok and options.with_state and index not in self._passed:
             outcome = self._split_state(index, outcome)
         if outcome.ok:
             state = _DONE
@@ -423,12 +476,14 @@ class RunCoordinator:
                 attempts=outcome.attempts,
                 started_at=outcome.started if started_at is None else started_at,
                 ended_at=outcome.ended,
-                result=outcome.encoded if outcome.ok else None,
+                # A failed child run's node keeps its pickled pipeline: a resume resumes that child.
+                result=outcome.encoded if outcome.ok else (row.result if row.child_run_id else None),
                 exc_type=outcome.exc_type,
                 message=outcome.message,
                 traceback=outcome.traceback,
                 exception=outcome.exception,
                 execution_id=outcome.execution_id or row.execution_id,
+                child_run_id=row.child_run_id,
             ),
         )
         self._outcomes_since_flush += 1
@@ -529,7 +584,7 @@ class RunCoordinator:
         # Outcomes that arrived meanwhile are kept, as executions keep theirs.
         try:
             for index, outcome in _take_all(self._outbox, 0):
-                if outcome.interrupt is None:
+                if isinstance(outcome, Outcome) and outcome.interrupt is None:
                     self._complete(index, outcome)
         except BaseException:  # pragma: no cover - best effort only
             logger.debug("could not apply late outcomes of run %s", self._run_id, exc_info=True)
@@ -546,7 +601,10 @@ class RunCoordinator:
 
 
 def _with_state(row: NodeRow, state: str, started_at: float | None, ended_at: float | None) -> NodeRow:
-    """``row`` in a new state, without its result or failure (a node that did not end ``done``)."""
+    """``row`` in a new state, without its result or failure (a node that did not end ``done``).
+
+    A node that started a child run keeps it, and its pickled pipeline, so a resume resumes the child.
+    """
     return NodeRow(
         row.key,
         row.seq,
@@ -558,8 +616,31 @@ def _with_state(row: NodeRow, state: str, started_at: float | None, ended_at: fl
         row.attempts,
         started_at,
         ended_at,
+        result=row.result if row.child_run_id else None,
         execution_id=row.execution_id,
+        child_run_id=row.child_run_id,
     )
+
+
+def _stateful_child(outcome: Outcome, state: Any) -> tuple[Outcome, Any]:
+    """A with_state task that returned ``(state, pipeline)``: the pipeline is a child run."""
+    value = outcome.value
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], Pipeline):
+        from pylo.pipeline._dynamic import encode_child
+
+        return dataclasses.replace(outcome, value=None, encoded=None, child=encode_child(value[1])), value[0]
+    return outcome, state
+
+
+class _ChildStarted:
+    """A node thread's message: its task returned a pipeline, to run as child run ``child_id``."""
+
+    __slots__ = ("child_id", "payload", "recorded")
+
+    def __init__(self, child_id: str, payload: bytes) -> None:
+        self.child_id = child_id
+        self.payload = payload
+        self.recorded = threading.Event()
 
 
 class _NodeThreads:
