@@ -276,7 +276,14 @@ class RunCoordinator:
         if graph_node.node.initial is not None:
             return graph_node.node.initial[0]
         nodes = self._graph.nodes
-        return merge_states([(nodes[up].node.task.display_name, self._node_states[up]) for up in graph_node.upstream])
+        # A batch node carries no state (it is many calls): what follows it starts without its state.
+        return merge_states(
+            [
+                (nodes[up].node.task.display_name, self._node_states[up])
+                for up in graph_node.upstream
+                if nodes[up].node.kind != BATCH
+            ]
+        )
 
     def _compose(
         self, index: int, node: _Node, args: tuple[Any, ...], kwargs: dict[str, Any], state: Any = None
