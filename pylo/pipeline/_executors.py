@@ -339,7 +339,7 @@ class CallRunner:
                 )
                 return describe_failure(crashed, self._codec_name, 1, started)
             return describe_failure(exc, self._codec_name, 1, started)
-        if outcome.ok:
+        if outcome.ok and outcome.child is None:  # a child pipeline stays pickled: the coordinator runs it
             assert outcome.encoded is not None
             from dataclasses import replace
 

@@ -4,9 +4,12 @@ exceptionally/finally_do, state and dynamic pipelines, on a durable run."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import compose_tasks as t
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pipeline_tasks import BROKEN, CALLS, count
 
 from pylo import PipelineFailed, PipelineStatus, PipelineValidationError, Pylo, TaskState
@@ -286,3 +289,33 @@ def test_child_state_is_isolated_unless_inline(make_pylo: MakePylo) -> None:
 def test_a_non_fruitful_child_gives_none(make_pylo: MakePylo) -> None:
     p = make_pylo()
     assert result(p, t.spawn_quietly.send()) is None
+
+
+# -- other workers and invariants ------------------------------------------------------
+
+
+def test_composition_on_process_workers(store_dir: object) -> None:
+    with Pylo.local_multiprocess(store_dir, 2) as p:  # type: ignore[arg-type]
+        assert result(p, t.count_to.send(0, 3)) == 3  # the child pipeline travels back pickled
+        assert result(p, t.fail.send("x").exceptionally(t.recover)) == "recovered from ValueError: x"
+        inline = t.spawn.send(7, True).continue_with(t.read_state).with_initial(state={"p": 1})
+        assert result(p, inline) == {"p": 1, "child": 7}
+
+
+@given(st.lists(st.dictionaries(st.text(max_size=3), st.integers(), max_size=4), max_size=5), st.randoms())
+def test_merged_states_are_the_union_in_any_order_or_a_conflict(states: list[dict[str, int]], rnd: Any) -> None:
+    from pylo.pipeline._outcomes import merge_states
+
+    union: dict[str, int] = {}
+    conflict = False
+    for state in states:
+        for key, value in state.items():
+            conflict = conflict or (key in union and union[key] != value)
+            union.setdefault(key, value)
+    named = [(f"m{i}", s) for i, s in enumerate(states)]
+    rnd.shuffle(named)
+    if conflict:
+        with pytest.raises(PipelineValidationError, match="state conflict on key"):
+            merge_states(named)
+    else:
+        assert (merge_states(named) or {}) == union
