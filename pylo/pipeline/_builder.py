@@ -410,6 +410,11 @@ def map_pipeline(
     options: Mapping[str, Any],
 ) -> Pipeline:
     """The one-node pipeline of a batch node: ``task(input, *args, **kwargs)`` per input."""
+    if task.options.with_state:
+        raise PipelineValidationError(
+            f"{task.display_name} has with_state=True and cannot be mapped: a batch node is many calls and "
+            "carries no state; use send() in an in_parallel group instead"
+        )
     if not isinstance(inputs, Pipeline):
         if isinstance(inputs, (str, bytes, bytearray)) or not isinstance(inputs, Iterable):
             raise PipelineValidationError(

@@ -117,5 +117,9 @@ def run_child(
         value, child_state = _result(host.pylo, child_id, with_state=True)
     except Exception as exc:  # the child failed (PipelineFailed), or could not start
         return describe_failure(exc, codec_name, 1, started), state
+    except BaseException as exc:  # the child was interrupted: so is its parent (a resume resumes both)
+        from pylo.pipeline._executors import Outcome
+
+        return Outcome(ok=False, interrupt=exc, started=started, ended=time.time()), state
     outcome = finish_call(value, codec_name, 1, started)
     return outcome, (child_state if inline else state)

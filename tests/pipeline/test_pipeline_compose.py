@@ -319,3 +319,8 @@ def test_merged_states_are_the_union_in_any_order_or_a_conflict(states: list[dic
             merge_states(named)
     else:
         assert (merge_states(named) or {}) == union
+
+
+def test_a_stateful_task_cannot_be_mapped() -> None:
+    with pytest.raises(PipelineValidationError, match="with_state=True and cannot be mapped"):
+        t.remember.map([1, 2], "k")
