@@ -42,6 +42,7 @@ from pylo.pipeline._executors import CallRunner, Outcome, describe_failure
 from pylo.pipeline._graph import Graph
 from pylo.pipeline._host import Host
 from pylo.pipeline._outcomes import (
+    GroupFailed,
     check_arguments,
     combined_error,
     is_failed_run,
@@ -547,8 +548,8 @@ class RunCoordinator:
             self._hard_failures += 1
             error = self._upstream_error(index)
             self._errors[index] = error
-            if error is not None:  # the aggregate: every failed node it waited for, by name
-                ended_row = dataclasses.replace(ended_row, exc_type=type(error).__name__, message=str(error))
+            if error is not None:  # why it did not run: every failed node it waited for, by name
+                ended_row = dataclasses.replace(ended_row, exc_type=_qualified(error), message=_why_not_run(error))
         states[index] = verdict
         self._values[index] = None
         self._note(index, ended_row)
@@ -627,6 +628,17 @@ def _with_state(row: NodeRow, state: str, started_at: float | None, ended_at: fl
         execution_id=row.execution_id,
         child_run_id=row.child_run_id,
     )
+
+
+def _qualified(error: BaseException) -> str:
+    kind = type(error)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _why_not_run(error: BaseException) -> str:
+    if isinstance(error, GroupFailed):
+        return str(error)
+    return f"not run: an upstream task failed ({type(error).__name__}: {error})"
 
 
 def _stateful_child(outcome: Outcome, state: Any) -> tuple[Outcome, Any]:
