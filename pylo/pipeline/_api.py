@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from pylo.pipeline._graph import Graph
     from pylo.pipeline._host import Host
     from pylo.pipeline._records import NodeRecord, PipelineRecord, PipelineStatus
+    from pylo.pipeline._run_environment import RunEnvironment
     from pylo.stores.runs import NodeRow, RunRow
 
 __all__ = ["PipelineMethods"]
@@ -43,6 +44,7 @@ class PipelineMethods:
         *,
         run_id: str | None = None,
         max_parallel: int | None = None,
+        config: Any = None,
     ) -> str:
         """Run a pipeline (or a list of sinks) to its end, blocking; every node's outcome is durable.
 
@@ -52,6 +54,13 @@ class PipelineMethods:
             run_id: Your own id for the run (1-128 of ``[A-Za-z0-9._-]``), or None.
             max_parallel: Most nodes running at once (None: the Pylo's
                 number of workers).
+            config: The run's configuration, what ``with_context`` tasks
+                read as ``context.config``: a mapping, a path (``.json``,
+                ``.toml``, ``.yml``/``.yaml``, or a registered suffix), an
+                ``env://PREFIX_`` or registered ``scheme://`` address, a
+                ``Secret(...)``, or a list of them merged in order. It is
+                stored with the run, secret values left out (see
+                ``docs/task-environment.md``).
 
         Returns:
             The run id, also when the run failed (``get_pipeline_result``
@@ -59,14 +68,18 @@ class PipelineMethods:
 
         Raises:
             PipelineCycleError: The dependencies form a cycle (nothing is recorded).
-            PipelineValidationError: The pipeline cannot run as described.
+            PipelineValidationError: The pipeline cannot run as described,
+                or its tasks' rate limits conflict (nothing is recorded).
+            ConfigError: A configuration source cannot be loaded (nothing is recorded).
             PipelineExists: ``run_id`` is taken in this store.
             TypeError, ValueError: Bad arguments.
             KeyboardInterrupt, SystemExit: Re-raised after the outcomes so far
                 are recorded and the run is marked ``interrupted``.
             StoreError: The store could not be written.
         """
-        return _run(self._pylo_self(), pipeline, run_id=run_id, max_parallel=max_parallel, parent_id=None)
+        return _run(
+            self._pylo_self(), pipeline, run_id=run_id, max_parallel=max_parallel, parent_id=None, config=config
+        )
 
     def resume_pipeline(
         self,
@@ -75,6 +88,7 @@ class PipelineMethods:
         *,
         new_run_id: str | None = None,
         max_parallel: int | None = None,
+        config: Any = None,
     ) -> str:
         """Run the (fixed) pipeline again, rerunning only what did not finish in run ``run_id``.
 
@@ -83,15 +97,24 @@ class PipelineMethods:
         batch node resumes its execution, so only its unfinished inputs run.
         The old run is left as it was.
 
+        The resume runs with the configuration stored with run ``run_id``
+        (its secret sources loaded again), so the nodes that run again see
+        what the finished ones saw. A ``config`` given here is only compared
+        with it: what differs is logged as a warning and kept in the new
+        run's :attr:`~pylo.pipeline.PipelineRecord.config_changes`.
+
         Returns:
             The new run's id (its ``parent_id`` is ``run_id``).
 
         Raises:
             PipelineNotFound: No run ``run_id``.
             PipelineNotResumable: It is still running in a live process here.
+            ConfigError: A secret source of the run cannot be resolved again.
             And what :meth:`run_pipeline` raises.
         """
-        return _run(self._pylo_self(), pipeline, run_id=new_run_id, max_parallel=max_parallel, parent_id=run_id)
+        return _run(
+            self._pylo_self(), pipeline, run_id=new_run_id, max_parallel=max_parallel, parent_id=run_id, config=config
+        )
 
     def get_pipeline(self, run_id: str) -> PipelineRecord:
         """Return a run's record: status, lineage, times and every node.
@@ -162,10 +185,12 @@ def _run(
     run_id: str | None,
     max_parallel: int | None,
     parent_id: str | None,
+    config: Any = None,
     child_of: dict[str, str] | None = None,
 ) -> str:
     from pylo.pipeline._graph import build_graph
     from pylo.pipeline._host import Host
+    from pylo.pipeline._run_environment import RunEnvironment
 
     host = Host(pylo)
     if parent_id is not None:
@@ -175,7 +200,9 @@ def _run(
     new_id = host.new_id() if run_id is None else host.check_id("run_id", run_id)
     runs = host.runs()
     codec = host.codec
+    tasks = [node.node.task for node in graph.nodes]
     if parent_id is None:
+        environment = RunEnvironment.fresh(tasks, config)
         rows = _fresh_rows(graph)
         values: list[Any] = [None] * len(rows)
         lineage: dict[int, str] = {}
@@ -192,6 +219,7 @@ def _run(
             logger.warning(
                 "resuming pipeline run %s, marked running on host %s: make sure it is not", parent_id, parent.host
             )
+        environment = RunEnvironment.resumed(tasks, parent.options.get("config"), config, parent_id)
         codec = host.codec_named(parent.codec, parent_id)
         rows, values, lineage = _resumed_rows(host, graph, parent, runs.read_nodes(parent_id), codec)
     now = time.time()
@@ -213,6 +241,8 @@ def _run(
             "flush": {"every": host.flush_every, "seconds": host.flush_seconds},
             "shape": graph.shape,
             "lineage": {graph.nodes[index].key: execution_id for index, execution_id in lineage.items()},
+            "config": environment.stored_config,
+            **({"config_changes": environment.changes} if environment.changes else {}),
             **({"child_of": child_of} if child_of else {}),
         },
     )
@@ -220,9 +250,11 @@ def _run(
         _RUNNING_HERE.add(new_id)
     try:
         with host.sigterm_as_system_exit():
+            environment.open(new_id)  # its buckets: before the run is recorded, so a failure leaves no run
             runs.create_run(run, rows)
-            _coordinate(host, new_id, graph, rows, values, lineage, limit, codec.name)
+            _coordinate(host, new_id, graph, rows, values, lineage, limit, codec.name, environment)
     finally:
+        environment.close()
         with _RUNNING_LOCK:
             _RUNNING_HERE.discard(new_id)
     return new_id
@@ -237,6 +269,7 @@ def _coordinate(
     lineage: dict[int, str],
     limit: int,
     codec_name: str,
+    environment: RunEnvironment | None = None,
 ) -> None:
     from pylo.pipeline._coordinator import RunCoordinator
 
@@ -250,6 +283,7 @@ def _coordinate(
         lineage=lineage,
         max_parallel=limit,
         codec_name=codec_name,
+        environment=environment,
     ).run()
 
 
@@ -414,7 +448,16 @@ def _record(host: Host, run: RunRow, rows: list[NodeRow], codec: Codec | None) -
         created_at=created,
         ended_at=utc_from_timestamp(run.ended_at),
         nodes=[_node_record(row, codec) for row in rows],
+        config=_stored_values(run),
+        config_changes=tuple(str(line) for line in run.options.get("config_changes") or ()),
     )
+
+
+def _stored_values(run: RunRow) -> dict[str, Any]:
+    """The configuration stored with a run, secret values left out (a run from before configurations: {})."""
+    stored = run.options.get("config")
+    values = stored.get("values") if isinstance(stored, dict) else None
+    return values if isinstance(values, dict) else {}
 
 
 def _read_record(pylo: Pylo, run_id: str) -> PipelineRecord:

@@ -43,6 +43,7 @@ from pylo.pipeline._graph import Graph
 from pylo.pipeline._host import Host
 from pylo.pipeline._outcomes import is_failed_run, unwrap_state, wrap_state
 from pylo.pipeline._records import PipelineStatus, TaskState
+from pylo.pipeline._run_environment import RunEnvironment
 from pylo.stores.runs import NodeRow, RunStore, RunUpdate
 
 __all__ = ["RunCoordinator"]
@@ -81,6 +82,8 @@ class RunCoordinator(CompositionRules):
         on_event: Called with ``(event, index)`` from the coordinator's
             thread when a node starts (``"start"``) or ends (``"end"``);
             for tests and reporters.
+        environment: The run's configuration and rate limits: what each
+            node waits for and runs (None: tasks run as they are).
     """
 
     def __init__(
@@ -96,6 +99,7 @@ class RunCoordinator(CompositionRules):
         max_parallel: int,
         codec_name: str,
         on_event: Callable[[str, int], None] | None = None,
+        environment: RunEnvironment | None = None,
     ) -> None:
         self._host = host
         self._runs = runs
@@ -107,6 +111,7 @@ class RunCoordinator(CompositionRules):
         self._max_parallel = max_parallel
         self._codec_name = codec_name
         self._on_event = on_event
+        self._environment = environment
         self._states = [row.state for row in rows]
         self._waiting = [len(node.upstream) for node in graph.nodes]
         self._ready: collections.deque[int] = collections.deque()
@@ -250,6 +255,15 @@ class RunCoordinator(CompositionRules):
     ) -> Outcome:
         """In a node thread: run the node to its outcome."""
         task = node.task
+        environment = self._environment
+        key = self._graph.nodes[index].key
+        if environment is not None and task.options.wait_for is not None:
+            try:
+                environment.wait(task)  # here, in the node's thread: only this node waits
+            except Exception as exc:  # ResourceUnavailable: the task did not run
+                return describe_failure(exc, self._codec_name, 0, time.time())
+            except BaseException as exc:
+                return Outcome(ok=False, interrupt=exc, started=time.time(), ended=time.time())
         try:
             if execution_id is not None:
                 outcome = run_batch(
@@ -263,6 +277,8 @@ class RunCoordinator(CompositionRules):
                     self._lineage.get(index),
                     self._codec_name,
                     need_value=bool(self._graph.nodes[index].dependents),
+                    call=None if environment is None else environment.batch_call(task, key),
+                    count_attempts=task.options.with_context,
                 )
             else:
                 past = self._past_children.get(index)
@@ -271,7 +287,8 @@ class RunCoordinator(CompositionRules):
                     previous_child, payload = past
                     outcome = Outcome(ok=True, child=payload, attempts=0)
                 else:
-                    outcome = self._calls.call(task, args, kwargs)
+                    prepared = None if environment is None else environment.call(task, key)
+                    outcome = self._calls.call(task, args, kwargs, prepared)
                 state = self._node_states[index]
                 if outcome.ok and task.options.with_state and outcome.child is None:
                     outcome, state = stateful_child(outcome, state)

@@ -55,6 +55,12 @@ def check_arguments(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -
         signature = inspect.signature(task.function)
     except (TypeError, ValueError):  # builtins without a signature: let the call tell
         return None
+    # A with_context task gets its TaskContext first, when it is called: not counted here.
+    skip = 1 if getattr(task.options, "with_context", False) else 0
+    if skip:
+        parameters = list(signature.parameters.values())
+        if parameters and parameters[0].kind in (parameters[0].POSITIONAL_ONLY, parameters[0].POSITIONAL_OR_KEYWORD):
+            signature = signature.replace(parameters=parameters[1:])
     try:
         signature.bind(*args, **kwargs)
     except TypeError as exc:

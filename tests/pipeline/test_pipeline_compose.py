@@ -324,3 +324,18 @@ def test_merged_states_are_the_union_in_any_order_or_a_conflict(states: list[dic
 def test_a_stateful_task_cannot_be_mapped() -> None:
     with pytest.raises(PipelineValidationError, match="with_state=True and cannot be mapped"):
         t.remember.map([1, 2], "k")
+
+
+def test_a_task_with_context_and_state_gets_the_context_then_the_state(make_pylo: MakePylo) -> None:
+    from pylo.pipeline import TaskContext, task
+
+    @task(with_context=True, with_state=True)
+    def both(context: TaskContext, state: Any, x: int) -> tuple[Any, Any]:
+        return state, (type(context).__name__, state, x)
+
+    p = make_pylo()
+    assert result(p, t.multiply.send(1, 2).continue_with(both).with_initial(state={"s": 1})) == (
+        "TaskContext",
+        {"s": 1},
+        2,
+    )
