@@ -28,10 +28,12 @@ moment. Inputs that were never recorded could not be resumed.
 from __future__ import annotations
 
 import collections
+import contextvars
 import itertools
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -52,7 +54,15 @@ from pylo.stores.base import (
 )
 from pylo.workers.base import Backend, ChunkResult, RunnerSettings
 
-__all__ = ["Coordinator", "RunConfig", "create_resumed", "new_record", "record_end", "record_fresh"]
+__all__ = ["STOP_REQUESTED", "Coordinator", "RunConfig", "create_resumed", "new_record", "record_end", "record_fresh"]
+
+#: An event that, once set, makes an execution started in this context stop
+#: taking inputs: its running chunks end, it flushes and ends ``stopped``
+#: (resumable), as when ``max_failures`` is reached. The pipeline layer sets
+#: it to pause or cancel a batch node (through ``pylo.pipeline._host``).
+STOP_REQUESTED: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar(
+    "pylo_stop_requested", default=None
+)
 
 logger = logging.getLogger(__name__)
 
@@ -413,6 +423,7 @@ class Coordinator:
         self._outcomes = _Outcomes()
         self._failed_here = 0  # failures in this execution (for max_failures)
         self._stopping = False
+        self._stop_requested = STOP_REQUESTED.get()
         self._target_chunk_seconds = min(TARGET_CHUNK_SECONDS, config.flush_seconds / 4)
         self._flush_due = time.monotonic() + config.flush_seconds
 
@@ -441,7 +452,12 @@ class Coordinator:
     def _loop(self) -> None:
         backend = self._backend
         threshold = self._config.task_executions_before_flush
+        stop = self._stop_requested
         while True:
+            if stop is not None and not self._stopping and stop.is_set():
+                logger.info("execution %s stopping: a stop was requested", self._id)
+                self._stopping = True
+                backend.cancel()
             if not self._stopping:
                 self._feed()
             if not self._in_flight:

@@ -10,6 +10,7 @@ did not finish run again.
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
@@ -80,6 +81,7 @@ def run_batch(
     past_execution_id: str | None,
     codec_name: str,
     need_value: bool,
+    stop: threading.Event | None = None,
 ) -> Outcome:
     """Run (or resume) a batch node's execution; its value is the list of results in input order.
 
@@ -87,17 +89,23 @@ def run_batch(
     no copy (its ``execution_id`` says where they are), and they are read
     back only when ``need_value`` (a downstream node takes them), so a batch
     node adds almost nothing to the execution it wraps.
+
+    Once ``stop`` is set (a pause or cancel), the execution stops taking
+    inputs and the outcome is ``stopped``: the execution is resumable.
     """
     started = time.time()
     pylo = host.batch_pylo(task, map_options)
     function = (AsyncBoundCall if task.is_async else BoundCall)(task, args, kwargs)
     try:
-        if _past_fits(host, past_execution_id, inputs):
-            assert past_execution_id is not None
-            pylo.start_from_past_execution(past_execution_id, function, execution_id=execution_id)
-        else:
-            pylo.start_from_scratch(inputs, function, execution_id=execution_id)
+        with host.stop_on(stop):
+            if _past_fits(host, past_execution_id, inputs):
+                assert past_execution_id is not None
+                pylo.start_from_past_execution(past_execution_id, function, execution_id=execution_id)
+            else:
+                pylo.start_from_scratch(inputs, function, execution_id=execution_id)
         record = pylo.get_execution(execution_id)
+        if record.unfinished and stop is not None and stop.is_set():
+            return Outcome(ok=False, stopped=True, started=started, ended=time.time(), execution_id=execution_id)
         if record.unfinished:
             raise BatchFailed(execution_id, record.failed, record.pending, record.total)
         values = read_values(host, execution_id) if need_value else None

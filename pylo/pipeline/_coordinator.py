@@ -79,6 +79,16 @@ class RunCoordinator:
         on_event: Called with ``(event, index)`` from the coordinator's
             thread when a node starts (``"start"``) or ends (``"end"``);
             for tests and reporters.
+        control: Returns the run's pending control request (``"pause"``,
+            ``"cancel"``) or None; called at most every ``control_seconds``
+            from the coordinator's thread (see :mod:`pylo.pipeline._control`).
+        control_seconds: Longest time between two looks at ``control``.
+        execution_prefix: What batch nodes' execution ids derive from (the
+            run id; another prefix when an unpaused run runs them again).
+        priorities: Per graph index, how urgent a node is (larger starts
+            first when more nodes are ready than may run); None keeps the
+            order nodes became ready in.
+        on_status: Called with the run's final status before it is written.
     """
 
     def __init__(
@@ -94,6 +104,10 @@ class RunCoordinator:
         max_parallel: int,
         codec_name: str,
         on_event: Callable[[str, int], None] | None = None,
+        control: Callable[[], str | None] | None = None,
+        control_seconds: float = 0.25,
+        execution_prefix: str | None = None,
+        priorities: list[float] | None = None,
     ) -> None:
         self._host = host
         self._runs = runs
@@ -124,6 +138,15 @@ class RunCoordinator:
         # flush only if still running, so a short node costs one row, not two.
         self._started: dict[int, float] = {}
         self._unwritten_starts = 0
+        self._control = control
+        self._control_seconds = control_seconds
+        self._next_control = 0.0
+        self._prefix = run_id if execution_prefix is None else execution_prefix
+        self._priorities = priorities
+        #: ``"pause"`` or ``"cancel"`` once requested: nothing new starts.
+        self.halt: str | None = None
+        #: Set on a pause or cancel: running batch nodes stop taking inputs.
+        self.stop = threading.Event()
 
     # -- the loop -----------------------------------------------------------
 
@@ -137,27 +160,70 @@ class RunCoordinator:
         """
         try:
             self._seed()
+            self._look_at_control(force=True)
             self._dispatch()
             while self._running:
                 timeout = _MAX_WAIT
                 if self._changed or self._unwritten_starts:
                     timeout = min(timeout, max(0.0, self._last_flush + self._flush_seconds - time.monotonic()))
+                if self._control is not None and self.halt is None:
+                    timeout = min(timeout, max(0.0, self._next_control - time.monotonic()))
                 for index, outcome in _take_all(self._outbox, timeout):
                     self._complete(index, outcome)
+                self._look_at_control()
                 self._dispatch()
                 if self._outcomes_since_flush >= self._flush_every or (
                     (self._changed or self._unwritten_starts)
                     and time.monotonic() - self._last_flush >= self._flush_seconds
                 ):
                     self._flush()
-            status = PipelineStatus.FAILED if self._hard_failures else PipelineStatus.COMPLETED
-            self._flush(status=status.value, ended_at=time.time())
+            status = self._final_status()
+            self._flush(status=status.value, ended_at=None if status is PipelineStatus.PAUSED else time.time())
         except BaseException:
             self._stop_early()
             raise
         self._pool.stop()
         self._calls.close()
         return status
+
+    # -- pause and cancel ------------------------------------------------------
+
+    def request_halt(self, action: str) -> None:
+        """Pause or cancel from the coordinator's thread (a cancel overrides a pause)."""
+        if self.halt == "cancel" or self.halt == action:
+            return
+        logger.info("pipeline run %s: %s requested", self._run_id, action)
+        self.halt = action
+        self.stop.set()
+
+    def _look_at_control(self, force: bool = False) -> None:
+        if self._control is None or self.halt == "cancel":
+            return
+        now = time.monotonic()
+        if not force and now < self._next_control:
+            return
+        self._next_control = now + self._control_seconds
+        action = self._control()
+        if action is not None:
+            self.request_halt(action)
+
+    def _always_runs(self, index: int) -> bool:
+        """Nodes that still start after a cancel (the run's ``finally_do`` nodes, once they exist)."""
+        return bool(getattr(self._graph.nodes[index].node, "always_run", False))
+
+    def _final_status(self) -> PipelineStatus:
+        """The run's status once nothing runs: paused nodes stay pending, cancelled ones end ``cancelled``."""
+        if self.halt == "cancel":
+            for index, state in enumerate(self._states):
+                if state not in _FINAL:
+                    self._states[index] = _CANCELLED
+                    self._note(index, _with_state(self._rows[index], _CANCELLED, None, time.time()))
+                    if self._on_event is not None:
+                        self._on_event("end", index)
+            return PipelineStatus.CANCELLED
+        if self.halt == "pause" and any(state not in _FINAL for state in self._states):
+            return PipelineStatus.PAUSED
+        return PipelineStatus.FAILED if self._hard_failures else PipelineStatus.COMPLETED
 
     def _seed(self) -> None:
         """Count down the nodes already final (copied ``done``), then queue what can start."""
@@ -177,8 +243,11 @@ class RunCoordinator:
     def _dispatch(self) -> None:
         nodes = self._graph.nodes
         limits = self._graph.limits
+        if self.halt is not None:
+            self._dispatch_halted()
+            return
         while self._ready and self._running < self._max_parallel:
-            index = self._ready.popleft()
+            index = self._next_ready()
             groups = nodes[index].groups
             blocked = False
             for group in groups:
@@ -192,9 +261,33 @@ class RunCoordinator:
                 self._group_running[group] += 1
             self._start(index)
 
+    def _next_ready(self) -> int:
+        """The ready node to start next: the most urgent by ``priorities``, else the first ready."""
+        ready = self._ready
+        priorities = self._priorities
+        if priorities is None or len(ready) == 1:
+            return ready.popleft()
+        best = max(range(len(ready)), key=lambda place: (priorities[ready[place]], -ready[place]))
+        index = ready[best]
+        del ready[best]
+        return index
+
+    def _dispatch_halted(self) -> None:
+        """After a pause nothing starts; after a cancel only nodes that always run start."""
+        if self.halt != "cancel":
+            return
+        keep: collections.deque[int] = collections.deque()
+        while self._ready:
+            index = self._ready.popleft()
+            if self._always_runs(index) and self._running < self._max_parallel:
+                self._start(index)
+            else:
+                keep.append(index)
+        self._ready = keep
+
     def _start(self, index: int) -> None:
         node = self._graph.nodes[index].node
-        execution_id = batch_execution_id(self._run_id, self._rows[index].key) if node.kind == BATCH else None
+        execution_id = batch_execution_id(self._prefix, self._rows[index].key) if node.kind == BATCH else None
         self._running += 1
         self._states[index] = _RUNNING
         self._started[index] = time.time()
@@ -249,6 +342,7 @@ class RunCoordinator:
                     self._lineage.get(index),
                     self._codec_name,
                     need_value=bool(self._graph.nodes[index].dependents),
+                    stop=self.stop,
                 )
             else:
                 outcome = self._calls.call(task, args, kwargs)
@@ -269,6 +363,9 @@ class RunCoordinator:
             if waiting:
                 self._ready.appendleft(waiting.popleft())
         options = graph_node.node.task.options
+        if outcome.stopped:
+            self._stopped_part_way(index, outcome)
+            return
         if outcome.ok:
             state = _DONE
             self._values[index] = outcome.value
@@ -309,6 +406,19 @@ class RunCoordinator:
         ended: list[int] = []
         self._count_down(index, ended)
         self._cascade(ended)
+
+    def _stopped_part_way(self, index: int, outcome: Outcome) -> None:
+        """A batch node stopped by a pause (back to pending) or a cancel (``cancelled``); resumable."""
+        state = _CANCELLED if self.halt == "cancel" else _PENDING
+        self._states[index] = state
+        self._started.pop(index, None)
+        row = dataclasses.replace(
+            self._rows[index], execution_id=outcome.execution_id or self._rows[index].execution_id
+        )
+        self._note(index, _with_state(row, state, None, outcome.ended if state == _CANCELLED else None))
+        self._outcomes_since_flush += 1
+        if self._on_event is not None:
+            self._on_event("end", index)
 
     def _count_down(self, index: int, ended: list[int]) -> None:
         for dependent in self._graph.nodes[index].dependents:
@@ -367,7 +477,7 @@ class RunCoordinator:
             row = self._rows[index]
             if row.state != _RUNNING:
                 node = self._graph.nodes[index].node
-                execution_id = batch_execution_id(self._run_id, row.key) if node.kind == BATCH else None
+                execution_id = batch_execution_id(self._prefix, row.key) if node.kind == BATCH else None
                 running = _with_state(row, _RUNNING, started_at, None)
                 self._note(index, dataclasses.replace(running, execution_id=execution_id, attempts=0))
         update = RunUpdate(nodes=list(self._changed.values()), status=status, ended_at=ended_at)

@@ -47,6 +47,8 @@ class Outcome:
         interrupt: A KeyboardInterrupt/SystemExit the task raised: the
             coordinator re-raises it.
         execution_id: The execution a batch node ran.
+        stopped: A batch node stopped part way on a pause or cancel (not a
+            failure: its execution is resumable).
     """
 
     ok: bool
@@ -62,6 +64,7 @@ class Outcome:
     ended: float = 0.0
     interrupt: BaseException | None = None
     execution_id: str | None = None
+    stopped: bool = False
 
 
 def _qualified_name(kind: type) -> str:

@@ -1,0 +1,135 @@
+"""Pause, unpause and cancel: control requests recorded in the store, taken up by the coordinator.
+
+A request is one small write next to the run (``RunStore.request_control``)
+that any thread or process may make; the run's coordinator, its one writer,
+looks at it at most every ``CONTROL_SECONDS`` while it waits for outcomes
+(never in a busy loop) and then:
+
+- pause: starts nothing more; running call nodes finish, running batch nodes
+  stop taking inputs (their execution ends ``stopped``, resumable) and go
+  back to ``pending``; the run ends ``paused`` and ``run_pipeline`` returns.
+  :func:`unpause` runs the same run id on from there.
+- cancel: the same, but every node that did not end is ``cancelled``, nodes
+  that always run (``finally_do``) still start, and the run ends ``cancelled``.
+
+A paused run has no coordinator: cancelling it is written directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pylo.execution import Pylo
+    from pylo.pipeline._builder import Pipeline
+    from pylo.stores.runs import RunStore
+
+__all__ = ["CONTROL_SECONDS", "owner_of", "reader", "request", "unpause"]
+
+logger = logging.getLogger(__name__)
+
+#: Longest time between two looks of a running coordinator at its control request.
+CONTROL_SECONDS = 0.2
+
+
+def owner_of(options: Any) -> tuple[int | None, str | None] | None:
+    """The process an unpaused run runs in (``options["owner"]``), or None for its creator."""
+    owner = options.get("owner") if hasattr(options, "get") else None
+    if not isinstance(owner, dict):
+        return None
+    pid, host = owner.get("pid"), owner.get("host")
+    return (pid if isinstance(pid, int) else None, host if isinstance(host, str) else None)
+
+
+def reader(runs: RunStore, run_id: str) -> Any:
+    """The coordinator's look at its control request: a store error is logged, not fatal."""
+
+    def read() -> str | None:
+        try:
+            return runs.read_control(run_id)
+        except Exception:
+            logger.warning("cannot read the control request of pipeline run %s", run_id, exc_info=True)
+            return None
+
+    return read
+
+
+def request(pylo: Pylo, run_id: str, action: str) -> None:
+    """Pause or cancel a running or paused run (see ``Pylo.pause_pipeline``)."""
+    from pylo.pipeline._api import _status
+    from pylo.pipeline._errors import PipelineControlError
+    from pylo.pipeline._host import Host
+    from pylo.pipeline._records import PipelineStatus
+    from pylo.stores.runs import RunUpdate
+
+    host = Host(pylo)
+    runs = host.runs()
+    run_id = host.check_id("run_id", run_id)
+    run = runs.get_run(run_id)
+    status = _status(host, run)
+    if status not in (PipelineStatus.RUNNING, PipelineStatus.PAUSED):
+        raise PipelineControlError(run_id, action, status.value)
+    if status is PipelineStatus.PAUSED:
+        if action == "pause":
+            return
+        # No coordinator: every node that did not end is cancelled here.
+        import dataclasses
+
+        now = time.time()
+        rows = [
+            dataclasses.replace(row, state="cancelled", ended_at=now, started_at=None)
+            for row in runs.read_nodes(run_id, results=False)
+            if row.state in ("pending", "running")
+        ]
+        runs.record_run(run_id, RunUpdate(nodes=rows, status="cancelled", ended_at=now))
+        runs.request_control(run_id, None)
+        return
+    runs.request_control(run_id, action)
+
+
+def unpause(pylo: Pylo, run_id: str, pipeline: Pipeline | Sequence[Any], max_parallel: int | None, hooks: Any) -> str:
+    """Run a paused run on under the same id (see ``Pylo.unpause_pipeline``)."""
+    from pylo.pipeline._api import _check_max_parallel, _coordinate, _resumed_rows, _running_here, _status
+    from pylo.pipeline._errors import PipelineControlError
+    from pylo.pipeline._graph import build_graph
+    from pylo.pipeline._host import Host
+    from pylo.pipeline._records import PipelineStatus
+    from pylo.stores.runs import RunUpdate
+
+    host = Host(pylo)
+    runs = host.runs()
+    run_id = host.check_id("run_id", run_id)
+    run = runs.get_run(run_id)
+    status = _status(host, run)
+    if status is not PipelineStatus.PAUSED:
+        raise PipelineControlError(run_id, "unpause", status.value)
+    graph = build_graph(pipeline)
+    stored = runs.read_nodes(run_id)
+    if [row.key for row in stored] != [node.key for node in graph.nodes]:
+        from pylo.errors import PipelineValidationError
+
+        raise PipelineValidationError(
+            f"cannot unpause pipeline run {run_id!r} with this pipeline: its nodes are not the run's "
+            "(unpause it with the pipeline it was started with, or resume it with resume_pipeline)"
+        )
+    limit = _check_max_parallel(max_parallel, int(run.options.get("max_parallel") or host.workers))
+    codec = host.codec_named(run.codec, run_id)
+    rows, values, lineage = _resumed_rows(host, graph, run, stored, codec)
+    epoch = int(run.options.get("epoch") or 0) + 1
+    runs.request_control(run_id, None)
+    runs.record_run(
+        run_id,
+        RunUpdate(
+            status="running",
+            options={"owner": {"pid": os.getpid(), "host": socket.gethostname()}, "epoch": epoch},
+        ),
+    )
+    with _running_here(run_id), host.sigterm_as_system_exit():
+        _coordinate(host, run_id, graph, rows, values, lineage, limit, codec.name,
+                    execution_prefix=f"{run_id}.u{epoch}", hooks=hooks)  # fmt: skip
+    return run_id
