@@ -299,7 +299,7 @@ def _coordinate(
     execution_prefix: str | None = None,
     hooks: Sequence[Any] = (),
 ) -> None:
-    from pylo.pipeline._control import CONTROL_SECONDS, reader
+    from pylo.pipeline._control import CONTROL_SECONDS, forget, reader
     from pylo.pipeline._coordinator import RunCoordinator
     from pylo.pipeline.hooks import HookDispatcher, RunEvents
     from pylo.stores.runs import RunUpdate
@@ -307,10 +307,8 @@ def _coordinate(
     runs = host.runs()
     dispatcher = HookDispatcher(hooks)
     events = RunEvents(dispatcher, run_id, rows) if hooks else None
-    read_control = reader(runs, run_id)
-
-    def control() -> str | None:
-        return "cancel" if dispatcher.failed.is_set() else read_control()
+    def control(in_store: bool) -> str | None:
+        return "cancel" if dispatcher.failed.is_set() else read_control(in_store)
 
     coordinator = RunCoordinator(
         host=host,
@@ -328,11 +326,13 @@ def _coordinate(
         execution_prefix=execution_prefix,
         priorities=_priorities(runs, graph),
     )
+    read_control = reader(runs, run_id, coordinator.stop)
     if events is not None:
         events.run_event("pipeline_started", "running")
     try:
         status = coordinator.run()
     finally:
+        forget(run_id)
         dispatcher.close()
     if dispatcher.error is not None:
         error = dispatcher.error

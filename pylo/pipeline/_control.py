@@ -20,8 +20,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -46,10 +47,42 @@ def owner_of(options: Any) -> tuple[int | None, str | None] | None:
     return (pid if isinstance(pid, int) else None, host if isinstance(host, str) else None)
 
 
-def reader(runs: RunStore, run_id: str) -> Any:
-    """The coordinator's look at its control request: a store error is logged, not fatal."""
+# Requests for runs this process runs: seen at the coordinator's next round
+# of starts, not after the next look in the store (they are recorded there too).
+# A request made here also sets the run's stop event at once, so running
+# batch nodes stop taking inputs without waiting for the coordinator to wake.
+_HERE: dict[str, str] = {}
+_STOPS: dict[str, threading.Event] = {}
+_HERE_LOCK = threading.Lock()
 
-    def read() -> str | None:
+
+def _note_here(run_id: str, action: str | None) -> None:
+    with _HERE_LOCK:
+        if action is None:
+            _HERE.pop(run_id, None)
+        elif _HERE.get(run_id) != "cancel":
+            _HERE[run_id] = action
+            stop = _STOPS.get(run_id)
+            if stop is not None:
+                stop.set()
+
+
+def reader(runs: RunStore, run_id: str, stop: threading.Event | None = None) -> Callable[[bool], str | None]:
+    """The coordinator's look at its control request: a store error is logged, not fatal.
+
+    ``stop`` (the coordinator's stop event) is set at once by a request made
+    in this process.
+    """
+    _note_here(run_id, None)
+    if stop is not None:
+        with _HERE_LOCK:
+            _STOPS[run_id] = stop
+
+    def read(in_store: bool) -> str | None:
+        with _HERE_LOCK:
+            here = _HERE.get(run_id)
+        if here is not None or not in_store:
+            return here
         try:
             return runs.read_control(run_id)
         except Exception:
@@ -90,6 +123,19 @@ def request(pylo: Pylo, run_id: str, action: str) -> None:
         runs.request_control(run_id, None)
         return
     runs.request_control(run_id, action)
+    from pylo.pipeline._api import _RUNNING_HERE, _RUNNING_LOCK
+
+    with _RUNNING_LOCK:
+        here = run_id in _RUNNING_HERE
+    if here:
+        _note_here(run_id, action)
+
+
+def forget(run_id: str) -> None:
+    """The run's coordinator ended: drop the requests noted for it in this process."""
+    _note_here(run_id, None)
+    with _HERE_LOCK:
+        _STOPS.pop(run_id, None)
 
 
 def unpause(pylo: Pylo, run_id: str, pipeline: Pipeline | Sequence[Any], max_parallel: int | None, hooks: Any) -> str:

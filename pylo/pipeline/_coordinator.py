@@ -79,10 +79,12 @@ class RunCoordinator:
         on_event: Called with ``(event, index)`` from the coordinator's
             thread when a node starts (``"start"``) or ends (``"end"``);
             for tests and reporters.
-        control: Returns the run's pending control request (``"pause"``,
-            ``"cancel"``) or None; called at most every ``control_seconds``
-            from the coordinator's thread (see :mod:`pylo.pipeline._control`).
-        control_seconds: Longest time between two looks at ``control``.
+        control: ``control(look_in_store)`` returns the run's pending
+            control request (``"pause"``, ``"cancel"``) or None; called from
+            the coordinator's thread before each round of starts (cheap:
+            requests made in this process), with ``look_in_store`` True at
+            most every ``control_seconds`` (see :mod:`pylo.pipeline._control`).
+        control_seconds: Longest time between two looks in the store.
         execution_prefix: What batch nodes' execution ids derive from (the
             run id; another prefix when an unpaused run runs them again).
         priorities: Per graph index, how urgent a node is (larger starts
@@ -104,7 +106,7 @@ class RunCoordinator:
         max_parallel: int,
         codec_name: str,
         on_event: Callable[[str, int], None] | None = None,
-        control: Callable[[], str | None] | None = None,
+        control: Callable[[bool], str | None] | None = None,
         control_seconds: float = 0.25,
         execution_prefix: str | None = None,
         priorities: list[float] | None = None,
@@ -200,10 +202,10 @@ class RunCoordinator:
         if self._control is None or self.halt == "cancel":
             return
         now = time.monotonic()
-        if not force and now < self._next_control:
-            return
-        self._next_control = now + self._control_seconds
-        action = self._control()
+        in_store = force or now >= self._next_control
+        if in_store:
+            self._next_control = now + self._control_seconds
+        action = self._control(in_store)
         if action is not None:
             self.request_halt(action)
 
