@@ -220,8 +220,10 @@ def _run(
 ) -> str:
     from pylo.pipeline._graph import build_graph
     from pylo.pipeline._host import Host
+    from pylo.pipeline.hooks import HookDispatcher
 
     host = Host(pylo)
+    HookDispatcher(hooks)  # a bad hook is refused before anything is recorded
     if parent_id is not None:
         parent_id = host.check_id("run_id", parent_id)
     graph = build_graph(pipeline)  # validation and cycles: before anything is recorded
@@ -307,6 +309,7 @@ def _coordinate(
     runs = host.runs()
     dispatcher = HookDispatcher(hooks)
     events = RunEvents(dispatcher, run_id, rows) if hooks else None
+
     def control(in_store: bool) -> str | None:
         return "cancel" if dispatcher.failed.is_set() else read_control(in_store)
 

@@ -145,9 +145,11 @@ def unpause(pylo: Pylo, run_id: str, pipeline: Pipeline | Sequence[Any], max_par
     from pylo.pipeline._graph import build_graph
     from pylo.pipeline._host import Host
     from pylo.pipeline._records import PipelineStatus
+    from pylo.pipeline.hooks import HookDispatcher
     from pylo.stores.runs import RunUpdate
 
     host = Host(pylo)
+    HookDispatcher(hooks)
     runs = host.runs()
     run_id = host.check_id("run_id", run_id)
     run = runs.get_run(run_id)

@@ -62,3 +62,14 @@ def gated_item(x: int) -> int:
         reached.set()
         assert opened.wait(30), "gate item was never opened"
     return x * 10
+
+
+@task
+def flaky(name: str) -> str:
+    """Fails on its first attempt, then returns ``name``."""
+    with _LOCK:
+        ATTEMPTS[name] = ATTEMPTS.get(name, 0) + 1
+        first = ATTEMPTS[name] == 1
+    if first:
+        raise ValueError(f"{name} failed once")
+    return name

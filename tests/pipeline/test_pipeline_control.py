@@ -77,6 +77,7 @@ def test_cancel_while_running_ends_what_did_not_start_cancelled(make_pylo: MakeP
     p.cancel_pipeline("r")
     opened.set()
     thread.join(WAIT)
+    assert box == ["r"]
     record = p.get_pipeline("r")
     assert record.status is PipelineStatus.CANCELLED
     assert [n.state for n in record.nodes] == [TaskState.DONE, TaskState.DONE, TaskState.CANCELLED]
