@@ -273,7 +273,10 @@ def _run(
     )
     with _running_here(new_id), host.sigterm_as_system_exit():
         runs.create_run(run, rows)
-        _coordinate(host, new_id, graph, rows, values, lineage, limit, codec.name, hooks=hooks)
+        _coordinate(
+            host, new_id, graph, rows, values, lineage, limit, codec.name, hooks=hooks, name=run.name,
+            parent_trace=None if parent_id is None else parent.options.get("trace"),
+        )  # fmt: skip
     return new_id
 
 
@@ -300,15 +303,21 @@ def _coordinate(
     *,
     execution_prefix: str | None = None,
     hooks: Sequence[Any] = (),
+    name: str = "",
+    parent_trace: Any = None,
 ) -> None:
     from pylo.pipeline._control import CONTROL_SECONDS, forget, reader
     from pylo.pipeline._coordinator import RunCoordinator
+    from pylo.pipeline._tracing import chain, start_run_tracer
     from pylo.pipeline.hooks import HookDispatcher, RunEvents
     from pylo.stores.runs import RunUpdate
 
     runs = host.runs()
     dispatcher = HookDispatcher(hooks)
-    events = RunEvents(dispatcher, run_id, rows) if hooks else None
+    tracer = start_run_tracer(run_id, name or run_id, rows, parent_trace, host.find_execution)
+    if tracer is not None and tracer.ids is not None:
+        runs.record_run(run_id, RunUpdate(options={"trace": tracer.ids}))
+    events = RunEvents(dispatcher, run_id, rows, None if tracer is None else tracer.trace_id) if hooks else None
 
     def control(in_store: bool) -> str | None:
         return "cancel" if dispatcher.failed.is_set() else read_control(in_store)
@@ -323,19 +332,23 @@ def _coordinate(
         lineage=lineage,
         max_parallel=limit,
         codec_name=codec_name,
-        on_event=events,
+        on_event=chain(tracer, events),
         control=control,
         control_seconds=CONTROL_SECONDS,
         execution_prefix=execution_prefix,
         priorities=_priorities(runs, graph),
+        node_context=None if tracer is None else tracer.node_context,
     )
     read_control = reader(runs, run_id, coordinator.stop)
     if events is not None:
         events.run_event("pipeline_started", "running")
+    status = None
     try:
         status = coordinator.run()
     finally:
         forget(run_id)
+        if tracer is not None:
+            tracer.end("interrupted" if status is None else status.value)
         dispatcher.close()
     if dispatcher.error is not None:
         error = dispatcher.error

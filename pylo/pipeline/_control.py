@@ -179,5 +179,6 @@ def unpause(pylo: Pylo, run_id: str, pipeline: Pipeline | Sequence[Any], max_par
     )
     with _running_here(run_id), host.sigterm_as_system_exit():
         _coordinate(host, run_id, graph, rows, values, lineage, limit, codec.name,
-                    execution_prefix=f"{run_id}.u{epoch}", hooks=hooks)  # fmt: skip
+                    execution_prefix=f"{run_id}.u{epoch}", hooks=hooks,
+                    name=run.name, parent_trace=run.options.get("trace"))  # fmt: skip
     return run_id

@@ -27,6 +27,7 @@ so the store never holds a ``done`` node whose upstream nodes are not
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import logging
 import queue
@@ -90,7 +91,8 @@ class RunCoordinator:
         priorities: Per graph index, how urgent a node is (larger starts
             first when more nodes are ready than may run); None keeps the
             order nodes became ready in.
-        on_status: Called with the run's final status before it is written.
+        node_context: ``node_context(index)``, entered in the node's thread
+            around its work (the tracer makes the node's span current).
     """
 
     def __init__(
@@ -110,6 +112,7 @@ class RunCoordinator:
         control_seconds: float = 0.25,
         execution_prefix: str | None = None,
         priorities: list[float] | None = None,
+        node_context: Callable[[int], contextlib.AbstractContextManager[Any]] | None = None,
     ) -> None:
         self._host = host
         self._runs = runs
@@ -145,6 +148,7 @@ class RunCoordinator:
         self._next_control = 0.0
         self._prefix = run_id if execution_prefix is None else execution_prefix
         self._priorities = priorities
+        self._node_context = node_context
         #: ``"pause"`` or ``"cancel"`` once requested: nothing new starts.
         self.halt: str | None = None
         #: Set on a pause or cancel: running batch nodes stop taking inputs.
@@ -331,6 +335,23 @@ class RunCoordinator:
     ) -> Outcome:
         """In a node thread: run the node to its outcome."""
         task = node.task
+        context = contextlib.nullcontext() if self._node_context is None else self._node_context(index)
+        try:
+            with context:
+                return self._run_node(index, node, task, args, kwargs, inputs, execution_id)
+        except BaseException as exc:  # a bug of ours: fail the node, never lose it
+            return describe_failure(exc, self._codec_name, 1, time.time())
+
+    def _run_node(
+        self,
+        index: int,
+        node: _Node,
+        task: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        inputs: Any,
+        execution_id: str | None,
+    ) -> Outcome:
         try:
             if execution_id is not None:
                 outcome = run_batch(
