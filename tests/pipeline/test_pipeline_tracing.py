@@ -15,10 +15,10 @@ from pylo.pipeline import task
 
 pytest.importorskip("opentelemetry.sdk")
 
-from opentelemetry import trace  # noqa: E402
-from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 MakePylo = Callable[..., Pylo]
 _EXPORTER = InMemorySpanExporter()
@@ -52,7 +52,7 @@ def broken(x: int) -> int:
     raise ValueError("no")
 
 
-def test_one_trace_per_run_a_span_per_node_and_user_spans_nest(make_pylo: MakePylo, spans: InMemorySpanExporter) -> None:
+def test_one_trace_per_run_a_span_per_node_user_spans_nested(make_pylo: MakePylo, spans: InMemorySpanExporter) -> None:
     p = make_pylo()
     run_id = p.run_pipeline(double.send(fetch.send(1)), run_id="traced")
     finished = spans.get_finished_spans()
