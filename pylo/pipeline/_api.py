@@ -306,21 +306,18 @@ def _coordinate(
     name: str = "",
     parent_trace: Any = None,
 ) -> None:
-    from pylo.pipeline._control import CONTROL_SECONDS, forget, reader
+    from pylo.pipeline._control import CONTROL_SECONDS, cancel_here, forget, reader
     from pylo.pipeline._coordinator import RunCoordinator
     from pylo.pipeline._tracing import chain, start_run_tracer
     from pylo.pipeline.hooks import HookDispatcher, RunEvents
     from pylo.stores.runs import RunUpdate
 
     runs = host.runs()
-    dispatcher = HookDispatcher(hooks)
+    dispatcher = HookDispatcher(hooks, on_failure=lambda: cancel_here(runs, run_id))
     tracer = start_run_tracer(run_id, name or run_id, rows, parent_trace, host.find_execution)
     if tracer is not None and tracer.ids is not None:
         runs.record_run(run_id, RunUpdate(options={"trace": tracer.ids}))
     events = RunEvents(dispatcher, run_id, rows, None if tracer is None else tracer.trace_id) if hooks else None
-
-    def control(in_store: bool) -> str | None:
-        return "cancel" if dispatcher.failed.is_set() else read_control(in_store)
 
     coordinator = RunCoordinator(
         host=host,
@@ -333,7 +330,7 @@ def _coordinate(
         max_parallel=limit,
         codec_name=codec_name,
         on_event=chain(tracer, events),
-        control=control,
+        control=lambda in_store: read_control(in_store),
         control_seconds=CONTROL_SECONDS,
         execution_prefix=execution_prefix,
         priorities=_priorities(runs, graph),

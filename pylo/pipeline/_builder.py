@@ -183,6 +183,14 @@ class Pipeline:
         assert self._members is not None
         return Pipeline(members=tuple(m.set(**options) for m in self._members), max_parallelism=self._max_parallelism)
 
+    def wait(self) -> Pipeline:
+        """Pause the run once this pipeline's last task (each member's, for a group) ends.
+
+        Nodes that wait for it do not start; the run ends ``paused`` and
+        ``Pylo.unpause_pipeline`` goes on from there. Same as ``.set(wait=True)``.
+        """
+        return self.set(wait=True)
+
     def __repr__(self) -> str:
         if self._node is not None:
             return f"Pipeline({self._node.task.display_name})"

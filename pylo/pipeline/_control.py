@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from pylo.pipeline._builder import Pipeline
     from pylo.stores.runs import RunStore
 
-__all__ = ["CONTROL_SECONDS", "owner_of", "reader", "request", "unpause"]
+__all__ = ["CONTROL_SECONDS", "cancel_here", "forget", "owner_of", "reader", "request", "unpause"]
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +129,12 @@ def request(pylo: Pylo, run_id: str, action: str) -> None:
         here = run_id in _RUNNING_HERE
     if here:
         _note_here(run_id, action)
+
+
+def cancel_here(runs: RunStore, run_id: str) -> None:
+    """Cancel a run this process runs (a hook raised): seen at its next round of starts, and recorded."""
+    _note_here(run_id, "cancel")
+    runs.request_control(run_id, "cancel")
 
 
 def forget(run_id: str) -> None:

@@ -153,6 +153,7 @@ class RunCoordinator:
         self.halt: str | None = None
         #: Set on a pause or cancel: running batch nodes stop taking inputs.
         self.stop = threading.Event()
+        self._ended_here: set[int] = set()
 
     # -- the loop -----------------------------------------------------------
 
@@ -201,6 +202,23 @@ class RunCoordinator:
         logger.info("pipeline run %s: %s requested", self._run_id, action)
         self.halt = action
         self.stop.set()
+        if action == "cancel":
+            self._cancel_unstarted()
+
+    def _cancel_unstarted(self) -> None:
+        """End every queued node ``cancelled`` now, but those that always run (they are released)."""
+        queued = list(self._ready)
+        self._ready.clear()
+        for waiting in self._group_waiting:
+            queued.extend(waiting)
+            waiting.clear()
+        ended: list[int] = []
+        for index in queued:
+            if self._always_runs(index):
+                self._ready.append(index)
+            else:
+                self._end_unstarted(index, _CANCELLED, ended)
+        self._cascade(ended)
 
     def _look_at_control(self, force: bool = False) -> None:
         if self._control is None or self.halt == "cancel":
@@ -254,6 +272,10 @@ class RunCoordinator:
             return
         while self._ready and self._running < self._max_parallel:
             index = self._next_ready()
+            if self._waits_for_a_pause(index):
+                self._ready.appendleft(index)
+                self.request_halt("pause")
+                return
             groups = nodes[index].groups
             blocked = False
             for group in groups:
@@ -278,6 +300,11 @@ class RunCoordinator:
         del ready[best]
         return index
 
+    def _waits_for_a_pause(self, index: int) -> bool:
+        """True when a node it waits for has ``wait`` set and ended in this session (not before a pause)."""
+        nodes = self._graph.nodes
+        return any(up in self._ended_here and nodes[up].node.task.options.wait for up in nodes[index].upstream)
+
     def _dispatch_halted(self) -> None:
         """After a pause nothing starts; after a cancel only nodes that always run start."""
         if self.halt != "cancel":
@@ -286,6 +313,8 @@ class RunCoordinator:
         while self._ready:
             index = self._ready.popleft()
             if self._always_runs(index) and self._running < self._max_parallel:
+                for group in self._graph.nodes[index].groups:  # counted, but no group limit holds it back
+                    self._group_running[group] += 1
                 self._start(index)
             else:
                 keep.append(index)
@@ -400,6 +429,7 @@ class RunCoordinator:
             state = _FAILED
             self._hard_failures += 1
         self._states[index] = state
+        self._ended_here.add(index)
         row = self._rows[index]
         started_at = self._started.pop(index, None)
         self._note(
@@ -432,6 +462,7 @@ class RunCoordinator:
 
     def _stopped_part_way(self, index: int, outcome: Outcome) -> None:
         """A batch node stopped by a pause (back to pending) or a cancel (``cancelled``); resumable."""
+        self._look_at_control(force=True)  # a request made in this process stops it before we look
         state = _CANCELLED if self.halt == "cancel" else _PENDING
         self._states[index] = state
         self._started.pop(index, None)
@@ -442,6 +473,10 @@ class RunCoordinator:
         self._outcomes_since_flush += 1
         if self._on_event is not None:
             self._on_event("end", index)
+        if state == _CANCELLED:
+            ended: list[int] = []
+            self._count_down(index, ended)
+            self._cascade(ended)
 
     def _count_down(self, index: int, ended: list[int]) -> None:
         for dependent in self._graph.nodes[index].dependents:
@@ -451,6 +486,12 @@ class RunCoordinator:
 
     def _release(self, index: int, ended: list[int]) -> None:
         """Every node ``index`` waits for has ended: queue it, or end it by the rules."""
+        if self.halt == "cancel":
+            if self._always_runs(index):
+                self._ready.append(index)
+            else:
+                self._end_unstarted(index, _CANCELLED, ended)
+            return
         states = self._states
         soft = cancelled = False
         verdict: str | None = None
@@ -471,8 +512,13 @@ class RunCoordinator:
         if verdict is None:
             self._ready.append(index)
             return
+        self._end_unstarted(index, verdict, ended)
+
+    def _end_unstarted(self, index: int, verdict: str, ended: list[int]) -> None:
+        """End a node that did not run (``ended`` collects it, for the cascade)."""
         if verdict == _FAILED_DEPENDENCY:
             self._hard_failures += 1
+        states = self._states
         states[index] = verdict
         self._values[index] = None
         row = self._rows[index]

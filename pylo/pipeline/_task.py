@@ -70,6 +70,8 @@ class TaskOptions:
         task_id: A fixed node key (1-100 of ``[A-Za-z0-9._-]``); two nodes
             of one pipeline cannot share it.
         display_name: The name shown for the node (default: the function's).
+        wait: Pause the run once this node ends, before any node that
+            waits for it starts (``Pipeline.wait()``); an unpause goes on.
     """
 
     retry: Any = None
@@ -79,6 +81,7 @@ class TaskOptions:
     skippable: bool = False
     task_id: str | None = None
     display_name: str | None = None
+    wait: bool = False
 
     def __post_init__(self) -> None:
         if self.retry is not None:
@@ -98,6 +101,7 @@ class TaskOptions:
         _check_bool("fail_softly", self.fail_softly)
         _check_bool("propagate_soft_failures", self.propagate_soft_failures)
         _check_bool("skippable", self.skippable)
+        _check_bool("wait", self.wait)
         if self.fail_softly and self.skippable:
             raise ValueError(
                 "fail_softly and skippable cannot both be True: a raise either fails the node softly "

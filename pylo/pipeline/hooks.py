@@ -20,7 +20,7 @@ import dataclasses
 import logging
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = ["HOOK_METHODS", "HookDispatcher", "PipelineEvent"]
@@ -77,9 +77,10 @@ class HookDispatcher:
 
     Args:
         hooks: The hook objects; each needs at least one of ``HOOK_METHODS``.
+        on_failure: Called (on the hooks' thread) when a hook first raises.
     """
 
-    def __init__(self, hooks: Sequence[Any]) -> None:
+    def __init__(self, hooks: Sequence[Any], on_failure: Callable[[], None] | None = None) -> None:
         hooks = list(hooks)
         for hook in hooks:
             if not any(callable(getattr(hook, name, None)) for name in HOOK_METHODS):
@@ -91,6 +92,7 @@ class HookDispatcher:
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
         self.failed = threading.Event()
+        self._on_failure = on_failure
 
     def emit(self, event: PipelineEvent) -> None:
         """Queue an event (from the coordinator's thread); returns at once."""
@@ -126,6 +128,11 @@ class HookDispatcher:
                     if self.error is None:
                         self.error = exc
                         self.failed.set()
+                        if self._on_failure is not None:
+                            try:
+                                self._on_failure()
+                            except Exception:
+                                logger.exception("could not cancel run %s after a hook raised", event.run_id)
 
 
 class RunEvents:

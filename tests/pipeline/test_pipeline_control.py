@@ -11,6 +11,7 @@ import pytest
 from control_tasks import STARTED, gate, gated_item, step
 
 from pylo import PipelineStatus, Pylo, TaskState
+from pylo.pipeline import in_parallel
 from pylo.pipeline._errors import PipelineCancelled, PipelineControlError, PipelineNotCompleted
 
 MakePylo = Callable[..., Pylo]
@@ -140,3 +141,59 @@ def test_a_paused_batch_node_stops_taking_inputs_and_resumes_only_the_rest(make_
     assert sorted(set(items), key=lambda n: int(n[4:])) == [f"item{i}" for i in range(40)]
     assert len(items) <= 40 + 1  # at most the input cut short at the pause runs twice
     assert STARTED[-1] == "after"
+
+
+def test_wait_on_a_node_pauses_before_what_waits_for_it(make_pylo: MakePylo) -> None:
+    p = make_pylo()
+    flow = step.send("c", step.send("b", step.send("a").wait()))
+    run_id = p.run_pipeline(flow)
+    assert p.get_pipeline(run_id).status is PipelineStatus.PAUSED
+    assert STARTED == ["a"]
+    p.unpause_pipeline(run_id, flow)
+    assert STARTED == ["a", "b", "c"]  # the wait does not pause the run again
+    assert p.get_pipeline_result(run_id) == "c"
+
+
+def test_wait_on_a_node_in_a_group_lets_its_siblings_run(make_pylo: MakePylo) -> None:
+    p = make_pylo(1)
+    flow = step.send("after", in_parallel([step.send("a").wait(), step.send("b")]))
+    run_id = p.run_pipeline(flow, max_parallel=1)
+    assert p.get_pipeline(run_id).status is PipelineStatus.PAUSED
+    assert STARTED == ["a", "b"]
+    p.unpause_pipeline(run_id, flow)
+    assert STARTED == ["a", "b", "after"]
+
+
+def test_wait_on_a_group_pauses_once_all_its_members_end(make_pylo: MakePylo) -> None:
+    p = make_pylo()
+    flow = step.send("after", in_parallel([step.send("a"), step.send("b")]).wait())
+    run_id = p.run_pipeline(flow)
+    assert p.get_pipeline(run_id).status is PipelineStatus.PAUSED
+    assert sorted(STARTED) == ["a", "b"]
+    p.unpause_pipeline(run_id, flow)
+    assert STARTED[-1] == "after" and p.get_pipeline_result(run_id) == "after"
+
+
+def test_a_node_marked_always_run_still_starts_after_a_cancel(
+    make_pylo: MakePylo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hook point for ``finally_do``: nodes whose builder marks them ``always_run`` start after a cancel."""
+    from pylo.pipeline import _coordinator
+
+    monkeypatch.setattr(
+        _coordinator.RunCoordinator,
+        "_always_runs",
+        lambda self, index: self._graph.nodes[index].node.task.options.display_name == "cleanup",
+    )
+    p = make_pylo()
+    reached, opened = gate("b")
+    flow = [abc(), step.send("cleanup", step.send("b2", step.send("a2"))).set(display_name="cleanup")]
+    thread, _ = in_background(lambda: p.run_pipeline(flow, run_id="r", max_parallel=1))
+    assert reached.wait(WAIT)
+    p.cancel_pipeline("r")
+    opened.set()
+    thread.join(WAIT)
+    record = p.get_pipeline("r")
+    assert record.status is PipelineStatus.CANCELLED
+    assert "c" not in STARTED
+    assert "cleanup" in STARTED

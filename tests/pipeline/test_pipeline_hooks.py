@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import control_tasks
@@ -101,12 +102,18 @@ def test_a_hook_that_raises_cancels_the_run_and_its_error_is_recorded(make_pylo:
     others = Recorder()
 
     def open_gate_after_cancel() -> None:
+        # b runs while the hook's error cancels the run: let it end once the cancel is recorded.
         gate_reached.wait(30)
+        runs = p.store.runs()
+        for _ in range(3000):
+            if runs.read_control("h") == "cancel":
+                break
+            time.sleep(0.01)
         gate_open.set()
 
     threading.Thread(target=open_gate_after_cancel, daemon=True).start()
     flow = step.send("c", step.send("b", step.send("a")))
-    run_id = p.run_pipeline(flow, hooks=[Broken(), others], max_parallel=1)
+    run_id = p.run_pipeline(flow, hooks=[Broken(), others], max_parallel=1, run_id="h")
     record = p.get_pipeline(run_id)
     assert record.status is PipelineStatus.CANCELLED
     assert record.nodes[-1].state is TaskState.CANCELLED
