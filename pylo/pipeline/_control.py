@@ -2,8 +2,9 @@
 
 A request is one small write next to the run (``RunStore.request_control``)
 that any thread or process may make; the run's coordinator, its one writer,
-looks at it at most every ``CONTROL_SECONDS`` while it waits for outcomes
-(never in a busy loop) and then:
+looks at it before it starts any node, and every ``CONTROL_SECONDS``
+while nodes run (it wakes for that; never a busy loop), so a request
+recorded before a node ends holds back the nodes that wait for it. Then:
 
 - pause: starts nothing more; running call nodes finish, running batch nodes
   stop taking inputs (their execution ends ``stopped``, resumable) and go

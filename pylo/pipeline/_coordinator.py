@@ -82,9 +82,9 @@ class RunCoordinator:
             for tests and reporters.
         control: ``control(look_in_store)`` returns the run's pending
             control request (``"pause"``, ``"cancel"``) or None; called from
-            the coordinator's thread before each round of starts (cheap:
-            requests made in this process), with ``look_in_store`` True at
-            most every ``control_seconds`` (see :mod:`pylo.pipeline._control`).
+            the coordinator's thread at every wake, with ``look_in_store``
+            True before a round of starts and at least every
+            ``control_seconds`` while nodes run (see :mod:`pylo.pipeline._control`).
         control_seconds: Longest time between two looks in the store.
         execution_prefix: What batch nodes' execution ids derive from (the
             run id; another prefix when an unpaused run runs them again).
@@ -177,7 +177,9 @@ class RunCoordinator:
                     timeout = min(timeout, max(0.0, self._next_control - time.monotonic()))
                 for index, outcome in _take_all(self._outbox, timeout):
                     self._complete(index, outcome)
-                self._look_at_control()
+                # In the store before any start (a request made before a node
+                # ended holds its dependents back), else every control_seconds.
+                self._look_at_control(force=bool(self._ready))
                 self._dispatch()
                 if self._outcomes_since_flush >= self._flush_every or (
                     (self._changed or self._unwritten_starts)

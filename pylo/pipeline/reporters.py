@@ -100,8 +100,12 @@ def to_mermaid(pipeline_or_run: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _escape_dot(text: str) -> str:
+    return re.sub(r'(["\\])', r"\\\1", text).replace("\n", "\\n")
+
+
 def _quote_dot(text: str) -> str:
-    return '"' + re.sub(r'(["\\])', r"\\\1", text) + '"'
+    return f'"{_escape_dot(text)}"'
 
 
 def to_dot(pipeline_or_run: Any) -> str:
@@ -112,7 +116,8 @@ def to_dot(pipeline_or_run: Any) -> str:
     lines = ["digraph pipeline {", "    rankdir=TB;", "    node [shape=box, style=filled, fillcolor=white];"]
     vertices = _vertices(pipeline_or_run)
     for vertex in vertices:
-        attributes = [f"label={_quote_dot(vertex.label + chr(10) + vertex.key)}"]
+        label = f'"{_escape_dot(vertex.label)}\\n{_escape_dot(vertex.key)}"'  # \n: a line break in the label
+        attributes = [f"label={label}"]
         if vertex.state:
             attributes.append(f"fillcolor={_quote_dot(STATE_COLOURS.get(vertex.state, '#ffffff'))}")
             attributes.append(f"tooltip={_quote_dot(vertex.state)}")
