@@ -333,7 +333,7 @@ def _coordinate(
         control=lambda in_store: read_control(in_store),
         control_seconds=CONTROL_SECONDS,
         execution_prefix=execution_prefix,
-        priorities=_priorities(runs, graph),
+        priorities=lambda: _priorities(runs, graph),
         node_context=None if tracer is None else tracer.node_context,
     )
     read_control = reader(runs, run_id, coordinator.stop)

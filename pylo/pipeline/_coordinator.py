@@ -91,9 +91,10 @@ class RunCoordinator:
         control_seconds: Longest time between two looks in the store.
         execution_prefix: What batch nodes' execution ids derive from (the
             run id; another prefix when an unpaused run runs them again).
-        priorities: Per graph index, how urgent a node is (larger starts
-            first when more nodes are ready than may run); None keeps the
-            order nodes became ready in.
+        priorities: Returns, per graph index, how urgent a node is (larger
+            starts first when more nodes are ready than may run), or None to
+            keep the order nodes became ready in; called once, the first
+            time more nodes are ready than may start (never for a chain).
         node_context: ``node_context(index)``, entered in the node's thread
             around its work (the tracer makes the node's span current).
     """
@@ -114,7 +115,7 @@ class RunCoordinator:
         control: Callable[[bool], str | None] | None = None,
         control_seconds: float = 0.25,
         execution_prefix: str | None = None,
-        priorities: list[float] | None = None,
+        priorities: Callable[[], list[float] | None] | None = None,
         node_context: Callable[[int], contextlib.AbstractContextManager[Any]] | None = None,
     ) -> None:
         self._host = host
@@ -150,7 +151,8 @@ class RunCoordinator:
         self._control_seconds = control_seconds
         self._next_control = 0.0
         self._prefix = run_id if execution_prefix is None else execution_prefix
-        self._priorities = priorities
+        self._priority_source = priorities
+        self._priorities: list[float] | None = None
         self._node_context = node_context
         #: ``"pause"`` or ``"cancel"`` once requested: nothing new starts.
         self.halt: str | None = None
@@ -298,6 +300,9 @@ class RunCoordinator:
     def _next_ready(self) -> int:
         """The ready node to start next: the most urgent by ``priorities``, else the first ready."""
         ready = self._ready
+        if self._priority_source is not None and len(ready) > self._max_parallel - self._running:
+            self._priorities = self._priority_source()  # statistics are read once, when they matter
+            self._priority_source = None
         priorities = self._priorities
         if priorities is None or len(ready) == 1:
             return ready.popleft()

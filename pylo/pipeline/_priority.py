@@ -3,7 +3,8 @@
 A node's priority is its expected remaining path: its own expected duration
 plus the longest chain of expected durations among its dependents. Expected
 durations are the mean of the node key's ``done`` durations in the store's
-most recent runs (``RunStore.node_durations``, bounded); a key never seen
+most recent runs (``RunStore.node_durations``, bounded), read once, the
+first time more nodes are ready than may start; a key never seen
 takes the mean of the keys that were. With no statistics at all there are
 no priorities and nodes start in the order they became ready (declaration
 order).
@@ -23,7 +24,7 @@ __all__ = ["RECENT_RUNS", "priorities", "remaining_paths"]
 logger = logging.getLogger(__name__)
 
 #: How many recent runs the statistics come from.
-RECENT_RUNS = 20
+RECENT_RUNS = 5
 
 
 def remaining_paths(graph: Graph, expected: list[float]) -> list[float]:

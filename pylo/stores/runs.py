@@ -228,7 +228,7 @@ class RunStore(abc.ABC):
 
     # -- statistics -----------------------------------------------------------------
 
-    def node_durations(self, keys: Sequence[str], *, recent: int = 20) -> dict[str, list[float]]:
+    def node_durations(self, keys: Sequence[str], *, recent: int = 5) -> dict[str, list[float]]:
         """Seconds that nodes with these keys took when they ended ``done``, newest run first.
 
         Reads only the ``recent`` most recently created runs (bounded, not
@@ -249,10 +249,6 @@ def check_control(action: str | None) -> None:
     """Raise ValueError unless ``action`` is a control request or None."""
     if action is not None and action not in CONTROL_ACTIONS:
         raise ValueError(f"control request must be one of {sorted(CONTROL_ACTIONS)} or None, got {action!r}")
-
-
-#: How many of the most recent runs :meth:`RunStore.node_durations` reads by default.
-RECENT_RUNS = 20
 
 
 def _durations_from(rows: Sequence[NodeRow], wanted: frozenset[str], found: dict[str, list[float]]) -> None:
