@@ -2,9 +2,11 @@
 
 A request is one small write next to the run (``RunStore.request_control``)
 that any thread or process may make; the run's coordinator, its one writer,
-looks at it before it starts any node, and every ``CONTROL_SECONDS``
-while nodes run (it wakes for that; never a busy loop), so a request
-recorded before a node ends holds back the nodes that wait for it. Then:
+looks at it every ``CONTROL_SECONDS`` while nodes run (it wakes for that;
+never a busy loop; a read of the store costs far more than starting a
+node, so not before every start). A request made in the process that runs
+the run is seen before the next node starts. Once taken up, the run's
+``options["halt"]`` says so. Then:
 
 - pause: starts nothing more; running call nodes finish, running batch nodes
   stop taking inputs (their execution ends ``stopped``, resumable) and go
@@ -181,7 +183,7 @@ def unpause(pylo: Pylo, run_id: str, pipeline: Pipeline | Sequence[Any], max_par
         run_id,
         RunUpdate(
             status="running",
-            options={"owner": {"pid": os.getpid(), "host": socket.gethostname()}, "epoch": epoch},
+            options={"owner": {"pid": os.getpid(), "host": socket.gethostname()}, "epoch": epoch, "halt": None},
         ),
     )
     with _running_here(run_id), host.sigterm_as_system_exit():

@@ -86,8 +86,8 @@ class RunCoordinator:
         control: ``control(look_in_store)`` returns the run's pending
             control request (``"pause"``, ``"cancel"``) or None; called from
             the coordinator's thread at every wake, with ``look_in_store``
-            True before a round of starts and at least every
-            ``control_seconds`` while nodes run (see :mod:`pylo.pipeline._control`).
+            True at most every ``control_seconds`` (a read of the store costs
+            far more than a node); see :mod:`pylo.pipeline._control`.
         control_seconds: Longest time between two looks in the store.
         execution_prefix: What batch nodes' execution ids derive from (the
             run id; another prefix when an unpaused run runs them again).
@@ -182,9 +182,7 @@ class RunCoordinator:
                     timeout = min(timeout, max(0.0, self._next_control - time.monotonic()))
                 for index, outcome in _take_all(self._outbox, timeout):
                     self._complete(index, outcome)
-                # In the store before any start (a request made before a node
-                # ended holds its dependents back), else every control_seconds.
-                self._look_at_control(force=bool(self._ready))
+                self._look_at_control()
                 self._dispatch()
                 if self._outcomes_since_flush >= self._flush_every or (
                     (self._changed or self._unwritten_starts)
@@ -209,6 +207,8 @@ class RunCoordinator:
         logger.info("pipeline run %s: %s requested", self._run_id, action)
         self.halt = action
         self.stop.set()
+        # Say it is taken up: readers (and tests) can tell a request seen from one on its way.
+        self._runs.record_run(self._run_id, RunUpdate(options={"halt": action}))
         if action == "cancel":
             self._cancel_unstarted()
 

@@ -3,7 +3,8 @@
 Active when ``opentelemetry`` (the API, ``pip install pylo[otel]``) can be
 imported; it is imported only when a run starts, never by ``import pylo``,
 and without it nothing changes. Spans go wherever the application's tracer
-provider sends them (none is configured here).
+provider sends them (none is configured here); while the application has
+set none, runs are not traced at all (nothing to pay per node).
 
 - The run is a span ``pipeline <name>`` whose trace id is stored in the run's
   ``options["trace"]`` (with its span id); a resumed or unpaused run's span
@@ -39,12 +40,19 @@ class RunTracer:
     """The spans of one run; fed by the coordinator's ``(event, index)`` calls, from its thread."""
 
     def __init__(
-        self, trace: Any, run_id: str, name: str, rows: list[Any], parent: Any, inputs_of: Callable[[str], Any]
+        self,
+        trace: Any,
+        provider: Any,
+        run_id: str,
+        name: str,
+        rows: list[Any],
+        parent: Any,
+        inputs_of: Callable[[str], Any],
     ) -> None:
         from opentelemetry.trace import Link, SpanContext, TraceFlags
 
         self._trace = trace
-        self._tracer = trace.get_tracer("pylo.pipeline")
+        self._tracer = provider.get_tracer("pylo.pipeline")
         self._run_id = run_id
         self._rows = rows
         self._inputs_of = inputs_of
@@ -136,7 +144,10 @@ def start_run_tracer(
     trace = _opentelemetry()
     if trace is None:
         return None
-    return RunTracer(trace, run_id, name, rows, parent, inputs_of)
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
+        return None  # no SDK configured: spans would go nowhere, and cost per node
+    return RunTracer(trace, provider, run_id, name, rows, parent, inputs_of)
 
 
 def chain(*calls: Callable[[str, int], None] | None) -> Callable[[str, int], None] | None:

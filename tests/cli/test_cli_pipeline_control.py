@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from cli_kit import TIMEOUT, Cli
 
+from pylo import Pylo
+
 # a -> b -> c, where b waits for a file the test writes: the run is steered meanwhile.
 FLOWS = """
 import os
@@ -65,12 +67,22 @@ def open_b(cli: Cli) -> None:
     Path(cli.cwd / "open-b").touch()
 
 
+def taken_up(cli: Cli, run_id: str, action: str) -> None:
+    """Wait until the running coordinator recorded that it took the request up (``options["halt"]``)."""
+    with Pylo.local_multithread(str(cli.cwd / ".pylo"), 1) as pylo:
+        runs = pylo.store.runs()
+        deadline = time.monotonic() + TIMEOUT
+        while runs.get_run(run_id).options.get("halt") != action:
+            assert time.monotonic() < deadline, f"the {action} request was never taken up"
+            time.sleep(0.02)
+
+
 def test_pause_from_another_process_then_unpause(flows: Cli) -> None:
     run = start_run(flows, "steered")
     paused = flows("pipeline", "pause", "steered")
     assert paused.returncode == 0, paused.stderr
     assert paused.stdout == "pipeline run steered: pause requested (it is running)\n"
-    # The request is in the store before b ends: the coordinator sees it before it starts c.
+    taken_up(flows, "steered", "pause")  # before b ends: c never starts
     open_b(flows)
     out, err = run.communicate(timeout=TIMEOUT)
     assert run.returncode == 1, out + err
@@ -97,6 +109,7 @@ def test_cancel_from_another_process(flows: Cli) -> None:
     run = start_run(flows, "doomed")
     cancelled = flows("pipeline", "cancel", "doomed")
     assert cancelled.returncode == 0, cancelled.stderr
+    taken_up(flows, "doomed", "cancel")
     open_b(flows)
     out, err = run.communicate(timeout=TIMEOUT)
     assert run.returncode == 1, out + err

@@ -22,15 +22,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 MakePylo = Callable[..., Pylo]
 _EXPORTER = InMemorySpanExporter()
+_PROVIDER = TracerProvider()
+_PROVIDER.add_span_processor(SimpleSpanProcessor(_EXPORTER))
 
 
 @pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
-        trace.set_tracer_provider(provider)
+def spans(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
+    """The SDK's provider as the application's, for this test only (the global one can be set once)."""
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: _PROVIDER)
     _EXPORTER.clear()
     yield _EXPORTER
     _EXPORTER.clear()
@@ -38,7 +37,7 @@ def spans() -> Iterator[InMemorySpanExporter]:
 
 @task
 def fetch(x: int) -> int:
-    with trace.get_tracer("user").start_as_current_span("user work"):
+    with trace.get_tracer_provider().get_tracer("user").start_as_current_span("user work"):
         return x + 1
 
 
@@ -121,3 +120,9 @@ def test_without_opentelemetry_nothing_imports_it(tmp_path: Path) -> None:
     # And with it installed, `import pylo` alone does not import it.
     check = "import sys, pylo, pylo.pipeline; assert 'opentelemetry' not in sys.modules"
     subprocess.run([sys.executable, "-c", check], check=True, timeout=120)
+
+
+def test_without_a_tracer_provider_runs_are_not_traced(make_pylo: MakePylo) -> None:
+    p = make_pylo()
+    run_id = p.run_pipeline(double.send(1))
+    assert "trace" not in p.store.runs().get_run(run_id).options
