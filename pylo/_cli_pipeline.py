@@ -52,6 +52,14 @@ def _worker_options(parser: argparse.ArgumentParser) -> None:
         "--max-parallel", type=_int_at_least(1), metavar="N", help="most nodes running at once (default: --workers)"
     )
     parser.add_argument("--json", action="store_true", help="print the run as JSON instead of a summary")
+    parser.add_argument(
+        "--config",
+        action="append",
+        metavar="PATH",
+        help="the run's configuration (what with_context tasks read): a .json, .toml, .yml/.yaml file, "
+        "an env://PREFIX_ or a registered scheme://; repeat it to merge several, later wins. A resume "
+        "runs with the past run's configuration and warns when this one differs from it",
+    )
     group = parser.add_argument_group(
         "worker options (as for `pylo run`): the Pylo that runs the pipeline, and so every batch node's "
         "execution; a task's own retry and timeout win, and are all a call node uses"
@@ -347,7 +355,11 @@ def _pylo_for(args: argparse.Namespace, store: StoreChoice, *, must_exist: bool)
 
 
 def _max_parallel(args: argparse.Namespace) -> dict[str, Any]:
-    return {} if args.max_parallel is None else {"max_parallel": args.max_parallel}
+    """The run options of the command line: ``max_parallel`` and ``config``."""
+    options: dict[str, Any] = {} if args.max_parallel is None else {"max_parallel": args.max_parallel}
+    if args.config:
+        options["config"] = list(args.config)
+    return options
 
 
 def _new_run_id() -> str:

@@ -29,8 +29,23 @@ def parse_rate_limit(value: Any) -> float | None:
 
     Raises:
         TypeError: Neither None, a number nor a string.
-        ValueError: Not positive, or a string of another form.
+        ValueError: Not positive, slower than one start a week, or a
+            string of another form.
     """
+    rate = _parse(value)
+    if rate is not None and rate < MIN_RATE:
+        raise ValueError(
+            f"rate_limit must be at least one task start per week ({MIN_RATE:.3g}/s), got {value!r}; "
+            "for no limit pass None"
+        )
+    return rate
+
+
+#: Slowest rate_limit: one start a week, so a wait for a token fits every sleep.
+MIN_RATE = 1 / (7 * 24 * 3600)
+
+
+def _parse(value: Any) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool):

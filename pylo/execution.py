@@ -5,119 +5,42 @@ Example:
     >>> pylo = Pylo.local_multithread("/tmp/pylo-doc", number_of_workers=2)
     >>> execution_id = pylo.start_from_scratch(range(10), print)  # doctest: +SKIP
     >>> finished, unfinished = pylo.get_state(execution_id)  # doctest: +SKIP
+
+A Pylo is three things: a store (where snapshots live), a backend (a kind
+of workers, :class:`~pylo.workers.base.Backend`) and run options
+(:class:`~pylo._options.RunOptions`). The constructors below only choose
+them; running is :mod:`pylo._running` and :mod:`pylo._engine`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
-import inspect
 import logging
-import os
-import re
 import secrets
-import signal
 import socket
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from pylo import _claims, _engine, _reader
+from pylo import _claims, _reader
 from pylo._codec import Codec, get_codec, short_repr
+from pylo._constructors import Constructors
 from pylo._labels import check_labels
-from pylo._progress import ProgressBar, wants_progress
-from pylo._ratelimit import parse_rate_limit
+from pylo._options import RunOptions
+from pylo._options import check_execution_id as _check_execution_id
+from pylo._plan import Plan, create_resumed, new_record, record_fresh
 from pylo._reader import Failure
+from pylo._running import process_is_gone as _process_is_gone
+from pylo._running import run_execution
 from pylo.errors import DamagedExecutions, ExecutionNotResumable
 from pylo.pipeline._api import PipelineMethods
-from pylo.stores import is_store_url, open_store
-from pylo.stores.base import (
-    ExecutionRecord,
-    ExecutionStatus,
-    Store,
-)
+from pylo.stores.base import ExecutionRecord, ExecutionStatus, Store
+from pylo.workers._checks import task_name as _task_name
 from pylo.workers.base import Backend
 
 __all__ = ["Failure", "Pylo"]
 
 logger = logging.getLogger(__name__)
-
-_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_DEFAULT_FLUSH_SECONDS = 1.0
-
-
-# -- argument checks (exact messages: the name, the rule, the value) ----------
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
-def _check_seconds(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds > 0, got {type(value).__name__} {value!r}")
-    if not value > 0 or value != value or value == float("inf"):
-        raise ValueError(f"{name} must be a finite number of seconds > 0, got {value}")
-    return float(value)
-
-
-def _check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
-    return value
-
-
-def _check_retry(retry: Any, *, asynchronous: bool = False) -> Any:
-    if retry is None:
-        return None
-    from tenacity import AsyncRetrying, BaseRetrying
-
-    wanted = "AsyncRetrying" if asynchronous else "Retrying"
-    if not isinstance(retry, BaseRetrying) or isinstance(retry, AsyncRetrying) != asynchronous:
-        raise TypeError(
-            f"retry must be a tenacity.{wanted} object such as "
-            f"{wanted}(stop=stop_after_attempt(3), wait=wait_exponential()), "
-            f"got {type(retry).__name__} {short_repr(retry)}"
-        )
-    return retry
-
-
-def _check_execution_id(name: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be a str, got {type(value).__name__} {short_repr(value)}")
-    if not _ID_PATTERN.fullmatch(value):
-        raise ValueError(
-            f"{name} {value!r} is not a valid execution id: use 1 to 128 letters, digits, "
-            "'.', '_' or '-', starting with a letter or digit"
-        )
-    return value
-
-
-def _check_function(task_function: Any, *, coroutines: bool) -> Callable[[Any], Any]:
-    if not callable(task_function):
-        raise TypeError(
-            f"task_function must be callable, got {type(task_function).__name__} {short_repr(task_function)}"
-        )
-    is_async = inspect.iscoroutinefunction(task_function) or inspect.iscoroutinefunction(
-        getattr(task_function, "__call__", None)  # noqa: B004 - callable objects with async __call__
-    )
-    if is_async and not coroutines:
-        raise TypeError(
-            f"task_function {_task_name(task_function)} is an async function, but these workers run "
-            "plain functions; use Pylo.local_asyncio for coroutines"
-        )
-    if coroutines and not is_async:
-        raise TypeError(
-            f"task_function {_task_name(task_function)} is not an async function; Pylo.local_asyncio "
-            "runs `async def` functions (use local_multithread or local_multiprocess for plain ones)"
-        )
-    return task_function
 
 
 def _check_inputs(task_inputs: Any) -> Iterable[Any]:
@@ -136,435 +59,81 @@ def _check_inputs(task_inputs: Any) -> Iterable[Any]:
     return task_inputs
 
 
-def _config_from(
-    *,
-    number_of_workers: tuple[str, Any],
-    max_worker_failures: Any,
-    task_executions_before_flush: Any,
-    store_exceptions: Any,
-    flush_seconds: Any,
-    retry: Any,
-    max_failures: Any,
-    store_results: Any,
-    timeout: Any,
-    rate_limit: Any,
-    progress: Any,
-    async_retry: bool = False,
-) -> _engine.RunConfig:
-    """Validate constructor arguments into a frozen RunConfig.
-
-    ``number_of_workers`` comes with the name the constructor gives it
-    (``concurrency`` for asyncio), so messages use the user's word.
-    """
-    workers_name, workers = number_of_workers
-    return _engine.RunConfig(
-        number_of_workers=_check_int(workers_name, workers, 1),
-        max_worker_failures=_check_int("max_worker_failures", max_worker_failures, 1),
-        task_executions_before_flush=_check_int("task_executions_before_flush", task_executions_before_flush, 1),
-        flush_seconds=_check_seconds("flush_seconds", flush_seconds),
-        store_exceptions=_check_bool("store_exceptions", store_exceptions),
-        store_results=_check_bool("store_results", store_results),
-        retry=_check_retry(retry, asynchronous=async_retry),
-        max_failures=None if max_failures is None else _check_int("max_failures", max_failures, 1),
-        timeout=None if timeout is None else _check_seconds("timeout", timeout),
-        rate_limit=parse_rate_limit(rate_limit),
-        progress=None if progress is None else _check_bool("progress", progress),
-    )
-
-
-def _check_sendable_retry(retry: Any, where: str) -> None:
-    """A retry policy travels with every chunk to other processes: refuse one that cannot."""
-    if retry is None:
-        return
-    from pylo.workers._pickling import dumps
-
-    try:
-        dumps(retry)
-    except TypeError as exc:
-        raise TypeError(
-            f"retry {short_repr(retry)} cannot be sent to {where}: {exc}; build its stop, wait and "
-            "retry conditions from module-level functions or tenacity's own helpers"
-        ) from exc
-
-
-def _check_codec(codec: Any) -> str:
-    get_codec(codec)  # raises with the list of valid names
-    return str(codec)
-
-
-def _open_store(local_store_dir: Any, store: Any) -> Store:
-    if isinstance(store, Store) or is_store_url(store):
-        return open_store(store, None)
-    if local_store_dir is None:
-        raise ValueError(
-            f"local_store_dir is None, but store {store!r} keeps its files there; pass a directory, "
-            "or a SQLAlchemy URL (or a Store object) as store="
-        )
-    if not isinstance(local_store_dir, (str, os.PathLike)):
-        raise TypeError(
-            f"local_store_dir must be a str or path-like, got {type(local_store_dir).__name__} "
-            f"{short_repr(local_store_dir)}"
-        )
-    if str(local_store_dir) == "":
-        raise ValueError("local_store_dir must not be empty")
-    return open_store(store, local_store_dir)
-
-
-def _task_name(function: Callable[..., Any]) -> str:
-    target = function
-    while isinstance(target, functools.partial):
-        target = target.func
-    module = getattr(target, "__module__", None) or "?"
-    qualname = getattr(target, "__qualname__", None) or type(target).__qualname__
-    return f"{module}:{qualname}"
-
-
 def _new_execution_id() -> str:
     # Sortable by time for people reading `list`, unique by the random tail.
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(4)
 
 
-def _process_is_gone(record: ExecutionRecord) -> bool:
-    """True when a RUNNING execution's process is known to be dead."""
-    if record.status is not ExecutionStatus.RUNNING or record.pid is None:
-        return False
-    if record.host != socket.gethostname():
-        return False  # another machine: we cannot tell
-    if record.pid == os.getpid():
-        return record.id not in _RUNNING_HERE
-    try:
-        os.kill(record.pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-@contextlib.contextmanager
-def _sigterm_as_system_exit() -> Iterator[None]:
-    """Turn SIGTERM into SystemExit(143) while an execution runs.
-
-    Python's default for SIGTERM kills the process on the spot, losing the
-    outcomes since the last flush and leaving the execution marked running.
-    As SystemExit, it interrupts the run like Ctrl-C does: outcomes are
-    flushed, the execution is marked interrupted, and the process still
-    exits non-zero (128 + 15). Only the main thread can set handlers, and a
-    handler the application installed itself is left alone.
-    """
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) not in (
-        signal.SIG_DFL,
-        None,
-    ):
-        yield
-        return
-
-    def on_sigterm(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-# Ids of the executions this process is running right now, to tell a live
-# run from a record left behind by an earlier process that had our pid.
-_RUNNING_HERE: set[str] = set()
-_RUNNING_LOCK = threading.Lock()
-
-
-class Pylo(PipelineMethods):
+class Pylo(Constructors, PipelineMethods):
     """Runs a task function over inputs and keeps a durable snapshot of each execution.
 
     Build one with a constructor such as :meth:`local_multithread`. A Pylo
-    object may be used from several threads; each ``start_*`` call blocks
-    until its execution ends.
+    object may be used from several threads, and several executions may run
+    at once in one Pylo, each started from its own thread: each gets lanes
+    and failure budgets of its own. Each ``start_*`` call blocks until its
+    execution ends. See :mod:`pylo._running` for signals in threads.
     """
 
-    def __init__(
-        self,
-        store: Store,
-        backend: type[Backend],
-        config: _engine.RunConfig,
-        *,
-        backend_options: Mapping[str, Any] | None = None,
-        codec: str = "pickle",
-    ) -> None:
-        """Wire a store, a backend class and a configuration together.
+    def __init__(self, store: Store, backend: Backend, options: RunOptions, *, owns: bool = True) -> None:
+        """Wire a store, a backend and run options together.
 
-        Most users want a constructor such as :meth:`local_multithread`.
+        Most users want a constructor such as :meth:`local_multithread`;
+        this is the one a new kind of workers, or the pipeline layer, uses.
 
         Args:
             store: Where snapshots go.
-            backend: The :class:`~pylo.workers.base.Backend` class; one
-                instance is made per execution, with ``backend_options``.
-            config: The run settings.
-            backend_options: Keyword arguments for the backend class.
-            codec: Name of the codec for new executions.
+            backend: The kind of workers (a
+                :class:`~pylo.workers.base.Backend` instance), used by every
+                execution of this Pylo.
+            options: The run options.
+            owns: Whether :meth:`close` closes the store and releases the
+                backend (False for a Pylo that shares them, as
+                :meth:`with_options` makes).
+
+        Raises:
+            TypeError: The options do not suit the backend (say, an
+                ``AsyncRetrying`` policy for thread workers).
         """
+        backend.check_options(options)
         self._store = store
         self._backend = backend
-        self._backend_options = dict(backend_options or {})
-        self._config = config
-        self._codec: Codec = get_codec(codec)
+        self._options = options
+        self._codec: Codec = get_codec(options.codec)
+        self._owns = owns
 
-    # -- constructors -----------------------------------------------------
+    # -- options and workers ------------------------------------------------
 
-    @classmethod
-    def local_multithread(
-        cls,
-        local_store_dir: str | os.PathLike[str] | None,
-        number_of_workers: int,
-        max_worker_failures: int = 1000,
-        task_executions_before_flush: int = 1000,
-        store_exceptions: bool = True,
-        *,
-        store: Any = "sqlite",
-        flush_seconds: float = _DEFAULT_FLUSH_SECONDS,
-        retry: Any = None,
-        max_failures: int | None = None,
-        store_results: bool = False,
-        timeout: float | None = None,
-        rate_limit: float | str | None = None,
-        progress: bool | None = None,
-        codec: str = "pickle",
-    ) -> Pylo:
-        """Run tasks on ``number_of_workers`` threads of this process.
+    @property
+    def options(self) -> RunOptions:
+        """The run options of this Pylo's executions (frozen; see :meth:`with_options`)."""
+        return self._options
+
+    @property
+    def backend(self) -> Backend:
+        """The kind of workers this Pylo runs on."""
+        return self._backend
+
+    def with_options(self, **changes: Any) -> Pylo:
+        """A Pylo that runs with some options changed, on this one's store and workers.
+
+        For example ``pylo.with_options(store_results=True, retry=policy)``.
+        The new Pylo shares the store and the backend: closing it closes
+        nothing, and this one must stay open while it is used. Executions of
+        both may run at the same time.
 
         Args:
-            local_store_dir: Directory for the snapshot store (created,
-                mode 0700, if missing). May be None when ``store`` is a URL
-                or a Store object, which need no directory.
-            number_of_workers: Worker threads; each takes its own inputs and
-                has its own failure budget.
-            max_worker_failures: A worker stops taking inputs once this many
-                of its inputs have failed; its remaining inputs stay pending.
-            task_executions_before_flush: Make outcomes durable after this
-                many (also every ``flush_seconds``, and at the end).
-            store_exceptions: Keep each failure's exception, message and
-                traceback. When False only the fact of the failure is kept.
-            store: ``"sqlite"`` (default), ``"files"``, a SQLAlchemy URL, or a
-                :class:`~pylo.stores.base.Store`.
-            flush_seconds: Longest time outcomes wait before a flush.
-            retry: A ``tenacity.Retrying`` policy applied to each input
-                before it counts as failed.
-            max_failures: Stop the whole execution once this many inputs
-                have failed (None: no such limit).
-            store_results: Keep each finished input's return value
-                (see :meth:`get_results`).
-            timeout: Seconds one input may take (retries included) before it
-                fails with :class:`~pylo.errors.TaskTimeout`. A thread cannot be killed:
-                the stuck thread is abandoned and replaced (docs/failures.md).
-            rate_limit: Most task starts per second across all workers: a
-                number, or a string such as ``"20/s"`` or ``"100/min"``.
-            progress: Show a progress bar on stderr; None (default) shows
-                it when stderr is a terminal.
-            codec: How inputs, results and exceptions are stored:
-                ``"pickle"`` (default: any picklable object; a store must
-                then be trusted like code) or ``"json"`` (JSON values only;
-                reading the store never unpickles anything).
+            **changes: Run options by name (those of :class:`~pylo._options.RunOptions`).
+
+        Returns:
+            A new Pylo; this one is unchanged.
 
         Raises:
-            TypeError: An argument has the wrong type.
-            ValueError: An argument is out of range or ``store`` is unknown.
-            StoreError: The store exists but is damaged or foreign.
+            TypeError: An unknown option (the message lists the valid
+                ones), a value of the wrong type, or options these workers
+                cannot take.
+            ValueError: A value out of range.
         """
-        from pylo.workers.threads import ThreadBackend
-
-        codec = _check_codec(codec)
-
-        config = _config_from(
-            number_of_workers=("number_of_workers", number_of_workers),
-            max_worker_failures=max_worker_failures,
-            task_executions_before_flush=task_executions_before_flush,
-            store_exceptions=store_exceptions,
-            flush_seconds=flush_seconds,
-            retry=retry,
-            max_failures=max_failures,
-            store_results=store_results,
-            timeout=timeout,
-            rate_limit=rate_limit,
-            progress=progress,
-        )
-        return cls(_open_store(local_store_dir, store), ThreadBackend, config, codec=codec)
-
-    @classmethod
-    def local_multiprocess(
-        cls,
-        local_store_dir: str | os.PathLike[str] | None,
-        number_of_workers: int,
-        max_worker_failures: int = 1000,
-        task_executions_before_flush: int = 1000,
-        store_exceptions: bool = True,
-        *,
-        store: Any = "sqlite",
-        flush_seconds: float = _DEFAULT_FLUSH_SECONDS,
-        retry: Any = None,
-        max_failures: int | None = None,
-        store_results: bool = False,
-        timeout: float | None = None,
-        rate_limit: float | str | None = None,
-        progress: bool | None = None,
-        codec: str = "pickle",
-        start_method: str | None = None,
-    ) -> Pylo:
-        """Run tasks in ``number_of_workers`` worker processes, for CPU-bound work.
-
-        Same options as :meth:`local_multithread`, plus ``start_method``
-        (``"spawn"``, ``"fork"`` or ``"forkserver"``; None: the platform's
-        default). The task function and inputs travel by pickle, falling back
-        to cloudpickle, so lambdas and closures work. A worker process that
-        dies fails only the input it was running (``WorkerCrashed``) and is
-        replaced; a task past ``timeout`` has its process killed and
-        replaced, and fails with ``TaskTimeout``.
-
-        Raises:
-            TypeError: An argument has the wrong type.
-            ValueError: An argument is out of range or ``store`` is unknown.
-            StoreError: The store exists but is damaged or foreign.
-        """
-        from pylo.workers.processes import ProcessBackend
-
-        codec = _check_codec(codec)
-
-        config = _config_from(
-            number_of_workers=("number_of_workers", number_of_workers),
-            max_worker_failures=max_worker_failures,
-            task_executions_before_flush=task_executions_before_flush,
-            store_exceptions=store_exceptions,
-            flush_seconds=flush_seconds,
-            retry=retry,
-            max_failures=max_failures,
-            store_results=store_results,
-            timeout=timeout,
-            rate_limit=rate_limit,
-            progress=progress,
-        )
-        _check_sendable_retry(retry, "worker processes")
-        options = {"start_method": ProcessBackend.check_start_method(start_method)}
-        return cls(_open_store(local_store_dir, store), ProcessBackend, config, backend_options=options, codec=codec)
-
-    @classmethod
-    def local_asyncio(
-        cls,
-        local_store_dir: str | os.PathLike[str] | None,
-        concurrency: int,
-        max_worker_failures: int = 1000,
-        task_executions_before_flush: int = 1000,
-        store_exceptions: bool = True,
-        *,
-        store: Any = "sqlite",
-        flush_seconds: float = _DEFAULT_FLUSH_SECONDS,
-        retry: Any = None,
-        max_failures: int | None = None,
-        store_results: bool = False,
-        timeout: float | None = None,
-        rate_limit: float | str | None = None,
-        progress: bool | None = None,
-        codec: str = "pickle",
-    ) -> Pylo:
-        """Run ``async def`` tasks on one event loop, at most ``concurrency`` at a time.
-
-        Same options as :meth:`local_multithread`, except that ``retry`` is a
-        ``tenacity.AsyncRetrying`` policy. Each of the ``concurrency`` lanes
-        has its own inputs and its own failure budget. A task past
-        ``timeout`` is cancelled and fails with ``TaskTimeout``. The loop runs
-        in its own thread, so this works from code that is itself inside an
-        event loop (a notebook, for example).
-
-        Raises:
-            TypeError: An argument has the wrong type.
-            ValueError: An argument is out of range or ``store`` is unknown.
-            StoreError: The store exists but is damaged or foreign.
-        """
-        from pylo.workers.aio import AsyncioBackend
-
-        codec = _check_codec(codec)
-
-        config = _config_from(
-            number_of_workers=("concurrency", concurrency),
-            max_worker_failures=max_worker_failures,
-            task_executions_before_flush=task_executions_before_flush,
-            store_exceptions=store_exceptions,
-            flush_seconds=flush_seconds,
-            retry=retry,
-            max_failures=max_failures,
-            store_results=store_results,
-            timeout=timeout,
-            rate_limit=rate_limit,
-            progress=progress,
-            async_retry=True,
-        )
-        return cls(_open_store(local_store_dir, store), AsyncioBackend, config, codec=codec)
-
-    @classmethod
-    def dask(
-        cls,
-        client: Any,
-        store: Any,
-        number_of_workers: int | None = None,
-        max_worker_failures: int = 1000,
-        task_executions_before_flush: int = 1000,
-        store_exceptions: bool = True,
-        *,
-        flush_seconds: float = _DEFAULT_FLUSH_SECONDS,
-        retry: Any = None,
-        max_failures: int | None = None,
-        store_results: bool = False,
-        timeout: float | None = None,
-        rate_limit: float | str | None = None,
-        progress: bool | None = None,
-        codec: str = "pickle",
-    ) -> Pylo:
-        """Run tasks as chunks on a Dask cluster; snapshots stay with this process.
-
-        Args:
-            client: A ``distributed.Client``, or the address of a Dask
-                scheduler (``"tcp://host:8786"``).
-            store: A directory (for the default SQLite store), a SQLAlchemy
-                URL such as ``"postgresql+psycopg://user@host/db"``, or a
-                :class:`~pylo.stores.base.Store`. Only this process writes it;
-                cluster workers never need access to it.
-            number_of_workers: Lanes (each with its own inputs and failure
-                budget); None means one per thread of the cluster's workers.
-
-        The other options are those of :meth:`local_multithread`. Requires
-        ``pip install "pylo[dask]"``.
-
-        Raises:
-            ImportError: dask or distributed is not installed; the message
-                says what to install.
-            TypeError: An argument has the wrong type.
-            ValueError: An argument is out of range.
-            StoreError: The store exists but is damaged or foreign.
-        """
-        from pylo.workers.dask import DaskBackend
-
-        codec = _check_codec(codec)
-        resolved = DaskBackend.resolve_client(client)
-        if number_of_workers is None:
-            number_of_workers = DaskBackend.default_lanes(resolved)
-        config = _config_from(
-            number_of_workers=("number_of_workers", number_of_workers),
-            max_worker_failures=max_worker_failures,
-            task_executions_before_flush=task_executions_before_flush,
-            store_exceptions=store_exceptions,
-            flush_seconds=flush_seconds,
-            retry=retry,
-            max_failures=max_failures,
-            store_results=store_results,
-            timeout=timeout,
-            rate_limit=rate_limit,
-            progress=progress,
-        )
-        _check_sendable_retry(retry, "Dask workers")
-        if isinstance(store, Store) or is_store_url(store):
-            opened = open_store(store, None)
-        else:
-            opened = _open_store(store, "sqlite")
-        return cls(opened, DaskBackend, config, backend_options={"client": resolved}, codec=codec)
+        return type(self)(self._store, self._backend, self._options.replace(**changes), owns=False)
 
     # -- running ----------------------------------------------------------
 
@@ -608,13 +177,13 @@ class Pylo(PipelineMethods):
         inputs = _check_inputs(task_inputs)
         new_id = _new_execution_id() if execution_id is None else _check_execution_id("execution_id", execution_id)
         checked_labels = check_labels(labels)
-        record = _engine.new_record(new_id, _task_name(function), self._codec, self._config)
+        record = new_record(new_id, _task_name(function), self._codec, self._options)
         record = dataclasses.replace(record, labels=checked_labels)
 
-        def prepare() -> _engine._Plan:
-            return _engine.record_fresh(self._store, record, inputs, self._codec)
+        def prepare() -> Plan:
+            return record_fresh(self._store, record, inputs, self._codec)
 
-        self._run(new_id, prepare, function)
+        run_execution(self._store, self._backend, self._options, new_id, prepare, function, self._codec)
         return new_id
 
     def start_from_past_execution(
@@ -677,68 +246,20 @@ class Pylo(PipelineMethods):
         codec = self._codec_of(parent)
         # A parent with lost batches is refused before anything is created.
         _reader.read_layout(self._store, parent)
-        record = _engine.new_record(new_id, _task_name(function), codec, self._config, parent=parent)
+        record = new_record(new_id, _task_name(function), codec, self._options, parent=parent)
         record = dataclasses.replace(record, labels={**parent.labels, **checked_labels})
 
-        def prepare() -> _engine._Plan:
-            return _engine.create_resumed(self._store, record, parent, codec)
+        def prepare() -> Plan:
+            return create_resumed(self._store, record, parent, codec)
 
         # One resume of an execution at a time (another process may be at it).
         with _claims.resume_claim(self._store, past_id, new_id):
-            self._run(new_id, prepare, function, codec)
+            run_execution(self._store, self._backend, self._options, new_id, prepare, function, codec)
         return new_id
 
     def _checked_function(self, task_function: Any) -> Callable[[Any], Any]:
-        function = _check_function(task_function, coroutines=self._backend.runs_coroutines)
-        self._backend.check_function(function)
-        return function
-
-    def _run(
-        self,
-        execution_id: str,
-        prepare: Callable[[], _engine._Plan],
-        function: Callable[[Any], Any],
-        codec: Codec | None = None,
-    ) -> None:
-        with _RUNNING_LOCK:
-            _RUNNING_HERE.add(execution_id)
-        bar: ProgressBar | None = None
-        try:
-            with _sigterm_as_system_exit():
-                try:
-                    plan = prepare()
-                except BaseException as exc:
-                    self._mark_failed_start(execution_id, exc)
-                    raise
-                if wants_progress(self._config.progress):
-                    bar = ProgressBar(execution_id, plan.total, plan.finished)
-                _engine.Coordinator(
-                    self._store,
-                    self._backend(**self._backend_options),
-                    execution_id,
-                    plan,
-                    self._config,
-                    codec or self._codec,
-                    on_progress=None if bar is None else bar.update,
-                ).run(function)
-        finally:
-            if bar is not None:
-                bar.close()
-            with _RUNNING_LOCK:
-                _RUNNING_HERE.discard(execution_id)
-
-    def _mark_failed_start(self, execution_id: str, exc: BaseException) -> None:
-        """Give an execution that failed while recording its inputs a final status."""
-        from pylo.errors import ExecutionExists
-
-        if isinstance(exc, ExecutionExists):
-            return  # not ours
-        try:
-            self._store.get_execution(execution_id)
-        except BaseException:
-            return  # never created
-        status = ExecutionStatus.ABORTED if isinstance(exc, Exception) else ExecutionStatus.INTERRUPTED
-        _engine.record_end(self._store, execution_id, status)
+        self._backend.check_function(task_function)
+        return task_function  # checked: callable, of the kind these workers run
 
     # -- inspecting -------------------------------------------------------
 
@@ -861,13 +382,17 @@ class Pylo(PipelineMethods):
         return self._store
 
     def close(self) -> None:
-        """Close the store, and what the constructor opened for the workers.
+        """Close the store, and release what the constructor made for the workers.
 
         A Dask client made from a scheduler address is closed; one you
-        passed in is left alone. The Pylo object is unusable afterwards.
+        passed in is left alone. A Pylo made by :meth:`with_options` closes
+        nothing (it shares its parent's store and workers). The Pylo object
+        is unusable afterwards.
         """
+        if not self._owns:
+            return
         try:
-            self._backend.release(self._backend_options)
+            self._backend.release()
         finally:
             self._store.close()
 
@@ -878,4 +403,7 @@ class Pylo(PipelineMethods):
         self.close()
 
     def __repr__(self) -> str:
-        return f"Pylo(store={self._store.location!r}, workers={self._config.number_of_workers})"
+        return (
+            f"Pylo(store={self._store.location!r}, backend={self._backend.name!r}, "
+            f"workers={self._options.number_of_workers})"
+        )

@@ -31,7 +31,7 @@ def test_every_python_block_runs(tmp_path: Path, number: int) -> None:
 
 
 def test_the_blocks_print_what_the_doc_says(tmp_path: Path) -> None:
-    first, reading, resume, _movies, *_later = python_blocks()
+    first, reading, resume, _movies, _steering, environment = python_blocks()
     for name in "abc":
         (tmp_path / name).mkdir()
     assert run(first, tmp_path / "a").splitlines() == ["completed", "103.0"]
@@ -43,6 +43,10 @@ def test_the_blocks_print_what_the_doc_says(tmp_path: Path) -> None:
         "failed 9",
         "completed ['download 4', 'download 8', 'total']",
         "360",
+    ]
+    assert run(environment, tmp_path / "c").splitlines() == [
+        "['Hello, Ada (attempt 1)', 'Hello, Grace (attempt 1)']",
+        "{'greeting': 'Hello'}",
     ]
 
 

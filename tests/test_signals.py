@@ -10,11 +10,16 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
 from pylo import ExecutionStatus, Pylo
+from pylo._options import RunOptions
+from pylo.stores import open_store
+from pylo.stores.base import Flush
+from pylo.workers.threads import ThreadBackend, ThreadLanes
 
 CHILD = textwrap.dedent(
     """
@@ -64,7 +69,7 @@ def ran(log: Path) -> list[int]:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm", "sigterm-group"])
 def test_a_signal_saves_outcomes_stops_workers_and_allows_resume(tmp_path: Path, backend: str, how: str) -> None:
     store, log = tmp_path / "store", tmp_path / "ran.log"
     child = subprocess.Popen(
@@ -82,8 +87,10 @@ def test_a_signal_saves_outcomes_stops_workers_and_allows_resume(tmp_path: Path,
         family = psutil.Process(child.pid).children(recursive=True)
         if how == "ctrl-c":
             os.killpg(child.pid, signal.SIGINT)  # the terminal sends it to the whole group
-        else:
+        elif how == "sigterm":
             os.kill(child.pid, signal.SIGTERM)
+        else:
+            os.killpg(child.pid, signal.SIGTERM)  # what systemd sends when it stops a service
         _, stderr = child.communicate(timeout=60)
     finally:
         if child.poll() is None:
@@ -104,6 +111,8 @@ def test_a_signal_saves_outcomes_stops_workers_and_allows_resume(tmp_path: Path,
     assert sorted(finished + unfinished) == list(range(20000))
     assert set(finished) <= set(ran(log)) and len(finished) > 0
     assert record.finished == len(finished)
+    # Inputs the workers were running were interrupted, not failed: pending, no record.
+    assert record.failed == 0 and pylo.get_failures("victim") == []
 
     ran_again: list[int] = []
     resumed = pylo.start_from_past_execution("victim", ran_again.append)
@@ -132,3 +141,84 @@ def test_sigterm_handler_of_the_application_is_left_alone(tmp_path: Path) -> Non
         assert signal.getsignal(signal.SIGTERM) is mine
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+# -- an interrupt at every moment of a run -------------------------------------------
+#
+# Each window is hit deterministically: a test double raises KeyboardInterrupt,
+# or sends this process a real SIGINT, at that very point.
+
+
+def _interrupt(real: bool) -> None:
+    if real:
+        # Python's own handler raises KeyboardInterrupt in this (the main)
+        # thread at its next check, which comes before this call returns.
+        os.kill(os.getpid(), signal.SIGINT)
+        return
+    raise KeyboardInterrupt("injected")
+
+
+class _Window:
+    """Where the next run is interrupted, and how."""
+
+    where = ""
+    real = False
+
+
+def _backend_interrupted_at(window: type[_Window]) -> ThreadBackend:
+    class Interrupted(ThreadLanes):
+        def start(self, *args: Any) -> None:
+            super().start(*args)
+            if window.where == "start":
+                _interrupt(window.real)
+
+        def shutdown(self, wait: bool) -> None:
+            super().shutdown(wait)
+            if wait and window.where == "shutdown":
+                _interrupt(window.real)
+
+    class Backend(ThreadBackend):
+        def new_lanes(self) -> ThreadLanes:
+            if window.where == "construction":
+                _interrupt(window.real)
+            return Interrupted(5.0)
+
+    return Backend()
+
+
+@pytest.mark.parametrize("real", [False, True], ids=["raised", "real-sigint"])
+@pytest.mark.parametrize("where", ["construction", "start", "shutdown", "final-flush"])
+def test_an_interrupt_at_any_moment_of_a_run_ends_it_interrupted_with_every_outcome(
+    tmp_path: Path, where: str, real: bool
+) -> None:
+    class Window(_Window):
+        pass
+
+    Window.where, Window.real = where, real
+    store = open_store("sqlite", tmp_path / "store")
+    original = store.record_flush
+
+    def record_flush(execution_id: str, flush: Flush) -> None:
+        if Window.where == "final-flush" and flush.status is ExecutionStatus.COMPLETED:
+            _interrupt(real)
+        original(execution_id, flush)
+
+    store.record_flush = record_flush  # type: ignore[method-assign]
+    # No flush before the end: every outcome is saved by the last one, or lost.
+    options = RunOptions(3, task_executions_before_flush=100_000, flush_seconds=3600.0, progress=False)
+    pylo = Pylo(store, _backend_interrupted_at(Window), options)
+    ran: list[int] = []
+    with pytest.raises(KeyboardInterrupt):
+        pylo.start_from_scratch(range(300), ran.append, execution_id="cut")
+    record = pylo.get_execution("cut")
+    assert record.status is ExecutionStatus.INTERRUPTED
+    finished, unfinished = pylo.get_state("cut")
+    assert record.finished == len(finished) == len(ran)
+    assert sorted(finished + unfinished) == list(range(300))
+    if where in ("shutdown", "final-flush"):
+        assert len(finished) == 300  # the run was over: everything is saved
+    Window.where = ""
+    resumed = pylo.start_from_past_execution("cut", ran.append)
+    assert sorted(ran) == list(range(300))
+    assert pylo.get_state(resumed) == (list(range(300)), [])
+    pylo.close()

@@ -13,16 +13,17 @@ MakePylo = Callable[..., Pylo]
 
 def test_a_task_past_its_timeout_fails_and_the_worker_goes_on(make_pylo: MakePylo) -> None:
     release = threading.Event()
+    returned = threading.Event()
 
     def task(item: int) -> None:
         if item == 5:
-            release.wait(30)  # stuck until the test ends
+            release.wait(60)  # stuck until the test ends
+            returned.set()
 
     pylo = make_pylo(number_of_workers=2, timeout=0.2)
     try:
-        started = time.monotonic()
         execution_id = pylo.start_from_scratch(range(200), task)
-        assert time.monotonic() - started < 10
+        assert not returned.is_set()  # the run ended while input 5 was stuck: not waited for
     finally:
         release.set()
     finished, unfinished = pylo.get_state(execution_id)
@@ -34,17 +35,20 @@ def test_a_task_past_its_timeout_fails_and_the_worker_goes_on(make_pylo: MakePyl
 
 
 def test_an_abandoned_task_that_returns_later_changes_nothing(make_pylo: MakePylo) -> None:
-    returned = threading.Event()
+    release = threading.Event()
+    stuck: list[threading.Thread] = []
 
     def task(item: int) -> None:
         if item == 0:
-            time.sleep(0.6)
-            returned.set()
+            stuck.append(threading.current_thread())
+            release.wait(60)  # returns only once the run has ended
 
     pylo = make_pylo(number_of_workers=1, timeout=0.2)
     execution_id = pylo.start_from_scratch(range(50), task)
-    assert returned.wait(5)
-    time.sleep(0.1)  # let the abandoned thread run to its end
+    release.set()
+    (thread,) = stuck
+    thread.join(10)  # the abandoned thread runs to its end
+    assert not thread.is_alive()
     assert pylo.get_state(execution_id) == (list(range(1, 50)), [0])
     assert len(pylo.get_failures(execution_id)) == 1
 
@@ -60,8 +64,9 @@ def test_rate_limit_caps_task_starts_across_workers(make_pylo: MakePylo) -> None
     pylo = make_pylo(number_of_workers=4, rate_limit="40/s")
     pylo.start_from_scratch(range(40), task)
     span = max(starts) - min(starts)
-    # 40 starts at 40/s with a burst of 1: 39 gaps of 25 ms; loose bounds for a busy machine.
-    assert 0.8 <= span <= 3.0, span
+    # 40 starts at 40/s with a burst of 1: 39 gaps of 25 ms. Only lower bounds:
+    # a slow machine spreads starts out, it never packs them closer.
+    assert span >= 0.8, span
     ordered = sorted(starts)
     # No half-second window holds many more than its 20 starts.
     assert max(sum(1 for t in ordered if a <= t < a + 0.5) for a in ordered) <= 24

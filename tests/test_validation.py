@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import array
+import collections
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,14 @@ def build(tmp_path: Path, *args: Any, **kwargs: Any) -> Pylo:
         ({"store_exceptions": "no"}, TypeError, "store_exceptions must be True or False, got str 'no'"),
         ({"flush_seconds": 0}, ValueError, "flush_seconds must be a finite number of seconds > 0, got 0"),
         ({"flush_seconds": float("nan")}, ValueError, "flush_seconds must be a finite number of seconds > 0"),
+        ({"flush_seconds": 1e10}, ValueError, "flush_seconds must be at most 604800 seconds (one week), got 1e+10"),
         ({"max_failures": 0}, ValueError, "max_failures must be >= 1, got 0"),
+        ({"timeout": 1e10}, ValueError, "timeout must be at most 604800 seconds (one week), got 1e+10"),
+        (
+            {"rate_limit": 1e-300},
+            ValueError,
+            "rate_limit must be at least one task start per week (1.65e-06/s), got 1e-300",
+        ),
         ({"timeout": -1}, ValueError, "timeout must be a finite number of seconds > 0, got -1"),
         ({"rate_limit": "fast"}, ValueError, "rate_limit 'fast' is not a rate"),
         ({"rate_limit": 0}, ValueError, "rate_limit must be > 0 task starts per second, got 0"),
@@ -98,3 +107,33 @@ def test_local_store_dir_may_be_none_only_when_the_store_needs_no_directory(tmp_
     with Pylo.local_multithread(None, 2, store=url, progress=False) as pylo:
         execution_id = pylo.start_from_scratch([1, 2], noop)
         assert pylo.get_state(execution_id) == ([1, 2], [])
+
+
+@pytest.mark.parametrize(
+    "make_inputs",
+    [
+        lambda: collections.deque([3, 1, 2]),
+        lambda: {3: "c", 1: "a", 2: "b"},
+        lambda: (x for x in [3, 1, 2]),
+        lambda: iter([3, 1, 2]),
+        lambda: _OnlyIterable([3, 1, 2]),
+        lambda: array.array("i", [3, 1, 2]),
+    ],
+    ids=["deque", "dict", "generator", "iterator", "only-iterable", "array"],
+)
+def test_every_iterable_is_accepted_as_inputs(tmp_path: Path, make_inputs: Callable[[], Any]) -> None:
+    pylo = build(tmp_path, 2, progress=False)
+    ran: list[int] = []
+    execution_id = pylo.start_from_scratch(make_inputs(), ran.append)
+    assert sorted(ran) == [1, 2, 3]
+    assert pylo.get_state(execution_id) == ([3, 1, 2], [])
+
+
+class _OnlyIterable:
+    """Has __iter__ and nothing else: no len, no indexing."""
+
+    def __init__(self, items: list[int]) -> None:
+        self._items = items
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._items)

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from pylo.pipeline._graph import Graph
     from pylo.pipeline._host import Host
     from pylo.pipeline._records import NodeRecord, PipelineRecord, PipelineStatus
+    from pylo.pipeline._run_environment import RunEnvironment
     from pylo.stores.runs import NodeRow, RunRow
 
 __all__ = ["PipelineMethods"]
@@ -44,6 +45,7 @@ class PipelineMethods:
         *,
         run_id: str | None = None,
         max_parallel: int | None = None,
+        config: Any = None,
         hooks: Sequence[Any] = (),
     ) -> str:
         """Run a pipeline (or a list of sinks) to its end, blocking; every node's outcome is durable.
@@ -56,6 +58,13 @@ class PipelineMethods:
                 number of workers).
             hooks: Objects told about the run as it goes (see
                 :mod:`pylo.pipeline.hooks`); one that raises cancels the run.
+            config: The run's configuration, what ``with_context`` tasks
+                read as ``context.config``: a mapping, a path (``.json``,
+                ``.toml``, ``.yml``/``.yaml``, or a registered suffix), an
+                ``env://PREFIX_`` or registered ``scheme://`` address, a
+                ``Secret(...)``, or a list of them merged in order. It is
+                stored with the run, secret values left out (see
+                ``docs/task-environment.md``).
 
         Returns:
             The run id, also when the run failed, was paused or cancelled (``get_pipeline_result``
@@ -63,14 +72,19 @@ class PipelineMethods:
 
         Raises:
             PipelineCycleError: The dependencies form a cycle (nothing is recorded).
-            PipelineValidationError: The pipeline cannot run as described.
+            PipelineValidationError: The pipeline cannot run as described,
+                or its tasks' rate limits conflict (nothing is recorded).
+            ConfigError: A configuration source cannot be loaded (nothing is recorded).
             PipelineExists: ``run_id`` is taken in this store.
             TypeError, ValueError: Bad arguments.
             KeyboardInterrupt, SystemExit: Re-raised after the outcomes so far
                 are recorded and the run is marked ``interrupted``.
             StoreError: The store could not be written.
         """
-        return _run(self._pylo_self(), pipeline, run_id=run_id, max_parallel=max_parallel, parent_id=None, hooks=hooks)
+        return _run(
+            self._pylo_self(), pipeline, run_id=run_id, max_parallel=max_parallel, parent_id=None, config=config,
+            hooks=hooks,
+        )  # fmt: skip
 
     def resume_pipeline(
         self,
@@ -79,6 +93,7 @@ class PipelineMethods:
         *,
         new_run_id: str | None = None,
         max_parallel: int | None = None,
+        config: Any = None,
         hooks: Sequence[Any] = (),
     ) -> str:
         """Run the (fixed) pipeline again, rerunning only what did not finish in run ``run_id``.
@@ -88,17 +103,25 @@ class PipelineMethods:
         batch node resumes its execution, so only its unfinished inputs run.
         The old run is left as it was.
 
+        The resume runs with the configuration stored with run ``run_id``
+        (its secret sources loaded again), so the nodes that run again see
+        what the finished ones saw. A ``config`` given here is only compared
+        with it: what differs is logged as a warning and kept in the new
+        run's :attr:`~pylo.pipeline.PipelineRecord.config_changes`.
+
         Returns:
             The new run's id (its ``parent_id`` is ``run_id``).
 
         Raises:
             PipelineNotFound: No run ``run_id``.
             PipelineNotResumable: It is still running in a live process here.
+            ConfigError: A secret source of the run cannot be resolved again.
             And what :meth:`run_pipeline` raises.
         """
         return _run(
-            self._pylo_self(), pipeline, run_id=new_run_id, max_parallel=max_parallel, parent_id=run_id, hooks=hooks
-        )
+            self._pylo_self(), pipeline, run_id=new_run_id, max_parallel=max_parallel, parent_id=run_id, config=config,
+            hooks=hooks,
+        )  # fmt: skip
 
     def pause_pipeline(self, run_id: str) -> None:
         """Ask a running run to pause, from any thread or process; returns at once.
@@ -216,10 +239,12 @@ def _run(
     run_id: str | None,
     max_parallel: int | None,
     parent_id: str | None,
+    config: Any = None,
     hooks: Sequence[Any] = (),
 ) -> str:
     from pylo.pipeline._graph import build_graph
     from pylo.pipeline._host import Host
+    from pylo.pipeline._run_environment import RunEnvironment
     from pylo.pipeline.hooks import HookDispatcher
 
     host = Host(pylo)
@@ -231,7 +256,9 @@ def _run(
     new_id = host.new_id() if run_id is None else host.check_id("run_id", run_id)
     runs = host.runs()
     codec = host.codec
+    tasks = [node.node.task for node in graph.nodes]
     if parent_id is None:
+        environment = RunEnvironment.fresh(tasks, config)
         rows = _fresh_rows(graph)
         values: list[Any] = [None] * len(rows)
         lineage: dict[int, str] = {}
@@ -248,6 +275,7 @@ def _run(
             logger.warning(
                 "resuming pipeline run %s, marked running on host %s: make sure it is not", parent_id, parent.host
             )
+        environment = RunEnvironment.resumed(tasks, parent.options.get("config"), config, parent_id)
         codec = host.codec_named(parent.codec, parent_id)
         rows, values, lineage = _resumed_rows(host, graph, parent, runs.read_nodes(parent_id), codec)
     now = time.time()
@@ -269,14 +297,22 @@ def _run(
             "flush": {"every": host.flush_every, "seconds": host.flush_seconds},
             "shape": graph.shape,
             "lineage": {graph.nodes[index].key: execution_id for index, execution_id in lineage.items()},
+            "config": environment.stored_config,
+            **({"config_changes": environment.changes} if environment.changes else {}),
         },
     )
-    with _running_here(new_id), host.sigterm_as_system_exit():
-        runs.create_run(run, rows)
-        _coordinate(
-            host, new_id, graph, rows, values, lineage, limit, codec.name, hooks=hooks, name=run.name,
-            parent_trace=None if parent_id is None else parent.options.get("trace"),
-        )  # fmt: skip
+    with _running_here(new_id):
+        try:
+            with host.sigterm_as_system_exit():
+                environment.open(new_id)  # its buckets: before the run is recorded, so a failure leaves no run
+                runs.create_run(run, rows)
+                _coordinate(
+                    host, new_id, graph, rows, values, lineage, limit, codec.name, environment,
+                    hooks=hooks, name=run.name,
+                    parent_trace=None if parent_id is None else parent.options.get("trace"),
+                )  # fmt: skip
+        finally:
+            environment.close()
     return new_id
 
 
@@ -300,6 +336,7 @@ def _coordinate(
     lineage: dict[int, str],
     limit: int,
     codec_name: str,
+    environment: RunEnvironment | None = None,
     *,
     execution_prefix: str | None = None,
     hooks: Sequence[Any] = (),
@@ -334,6 +371,7 @@ def _coordinate(
         control_seconds=CONTROL_SECONDS,
         execution_prefix=execution_prefix,
         priorities=lambda: _priorities(runs, graph),
+        environment=environment,
         node_context=None if tracer is None else tracer.node_context,
     )
     read_control = reader(runs, run_id, coordinator.stop)
@@ -512,7 +550,16 @@ def _record(host: Host, run: RunRow, rows: list[NodeRow], codec: Codec | None) -
         created_at=created,
         ended_at=utc_from_timestamp(run.ended_at),
         nodes=[_node_record(row, codec) for row in rows],
+        config=_stored_values(run),
+        config_changes=tuple(str(line) for line in run.options.get("config_changes") or ()),
     )
+
+
+def _stored_values(run: RunRow) -> dict[str, Any]:
+    """The configuration stored with a run, secret values left out (a run from before configurations: {})."""
+    stored = run.options.get("config")
+    values = stored.get("values") if isinstance(stored, dict) else None
+    return values if isinstance(values, dict) else {}
 
 
 def _read_record(pylo: Pylo, run_id: str) -> PipelineRecord:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 from pylo._codec import get_codec
@@ -39,25 +39,32 @@ def batch_execution_id(run_id: str, key: str) -> str:
 
 
 class BoundCall:
-    """``task(item, *args, **kwargs)`` as a one-argument function that pickles (module-level class)."""
+    """``task(item, *args, **kwargs)`` as a one-argument function that pickles (module-level class).
 
-    def __init__(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    ``call``, when given, runs in place of the task's function: the function
+    with its context and rate limit (see ``_run_environment.py``).
+    """
+
+    def __init__(
+        self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], call: Callable[..., Any] | None = None
+    ) -> None:
         self.task = task
         self.args = args
         self.kwargs = kwargs
+        self.call = task.function if call is None else call
         # Executions record their function's name: name the task, not this wrapper.
         self.__module__ = getattr(task.function, "__module__", None) or __name__
         self.__qualname__ = getattr(task.function, "__qualname__", None) or task.name
 
     def __call__(self, item: Any) -> Any:
-        return self.task.function(item, *self.args, **self.kwargs)
+        return self.call(item, *self.args, **self.kwargs)
 
 
 class AsyncBoundCall(BoundCall):
     """:class:`BoundCall` for an ``async def`` task."""
 
     async def __call__(self, item: Any) -> Any:
-        return await self.task.function(item, *self.args, **self.kwargs)
+        return await self.call(item, *self.args, **self.kwargs)
 
 
 def _past_fits(host: Host, past_id: str | None, inputs: Any) -> bool:
@@ -81,6 +88,8 @@ def run_batch(
     past_execution_id: str | None,
     codec_name: str,
     need_value: bool,
+    call: Callable[..., Any] | None = None,
+    count_attempts: bool = False,
     stop: threading.Event | None = None,
 ) -> Outcome:
     """Run (or resume) a batch node's execution; its value is the list of results in input order.
@@ -88,14 +97,16 @@ def run_batch(
     The results stay where the execution stored them: the node's row keeps
     no copy (its ``execution_id`` says where they are), and they are read
     back only when ``need_value`` (a downstream node takes them), so a batch
-    node adds almost nothing to the execution it wraps.
+    node adds almost nothing to the execution it wraps. ``call`` runs in
+    place of the task's function for each input; ``count_attempts`` makes
+    the execution's retry policy tell a task context each input's attempt.
 
     Once ``stop`` is set (a pause or cancel), the execution stops taking
     inputs and the outcome is ``stopped``: the execution is resumable.
     """
     started = time.time()
-    pylo = host.batch_pylo(task, map_options)
-    function = (AsyncBoundCall if task.is_async else BoundCall)(task, args, kwargs)
+    pylo = host.batch_pylo(task, map_options, count_attempts=count_attempts)
+    function = (AsyncBoundCall if task.is_async else BoundCall)(task, args, kwargs, call)
     try:
         with host.stop_on(stop):
             if _past_fits(host, past_execution_id, inputs):

@@ -154,6 +154,7 @@ def unpause(pylo: Pylo, run_id: str, pipeline: Pipeline | Sequence[Any], max_par
     from pylo.pipeline._graph import build_graph
     from pylo.pipeline._host import Host
     from pylo.pipeline._records import PipelineStatus
+    from pylo.pipeline._run_environment import RunEnvironment
     from pylo.pipeline.hooks import HookDispatcher
     from pylo.stores.runs import RunUpdate
 
@@ -178,6 +179,9 @@ def unpause(pylo: Pylo, run_id: str, pipeline: Pipeline | Sequence[Any], max_par
     codec = host.codec_named(run.codec, run_id)
     rows, values, lineage = _resumed_rows(host, graph, run, stored, codec)
     epoch = int(run.options.get("epoch") or 0) + 1
+    environment = RunEnvironment.resumed(
+        [node.node.task for node in graph.nodes], run.options.get("config"), None, run_id
+    )  # the run's own configuration, its secrets loaded again
     runs.request_control(run_id, None)
     runs.record_run(
         run_id,
@@ -186,8 +190,15 @@ def unpause(pylo: Pylo, run_id: str, pipeline: Pipeline | Sequence[Any], max_par
             options={"owner": {"pid": os.getpid(), "host": socket.gethostname()}, "epoch": epoch, "halt": None},
         ),
     )
-    with _running_here(run_id), host.sigterm_as_system_exit():
-        _coordinate(host, run_id, graph, rows, values, lineage, limit, codec.name,
-                    execution_prefix=f"{run_id}.u{epoch}", hooks=hooks,
-                    name=run.name, parent_trace=run.options.get("trace"))  # fmt: skip
+    with _running_here(run_id):
+        try:
+            with host.sigterm_as_system_exit():
+                environment.open(run_id)
+                _coordinate(
+                    host, run_id, graph, rows, values, lineage, limit, codec.name, environment,
+                    execution_prefix=f"{run_id}.u{epoch}", hooks=hooks, name=run.name,
+                    parent_trace=run.options.get("trace"),
+                )  # fmt: skip
+        finally:
+            environment.close()
     return run_id

@@ -42,6 +42,7 @@ from pylo.pipeline._executors import CallRunner, Outcome, describe_failure
 from pylo.pipeline._graph import Graph
 from pylo.pipeline._host import Host
 from pylo.pipeline._records import PipelineStatus, TaskState
+from pylo.pipeline._run_environment import RunEnvironment
 from pylo.stores.runs import NodeRow, RunStore, RunUpdate
 
 __all__ = ["RunCoordinator"]
@@ -83,6 +84,8 @@ class RunCoordinator:
         on_event: Called with ``(event, index)`` from the coordinator's
             thread when a node starts (``"start"``) or ends (``"end"``);
             for tests and reporters.
+        environment: The run's configuration and rate limits: what each
+            node waits for and runs (None: tasks run as they are).
         control: ``control(look_in_store)`` returns the run's pending
             control request (``"pause"``, ``"cancel"``) or None; called from
             the coordinator's thread at every wake, with ``look_in_store``
@@ -112,6 +115,7 @@ class RunCoordinator:
         max_parallel: int,
         codec_name: str,
         on_event: Callable[[str, int], None] | None = None,
+        environment: RunEnvironment | None = None,
         control: Callable[[bool], str | None] | None = None,
         control_seconds: float = 0.25,
         execution_prefix: str | None = None,
@@ -128,6 +132,7 @@ class RunCoordinator:
         self._max_parallel = max_parallel
         self._codec_name = codec_name
         self._on_event = on_event
+        self._environment = environment
         self._states = [row.state for row in rows]
         self._waiting = [len(node.upstream) for node in graph.nodes]
         self._ready: collections.deque[int] = collections.deque()
@@ -392,6 +397,15 @@ class RunCoordinator:
         inputs: Any,
         execution_id: str | None,
     ) -> Outcome:
+        environment = self._environment
+        key = self._graph.nodes[index].key
+        if environment is not None and task.options.wait_for is not None:
+            try:
+                environment.wait(task)  # here, in the node's thread: only this node waits
+            except Exception as exc:  # ResourceUnavailable: the task did not run
+                return describe_failure(exc, self._codec_name, 0, time.time())
+            except BaseException as exc:
+                return Outcome(ok=False, interrupt=exc, started=time.time(), ended=time.time())
         try:
             if execution_id is not None:
                 outcome = run_batch(
@@ -405,10 +419,13 @@ class RunCoordinator:
                     self._lineage.get(index),
                     self._codec_name,
                     need_value=bool(self._graph.nodes[index].dependents),
+                    call=None if environment is None else environment.batch_call(task, key),
+                    count_attempts=task.options.with_context,
                     stop=self.stop,
                 )
             else:
-                outcome = self._calls.call(task, args, kwargs)
+                prepared = None if environment is None else environment.call(task, key)
+                outcome = self._calls.call(task, args, kwargs, prepared)
         except BaseException as exc:  # a bug of ours: fail the node, never lose it
             outcome = describe_failure(exc, self._codec_name, 1, time.time())
         return outcome

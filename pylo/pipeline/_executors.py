@@ -281,23 +281,37 @@ class CallRunner:
         self._loop: _LoopThread | None = None
         self._pool: Any = None
 
-    def call(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Outcome:
-        """Run one call of ``task`` to its outcome, blocking this (node) thread."""
-        retry, timeout = task.options.retry, task.options.timeout
+    def call(
+        self,
+        task: Task,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        prepared: tuple[Callable[..., Any], Any] | None = None,
+    ) -> Outcome:
+        """Run one call of ``task`` to its outcome, blocking this (node) thread.
+
+        ``prepared`` is ``(function, retry)`` to run in place of the task's
+        own (its function with a context or a rate limit; see ``_run_environment.py``).
+        """
+        timeout = task.options.timeout
+        function: Callable[..., Any]
+        function, retry = (task.function, task.options.retry) if prepared is None else prepared
         if task.is_async:
-            return self._call_on_loop(task.function, retry, timeout, args, kwargs)
+            return self._call_on_loop(function, retry, timeout, args, kwargs)
+        # The Task travels, not its function: a decorated module-level
+        # function pickles by reference only through its Task (a prepared
+        # function wraps the Task for the same reason).
+        sent = task if prepared is None else function
         if self._kind == "processes":
-            # The Task travels, not its function: a decorated module-level
-            # function pickles by reference only through its Task.
-            return self._call_remote(self._process_pool().submit, task, retry, timeout, args, kwargs)
+            return self._call_remote(self._process_pool().submit, sent, retry, timeout, args, kwargs)
         if self._kind == "dask":
             client = self._options["client"]
 
             def submit(fn: Callable[..., Any], *fn_args: Any) -> Any:
                 return client.submit(fn, *fn_args, pure=False)
 
-            return self._call_remote(submit, task, retry, timeout, args, kwargs)
-        return execute_call(task.function, retry, timeout, args, kwargs, self._codec_name)
+            return self._call_remote(submit, sent, retry, timeout, args, kwargs)
+        return execute_call(function, retry, timeout, args, kwargs, self._codec_name)
 
     def _call_on_loop(self, function: Callable[..., Any], retry: Any, timeout: float | None,
                       args: tuple[Any, ...], kwargs: dict[str, Any]) -> Outcome:  # fmt: skip

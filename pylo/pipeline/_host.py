@@ -7,12 +7,15 @@ node as an execution. The rest of the layer uses the public API
 (``start_from_scratch``, ``start_from_past_execution``, ``get_results``,
 ``get_execution``, ``store``). When the facade changes shape (an options
 object, backend instances), this module is what to rewire.
+
+It reads the Pylo's public ``options`` and ``backend``, and derives batch
+Pylos with ``with_options`` (or, for a task of the other kind of function,
+a non-owning Pylo on a thread or asyncio backend).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import socket
 import threading
@@ -30,12 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Host"]
 
-_KINDS = {
-    "ThreadBackend": "threads",
-    "ProcessBackend": "processes",
-    "AsyncioBackend": "asyncio",
-    "DaskBackend": "dask",
-}
+_KINDS = ("threads", "processes", "asyncio", "dask")
 
 
 class Host:
@@ -52,13 +50,19 @@ class Host:
 
     def __init__(self, pylo: Pylo) -> None:
         self.pylo = pylo
-        config = pylo._config
-        self.workers: int = config.number_of_workers
-        self.flush_every: int = config.task_executions_before_flush
-        self.flush_seconds: float = config.flush_seconds
-        self.codec: Codec = pylo._codec
-        self.kind: str = _KINDS.get(pylo._backend.__name__, "threads")
-        self.backend_options: dict[str, Any] = dict(pylo._backend_options)
+        options = pylo.options
+        self.workers: int = options.number_of_workers
+        self.flush_every: int = options.task_executions_before_flush
+        self.flush_seconds: float = options.flush_seconds
+        self.codec: Codec = get_codec(options.codec)
+        backend = pylo.backend
+        # A backend of another kind (a plug-in) runs plain nodes on threads.
+        self.kind: str = backend.name if backend.name in _KINDS else "threads"
+        self.backend_options: dict[str, Any] = {}
+        if self.kind == "dask":
+            self.backend_options["client"] = backend.client  # type: ignore[attr-defined]
+        elif self.kind == "processes":
+            self.backend_options["start_method"] = backend.start_method  # type: ignore[attr-defined]
 
     @property
     def location(self) -> str:
@@ -95,7 +99,7 @@ class Host:
     @staticmethod
     def sigterm_as_system_exit() -> contextlib.AbstractContextManager[None]:
         """SIGTERM as SystemExit while a run runs, as for executions."""
-        from pylo.execution import _sigterm_as_system_exit
+        from pylo._running import _sigterm_as_system_exit
 
         return _sigterm_as_system_exit()
 
@@ -136,47 +140,43 @@ class Host:
         except ExecutionNotFound:
             return None
 
-    def batch_pylo(self, task: Task, map_options: Mapping[str, Any]) -> Pylo:
+    def batch_pylo(self, task: Task, map_options: Mapping[str, Any], *, count_attempts: bool = False) -> Pylo:
         """A Pylo on the same store and workers that runs one batch node's execution.
 
         Results are always stored (they are the node's value). The task's
         own ``retry`` and ``timeout`` apply to each input, else the Pylo's;
         ``map``'s execution options override the Pylo's. An ``async def``
         task runs on an event loop, and a plain one on threads when the Pylo
-        is an asyncio one. The Pylo returned shares the store: never close it.
+        is an asyncio one. With ``count_attempts`` the retry policy publishes
+        each attempt's number to the task's context
+        (:func:`~pylo.pipeline._context.counting_attempts`). The Pylo
+        returned shares the store: never close it.
         """
-        from pylo._ratelimit import parse_rate_limit
         from pylo.execution import Pylo
 
         pylo = self.pylo
-        backend = pylo._backend
-        backend_options = dict(pylo._backend_options)
-        config = pylo._config
+        backend = pylo.backend
         changes: dict[str, Any] = {"store_results": True, "progress": False}
-        if backend.runs_coroutines != task.is_async:
-            if task.is_async:
-                from pylo.workers.aio import AsyncioBackend
-
-                backend = AsyncioBackend
-            else:
-                from pylo.workers.threads import ThreadBackend
-
-                backend = ThreadBackend
-            backend_options = {}
+        other_kind = backend.runs_coroutines != task.is_async
+        if other_kind:
             changes["retry"] = None  # the Pylo's policy is for the other kind of function
         if task.options.retry is not None:
             changes["retry"] = task.options.retry
         if task.options.timeout is not None:
             changes["timeout"] = float(task.options.timeout)
-        for name, value in map_options.items():
-            changes[name] = parse_rate_limit(value) if name == "rate_limit" else value
-        if "flush_seconds" in changes:
-            changes["flush_seconds"] = float(changes["flush_seconds"])
-        derived = Pylo(
-            pylo.store,
-            backend,
-            dataclasses.replace(config, **changes),
-            backend_options=backend_options,
-            codec=pylo._codec.name,
-        )
-        return derived
+        changes.update(map_options)
+        if count_attempts:
+            retry = changes.get("retry", pylo.options.retry)
+            if retry is not None:
+                from pylo.pipeline._context import counting_attempts
+
+                changes["retry"] = counting_attempts(retry)
+        if not other_kind:
+            return pylo.with_options(**changes)
+        if task.is_async:
+            from pylo.workers.aio import AsyncioBackend
+
+            return Pylo(pylo.store, AsyncioBackend(), pylo.options.replace(**changes), owns=False)
+        from pylo.workers.threads import ThreadBackend
+
+        return Pylo(pylo.store, ThreadBackend(), pylo.options.replace(**changes), owns=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["NodeFailure", "NodeRecord", "PipelineRecord", "PipelineStatus", "TaskState"]
 
@@ -149,6 +150,11 @@ class PipelineRecord:
         created_at: When it was created (aware UTC).
         ended_at: When it ended (aware UTC), or None.
         nodes: Its nodes, in a stable topological order.
+        config: The configuration stored with the run (``run_pipeline(config=...)``;
+            a resume's is its parent's), secret values left out.
+        config_changes: For a resume given ``config=``: how that differed
+            from the run's own configuration, one line per key (secret
+            values never shown); empty otherwise.
     """
 
     id: str
@@ -158,6 +164,8 @@ class PipelineRecord:
     created_at: dt.datetime
     ended_at: dt.datetime | None
     nodes: list[NodeRecord] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    config_changes: tuple[str, ...] = ()
 
     def node(self, key: str) -> NodeRecord:
         """Return the node with this key.

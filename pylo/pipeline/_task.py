@@ -40,10 +40,8 @@ MAP_OPTIONS = frozenset(
 )
 
 
-#: Options DESIGN.md names that later releases add.
-_NOT_YET = frozenset(
-    {"with_state", "with_context", "is_fruitful", "rate_limit", "rate_key", "wait_for", "wait_timeout"}
-)
+#: Options docs/pipelines.md names that later releases add.
+_NOT_YET = frozenset({"with_state", "is_fruitful"})
 
 
 def _check_bool(name: str, value: Any) -> bool:
@@ -70,6 +68,16 @@ class TaskOptions:
         task_id: A fixed node key (1-100 of ``[A-Za-z0-9._-]``); two nodes
             of one pipeline cannot share it.
         display_name: The name shown for the node (default: the function's).
+        with_context: The function receives a
+            :class:`~pylo.pipeline.TaskContext` first (per input in a batch node).
+        wait_for: A probe called before the node runs until it returns a
+            true value (see ``docs/task-environment.md``).
+        wait_timeout: Seconds to wait for ``wait_for`` (None: no limit; 0:
+            one poll); then the node fails with ``ResourceUnavailable``.
+        rate_limit: Task starts per second (a number, ``"N/s"``,
+            ``"N/min"``, ``"N/h"``), shared by every node and batch input of
+            the task, or of every task with the same ``rate_key``.
+        rate_key: The bucket's name, shared by every task that names it.
         wait: Pause the run once this node ends, before any node that
             waits for it starts (``Pipeline.wait()``); an unpause goes on.
     """
@@ -81,6 +89,11 @@ class TaskOptions:
     skippable: bool = False
     task_id: str | None = None
     display_name: str | None = None
+    with_context: bool = False
+    wait_for: Callable[[], Any] | None = None
+    wait_timeout: float | None = None
+    rate_limit: float | str | None = None
+    rate_key: str | None = None
     wait: bool = False
 
     def __post_init__(self) -> None:
@@ -117,6 +130,7 @@ class TaskOptions:
                 )
         if self.display_name is not None and (not isinstance(self.display_name, str) or not self.display_name):
             raise TypeError(f"display_name must be a non-empty str, got {short_repr(self.display_name)}")
+        _check_environment(self)
 
     @classmethod
     def make(cls, **options: Any) -> TaskOptions:
@@ -141,6 +155,32 @@ class TaskOptions:
         if unknown:
             raise TypeError(f"unknown task option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(valid))}")
         return dataclasses.replace(self, **changes)
+
+
+def _check_environment(options: TaskOptions) -> None:
+    """Validate the task-environment options (context, resource wait, rate limit)."""
+    _check_bool("with_context", options.with_context)
+    if options.wait_for is not None and not callable(options.wait_for):
+        raise TypeError(
+            "wait_for must be a callable returning true when the resource is ready, "
+            f"got {type(options.wait_for).__name__} {short_repr(options.wait_for)}"
+        )
+    if options.wait_timeout is not None:
+        value = options.wait_timeout
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"wait_timeout must be a number of seconds >= 0, got {type(value).__name__} {value!r}")
+        if not value >= 0 or value == float("inf"):
+            raise ValueError(f"wait_timeout must be a finite number of seconds >= 0, got {value}")
+        if options.wait_for is None:
+            raise ValueError("wait_timeout needs wait_for: give the probe to wait for too")
+    if options.rate_limit is not None:
+        from pylo._ratelimit import parse_rate_limit
+
+        parse_rate_limit(options.rate_limit)  # TypeError or ValueError with the message
+    if options.rate_key is not None and (not isinstance(options.rate_key, str) or not options.rate_key):
+        raise TypeError(
+            f"rate_key must be a non-empty str, got {type(options.rate_key).__name__} {short_repr(options.rate_key)}"
+        )
 
 
 def _qualified_name(function: Callable[..., Any]) -> str:

@@ -163,6 +163,10 @@ class _Raw:
         return [tuple([row[name] for name in names]) for row in rows]
 
 
+#: Compiled node statements by (statement, dialect name, driver, paramstyle).
+_COMPILED: dict[tuple[str, str, str, str], _Raw] = {}
+
+
 class SqlRunStore(RunStore):
     """Pipeline runs in the database of a :class:`~pylo.stores.sql.SQLStore`.
 
@@ -178,10 +182,7 @@ class SqlRunStore(RunStore):
         self.location = store.location
         # Set once this process has seen both tables; they are never dropped.
         self._tables_seen = False
-        dialect = store._engine.dialect
-        self._insert = _Raw.compile(_insert_node, dialect, _NODE_COLUMNS)
-        self._update = _Raw.compile(_update_node, dialect)
-        self._select = {results: _Raw.compile(_select_nodes(results), dialect) for results in (True, False)}
+        self._dialect = store._engine.dialect
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.location!r})"
@@ -215,6 +216,25 @@ class SqlRunStore(RunStore):
         if not self._has_tables(conn):
             _metadata.create_all(conn, checkfirst=True)
             logger.debug("created the pipeline tables in %s", self.location)
+
+    def _raw(self, name: str) -> _Raw:
+        """A node statement compiled for this database, once per kind of database in a process.
+
+        Compiling costs milliseconds; opening a store to read its executions
+        (or a run's row) should not pay for statements it never runs.
+        """
+        dialect = self._dialect
+        cache_key = (name, dialect.name, dialect.driver, dialect.paramstyle)
+        raw = _COMPILED.get(cache_key)
+        if raw is None:
+            if name == "insert":
+                raw = _Raw.compile(_insert_node, dialect, _NODE_COLUMNS)
+            elif name == "update":
+                raw = _Raw.compile(_update_node, dialect)
+            else:
+                raw = _Raw.compile(_select_nodes(name == "select"), dialect)
+            _COMPILED[cache_key] = raw
+        return raw
 
     def _not_found(self, run_id: str) -> PipelineNotFound:
         return PipelineNotFound(run_id, self.location)
@@ -352,7 +372,8 @@ class SqlRunStore(RunStore):
                     self._create_tables(conn)
                     conn.execute(_runs.insert(), row)
                     if node_rows:
-                        conn.exec_driver_sql(self._insert.sql, self._insert.params(node_rows))
+                        insert = self._raw("insert")
+                        conn.exec_driver_sql(insert.sql, insert.params(node_rows))
             except IntegrityError as exc:
                 # The primary key decides, inside the database, which of two
                 # racing creators wins; any other integrity error is re-raised.
@@ -412,7 +433,8 @@ class SqlRunStore(RunStore):
             if updated.rowcount == 0:
                 raise self._not_found(run_id)
             if params:
-                result = conn.exec_driver_sql(self._update.sql, self._update.params(params))
+                statement = self._raw("update")
+                result = conn.exec_driver_sql(statement.sql, statement.params(params))
                 if result.rowcount != len(params):
                     self._raise_unknown_keys(conn, run_id, changed)
 
@@ -501,7 +523,7 @@ class SqlRunStore(RunStore):
             StoreError: The database cannot be read or a row is damaged.
         """
         store = self._store
-        select = self._select[results]
+        select = self._raw("select" if results else "select-without-blobs")
         with store._guard(f"read the nodes of pipeline run {run_id!r}"), store._read() as conn:
             exists = self._has_tables(conn) and (
                 conn.execute(sa.select(_runs.c.id).where(_runs.c.id == run_id)).first() is not None

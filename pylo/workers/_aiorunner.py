@@ -6,10 +6,13 @@ for ``progress()``, failure records, result encoding) is inherited from
 :class:`~pylo.workers._runner.BaseLaneRunner`; only the calling differs.
 
 Cancellation: a ``CancelledError`` is pylo's own only while the backend shuts
-down (``closing`` is set) or when an input's ``timeout`` scope expired (the
-scope turns it into ``TimeoutError``). Any other ``CancelledError`` comes from
-the task itself (it awaited something that was cancelled, or raised one): the
-input fails with it, like with any exception, and the lane goes on.
+down (``closing`` is set) or when an input ran past its ``timeout``: the task
+then runs in an asyncio task of its own, which the runner cancels, and a task
+that swallows that cancellation is abandoned (see
+:meth:`AsyncLaneRunner._call_within_timeout`). Any other ``CancelledError``
+comes from the task itself (it awaited something that was cancelled, raised
+one, or cancelled itself): the input fails with it, like with any exception,
+and the lane goes on.
 """
 
 from __future__ import annotations
@@ -27,6 +30,15 @@ from pylo.workers.base import ChunkResult, RunnerSettings, TaskFailure
 __all__ = ["AsyncLaneRunner"]
 
 logger = logging.getLogger(__name__)
+
+#: Seconds a task cancelled at its timeout gets to end before it is abandoned.
+ABANDON_GRACE = 1.0
+
+
+def _ignore_outcome(task: asyncio.Task[Any]) -> None:
+    """Retrieve an abandoned or late task's outcome, so that asyncio does not log it as lost."""
+    if task.done() and not task.cancelled():
+        task.exception()
 
 
 class AsyncLaneRunner(BaseLaneRunner):
@@ -58,7 +70,6 @@ class AsyncLaneRunner(BaseLaneRunner):
         super().__init__(function, lane, settings, stop, gate, limiter)
         self._closing = closing
         self._timeout = settings.timeout
-        self._attempts = 0  # attempts of the current input, for timeout records
         self._warned_blocking = False
 
     async def run(self, chunk_id: int, inputs: Sequence[Any], budget: int) -> ChunkResult:
@@ -69,28 +80,17 @@ class AsyncLaneRunner(BaseLaneRunner):
                 is abandoned unreported (the coordinator no longer listens).
         """
         live = self._open_chunk(chunk_id, budget)
+        if live is None:
+            return self._close_chunk(0)
         interrupt: BaseException | None = None
-        attempted = 0
-        if live.budget > 0:
-            self._live = live
-            try:
-                if (
-                    self._retry is None
-                    and self._limiter is None
-                    and self._timeout is None
-                    and not self._settings.store_results
-                ):
-                    attempted = await self._run_plain(inputs, live)
-                else:
-                    attempted = await self._run_full(inputs, live)
-            except _Interrupted as stop:
-                attempted = stop.attempted
-                interrupt = stop.cause
-            finally:
-                self._live = None
-        return self._close_chunk(live, attempted, interrupt)
+        try:
+            attempted = await self._run(inputs, live, self._fast(self._timeout))
+        except _Interrupted as stop:
+            attempted, interrupt = stop.attempted, stop.cause
+        return self._close_chunk(attempted, interrupt)
 
-    async def _run_plain(self, inputs: Sequence[Any], live: _Live) -> int:
+    async def _run(self, inputs: Sequence[Any], live: _Live, plain: bool) -> int:
+        """The lane's loop; ``plain`` when a bare ``await`` per input will do (the fast path)."""
         function = self._function
         is_stopped = self._stop.is_set
         index = 0
@@ -99,35 +99,20 @@ class AsyncLaneRunner(BaseLaneRunner):
                 live.done = index
                 if is_stopped():
                     return index
+                if not plain:
+                    if self._outcome(live, index, *await self._attempt(item)):
+                        return index + 1
+                    continue
                 try:
                     await function(item)
+                    continue
                 except Exception as exc:
-                    if self._note_failure(live, index, self.failure(exc, 1)):
-                        return index + 1
+                    failure = self.failure(exc, 1)
                 except asyncio.CancelledError as exc:
                     if self._closing.is_set():
                         raise
-                    if self._note_failure(live, index, self._cancelled_by_task(exc, 1)):
-                        return index + 1
-        except asyncio.CancelledError:
-            raise  # pylo's own shutdown: not the task's interrupt
-        except BaseException as exc:
-            raise _Interrupted(index, exc) from None
-        return len(inputs)
-
-    async def _run_full(self, inputs: Sequence[Any], live: _Live) -> int:
-        store_results = self._settings.store_results
-        is_stopped = self._stop.is_set
-        index = 0
-        try:
-            for index, item in enumerate(inputs):
-                live.done = index
-                if is_stopped():
-                    return index
-                failure, value = await self._attempt(item)
-                if failure is None and store_results:
-                    failure = self._store_result(live, index, value)
-                if failure is not None and self._note_failure(live, index, failure):
+                    failure = self._cancelled_by_task(exc, 1)
+                if self._note_failure(live, index, failure):
                     return index + 1
         except asyncio.CancelledError:
             raise  # pylo's own shutdown: not the task's interrupt
@@ -137,7 +122,7 @@ class AsyncLaneRunner(BaseLaneRunner):
 
     async def _attempt(self, item: Any) -> tuple[TaskFailure | None, Any]:
         """Run one input: its rate-limit wait, then the task with retries, within its timeout."""
-        self._attempts = 0
+        tries = [0]  # attempts of this input, for its failure record
         try:
             if self._limiter is not None:
                 # One bucket for every lane; the loop is one thread, so no lock.
@@ -145,33 +130,59 @@ class AsyncLaneRunner(BaseLaneRunner):
                 if delay > 0:
                     await asyncio.sleep(delay)
             if self._timeout is None:
-                return await self._call(item)
-            scope = asyncio.timeout(self._timeout)
-            try:
-                async with scope:
-                    outcome = await self._call(item)
-            except TimeoutError:
-                # Only the scope raises it here: _call turns the task's own
-                # TimeoutError into a failure before it gets this far.
-                return self._timed_out(), None
-            if scope.expired():
-                return self._timed_out(), None  # the task swallowed its cancellation
-            deadline = scope.when()
-            if deadline is not None and asyncio.get_running_loop().time() > deadline:
-                # It never yielded to the loop in time to be cancelled: its
-                # outcome came too late to count, as on other backends.
-                self._warn_blocking()
-                return self._timed_out(), None
-            return outcome
+                return await self._call(item, tries)
+            return await self._call_within_timeout(item, tries, self._timeout)
         except asyncio.CancelledError as exc:
             if self._closing.is_set():
                 raise
-            return self._cancelled_by_task(exc, max(1, self._attempts)), None
+            return self._cancelled_by_task(exc, max(1, tries[0])), None
 
-    async def _call(self, item: Any) -> tuple[TaskFailure | None, Any]:
+    async def _call_within_timeout(self, item: Any, tries: list[int], timeout: float) -> tuple[TaskFailure | None, Any]:
+        """Await the task in an asyncio task of its own, so that the lane never waits past ``timeout``.
+
+        Past it the task is cancelled and gets ABANDON_GRACE seconds to end.
+        A task that swallows its cancellation and goes on is abandoned, as a
+        thread lane abandons a stuck thread: it keeps running on the loop
+        until it returns (or the execution ends), its outcome ignored, while
+        the lane goes on with its next input.
+        """
+        loop = asyncio.get_running_loop()
+        took: list[float] = []
+
+        async def call() -> tuple[TaskFailure | None, Any]:
+            # Timed from the task's own start to its own end: a neighbour
+            # that blocks the loop around them must not make it look late.
+            began = loop.time()
+            outcome = await self._call(item, tries)
+            took.append(loop.time() - began)
+            return outcome
+
+        attempt = loop.create_task(call(), name=f"pylo-input-{self._lane}")
+        try:
+            done, _ = await asyncio.wait({attempt}, timeout=timeout)
+        except asyncio.CancelledError:
+            attempt.cancel()  # the lane is being cancelled: the input goes with it
+            raise
+        if not done:
+            attempt.cancel()
+            done, _ = await asyncio.wait({attempt}, timeout=ABANDON_GRACE)
+            if not done:
+                self._warn_abandoned()
+            attempt.add_done_callback(_ignore_outcome)
+            return self._timed_out(tries), None
+        if took and took[0] > timeout:
+            # It never yielded to the loop in time to be cancelled: its
+            # outcome came too late to count, as on other backends.
+            self._warn_blocking()
+            _ignore_outcome(attempt)
+            return self._timed_out(tries), None
+        # A CancelledError the task raised (or caused by cancelling itself) comes out here.
+        return attempt.result()
+
+    async def _call(self, item: Any, tries: list[int]) -> tuple[TaskFailure | None, Any]:
         """Await the task on one input, with retries when configured."""
         if self._retry is None:
-            self._attempts = 1
+            tries[0] = 1
             try:
                 return None, await self._function(item)
             except Exception as exc:
@@ -183,17 +194,17 @@ class AsyncLaneRunner(BaseLaneRunner):
             # Back-off sleeps are the policy's asyncio.sleep: they hold only this lane.
             async for attempt in self._retry:
                 with attempt:
-                    self._attempts += 1
+                    tries[0] += 1
                     value = await self._function(item)
         except RetryError as gave_up:
-            return self._gave_up(gave_up, self._attempts), None
+            return self._gave_up(gave_up, tries[0]), None
         except Exception as exc:  # the policy re-raised the task's own exception
-            return self.failure(exc, self._attempts), None
+            return self.failure(exc, tries[0]), None
         return None, value
 
-    def _timed_out(self) -> TaskFailure:
+    def _timed_out(self, tries: list[int]) -> TaskFailure:
         message = f"the task ran longer than its timeout of {self._timeout:g} s"
-        return self.failure(TaskTimeout(message), max(1, self._attempts))
+        return self.failure(TaskTimeout(message), max(1, tries[0]))
 
     def _cancelled_by_task(self, exc: asyncio.CancelledError, attempts: int) -> TaskFailure:
         """Fail an input whose task raised a CancelledError pylo did not cause."""
@@ -203,6 +214,16 @@ class AsyncLaneRunner(BaseLaneRunner):
             # so later timeouts of this lane count cancellations from zero.
             task.uncancel()
         return self.failure(exc, attempts)
+
+    def _warn_abandoned(self) -> None:
+        logger.warning(
+            "worker %d: a task went on for %g s after it was cancelled at its timeout of %g s; its input "
+            "failed with TaskTimeout and the task is abandoned: it keeps running on the event loop, its "
+            "outcome ignored (a task must not swallow asyncio.CancelledError)",
+            self._lane,
+            ABANDON_GRACE,
+            self._timeout,
+        )
 
     def _warn_blocking(self) -> None:
         if not self._warned_blocking:

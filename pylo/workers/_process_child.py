@@ -75,18 +75,21 @@ def main(boot: Boot) -> None:
 
 
 def _leave_signals_to_the_parent() -> None:
-    """Ignore Ctrl-C, and die at once on SIGTERM.
+    """Ignore Ctrl-C and SIGTERM: the parent decides what they mean.
 
-    Ctrl-C reaches the whole process group; the parent decides what it
-    means and stops the workers itself. With fork, the parent's SIGTERM
-    handler (SystemExit) was inherited: the default makes ``terminate()``
-    end a worker even inside a task. The parent blocked SIGINT around the
-    start, so a Ctrl-C in between waits, and is dropped once unblocked.
+    Both reach the whole process group (a terminal's Ctrl-C, systemd's
+    SIGTERM when it stops a service). The parent turns them into an
+    interrupt and stops the workers itself, so the inputs they were running
+    stay pending; a worker that died of the signal on its own would look
+    like a crash and fail its input. With fork, the parent's handlers were
+    inherited, so both are set here. The parent blocked both around the
+    start, so a signal in between waits, and is dropped once unblocked. The
+    parent ends workers with SIGKILL.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
 def _exit_with_parent() -> None:
@@ -160,7 +163,6 @@ class _ChildLane:
             rate, bucket_state, lock = kit.bucket
             limiter = _TimedBucket(boot.state, rate, 1.0, bucket_state, lock)
         self._runner = _ReportingRunner(self._report_failure, function, boot.lane, settings, stop, gate, limiter)
-        self._runner.remaining_budget = boot.remaining
         # With results, each input is a chunk of its own for the runner, so
         # that its result can be sent before the next input starts.
         self._one_by_one = settings.store_results
@@ -203,6 +205,12 @@ class _ChildLane:
                     break
         # No input runs from here on: a timeout must not fire while the result is sent.
         state[INPUT_STARTED] = 0.0
+        if attempted == len(inputs):
+            # Only now, with every result and failure of the chunk in the pipe,
+            # may the parent read the whole chunk as done: a progress() report
+            # of it before its last result arrived would count that input
+            # finished without its result (and the result would be dropped).
+            state[KEY] = self._base + attempted
         if interrupt is not None:
             # The execution is being interrupted: every lane stops after its
             # current input now, without waiting for the parent to say so.
@@ -262,7 +270,6 @@ class _Published(Sequence[Any]):
             state[INPUT_STARTED] = clock()
             state[KEY] = base + index
             yield inputs[index]
-        if self._stop == len(self._inputs):
-            # Every input of the chunk has an outcome; none is running.
-            state[INPUT_STARTED] = 0.0
-            state[KEY] = base + self._stop
+        # The input taken last has ended, but its result may not be sent yet:
+        # the key stays on it until _ChildLane._run has sent it.
+        state[INPUT_STARTED] = 0.0

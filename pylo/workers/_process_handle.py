@@ -13,6 +13,7 @@ import contextlib
 import os
 import pickle
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -41,8 +42,8 @@ class WorkerProcess:
     eof: bool = False
 
     @classmethod
-    def start(cls, context: Any, lane: int, kit: Kit, remaining: float, spawned: list[Any]) -> WorkerProcess:
-        """Start a worker process for ``lane``, whose budget is down to ``remaining``.
+    def start(cls, context: Any, lane: int, kit: Kit, spawned: list[Any]) -> WorkerProcess:
+        """Start a worker process for ``lane``.
 
         The process is added to ``spawned`` before it starts, so that it can
         be ended even if an interrupt comes before this returns.
@@ -50,11 +51,11 @@ class WorkerProcess:
         inbox_reader, inbox_writer = context.Pipe(duplex=False)
         outbox_reader, outbox_writer = context.Pipe(duplex=False)
         state = context.RawArray("d", [-1.0, 0.0, 0.0])
-        boot = Boot(lane, kit, inbox_reader, outbox_writer, state, remaining)
+        boot = Boot(lane, kit, inbox_reader, outbox_writer, state)
         process = context.Process(target=_process_child.main, args=(boot,), name=f"pylo-worker-{lane}")
         spawned.append(process)
         try:
-            with _sigint_blocked():
+            with _signals_blocked():
                 process.start()
         except BaseException:
             inbox_writer.close()
@@ -140,19 +141,37 @@ def how_it_ended(exitcode: int | None) -> str:
 
 
 @contextlib.contextmanager
-def _sigint_blocked() -> Iterator[None]:
-    """Hold back SIGINT in this thread while a worker starts.
+def _signals_blocked() -> Iterator[None]:
+    """Hold back SIGINT and SIGTERM while a worker starts, in it and here.
 
-    A forked or spawned worker inherits the signal mask, so a Ctrl-C that
-    arrives before it has set SIGINT to be ignored waits instead of raising
-    KeyboardInterrupt inside it. The parent still gets the signal (another
-    thread takes it, or this one once the mask is restored).
+    A forked or spawned worker inherits the signal mask, so a Ctrl-C or a
+    SIGTERM to the process group that arrives before the worker has set them
+    to be ignored waits instead of ending it. In this process, Python runs
+    signal handlers in the main thread whichever thread the signal reached,
+    so a mask alone would not keep a ``KeyboardInterrupt`` out of
+    ``Process.start()``: raised there after the child exists but before its
+    handle does, it would leave a child nobody reaps (a zombie). So in the
+    main thread the handlers are held too, and a signal that came meanwhile
+    is handled once the worker has started.
     """
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    held: list[int] = []
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for which in (signal.SIGINT, signal.SIGTERM):
+            previous[int(which)] = signal.signal(which, lambda number, frame: held.append(number))
+    mask = None
+    if hasattr(signal, "pthread_sigmask"):
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        if mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        for number in held:
+            handler = previous[number]
+            if callable(handler):
+                handler(number, None)  # KeyboardInterrupt, SystemExit, or the application's own
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(number)

@@ -107,7 +107,6 @@ class Boot:
         inbox: Where chunks arrive.
         outbox: Where messages go.
         state: This process's live state (see the module docstring).
-        remaining: Failures the lane may still see (its budget so far).
     """
 
     lane: int
@@ -115,7 +114,6 @@ class Boot:
     inbox: Connection
     outbox: Connection
     state: Any
-    remaining: float
 
 
 class SharedFlag:

@@ -5,14 +5,13 @@ cost must stay at a function call, an exception handler and a flag check;
 everything else (retries, results) takes a slower path only when asked for.
 
 :class:`BaseLaneRunner` keeps what does not depend on how a task is called
-(the lane's budget, the live view for ``progress()``, failure records, result
+(the chunk's budget, the live view for ``progress()``, failure records, result
 encoding); :class:`LaneRunner` calls plain functions, and the asyncio
 backend's ``AsyncLaneRunner`` awaits coroutines with the same bookkeeping.
 """
 
 from __future__ import annotations
 
-import math
 import queue
 import threading
 import time
@@ -23,15 +22,17 @@ from typing import Any, Protocol, TypeVar
 from pylo._codec import get_codec
 from pylo._ratelimit import TokenBucket
 from pylo.errors import ResultSerializationError, TaskTimeout
-from pylo.workers.base import ChunkResult, RunnerSettings, TaskFailure
+from pylo.workers.base import ChunkResult, Lanes, RunnerSettings, TaskFailure
 
 __all__ = [
     "Abandoned",
     "BaseLaneRunner",
     "FailureGate",
     "LaneRunner",
+    "LocalLanes",
     "StopFlag",
     "collect_results",
+    "describe_failure",
     "partial_results",
     "qualified_name",
     "take_all",
@@ -122,6 +123,25 @@ def partial_results(runners: Iterable[BaseLaneRunner]) -> list[ChunkResult]:
     return found
 
 
+class LocalLanes(Lanes):
+    """Lanes whose runners live in this process and hand their results to one queue (threads, asyncio)."""
+
+    def __init__(self, join_timeout: float) -> None:
+        self._join_timeout = join_timeout
+        self._outbox: queue.SimpleQueue[ChunkResult | BaseException] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._runners: Sequence[BaseLaneRunner] = ()
+
+    def poll(self, timeout: float | None) -> list[ChunkResult]:
+        return collect_results(self._outbox, timeout)
+
+    def progress(self) -> list[ChunkResult]:
+        return partial_results(self._runners)
+
+    def cancel(self) -> None:
+        self._stop.set()
+
+
 def qualified_name(kind: type) -> str:
     """``module.QualName`` of a type, without the module for builtins."""
     module = getattr(kind, "__module__", None)
@@ -147,6 +167,35 @@ def _safe_traceback(exc: BaseException, quiet_files: frozenset[str]) -> str:
         return "".join(traceback.format_exception(type(exc), exc, tb))
     except Exception:
         return f"{qualified_name(type(exc))}: {_safe_str(exc)}\n"
+
+
+def describe_failure(
+    exc: BaseException,
+    attempts: int,
+    settings: RunnerSettings,
+    quiet_files: frozenset[str] = frozenset({__file__}),
+) -> TaskFailure:
+    """The one way a failure is described, wherever it happened (a lane, a dead process, a lost Dask worker).
+
+    Keeps only the attempt count and the time when exceptions are not
+    stored. Frames of ``quiet_files`` (pylo's own calling of the task) are
+    left out of the traceback.
+    """
+    now = time.time()
+    if not settings.store_exceptions:
+        return TaskFailure(None, None, None, None, attempts, now)
+    text = _safe_traceback(exc, quiet_files)
+    encoded = get_codec(settings.codec_name).encode_exception(exc)
+    # Drop frames now: they pin every local of the failed call in memory.
+    exc.__traceback__ = None
+    return TaskFailure(
+        exc_type=qualified_name(type(exc)),
+        message=_safe_str(exc),
+        traceback=text,
+        exception=encoded,
+        attempts=attempts,
+        failed_at=now,
+    )
 
 
 class BaseLaneRunner:
@@ -178,26 +227,36 @@ class BaseLaneRunner:
         self._codec = get_codec(settings.codec_name)
         # Each lane retries with its own copy: tenacity keeps per-call state.
         self._retry = settings.retry.copy() if settings.retry is not None else None
-        # Failures this lane may still see; the chunk's budget can only lower it.
-        self._remaining: float = math.inf
-        self._live: _Live | None = None
+        self._live: _Live | None = None  # the chunk running, for progress()
+        self._opened = _Live(-1, 0.0, [], [], 0)  # the chunk opened last
 
-    @property
-    def remaining_budget(self) -> float:
-        """Failures this lane may still see (infinite until a chunk sets it)."""
-        return self._remaining
+    def _outcome(self, live: _Live, index: int, failure: TaskFailure | None, value: Any) -> bool:
+        """Keep an input's outcome (its result, or its failure); True when the chunk must stop."""
+        if failure is None and self._settings.store_results:
+            failure = self._store_result(live, index, value)
+        return failure is not None and self._note_failure(live, index, failure)
 
-    @remaining_budget.setter
-    def remaining_budget(self, value: float) -> None:
-        self._remaining = value
+    def _open_chunk(self, chunk_id: int, budget: int) -> _Live | None:
+        """Start a chunk that may see ``budget`` failures (the coordinator's share for it).
 
-    def _open_chunk(self, chunk_id: int, budget: int) -> _Live:
-        """Start a chunk; its ``budget`` is the lower of the lane's and the coordinator's."""
-        return _Live(chunk_id, time.perf_counter(), [], [], min(self._remaining, budget))
+        Publishes it for :meth:`progress`; returns None for a chunk whose
+        budget lets it attempt nothing (then report it with ``_close_chunk(0)``).
+        """
+        live = _Live(chunk_id, time.perf_counter(), [], [], budget)
+        self._opened = live
+        if budget <= 0:
+            return None
+        self._live = live
+        return live
 
-    def _close_chunk(self, live: _Live, attempted: int, interrupt: BaseException | None) -> ChunkResult:
-        """End a chunk: charge its failures to the lane and describe it."""
-        self._remaining = live.budget - len(live.failures)
+    def _fast(self, watched: object) -> bool:
+        """True when the plain loop will do: no retry, rate limit, watched timeout or results."""
+        return self._retry is None and self._limiter is None and watched is None and not self._settings.store_results
+
+    def _close_chunk(self, attempted: int, interrupt: BaseException | None = None) -> ChunkResult:
+        """End the chunk opened last and describe it."""
+        live = self._opened
+        self._live = None
         return ChunkResult(
             chunk_id=live.chunk_id,
             lane=self._lane,
@@ -211,7 +270,9 @@ class BaseLaneRunner:
     def _note_failure(self, live: _Live, index: int, failure: TaskFailure) -> bool:
         """Record a failed input; True when the lane must stop (budget or max_failures used up)."""
         live.failures.append((index, failure))
-        return len(live.failures) >= live.budget or (self._gate is not None and self._gate.count_failure())
+        # Every failure goes through the gate, also the one that ends the chunk's budget.
+        reached = self._gate is not None and self._gate.count_failure()
+        return reached or len(live.failures) >= live.budget
 
     def _store_result(self, live: _Live, index: int, value: Any) -> TaskFailure | None:
         """Keep a finished input's encoded result; a value the codec cannot store fails the input."""
@@ -250,21 +311,7 @@ class BaseLaneRunner:
 
     def failure(self, exc: BaseException, attempts: int) -> TaskFailure:
         """Describe a failure; keeps only counts when exceptions are not stored."""
-        now = time.time()
-        if not self._settings.store_exceptions:
-            return TaskFailure(None, None, None, None, attempts, now)
-        text = _safe_traceback(exc, self._quiet_files)
-        encoded = self._codec.encode_exception(exc)
-        # Drop frames now: they pin every local of the failed call in memory.
-        exc.__traceback__ = None
-        return TaskFailure(
-            exc_type=qualified_name(type(exc)),
-            message=_safe_str(exc),
-            traceback=text,
-            exception=encoded,
-            attempts=attempts,
-            failed_at=now,
-        )
+        return describe_failure(exc, attempts, self._settings, self._quiet_files)
 
     def _gave_up(self, gave_up: Any, attempts: int) -> TaskFailure:
         """Describe an input a retry policy gave up on (a ``tenacity.RetryError``)."""
@@ -296,28 +343,15 @@ class LaneRunner(BaseLaneRunner):
     def run(self, chunk_id: int, inputs: Sequence[Any], budget: int) -> ChunkResult:
         """Run ``inputs`` in order until done, out of budget, or stopped."""
         live = self._open_chunk(chunk_id, budget)
-        interrupt: BaseException | None = None
-        attempted = 0
-        if live.budget > 0:
-            self._live = live
-            try:
-                if (
-                    self._retry is None
-                    and self._limiter is None
-                    and self._watch_lock is None
-                    and not self._settings.store_results
-                ):
-                    attempted = self._run_plain(inputs, live)
-                else:
-                    attempted = self._run_full(inputs, live)
-            except _Interrupted as stop:
-                if isinstance(stop.cause, Abandoned):
-                    raise stop.cause from None
-                attempted = stop.attempted
-                interrupt = stop.cause
-            finally:
-                self._live = None
-        return self._close_chunk(live, attempted, interrupt)
+        if live is None:
+            return self._close_chunk(0)
+        loop = self._run_plain if self._fast(self._watch_lock) else self._run_full
+        try:
+            return self._close_chunk(loop(inputs, live))
+        except _Interrupted as stop:
+            if isinstance(stop.cause, Abandoned):
+                raise stop.cause from None  # this runner is replaced: it reports nothing
+            return self._close_chunk(stop.attempted, stop.cause)
 
     def _run_plain(self, inputs: Sequence[Any], live: _Live) -> int:
         function = self._function
@@ -338,7 +372,6 @@ class LaneRunner(BaseLaneRunner):
         return len(inputs)
 
     def _run_full(self, inputs: Sequence[Any], live: _Live) -> int:
-        store_results = self._settings.store_results
         is_stopped = self._stop.is_set
         watch_lock = self._watch_lock
         index = 0
@@ -359,10 +392,7 @@ class LaneRunner(BaseLaneRunner):
                     self._limiter.acquire()
                 if watch_lock is not None:
                     live.input_started = time.monotonic()
-                failure, value = self._attempt(item)
-                if failure is None and store_results:
-                    failure = self._store_result(live, index, value)
-                if failure is not None and self._note_failure(live, index, failure):
+                if self._outcome(live, index, *self._attempt(item)):
                     return self._finish(index + 1)
         except BaseException as exc:
             raise _Interrupted(index, exc) from None
@@ -398,7 +428,6 @@ class LaneRunner(BaseLaneRunner):
             done = live.done
         failures = [entry for entry in live.failures[:] if entry[0] < done]
         failures.append((done, self.failure(TaskTimeout(f"the task ran longer than its timeout of {timeout:g} s"), 1)))
-        self._remaining = live.budget - len(failures)
         return ChunkResult(
             chunk_id=live.chunk_id,
             lane=self._lane,

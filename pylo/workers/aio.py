@@ -27,10 +27,13 @@ two loops never meet. How chunks flow::
 
 Semantics specific to asyncio:
 
-* ``timeout`` bounds each input, retries included, with ``asyncio.timeout``:
-  the task is cancelled and the input fails with ``TaskTimeout``. A task that
-  blocks the loop past its timeout cannot be cancelled; when it returns, its
-  input is failed with ``TaskTimeout`` all the same, and a warning says why.
+* ``timeout`` bounds each input, retries included: the input runs in an
+  asyncio task of its own, which is cancelled past the timeout, and the input
+  fails with ``TaskTimeout``. A task that swallows the cancellation and goes
+  on is abandoned after ``ABANDON_GRACE`` (it keeps running on the loop, its
+  outcome ignored) and the lane goes on. A task that blocks the loop past its
+  timeout cannot be cancelled; when it returns, its input is failed with
+  ``TaskTimeout`` all the same, and a warning says why.
 * ``rate_limit``: one token bucket for every lane, without a lock (the loop
   is one thread); a lane waits for its token with ``asyncio.sleep``, before
   the input's timeout starts.
@@ -48,7 +51,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import queue
 import threading
 import types
 from collections.abc import Callable, Sequence
@@ -56,10 +58,10 @@ from typing import Any
 
 from pylo._ratelimit import TokenBucket
 from pylo.workers._aiorunner import AsyncLaneRunner
-from pylo.workers._runner import FailureGate, collect_results, partial_results
-from pylo.workers.base import Backend, ChunkResult, RunnerSettings
+from pylo.workers._runner import FailureGate, LocalLanes
+from pylo.workers.base import LocalBackend, RunnerSettings
 
-__all__ = ["AsyncioBackend"]
+__all__ = ["AsyncioBackend", "AsyncioLanes"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,14 +88,9 @@ def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
         loop.close()
 
 
-class AsyncioBackend(Backend):
-    """Runs each lane as a coroutine of one event loop in a dedicated thread.
+class AsyncioLanes(LocalLanes):
+    """One execution's lanes: coroutines of an event loop in a thread of their own."""
 
-    Args:
-        join_timeout: Longest wait, at shutdown, for the loop's thread to end.
-    """
-
-    runs_coroutines = True
     # One chunk queued behind the running one hides the hop to the
     # coordinator's thread. More would hoard inputs: with hundreds of lanes
     # the first feed hands out (1 + prefetch) first-size chunks per lane, and
@@ -101,16 +98,14 @@ class AsyncioBackend(Backend):
     # (benchmarks/io_bound.py: 1.33x its ideal, against 1.05x with 1).
     prefetch = 1
 
-    def __init__(self, *, join_timeout: float = 5.0) -> None:
-        self._join_timeout = join_timeout
+    def __init__(self, join_timeout: float) -> None:
+        super().__init__(join_timeout)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._finished: asyncio.Future[None] | None = None
         self._runners: list[AsyncLaneRunner] = []
         self._lane_tasks: list[asyncio.Task[None]] = []
         self._inboxes: list[asyncio.Queue[_Chunk]] = []
-        self._outbox: queue.SimpleQueue[ChunkResult | BaseException] = queue.SimpleQueue()
-        self._stop = threading.Event()
         self._closing = threading.Event()
         # Chunks submitted but not yet in their lane's inbox; the lock keeps
         # one wake-up of the loop per burst of submits, not one per chunk.
@@ -232,15 +227,6 @@ class AsyncioBackend(Backend):
             self._wake_scheduled = True
         self._loop.call_soon_threadsafe(self._deliver)
 
-    def poll(self, timeout: float | None) -> list[ChunkResult]:
-        return collect_results(self._outbox, timeout)
-
-    def progress(self) -> list[ChunkResult]:
-        return partial_results(self._runners)
-
-    def cancel(self) -> None:
-        self._stop.set()
-
     def shutdown(self, wait: bool) -> None:
         # Both cases cancel whatever still runs: with wait True nothing is in
         # flight, and with wait False cancelling *is* abandoning a coroutine.
@@ -256,3 +242,14 @@ class AsyncioBackend(Backend):
         thread.join(self._join_timeout)
         if thread.is_alive():
             logger.warning("the asyncio worker thread did not end within %g s; it is abandoned", self._join_timeout)
+
+
+class AsyncioBackend(LocalBackend):
+    """Runs each lane as a coroutine of an event loop in a thread of its own, one loop per execution.
+
+    ``join_timeout``: the longest wait, at shutdown, for the loop's thread to end.
+    """
+
+    name = "asyncio"
+    runs_coroutines = True
+    lanes_class = AsyncioLanes

@@ -1,20 +1,24 @@
-"""What a worker backend is: the protocol and the messages it exchanges.
+"""What a worker backend is: the protocols and the messages they exchange.
 
-A backend only runs chunks. It owns a fixed number of *lanes* (logical
-workers); the coordinator submits chunks to a lane and collects
-:class:`ChunkResult` messages. Each lane runs its chunks one after another,
-in submission order, input by input, with a :class:`~pylo.workers._runner.LaneRunner`.
+A :class:`Backend` is a kind of workers, one instance per Pylo. For each
+execution it starts :class:`Lanes`: a fixed number of logical workers; the
+coordinator submits chunks to a lane and collects :class:`ChunkResult`
+messages. Each lane runs its chunks one after another, in submission order,
+input by input, with a :class:`~pylo.workers._runner.LaneRunner`.
 Scheduling, budgets and flushing are not the backend's business.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["Backend", "ChunkResult", "RunnerSettings", "TaskFailure"]
+if TYPE_CHECKING:
+    from pylo._options import RunOptions
+
+__all__ = ["Backend", "ChunkResult", "Lanes", "LocalBackend", "RunnerSettings", "TaskFailure"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,56 +94,29 @@ class ChunkResult:
     elapsed: float
 
 
-class Backend(abc.ABC):
-    """Runs chunks of inputs on a fixed number of lanes.
+class Lanes(abc.ABC):
+    """One execution's lanes, started by :meth:`Backend.start`.
 
-    Life cycle: ``start`` once, any number of ``submit`` and ``poll`` calls,
-    then ``shutdown`` once (also after a failed ``start``). Only the
-    coordinator's thread calls these methods.
+    Life cycle: any number of ``submit`` and ``poll`` calls, then
+    ``shutdown`` once. Only the coordinator's thread calls these methods;
+    several executions of one Pylo each have lanes of their own.
     """
 
     #: Chunks the coordinator may keep queued per lane beyond the running one.
     prefetch: int = 1
-    #: True when the backend runs ``async def`` task functions (and only those).
-    runs_coroutines: bool = False
-
-    @classmethod  # noqa: B027 - an optional hook: the default accepts everything
-    def check_function(cls, function: Callable[[Any], Any]) -> None:
-        """Refuse, before anything is recorded, a function these lanes cannot run.
-
-        For example a process backend checks that the function can be sent
-        to another process. The default accepts any callable.
-
-        Raises:
-            TypeError: The function cannot be run by this backend; the
-                message says why and what to do.
-        """
-
-    @classmethod  # noqa: B027 - an optional hook: the default has nothing to free
-    def release(cls, options: Mapping[str, Any]) -> None:
-        """Free what was made for these backend options, when the Pylo object closes.
-
-        For example the Dask backend closes a client it created from a
-        scheduler address (never one the user passed in). The default has
-        nothing to free.
-        """
 
     @abc.abstractmethod
-    def start(
-        self,
-        function: Callable[[Any], Any],
-        lanes: int,
-        settings: RunnerSettings,
-    ) -> None:
-        """Start ``lanes`` lanes that will run ``function``."""
+    def start(self, function: Callable[[Any], Any], lanes: int, settings: RunnerSettings) -> None:
+        """Start ``lanes`` lanes that will run ``function``; called once, by :meth:`Backend.start`."""
 
     @abc.abstractmethod
     def submit(self, lane: int, chunk_id: int, inputs: Sequence[Any], budget: int) -> None:
         """Queue a chunk on ``lane`` without waiting for it.
 
-        ``budget`` is how many more failures the lane may see; the lane stops
-        attempting inputs once it has seen that many (counting failures in
-        chunks queued before this one).
+        ``budget`` is how many of the chunk's inputs may fail before the lane
+        stops attempting the rest of it. The coordinator keeps the budgets of
+        a lane's chunks in flight within what the lane has left, so a lane
+        keeps nothing about budgets between chunks.
         """
 
     @abc.abstractmethod
@@ -151,7 +128,7 @@ class Backend(abc.ABC):
         """
 
     def progress(self) -> list[ChunkResult]:
-        """Partial results of chunks still running, where the backend can tell.
+        """Partial results of chunks still running, where the lanes can tell.
 
         Each result is cumulative from the chunk's start, like a final one,
         with ``interrupt`` None. The coordinator calls this when a flush is
@@ -175,3 +152,99 @@ class Backend(abc.ABC):
         With ``wait`` False, lanes stuck in a task are abandoned, never
         waited for.
         """
+
+
+class Backend(abc.ABC):
+    """A kind of workers: made once per Pylo, it starts the lanes of each execution.
+
+    A backend instance owns what is particular to its workers: what it can
+    run (:meth:`check_function`, :meth:`check_options`), how lanes start
+    (:meth:`start`, which may be called from several threads at once for
+    executions running side by side), and what it holds for the Pylo's
+    lifetime (:meth:`release`). A new kind of workers is one module with a
+    ``Backend`` and a ``Lanes`` subclass, and one short ``Pylo`` constructor.
+    """
+
+    #: Name shown in messages and ``repr`` (``"threads"``, ``"processes"``...).
+    name: str = "workers"
+    #: True when the backend runs ``async def`` task functions (and only those).
+    runs_coroutines: bool = False
+    #: Where the task function and the retry policy must travel, for messages;
+    #: None when they stay in this process.
+    sends_to: str | None = None
+
+    def check_function(self, function: Callable[[Any], Any]) -> None:
+        """Refuse, before anything is recorded, a function these workers cannot run.
+
+        The default checks the kind of function (plain or ``async def``) and,
+        when ``sends_to`` is set, that it can be sent there.
+
+        Raises:
+            TypeError: The function cannot be run by these workers; the
+                message says why and what to do.
+        """
+        from pylo.workers._checks import check_kind, check_sendable
+
+        check_kind(function, coroutines=self.runs_coroutines)
+        if self.sends_to is not None:
+            check_sendable(function, "task_function", self.sends_to)
+
+    def check_options(self, options: RunOptions) -> None:
+        """Refuse options these workers cannot honour (for example an ``AsyncRetrying`` on threads).
+
+        Raises:
+            TypeError: The retry policy is not the tenacity flavour these
+                workers call, or cannot be sent to them.
+        """
+        from pylo._options import check_retry
+        from pylo.workers._checks import check_sendable
+
+        check_retry(options.retry, asynchronous=self.runs_coroutines)
+        if options.retry is not None and self.sends_to is not None:
+            check_sendable(options.retry, "retry", self.sends_to)
+
+    @abc.abstractmethod
+    def new_lanes(self) -> Lanes:
+        """Lanes for one execution, not started yet."""
+
+    def start(self, function: Callable[[Any], Any], lanes: int, settings: RunnerSettings) -> Lanes:
+        """Start ``lanes`` lanes that will run ``function`` for one execution.
+
+        Safe to call from several threads at once: each execution gets lanes
+        of its own.
+
+        Raises:
+            BaseException: Whatever interrupted the start; what was started
+                is ended again before this raises.
+        """
+        made = self.new_lanes()
+        try:
+            made.start(function, lanes, settings)
+        except BaseException:
+            made.shutdown(wait=False)
+            raise
+        return made
+
+    def release(self) -> None:  # noqa: B027 - an optional hook: the default has nothing to free
+        """Free what this backend holds, when its Pylo closes (a Dask client it made, say)."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+
+class LocalBackend(Backend):
+    """A backend whose lanes run in threads of this process (threads, asyncio).
+
+    Args:
+        join_timeout: Longest wait, at the end of an execution, for a lane's
+            thread to end; a thread stuck in a task is abandoned after it.
+    """
+
+    #: Makes one execution's lanes from the join timeout.
+    lanes_class: Callable[[float], Lanes]
+
+    def __init__(self, *, join_timeout: float = 5.0) -> None:
+        self.join_timeout = join_timeout
+
+    def new_lanes(self) -> Lanes:
+        return self.lanes_class(self.join_timeout)

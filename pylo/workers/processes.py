@@ -19,8 +19,8 @@ When a process dies, the parent reads what is left in its pipe, then the
 live state: the input published last was running and fails with
 :class:`~pylo.errors.WorkerCrashed` (or :class:`~pylo.errors.TaskTimeout`);
 every input before it already has its outcome in the pipe. The failure
-counts against the lane's budget, and a new process takes the lane over,
-with the lane's remaining budget and the chunks still queued for it.
+counts against the chunk's budget, and a new process takes the lane over
+with the chunks still queued for it (each carries its own budget).
 
 The parent writes chunks without blocking (what a full pipe does not take
 waits for poll), so it never blocks on a full pipe to a worker that is
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import math
 import multiprocessing
 import selectors
 import time
@@ -56,10 +55,10 @@ from pylo.workers._process_wire import (
     decode_interrupt,
     frame,
 )
-from pylo.workers._runner import FailureGate, LaneRunner
-from pylo.workers.base import Backend, ChunkResult, RunnerSettings, TaskFailure
+from pylo.workers._runner import FailureGate, describe_failure
+from pylo.workers.base import Backend, ChunkResult, Lanes, RunnerSettings, TaskFailure
 
-__all__ = ["ProcessBackend"]
+__all__ = ["ProcessBackend", "ProcessLanes"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +104,6 @@ class _Lane:
     number: int
     worker: WorkerProcess | None = None
     chunks: collections.deque[_Sent] = field(default_factory=collections.deque)
-    remaining: float = math.inf  # the lane's budget, as its runner keeps it
     next_serial: int = 0
     stillborn: int = 0  # processes in a row that died before running a chunk
 
@@ -116,29 +114,24 @@ class ProcessBackend(Backend):
     Args:
         start_method: ``"spawn"``, ``"fork"``, ``"forkserver"``, or None for
             the platform's default.
+
+    Raises:
+        TypeError, ValueError: ``start_method`` is not one this platform offers.
     """
 
-    prefetch = 1
+    name = "processes"
+    sends_to = "worker processes"
 
     def __init__(self, start_method: str | None = None) -> None:
+        self.start_method = self.check_start_method(start_method)
         # Any: typeshed's BaseContext lacks Process, which every real context has.
-        self._context: Any = multiprocessing.get_context(self.check_start_method(start_method))
-        self._lanes: list[_Lane] = []
-        self._ready: list[ChunkResult] = []
-        self._errors: list[BaseException] = []
-        self._settings = RunnerSettings()
-        self._stop_cell = self._context.RawArray("b", 1)
-        self._stop = SharedFlag(self._stop_cell)
-        self._kit: Kit | None = None
-        self._gate: FailureGate | None = None
-        self._describer: LaneRunner | None = None
-        self._closed = False
-        self._spawned: list[Any] = []  # every Process not yet released, whether or not a lane has it
+        self._context: Any = multiprocessing.get_context(self.start_method)
 
-    # -- checks done before anything is recorded ------------------------------
+    def new_lanes(self) -> ProcessLanes:
+        return ProcessLanes(self._context)
 
-    @classmethod
-    def check_start_method(cls, start_method: Any) -> str | None:
+    @staticmethod
+    def check_start_method(start_method: Any) -> str | None:
         """Validate ``start_method``: None, or one this platform offers.
 
         Raises:
@@ -164,22 +157,24 @@ class ProcessBackend(Backend):
             )
         return start_method
 
-    @classmethod
-    def check_function(cls, function: Callable[[Any], Any]) -> None:
-        """Refuse a function that cannot be sent to a worker process, even by cloudpickle.
 
-        Raises:
-            TypeError: The function cannot be pickled; the message says why.
-        """
-        try:
-            dumps(function)
-        except TypeError as exc:
-            name = getattr(function, "__qualname__", None) or type(function).__qualname__
-            raise TypeError(
-                f"task_function {name} cannot be sent to worker processes: {exc}. Define it at module "
-                "level, or make sure everything it refers to (closure variables, defaults, bound "
-                "objects) can be pickled: locks, open files, sockets and generators cannot"
-            ) from exc
+class ProcessLanes(Lanes):
+    """One execution's lanes: a worker process each, replaced when it dies."""
+
+    prefetch = 1
+
+    def __init__(self, context: Any) -> None:
+        self._context = context
+        self._lanes: list[_Lane] = []
+        self._ready: list[ChunkResult] = []
+        self._errors: list[BaseException] = []
+        self._settings = RunnerSettings()
+        self._stop_cell = self._context.RawArray("b", 1)
+        self._stop = SharedFlag(self._stop_cell)
+        self._kit: Kit | None = None
+        self._gate: FailureGate | None = None
+        self._closed = False
+        self._spawned: list[Any] = []  # every Process not yet released, whether or not a lane has it
 
     # -- life cycle -------------------------------------------------------------
 
@@ -200,8 +195,6 @@ class ProcessBackend(Backend):
         if settings.rate_limit is not None:
             bucket_state = context.RawArray("d", TokenBucket.initial_state(1.0))
             bucket_parts = (settings.rate_limit, bucket_state, context.Lock())
-        # Describes crashes and timeouts exactly as lanes describe failures.
-        self._describer = LaneRunner(function, -1, settings, self._stop)
         self._kit = Kit(function_bytes, settings_bytes, self._stop_cell, gate_parts, bucket_parts)
         for number in range(lanes):
             lane = _Lane(number)
@@ -211,7 +204,7 @@ class ProcessBackend(Backend):
     def _start_worker(self, lane: _Lane) -> None:
         """Give ``lane`` a new process, and send it the chunks the lane still has queued."""
         assert self._kit is not None
-        worker = WorkerProcess.start(self._context, lane.number, self._kit, lane.remaining, self._spawned)
+        worker = WorkerProcess.start(self._context, lane.number, self._kit, self._spawned)
         lane.worker = worker
         for chunk in lane.chunks:
             worker.send(chunk.payload)
@@ -224,10 +217,12 @@ class ProcessBackend(Backend):
         owner.next_serial += 1
         chunk = _Sent(serial, chunk_id, len(inputs), budget, frame(dumps((serial, chunk_id, budget, inputs))))
         owner.chunks.append(chunk)
-        if owner.worker is None:
+        if owner.worker is not None:
+            owner.worker.send(chunk.payload)
+        elif self._closed or self._stop.is_set():
             self._answer_unrun(owner)
         else:
-            owner.worker.send(chunk.payload)
+            self._start_worker(owner)  # its last process died with nothing queued: a new one now
 
     def poll(self, timeout: float | None) -> list[ChunkResult]:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -317,11 +312,11 @@ class ProcessBackend(Backend):
                 worker.send(frame(b""))  # the stop message, after any chunk still queued
             join_all(workers)
         # Whatever is left ends now, and is reaped: no orphan, no zombie.
-        for stop in ("terminate", "kill"):
-            for worker in workers:
-                if worker.process.is_alive():
-                    getattr(worker.process, stop)()
-            join_all(workers)
+        # SIGKILL: workers ignore SIGTERM (see _process_child).
+        for worker in workers:
+            if worker.process.is_alive():
+                worker.process.kill()
+        join_all(workers)
         for worker in workers:
             worker.release()
         end_strays(self._spawned)
@@ -385,12 +380,9 @@ class ProcessBackend(Backend):
         )
 
     def _finish(self, lane: _Lane, attempted: int, interrupt: BaseException | None, elapsed: float) -> None:
-        """Report the lane's oldest chunk, and charge its failures to the lane's budget as its runner does."""
+        """Report the lane's oldest chunk."""
         chunk = lane.chunks.popleft()
-        result = self._result(lane, chunk, attempted, interrupt, elapsed)
-        # Mirrored here so that a replacement process starts from the right budget.
-        lane.remaining = min(lane.remaining, chunk.budget) - len(result.failures)
-        self._ready.append(result)
+        self._ready.append(self._result(lane, chunk, attempted, interrupt, elapsed))
 
     def _answer_unrun(self, lane: _Lane) -> None:
         """Report the chunks of a lane without a process as not attempted, as a stopped runner would."""
@@ -461,10 +453,11 @@ class ProcessBackend(Backend):
                     f"task (the last one {how}); see their output on stderr"
                 )
             )
-        if self._closed or self._stop.is_set() or lane.remaining <= 0:
+        if self._closed or self._stop.is_set():
             self._answer_unrun(lane)
-        else:
+        elif lane.chunks:
             self._start_worker(lane)
+        # else: a new process starts when the lane gets a chunk again
 
     def _unjam_locks(self) -> None:
         """Free a shared lock that a process died holding, so the other lanes do not hang.
@@ -518,8 +511,7 @@ class ProcessBackend(Backend):
                     "worker %d: its process (pid %s) %s while running a task; it is replaced", lane.number, pid, how
                 )
         if cause is not None:
-            assert self._describer is not None
-            chunk.failures.append((done, self._describer.failure(cause, 1)))
+            chunk.failures.append((done, describe_failure(cause, 1, self._settings)))
             if self._gate is not None:
                 self._gate.count_failure()
         self._finish(lane, attempted, None, max(0.0, time.monotonic() - chunk_started))

@@ -20,10 +20,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from pylo._ratelimit import TokenBucket
-from pylo.workers._runner import Abandoned, FailureGate, LaneRunner, collect_results, partial_results
-from pylo.workers.base import Backend, ChunkResult, RunnerSettings
+from pylo.workers._runner import Abandoned, FailureGate, LaneRunner, LocalLanes
+from pylo.workers.base import LocalBackend, RunnerSettings
 
-__all__ = ["ThreadBackend"]
+__all__ = ["ThreadBackend", "ThreadLanes"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,19 +31,17 @@ _STOP = None
 _Inbox = queue.SimpleQueue[tuple[int, Sequence[Any], int] | None]
 
 
-class ThreadBackend(Backend):
-    """Runs each lane in its own thread of this process."""
+class ThreadLanes(LocalLanes):
+    """One execution's lanes: a thread and an inbox each."""
 
     # Two chunks queued per lane hide the hop back to the coordinator.
     prefetch = 2
 
-    def __init__(self, *, join_timeout: float = 5.0) -> None:
-        self._join_timeout = join_timeout
+    def __init__(self, join_timeout: float) -> None:
+        super().__init__(join_timeout)
         self._threads: list[threading.Thread] = []
         self._inboxes: list[_Inbox] = []
         self._runners: list[LaneRunner] = []
-        self._outbox: queue.SimpleQueue[ChunkResult | BaseException] = queue.SimpleQueue()
-        self._stop = threading.Event()
         self._watchdog_done = threading.Event()
         self._make_runner: Callable[[int], LaneRunner] | None = None
 
@@ -107,24 +105,13 @@ class ThreadBackend(Backend):
                     timeout,
                 )
                 assert self._make_runner is not None
-                fresh = self._make_runner(lane)
-                fresh.remaining_budget = runner.remaining_budget
-                self._runners[lane] = fresh
+                self._runners[lane] = self._make_runner(lane)
                 self._outbox.put(result)
                 if not self._stop.is_set():
                     self._threads[lane] = self._start_lane(lane)
 
     def submit(self, lane: int, chunk_id: int, inputs: Sequence[Any], budget: int) -> None:
         self._inboxes[lane].put((chunk_id, inputs, budget))
-
-    def poll(self, timeout: float | None) -> list[ChunkResult]:
-        return collect_results(self._outbox, timeout)
-
-    def progress(self) -> list[ChunkResult]:
-        return partial_results(self._runners)
-
-    def cancel(self) -> None:
-        self._stop.set()
 
     def shutdown(self, wait: bool) -> None:
         self._stop.set()
@@ -135,6 +122,13 @@ class ThreadBackend(Backend):
             for thread in self._threads:
                 thread.join(self._join_timeout)
         self._threads.clear()
+
+
+class ThreadBackend(LocalBackend):
+    """Runs each lane in its own thread of this process (``join_timeout``: see LocalBackend)."""
+
+    name = "threads"
+    lanes_class = ThreadLanes
 
 
 class _Count:

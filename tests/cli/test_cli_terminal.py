@@ -17,6 +17,17 @@ import time
 def work(line):
     time.sleep(0.02)
 """
+# Input 150 waits for the file "go" (60 s at most): a run cannot end before
+# the test has interrupted it, however slow or fast the machine.
+HELD = """
+import os, time
+
+def work(line):
+    if line.strip() == "150":
+        deadline = time.monotonic() + 60
+        while not os.path.exists("go") and time.monotonic() < deadline:
+            time.sleep(0.01)
+"""
 INPUTS = "".join(f"{n}\n" for n in range(200))
 # The bar once it has counted some inputs: "...|  8.00/200 [" or "| 104/200 [".
 SOME_PROGRESS = re.compile(r"\| *(?:[1-9][\d.]*)/200 \[")
@@ -51,10 +62,10 @@ def test_no_progress_bar_when_stderr_is_not_a_terminal(cli: Cli) -> None:
 
 
 def test_ctrl_c_saves_the_execution_and_says_how_to_resume(cli: Cli) -> None:
-    cli.write("slow.py", SLOW)
+    cli.write("held.py", HELD)
     cli.write("inputs.txt", INPUTS)
     stopped = run_in_terminal(
-        cli, "run", "slow:work", "--inputs", "inputs.txt", "--workers", "2", "--id", "cut",
+        cli, "run", "held:work", "--inputs", "inputs.txt", "--workers", "2", "--id", "cut",
         send_when=(SOME_PROGRESS, b"\x03"),
     )  # fmt: skip
     assert stopped.exit_status == 130, stopped.output
@@ -69,6 +80,7 @@ def test_ctrl_c_saves_the_execution_and_says_how_to_resume(cli: Cli) -> None:
     assert 0 < finished < 200
 
     # The resumed bar starts at the inherited finished inputs.
+    cli.write("go", "")
     resumed = cli("resume", "cut", "--id", "rest", "--progress", "--workers", "8")
     assert resumed.returncode == 0, resumed.stderr
     first_draw = re.search(r"rest: +\d+%\|[^|]*\| *([\d.]+)/200", resumed.stderr)
@@ -78,11 +90,11 @@ def test_ctrl_c_saves_the_execution_and_says_how_to_resume(cli: Cli) -> None:
 
 
 def test_sigterm_interrupts_and_exits_non_zero(cli: Cli) -> None:
-    cli.write("slow.py", SLOW)
+    cli.write("held.py", HELD)
     cli.write("inputs.txt", INPUTS)
     # --progress on a pipe tells us, without sleeping, when tasks are running.
     process = subprocess.Popen(
-        cli.command("run", "slow:work", "--inputs", "inputs.txt", "--workers", "2", "--id", "term", "--progress"),
+        cli.command("run", "held:work", "--inputs", "inputs.txt", "--workers", "2", "--id", "term", "--progress"),
         cwd=cli.cwd,
         env=cli.env,
         stdout=subprocess.PIPE,

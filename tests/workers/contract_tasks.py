@@ -8,6 +8,7 @@ from threads, processes and coroutines. ``Async`` turns any of these into an
 from __future__ import annotations
 
 import inspect
+import os
 import time
 from typing import Any
 
@@ -68,3 +69,48 @@ class Async:
         if inspect.isawaitable(result):
             return await result
         return result
+
+
+def lanes_seen(log: str, before: frozenset[int], item: Any) -> None:
+    """Record how many lanes the backend running this task has started, where it can be seen.
+
+    Thread lanes are threads named ``pylo-lane-N``; asyncio lanes are tasks
+    with those names; process lanes are the worker processes of this one's
+    parent that were not there ``before`` the run. Dask lanes start nothing
+    of their own.
+    """
+    import asyncio
+    import multiprocessing
+    import threading
+
+    import psutil
+
+    threads = sum(thread.name.startswith("pylo-lane-") for thread in threading.enumerate())
+    try:
+        coroutines = sum(task.get_name().startswith("pylo-lane-") for task in asyncio.all_tasks())
+    except RuntimeError:  # no running loop: not on asyncio
+        coroutines = 0
+    processes = 0
+    if multiprocessing.parent_process() is not None:
+        for sibling in psutil.Process(os.getppid()).children():
+            command = " ".join(sibling.cmdline())
+            new = sibling.pid not in before
+            processes += new and "resource_tracker" not in command and "forkserver" not in command
+    log_call(log, max(threads, coroutines, processes))
+
+
+def rendezvous(mine: str, other: str, fail_from: int, item: int) -> None:
+    """Input 0 waits (30 s at most) for the other execution's input 0: both must run at once.
+
+    Inputs from ``fail_from`` on fail.
+    """
+    if item == 0:
+        with open(mine, "w"):
+            pass
+        deadline = time.monotonic() + 30
+        while not os.path.exists(other):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the other execution never ran at the same time as this one")
+            time.sleep(0.005)
+    if item >= fail_from:
+        raise ValueError(f"bad input {item}")

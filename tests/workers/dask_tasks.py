@@ -31,12 +31,18 @@ def kill_worker_always(target: int, item: int) -> None:
 
 
 def hold_until(release: str, target: int, limit: float, item: int) -> None:
-    """Block on ``target`` until the file ``release`` exists (at most ``limit`` seconds)."""
+    """Block on ``target`` until the file ``release`` exists (at most ``limit`` seconds).
+
+    Then create ``release + ".done"``: a test that finds it missing knows the
+    held task had not returned yet.
+    """
     if item != target:
         return
     deadline = time.monotonic() + limit
     while not os.path.exists(release) and time.monotonic() < deadline:
         time.sleep(0.02)
+    with open(release + ".done", "w", encoding="utf-8"):
+        pass
 
 
 def hold_or_interrupt(release: str, held: int, interrupted: int, item: int) -> None:

@@ -93,3 +93,8 @@ def run_victim(store_dir: str, log: str, start_method: str) -> None:
     """A parent of worker processes that the test kills with SIGKILL."""
     pylo = Pylo.local_multiprocess(store_dir, 2, start_method=start_method, progress=False)
     pylo.start_from_scratch(range(100_000), functools.partial(slow_logged, log))
+
+
+def big_result(size: int, item: int) -> bytes:
+    """A result of ``size`` bytes: slow enough to send that a flush can land mid-send."""
+    return bytes([item % 256]) * size

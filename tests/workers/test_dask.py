@@ -14,7 +14,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -35,10 +34,10 @@ from contract_tasks import (
     logged,
     noop,
     square,
-    stuck_at,
 )
 from dask_tasks import (
     hold_or_interrupt,
+    hold_until,
     kill_worker_always,
     kill_worker_once,
     slow_but_zero_fails,
@@ -132,9 +131,7 @@ def test_reaching_max_failures_stops_running_chunks_at_their_next_input(make: Ca
     # Worker 0 fails input 0 at once; worker 1's first chunk (inputs 8-15)
     # would take 4 s, but the stop event ends it after its current input.
     pylo = make(2, max_failures=1)
-    started = time.monotonic()
     execution_id = pylo.start_from_scratch(range(40), partial(slow_but_zero_fails, 0.5))
-    assert time.monotonic() - started < 3
     record = pylo.get_execution(execution_id)
     assert record.status is ExecutionStatus.STOPPED and record.failed == 1 and record.finished < 7
 
@@ -168,11 +165,15 @@ def test_retries_run_on_the_workers(make: Callable[..., Pylo], tmp_path: Path) -
     assert failure.attempts == 3 and failure.exception_type == "ConnectionError"
 
 
-def test_a_task_past_its_timeout_fails_and_the_rest_completes(make: Callable[..., Pylo]) -> None:
+def test_a_task_past_its_timeout_fails_and_the_rest_completes(make: Callable[..., Pylo], tmp_path: Path) -> None:
+    release = tmp_path / "release"
     pylo = make(2, timeout=0.5)
-    started = time.monotonic()
-    execution_id = pylo.start_from_scratch(range(60), partial(stuck_at, 13, 5.0))
-    assert time.monotonic() - started < 4  # the stuck input is given up on after 0.5 s, not waited for
+    try:
+        execution_id = pylo.start_from_scratch(range(60), partial(hold_until, str(release), 13, 60.0))
+        # The run ended while input 13 was still held: it was given up on, not waited for.
+        assert not (tmp_path / "release.done").exists()
+    finally:
+        release.touch()
     assert pylo.get_state(execution_id)[1] == [13]
     (failure,) = pylo.get_failures(execution_id)
     assert failure.exception_type == "pylo.errors.TaskTimeout"
@@ -182,13 +183,11 @@ def test_a_task_past_its_timeout_fails_and_the_rest_completes(make: Callable[...
 def test_the_rate_limit_holds_across_lanes(make: Callable[..., Pylo], tmp_path: Path) -> None:
     log = str(tmp_path / "starts.log")
     pylo = make(2, rate_limit="20/s")
-    started = time.monotonic()
     execution_id = pylo.start_from_scratch(range(30), partial(started_at, log))
-    elapsed = time.monotonic() - started
     assert pylo.get_state(execution_id) == (list(range(30)), [])
     starts = sorted(float(line) for line in calls(log))
-    # 30 starts at 20/s: each lane gets 10/s from an empty bucket, so about 1.5 s.
-    assert 1.2 <= elapsed < 15
+    # 30 starts at 20/s, each lane at 10/s from an empty bucket. Only lower
+    # bounds: a slow machine spreads starts out, it never packs them closer.
     assert starts[-1] - starts[0] >= 1.2
     window = [t for t in starts if t < starts[0] + 0.5]
     assert len(window) <= 20 * 0.5 + 2
@@ -208,12 +207,12 @@ def test_an_interrupt_from_a_task_is_saved_and_resumable(make: Callable[..., Pyl
 def test_an_interrupt_does_not_wait_for_a_stuck_remote_task(make: Callable[..., Pylo], tmp_path: Path) -> None:
     release = tmp_path / "release"
     pylo = make(2)
-    started = time.monotonic()
     try:
         with pytest.raises(KeyboardInterrupt):
             pylo.start_from_scratch(range(1000), partial(hold_or_interrupt, str(release), 0, 500), execution_id="stuck")
-        # The coordinator gives lanes 2 s to hand back their chunks, then abandons the stuck one.
-        assert time.monotonic() - started < 8
+        # The coordinator gives lanes 2 s to hand back their chunks, then abandons the stuck one:
+        # the run ended while input 0 was still held.
+        assert not (tmp_path / "release.done").exists()
     finally:
         release.touch()  # let the held worker thread go
     finished, unfinished = pylo.get_state("stuck")
@@ -286,7 +285,7 @@ def test_a_scheduler_address_works_like_a_client(cluster: Any, client: Any, tmp_
         assert "workers=2" in repr(pylo)
     finally:
         pylo.close()  # closes the client pylo made from the address
-    assert pylo._backend_options["client"].status == "closed"
+    assert pylo.backend.client.status == "closed"
 
 
 def test_closing_pylo_leaves_a_client_passed_in_alone(client: Any, tmp_path: Path) -> None:

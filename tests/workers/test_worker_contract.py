@@ -1,4 +1,4 @@
-"""The worker contract: DESIGN.md's rules hold on every backend.
+"""The worker contract: the rules of docs/guarantees.md hold on every backend.
 
 Each backend only runs chunks; scheduling, budgets and flushing live in the
 coordinator. These tests prove that split: the same rules, the same answers,
@@ -7,9 +7,12 @@ on threads, processes (spawn and fork) and asyncio.
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
+import psutil
 import pytest
 from backends import Workers
 from contract_tasks import (
@@ -18,8 +21,10 @@ from contract_tasks import (
     fail_multiples_of_seven,
     flaky,
     interrupt_at,
+    lanes_seen,
     logged,
     noop,
+    rendezvous,
     square,
     stuck_at,
 )
@@ -131,3 +136,57 @@ def test_an_interrupt_from_a_task_is_saved_and_resumable(workers: Workers) -> No
     assert 1000 in unfinished and sorted(finished + unfinished) == list(range(2000))
     resumed = pylo.start_from_past_execution("cut", workers.task(noop))
     assert pylo.get_state(resumed) == (list(range(2000)), [])
+
+
+def test_no_more_lanes_start_than_there_are_inputs(workers: Workers, tmp_path: Path) -> None:
+    # Many workers for two inputs: two lanes, however many workers were asked for.
+    log = str(tmp_path / "lanes.log")
+    pylo = workers.make(12)
+    before = frozenset(process.pid for process in psutil.Process().children())
+    execution_id = pylo.start_from_scratch([0, 1], workers.task(lanes_seen, log, before))
+    assert pylo.get_state(execution_id) == ([0, 1], [])
+    assert len(calls(log)) == 2
+    assert all(int(seen) <= 2 for seen in calls(log))
+
+
+def test_a_resume_with_nothing_left_to_run_starts_no_workers(workers: Workers, tmp_path: Path) -> None:
+    pylo = workers.make(2)
+    past = pylo.start_from_scratch(range(5), workers.task(noop))
+    log = str(tmp_path / "lanes.log")
+    resumed = pylo.start_from_past_execution(past, workers.task(lanes_seen, log, frozenset()))
+    assert calls(log) == []
+    assert pylo.get_state(resumed) == (list(range(5)), [])
+    assert pylo.get_execution(resumed).status is ExecutionStatus.COMPLETED
+
+
+def test_two_executions_run_at_once_in_one_pylo_each_with_its_own_budgets(workers: Workers, tmp_path: Path) -> None:
+    # Started from two threads; input 0 of each waits for input 0 of the other.
+    # The first, through with_options, stops each worker at its first failure;
+    # the second's workers keep their own budgets and finish everything.
+    pylo = workers.make(2)
+    strict = pylo.with_options(max_worker_failures=1)
+    first, second = str(tmp_path / "first"), str(tmp_path / "second")
+    errors: list[BaseException] = []
+
+    def run(runner: Any, name: str, mine: str, other: str, fail_from: int) -> None:
+        try:
+            runner.start_from_scratch(range(60), workers.task(rendezvous, mine, other, fail_from), execution_id=name)
+        except BaseException as exc:  # shown by the assertion below
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=run, args=(strict, "first", first, second, 30)),
+        threading.Thread(target=run, args=(pylo, "second", second, first, 50)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors and not any(thread.is_alive() for thread in threads)
+    assert pylo.get_failures("first")[0].exception_type == "ValueError"
+    record = pylo.get_execution("first")
+    assert record.status is ExecutionStatus.STOPPED and 1 <= record.failed <= 2
+    assert {f.input for f in pylo.get_failures("second")} == set(range(50, 60))
+    assert pylo.get_state("second") == (list(range(50)), list(range(50, 60)))
+    assert pylo.get_execution("second").status is ExecutionStatus.COMPLETED
+    assert strict.options.max_worker_failures == 1 and pylo.options.max_worker_failures == 1000
