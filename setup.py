@@ -33,6 +33,8 @@ setup(
         "dask": ["dask[distributed]>=2024.1"],
         # Pipeline configuration in .yml/.yaml files (JSON and TOML need nothing).
         "yaml": ["pyyaml>=6"],
+        # Pipeline runs traced with OpenTelemetry: one trace per run, a span per node.
+        "otel": ["opentelemetry-api>=1.20"],
         "test": [
             "pytest>=7.4",
             "pytest-timeout>=2.2",
@@ -46,6 +48,9 @@ setup(
             "dask[distributed]>=2024.1",
             # ...and reads YAML configuration files.
             "pyyaml>=6",
+            # ...and collects pipeline traces with the SDK's in-memory exporter.
+            "opentelemetry-api>=1.20",
+            "opentelemetry-sdk>=1.20",
         ],
     },
     classifiers=[

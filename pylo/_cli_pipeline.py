@@ -1,4 +1,4 @@
-"""``pylo pipeline run|resume|list|show``: run pipelines from the shell and read their runs.
+"""``pylo pipeline run|resume|list|show|graph|pause|unpause|cancel``: run, read and steer pipeline runs.
 
 ``run`` and ``resume`` import a pipeline (``MODULE:ATTR``: a pipeline, a
 list of them, or a function returning either), build a
@@ -122,6 +122,21 @@ def add_pipeline_parser(
     show = sub("show", "one run and a table of its nodes")
     show.add_argument("run_id", metavar="RUN")
     show.add_argument("--json", action="store_true", help="the run and its nodes as JSON")
+
+    graph = sub("graph", "a run's graph, nodes coloured by state: Mermaid, Graphviz dot or a text plan")
+    graph.add_argument("run_id", metavar="RUN")
+    graph.add_argument("--format", choices=("mermaid", "dot", "text"), default="text", help="default: text")
+
+    for name, summary in (
+        ("pause", "ask a running run to pause: nothing new starts, running nodes finish (from any process)"),
+        ("cancel", "cancel a running or paused run: nothing new starts, what did not end is cancelled"),
+    ):
+        sub(name, summary).add_argument("run_id", metavar="RUN")
+
+    unpause = sub("unpause", "run a paused run on, under the same id, with the pipeline it was started with")
+    unpause.add_argument("run_id", metavar="RUN")
+    unpause.add_argument("pipeline", metavar="MODULE:ATTR", help="the pipeline the run was started with")
+    _worker_options(unpause)
 
 
 # -- importing a pipeline ---------------------------------------------------------------
@@ -322,6 +337,10 @@ def pipeline_command(args: argparse.Namespace, store: StoreChoice) -> int:
         "resume": _resume,
         "list": _list,
         "show": _show,
+        "graph": _graph,
+        "pause": _control,
+        "cancel": _control,
+        "unpause": _unpause,
     }
     return handlers[args.pipeline_command](args, store)
 
@@ -397,6 +416,35 @@ def _resume(args: argparse.Namespace, store: StoreChoice) -> int:
         return _execute(
             pylo, store, args, lambda: pylo.resume_pipeline(past.id, flow, new_run_id=run_id, **options), run_id
         )
+
+
+def _graph(args: argparse.Namespace, store: StoreChoice) -> int:
+    from pylo.pipeline.reporters import to_dot, to_mermaid, to_text
+
+    with store.open(must_exist=True) as pylo:
+        record = pylo.get_pipeline(args.run_id)
+    render = {"mermaid": to_mermaid, "dot": to_dot, "text": to_text}[args.format]
+    sys.stdout.write(render(record))
+    return EXIT_OK
+
+
+def _control(args: argparse.Namespace, store: StoreChoice) -> int:
+    action = args.pipeline_command
+    with store.open(must_exist=True) as pylo:
+        if action == "pause":
+            pylo.pause_pipeline(args.run_id)
+        else:
+            pylo.cancel_pipeline(args.run_id)
+        status = pylo.get_pipeline(args.run_id).status
+    print(f"pipeline run {args.run_id}: {action} requested (it is {status})")
+    return EXIT_OK
+
+
+def _unpause(args: argparse.Namespace, store: StoreChoice) -> int:
+    flow = import_pipeline(args.pipeline)
+    options = _max_parallel(args)
+    with _pylo_for(args, store, must_exist=True) as pylo:
+        return _execute(pylo, store, args, lambda: pylo.unpause_pipeline(args.run_id, flow, **options), args.run_id)
 
 
 def _list(args: argparse.Namespace, store: StoreChoice) -> int:

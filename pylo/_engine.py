@@ -23,7 +23,9 @@ rule lives here, once, for every backend. Budgets have one owner too:
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +39,15 @@ from pylo.errors import StoreError
 from pylo.stores.base import FAILED, FINISHED, ExecutionStatus, FailureRow, Flush, Store
 from pylo.workers.base import Backend, ChunkResult, Lanes
 
-__all__ = ["Coordinator"]
+__all__ = ["STOP_REQUESTED", "Coordinator"]
+
+#: An event that, once set, makes an execution started in this context stop
+#: taking inputs: its running chunks end, it flushes and ends ``stopped``
+#: (resumable), as when ``max_failures`` is reached. The pipeline layer sets
+#: it to pause or cancel a batch node (through ``pylo.pipeline._host``).
+STOP_REQUESTED: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar(
+    "pylo_stop_requested", default=None
+)
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +111,7 @@ class Coordinator:
         self._next_chunk_id = 0
         self._outcomes = _Outcomes()
         self._stopping = False
+        self._stop_requested = STOP_REQUESTED.get()
         self._target_chunk_seconds = min(TARGET_CHUNK_SECONDS, options.flush_seconds / 4)
         self._flush_due = time.monotonic() + options.flush_seconds
         self._ended = False  # the final status is durable
@@ -140,7 +151,12 @@ class Coordinator:
     def _loop(self) -> None:
         lanes = self._started()
         threshold = self._options.task_executions_before_flush
+        stop = self._stop_requested
         while True:
+            if stop is not None and not self._stopping and stop.is_set():
+                logger.info("execution %s stopping: a stop was requested", self._id)
+                self._stopping = True
+                lanes.cancel()
             if not self._stopping:
                 self._feed()
             if not self._in_flight:

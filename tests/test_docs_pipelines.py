@@ -31,7 +31,7 @@ def test_every_python_block_runs(tmp_path: Path, number: int) -> None:
 
 
 def test_the_blocks_print_what_the_doc_says(tmp_path: Path) -> None:
-    first, reading, resume, composing, dynamic, _movies, environment = python_blocks()
+    first, reading, resume, composing, dynamic, _movies, _steering, environment = python_blocks()
     for name in "abcdef":
         (tmp_path / name).mkdir()
     assert run(first, tmp_path / "a").splitlines() == ["completed", "103.0"]
@@ -61,3 +61,13 @@ def test_readme_pipelines_block_runs_and_prints_its_result(tmp_path: Path) -> No
     block = re.search(r"```python\n(.*?)```", section, flags=re.S)
     assert block is not None
     assert run(block.group(1), tmp_path).splitlines() == ["9000"]
+
+
+def test_the_steering_block_prints_what_the_doc_says(tmp_path: Path) -> None:
+    text = DOC.read_text(encoding="utf-8").split("## Steering and watching a run", 1)[1]
+    block = re.search(r"```python\n(.*?)```", text, flags=re.S)
+    printed = re.search(r"prints\n\n```text\n(.*?)```", text, flags=re.S)
+    assert block is not None and printed is not None
+    keys = re.compile(r"<br/>([a-z_]+)-[0-9a-f]+\"")
+    out = keys.sub('<br/>\\1-…"', run(block.group(1), tmp_path))
+    assert out == printed.group(1)

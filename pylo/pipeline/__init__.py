@@ -36,7 +36,13 @@ from pylo.pipeline._builder import Pipeline, in_parallel
 from pylo.pipeline._config import ResolvedConfig, Secret, load_config
 from pylo.pipeline._config_loaders import register_config_loader
 from pylo.pipeline._context import FrozenConfig, TaskContext
-from pylo.pipeline._errors import BatchFailed, PipelineNotCompleted, PipelineNotResumable
+from pylo.pipeline._errors import (
+    BatchFailed,
+    PipelineCancelled,
+    PipelineControlError,
+    PipelineNotCompleted,
+    PipelineNotResumable,
+)
 from pylo.pipeline._outcomes import GroupFailed
 from pylo.pipeline._records import NodeFailure, NodeRecord, PipelineRecord, PipelineStatus, TaskState
 from pylo.pipeline._task import Task, TaskOptions, task
@@ -49,6 +55,8 @@ __all__ = [
     "NodeFailure",
     "NodeRecord",
     "Pipeline",
+    "PipelineCancelled",
+    "PipelineControlError",
     "PipelineCycleError",
     "PipelineExists",
     "PipelineFailed",

@@ -6,12 +6,13 @@ below that import the coordinator lazily, so ``import pylo`` stays light.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pylo._codec import short_repr
@@ -45,6 +46,7 @@ class PipelineMethods:
         run_id: str | None = None,
         max_parallel: int | None = None,
         config: Any = None,
+        hooks: Sequence[Any] = (),
     ) -> str:
         """Run a pipeline (or a list of sinks) to its end, blocking; every node's outcome is durable.
 
@@ -54,6 +56,8 @@ class PipelineMethods:
             run_id: Your own id for the run (1-128 of ``[A-Za-z0-9._-]``), or None.
             max_parallel: Most nodes running at once (None: the Pylo's
                 number of workers).
+            hooks: Objects told about the run as it goes (see
+                :mod:`pylo.pipeline.hooks`); one that raises cancels the run.
             config: The run's configuration, what ``with_context`` tasks
                 read as ``context.config``: a mapping, a path (``.json``,
                 ``.toml``, ``.yml``/``.yaml``, or a registered suffix), an
@@ -63,7 +67,7 @@ class PipelineMethods:
                 ``docs/task-environment.md``).
 
         Returns:
-            The run id, also when the run failed (``get_pipeline_result``
+            The run id, also when the run failed, was paused or cancelled (``get_pipeline_result``
             raises ``PipelineFailed`` then).
 
         Raises:
@@ -78,8 +82,9 @@ class PipelineMethods:
             StoreError: The store could not be written.
         """
         return _run(
-            self._pylo_self(), pipeline, run_id=run_id, max_parallel=max_parallel, parent_id=None, config=config
-        )
+            self._pylo_self(), pipeline, run_id=run_id, max_parallel=max_parallel, parent_id=None, config=config,
+            hooks=hooks,
+        )  # fmt: skip
 
     def resume_pipeline(
         self,
@@ -89,6 +94,7 @@ class PipelineMethods:
         new_run_id: str | None = None,
         max_parallel: int | None = None,
         config: Any = None,
+        hooks: Sequence[Any] = (),
     ) -> str:
         """Run the (fixed) pipeline again, rerunning only what did not finish in run ``run_id``.
 
@@ -113,8 +119,56 @@ class PipelineMethods:
             And what :meth:`run_pipeline` raises.
         """
         return _run(
-            self._pylo_self(), pipeline, run_id=new_run_id, max_parallel=max_parallel, parent_id=run_id, config=config
-        )
+            self._pylo_self(), pipeline, run_id=new_run_id, max_parallel=max_parallel, parent_id=run_id, config=config,
+            hooks=hooks,
+        )  # fmt: skip
+
+    def pause_pipeline(self, run_id: str) -> None:
+        """Ask a running run to pause, from any thread or process; returns at once.
+
+        Its coordinator starts nothing more, lets running nodes finish (a
+        batch node stops taking inputs, resumably), and ends the run
+        ``paused``; ``run_pipeline`` returns. Pausing a paused run does nothing.
+
+        Raises:
+            PipelineControlError: The run is neither running nor paused.
+            PipelineNotFound: No such run.
+        """
+        from pylo.pipeline._control import request
+
+        request(self._pylo_self(), run_id, "pause")
+
+    def unpause_pipeline(
+        self, run_id: str, pipeline: Pipeline | Sequence[Any], *, max_parallel: int | None = None,
+        hooks: Sequence[Any] = (),
+    ) -> str:  # fmt: skip
+        """Run a paused run on, under the same id, with the pipeline it was started with; blocking.
+
+        Returns:
+            ``run_id``.
+
+        Raises:
+            PipelineControlError: The run is not paused.
+            PipelineValidationError: ``pipeline`` does not have the run's nodes.
+        """
+        from pylo.pipeline._control import unpause
+
+        return unpause(self._pylo_self(), run_id, pipeline, max_parallel, hooks)
+
+    def cancel_pipeline(self, run_id: str) -> None:
+        """Cancel a running or paused run, from any thread or process; returns at once.
+
+        Nothing new starts (but nodes that always run, such as ``finally_do``),
+        running batch nodes stop taking inputs, every node that did not end
+        is ``cancelled`` and the run ends ``cancelled``.
+
+        Raises:
+            PipelineControlError: The run is neither running nor paused.
+            PipelineNotFound: No such run.
+        """
+        from pylo.pipeline._control import request
+
+        request(self._pylo_self(), run_id, "cancel")
 
     def get_pipeline(self, run_id: str) -> PipelineRecord:
         """Return a run's record: status, lineage, times and every node.
@@ -187,12 +241,15 @@ def _run(
     parent_id: str | None,
     config: Any = None,
     child_of: dict[str, str] | None = None,
+    hooks: Sequence[Any] = (),
 ) -> str:
     from pylo.pipeline._graph import build_graph
     from pylo.pipeline._host import Host
     from pylo.pipeline._run_environment import RunEnvironment
+    from pylo.pipeline.hooks import HookDispatcher
 
     host = Host(pylo)
+    HookDispatcher(hooks)  # a bad hook is refused before anything is recorded
     if parent_id is not None:
         parent_id = host.check_id("run_id", parent_id)
     graph = build_graph(pipeline)  # validation and cycles: before anything is recorded
@@ -246,18 +303,30 @@ def _run(
             **({"child_of": child_of} if child_of else {}),
         },
     )
-    with _RUNNING_LOCK:
-        _RUNNING_HERE.add(new_id)
-    try:
-        with host.sigterm_as_system_exit():
-            environment.open(new_id)  # its buckets: before the run is recorded, so a failure leaves no run
-            runs.create_run(run, rows)
-            _coordinate(host, new_id, graph, rows, values, lineage, limit, codec.name, environment)
-    finally:
-        environment.close()
-        with _RUNNING_LOCK:
-            _RUNNING_HERE.discard(new_id)
+    with _running_here(new_id):
+        try:
+            with host.sigterm_as_system_exit():
+                environment.open(new_id)  # its buckets: before the run is recorded, so a failure leaves no run
+                runs.create_run(run, rows)
+                _coordinate(
+                    host, new_id, graph, rows, values, lineage, limit, codec.name, environment,
+                    hooks=hooks, name=run.name,
+                    parent_trace=None if parent_id is None else parent.options.get("trace"),
+                )  # fmt: skip
+        finally:
+            environment.close()
     return new_id
+
+
+@contextlib.contextmanager
+def _running_here(run_id: str) -> Iterator[None]:
+    with _RUNNING_LOCK:
+        _RUNNING_HERE.add(run_id)
+    try:
+        yield
+    finally:
+        with _RUNNING_LOCK:
+            _RUNNING_HERE.discard(run_id)
 
 
 def _coordinate(
@@ -270,12 +339,28 @@ def _coordinate(
     limit: int,
     codec_name: str,
     environment: RunEnvironment | None = None,
+    *,
+    execution_prefix: str | None = None,
+    hooks: Sequence[Any] = (),
+    name: str = "",
+    parent_trace: Any = None,
 ) -> None:
+    from pylo.pipeline._control import CONTROL_SECONDS, cancel_here, forget, reader
     from pylo.pipeline._coordinator import RunCoordinator
+    from pylo.pipeline._tracing import chain, start_run_tracer
+    from pylo.pipeline.hooks import HookDispatcher, RunEvents
+    from pylo.stores.runs import RunUpdate
 
-    RunCoordinator(
+    runs = host.runs()
+    dispatcher = HookDispatcher(hooks, on_failure=lambda: cancel_here(runs, run_id))
+    tracer = start_run_tracer(run_id, name or run_id, rows, parent_trace, host.find_execution)
+    if tracer is not None and tracer.ids is not None:
+        runs.record_run(run_id, RunUpdate(options={"trace": tracer.ids}))
+    events = RunEvents(dispatcher, run_id, rows, None if tracer is None else tracer.trace_id) if hooks else None
+
+    coordinator = RunCoordinator(
         host=host,
-        runs=host.runs(),
+        runs=runs,
         run_id=run_id,
         graph=graph,
         rows=rows,
@@ -283,8 +368,40 @@ def _coordinate(
         lineage=lineage,
         max_parallel=limit,
         codec_name=codec_name,
+        on_event=chain(tracer, events),
+        control=lambda in_store: read_control(in_store),
+        control_seconds=CONTROL_SECONDS,
+        execution_prefix=execution_prefix,
+        priorities=lambda: _priorities(runs, graph),
         environment=environment,
-    ).run()
+        node_context=None if tracer is None else tracer.node_context,
+    )
+    read_control = reader(runs, run_id, coordinator.stop)
+    if events is not None:
+        events.run_event("pipeline_started", "running")
+    status = None
+    try:
+        status = coordinator.run()
+    finally:
+        forget(run_id)
+        if tracer is not None:
+            tracer.end("interrupted" if status is None else status.value)
+        dispatcher.close()
+    if dispatcher.error is not None:
+        error = dispatcher.error
+        runs.record_run(run_id, RunUpdate(options={"hook_error": f"{type(error).__name__}: {error}"}))
+    if coordinator.halt is not None and dispatcher.error is None:
+        runs.request_control(run_id, None)  # taken up: an unpause starts clean
+    if events is not None:
+        events.run_event("pipeline_status_changed", status.value)
+        events.run_event("pipeline_finished", status.value)
+        dispatcher.close()
+
+
+def _priorities(runs: Any, graph: Graph) -> list[float] | None:
+    from pylo.pipeline._priority import priorities
+
+    return priorities(runs, graph)
 
 
 def _fresh_rows(graph: Graph) -> list[NodeRow]:
@@ -382,9 +499,12 @@ def _resumed_rows(
 
 
 def _is_gone(host: Host, run: RunRow) -> bool:
+    from pylo.pipeline._control import owner_of
+
     with _RUNNING_LOCK:
         here = run.id in _RUNNING_HERE
-    return host.process_is_gone(run.pid, run.host, here)
+    pid, where = owner_of(run.options) or (run.pid, run.host)
+    return host.process_is_gone(pid, where, here)
 
 
 def _status(host: Host, run: RunRow) -> PipelineStatus:
@@ -496,6 +616,10 @@ def _result(pylo: Pylo, run_id: str, with_state: bool = False) -> Any:
         rows = runs.read_nodes(run.id)
         failed = [_node_record(row, codec) for row in rows if row.state == "failed"]
         raise PipelineFailed(run.id, failed)
+    if status is PipelineStatus.CANCELLED:
+        from pylo.pipeline._errors import PipelineCancelled
+
+        raise PipelineCancelled(run.id)
     if status is not PipelineStatus.COMPLETED:
         raise PipelineNotCompleted(run.id, status.value)
     shape = run.options.get("shape")

@@ -10,6 +10,7 @@ did not finish run again.
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
@@ -89,6 +90,7 @@ def run_batch(
     need_value: bool,
     call: Callable[..., Any] | None = None,
     count_attempts: bool = False,
+    stop: threading.Event | None = None,
 ) -> Outcome:
     """Run (or resume) a batch node's execution; its value is the list of results in input order.
 
@@ -98,17 +100,23 @@ def run_batch(
     node adds almost nothing to the execution it wraps. ``call`` runs in
     place of the task's function for each input; ``count_attempts`` makes
     the execution's retry policy tell a task context each input's attempt.
+
+    Once ``stop`` is set (a pause or cancel), the execution stops taking
+    inputs and the outcome is ``stopped``: the execution is resumable.
     """
     started = time.time()
     pylo = host.batch_pylo(task, map_options, count_attempts=count_attempts)
     function = (AsyncBoundCall if task.is_async else BoundCall)(task, args, kwargs, call)
     try:
-        if _past_fits(host, past_execution_id, inputs):
-            assert past_execution_id is not None
-            pylo.start_from_past_execution(past_execution_id, function, execution_id=execution_id)
-        else:
-            pylo.start_from_scratch(inputs, function, execution_id=execution_id)
+        with host.stop_on(stop):
+            if _past_fits(host, past_execution_id, inputs):
+                assert past_execution_id is not None
+                pylo.start_from_past_execution(past_execution_id, function, execution_id=execution_id)
+            else:
+                pylo.start_from_scratch(inputs, function, execution_id=execution_id)
         record = pylo.get_execution(execution_id)
+        if record.unfinished and stop is not None and stop.is_set():
+            return Outcome(ok=False, stopped=True, started=started, ended=time.time(), execution_id=execution_id)
         if record.unfinished:
             raise BatchFailed(execution_id, record.failed, record.pending, record.total)
         values = read_values(host, execution_id) if need_value else None

@@ -321,6 +321,14 @@ class Pipeline:
             return_exceptions=self._return_exceptions,
         )
 
+    def wait(self) -> Pipeline:
+        """Pause the run once this pipeline's last task (each member's, for a group) ends.
+
+        Nodes that wait for it do not start; the run ends ``paused`` and
+        ``Pylo.unpause_pipeline`` goes on from there. Same as ``.set(wait=True)``.
+        """
+        return self.set(wait=True)
+
     def __repr__(self) -> str:
         if self._node is not None:
             return f"Pipeline({self._node.task.display_name})"

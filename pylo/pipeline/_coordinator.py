@@ -27,6 +27,7 @@ so the store never holds a ``done`` node whose upstream nodes are not
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import logging
 import queue
@@ -61,6 +62,9 @@ _CANCELLED = TaskState.CANCELLED.value
 _HARD = frozenset({_FAILED, _FAILED_DEPENDENCY})
 _FINAL = frozenset({_DONE, _FAILED, _FAILED_SOFTLY, _FAILED_DEPENDENCY, _SKIPPED, _CANCELLED})
 
+#: The kind of a ``finally_do`` node (issue 14's builder): it starts even after a cancel.
+_FINALLY_KIND = "finally"
+
 #: Longest wait for an outcome before looking at the flush clock again.
 _MAX_WAIT = 1.0
 
@@ -84,6 +88,20 @@ class RunCoordinator(CompositionRules):
             for tests and reporters.
         environment: The run's configuration and rate limits: what each
             node waits for and runs (None: tasks run as they are).
+        control: ``control(look_in_store)`` returns the run's pending
+            control request (``"pause"``, ``"cancel"``) or None; called from
+            the coordinator's thread at every wake, with ``look_in_store``
+            True at most every ``control_seconds`` (a read of the store costs
+            far more than a node); see :mod:`pylo.pipeline._control`.
+        control_seconds: Longest time between two looks in the store.
+        execution_prefix: What batch nodes' execution ids derive from (the
+            run id; another prefix when an unpaused run runs them again).
+        priorities: Returns, per graph index, how urgent a node is (larger
+            starts first when more nodes are ready than may run), or None to
+            keep the order nodes became ready in; called once, the first
+            time more nodes are ready than may start (never for a chain).
+        node_context: ``node_context(index)``, entered in the node's thread
+            around its work (the tracer makes the node's span current).
     """
 
     def __init__(
@@ -100,6 +118,11 @@ class RunCoordinator(CompositionRules):
         codec_name: str,
         on_event: Callable[[str, int], None] | None = None,
         environment: RunEnvironment | None = None,
+        control: Callable[[bool], str | None] | None = None,
+        control_seconds: float = 0.25,
+        execution_prefix: str | None = None,
+        priorities: Callable[[], list[float] | None] | None = None,
+        node_context: Callable[[int], contextlib.AbstractContextManager[Any]] | None = None,
     ) -> None:
         self._host = host
         self._runs = runs
@@ -132,6 +155,18 @@ class RunCoordinator(CompositionRules):
         # flush only if still running, so a short node costs one row, not two.
         self._started: dict[int, float] = {}
         self._unwritten_starts = 0
+        self._control = control
+        self._control_seconds = control_seconds
+        self._next_control = 0.0
+        self._prefix = run_id if execution_prefix is None else execution_prefix
+        self._priority_source = priorities
+        self._priorities: list[float] | None = None
+        self._node_context = node_context
+        #: ``"pause"`` or ``"cancel"`` once requested: nothing new starts.
+        self.halt: str | None = None
+        #: Set on a pause or cancel: running batch nodes stop taking inputs.
+        self.stop = threading.Event()
+        self._ended_here: set[int] = set()
 
     # -- the loop -----------------------------------------------------------
 
@@ -145,31 +180,94 @@ class RunCoordinator(CompositionRules):
         """
         try:
             self._seed()
+            self._look_at_control(force=True)
             self._dispatch()
             while self._running:
                 timeout = _MAX_WAIT
                 if self._changed or self._unwritten_starts:
                     timeout = min(timeout, max(0.0, self._last_flush + self._flush_seconds - time.monotonic()))
+                if self._control is not None and self.halt is None:
+                    timeout = min(timeout, max(0.0, self._next_control - time.monotonic()))
                 for index, outcome in _take_all(self._outbox, timeout):
                     if isinstance(outcome, ChildStarted):
                         self._record_child(index, outcome)
                     else:
                         self._complete(index, outcome)
+                self._look_at_control()
                 self._dispatch()
                 if self._outcomes_since_flush >= self._flush_every or (
                     (self._changed or self._unwritten_starts)
                     and time.monotonic() - self._last_flush >= self._flush_seconds
                 ):
                     self._flush()
-            failed = self._hard_failures and is_failed_run(self._states, self._graph.nodes)
-            status = PipelineStatus.FAILED if failed else PipelineStatus.COMPLETED
-            self._flush(status=status.value, ended_at=time.time())
+            status = self._final_status()
+            self._flush(status=status.value, ended_at=None if status is PipelineStatus.PAUSED else time.time())
         except BaseException:
             self._stop_early()
             raise
         self._pool.stop()
         self._calls.close()
         return status
+
+    # -- pause and cancel ------------------------------------------------------
+
+    def request_halt(self, action: str) -> None:
+        """Pause or cancel from the coordinator's thread (a cancel overrides a pause)."""
+        if self.halt == "cancel" or self.halt == action:
+            return
+        logger.info("pipeline run %s: %s requested", self._run_id, action)
+        self.halt = action
+        self.stop.set()
+        # Say it is taken up: readers (and tests) can tell a request seen from one on its way.
+        self._runs.record_run(self._run_id, RunUpdate(options={"halt": action}))
+        if action == "cancel":
+            self._cancel_unstarted()
+
+    def _cancel_unstarted(self) -> None:
+        """End every queued node ``cancelled`` now, but those that always run (they are released)."""
+        queued = list(self._ready)
+        self._ready.clear()
+        for waiting in self._group_waiting:
+            queued.extend(waiting)
+            waiting.clear()
+        ended: list[int] = []
+        for index in queued:
+            if self._always_runs(index):
+                self._ready.append(index)
+            else:
+                self._end_unstarted(index, _CANCELLED, ended)
+        self._cascade(ended)
+
+    def _look_at_control(self, force: bool = False) -> None:
+        if self._control is None or self.halt == "cancel":
+            return
+        now = time.monotonic()
+        in_store = force or now >= self._next_control
+        if in_store:
+            self._next_control = now + self._control_seconds
+        action = self._control(in_store)
+        if action is not None:
+            self.request_halt(action)
+
+    def _always_runs(self, index: int) -> bool:
+        """Nodes that still start after a cancel: ``finally_do`` nodes (kind ``"finally"``)."""
+        node = self._graph.nodes[index].node
+        return node.kind == _FINALLY_KIND or bool(getattr(node, "always_run", False))
+
+    def _final_status(self) -> PipelineStatus:
+        """The run's status once nothing runs: paused nodes stay pending, cancelled ones end ``cancelled``."""
+        if self.halt == "cancel":
+            for index, state in enumerate(self._states):
+                if state not in _FINAL:
+                    self._states[index] = _CANCELLED
+                    self._note(index, _with_state(self._rows[index], _CANCELLED, None, time.time()))
+                    if self._on_event is not None:
+                        self._on_event("end", index)
+            return PipelineStatus.CANCELLED
+        if self.halt == "pause" and any(state not in _FINAL for state in self._states):
+            return PipelineStatus.PAUSED
+        failed = self._hard_failures and is_failed_run(self._states, self._graph.nodes)
+        return PipelineStatus.FAILED if failed else PipelineStatus.COMPLETED
 
     def _seed(self) -> None:
         """Count down the nodes already final (copied ``done``), then queue what can start."""
@@ -190,8 +288,15 @@ class RunCoordinator(CompositionRules):
     def _dispatch(self) -> None:
         nodes = self._graph.nodes
         limits = self._graph.limits
+        if self.halt is not None:
+            self._dispatch_halted()
+            return
         while self._ready and self._running < self._max_parallel:
-            index = self._ready.popleft()
+            index = self._next_ready()
+            if self._waits_for_a_pause(index):
+                self._ready.appendleft(index)
+                self.request_halt("pause")
+                return
             groups = nodes[index].groups
             blocked = False
             for group in groups:
@@ -205,9 +310,43 @@ class RunCoordinator(CompositionRules):
                 self._group_running[group] += 1
             self._start(index)
 
+    def _next_ready(self) -> int:
+        """The ready node to start next: the most urgent by ``priorities``, else the first ready."""
+        ready = self._ready
+        if self._priority_source is not None and len(ready) > self._max_parallel - self._running:
+            self._priorities = self._priority_source()  # statistics are read once, when they matter
+            self._priority_source = None
+        priorities = self._priorities
+        if priorities is None or len(ready) == 1:
+            return ready.popleft()
+        best = max(range(len(ready)), key=lambda place: (priorities[ready[place]], -ready[place]))
+        index = ready[best]
+        del ready[best]
+        return index
+
+    def _waits_for_a_pause(self, index: int) -> bool:
+        """True when a node it waits for has ``wait`` set and ended in this session (not before a pause)."""
+        nodes = self._graph.nodes
+        return any(up in self._ended_here and nodes[up].node.task.options.wait for up in nodes[index].upstream)
+
+    def _dispatch_halted(self) -> None:
+        """After a pause nothing starts; after a cancel only nodes that always run start."""
+        if self.halt != "cancel":
+            return
+        keep: collections.deque[int] = collections.deque()
+        while self._ready:
+            index = self._ready.popleft()
+            if self._always_runs(index) and self._running < self._max_parallel:
+                for group in self._graph.nodes[index].groups:  # counted, but no group limit holds it back
+                    self._group_running[group] += 1
+                self._start(index)
+            else:
+                keep.append(index)
+        self._ready = keep
+
     def _start(self, index: int) -> None:
         node = self._graph.nodes[index].node
-        execution_id = batch_execution_id(self._run_id, self._rows[index].key) if node.kind == BATCH else None
+        execution_id = batch_execution_id(self._prefix, self._rows[index].key) if node.kind == BATCH else None
         self._running += 1
         self._states[index] = _RUNNING
         self._started[index] = time.time()
@@ -255,6 +394,23 @@ class RunCoordinator(CompositionRules):
     ) -> Outcome:
         """In a node thread: run the node to its outcome."""
         task = node.task
+        context = contextlib.nullcontext() if self._node_context is None else self._node_context(index)
+        try:
+            with context:
+                return self._run_node(index, node, task, args, kwargs, inputs, execution_id)
+        except BaseException as exc:  # a bug of ours: fail the node, never lose it
+            return describe_failure(exc, self._codec_name, 1, time.time())
+
+    def _run_node(
+        self,
+        index: int,
+        node: _Node,
+        task: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        inputs: Any,
+        execution_id: str | None,
+    ) -> Outcome:
         environment = self._environment
         key = self._graph.nodes[index].key
         if environment is not None and task.options.wait_for is not None:
@@ -279,6 +435,7 @@ class RunCoordinator(CompositionRules):
                     need_value=bool(self._graph.nodes[index].dependents),
                     call=None if environment is None else environment.batch_call(task, key),
                     count_attempts=task.options.with_context,
+                    stop=self.stop,
                 )
             else:
                 past = self._past_children.get(index)
@@ -311,6 +468,9 @@ class RunCoordinator(CompositionRules):
             if waiting:
                 self._ready.appendleft(waiting.popleft())
         options = graph_node.node.task.options
+        if outcome.stopped:
+            self._stopped_part_way(index, outcome)
+            return
         if index in self._child_states:
             self._node_states[index] = self._child_states.pop(index)
         elif outcome.ok and options.with_state and index not in self._passed:
@@ -340,6 +500,7 @@ class RunCoordinator(CompositionRules):
             if state == _FAILED and graph_node.tolerant:
                 self._values[index] = outcome.error  # in_parallel(return_exceptions=True): a value
         self._states[index] = state
+        self._ended_here.add(index)
         row = self._rows[index]
         started_at = self._started.pop(index, None)
         self._note(
@@ -372,6 +533,24 @@ class RunCoordinator(CompositionRules):
         self._count_down(index, ended)
         self._cascade(ended)
 
+    def _stopped_part_way(self, index: int, outcome: Outcome) -> None:
+        """A batch node stopped by a pause (back to pending) or a cancel (``cancelled``); resumable."""
+        self._look_at_control(force=True)  # a request made in this process stops it before we look
+        state = _CANCELLED if self.halt == "cancel" else _PENDING
+        self._states[index] = state
+        self._started.pop(index, None)
+        row = dataclasses.replace(
+            self._rows[index], execution_id=outcome.execution_id or self._rows[index].execution_id
+        )
+        self._note(index, _with_state(row, state, None, outcome.ended if state == _CANCELLED else None))
+        self._outcomes_since_flush += 1
+        if self._on_event is not None:
+            self._on_event("end", index)
+        if state == _CANCELLED:
+            ended: list[int] = []
+            self._count_down(index, ended)
+            self._cascade(ended)
+
     def _count_down(self, index: int, ended: list[int]) -> None:
         for dependent in self._graph.nodes[index].dependents:
             self._waiting[dependent] -= 1
@@ -380,6 +559,14 @@ class RunCoordinator(CompositionRules):
 
     def _release(self, index: int, ended: list[int]) -> None:
         """Every node ``index`` waits for has ended: queue it, or end it by the rules."""
+        if self.halt == "cancel":
+            if not self._always_runs(index):
+                self._end_unstarted(index, _CANCELLED, ended)
+                return
+            if self._graph.nodes[index].node.kind != _FINALLY_KIND:
+                self._ready.append(index)
+                return
+            # A finally node: its own rules below decide what it receives.
         states = self._states
         soft = cancelled = False
         verdict: str | None = None
@@ -409,8 +596,11 @@ class RunCoordinator(CompositionRules):
         if verdict is None:
             self._ready.append(index)
             return
-        row = self._rows[index]
-        ended_row = _with_state(row, verdict, None, time.time())
+        self._end_unstarted(index, verdict, ended)
+
+    def _end_unstarted(self, index: int, verdict: str, ended: list[int]) -> None:
+        """End a node that did not run (``ended`` collects it, for the cascade)."""
+        ended_row = _with_state(self._rows[index], verdict, None, time.time())
         try:
             self._node_states[index] = self._state_in(index)  # exceptions carry the state
         except Exception:
@@ -421,7 +611,7 @@ class RunCoordinator(CompositionRules):
             self._errors[index] = error
             if error is not None:  # why it did not run: every failed node it waited for, by name
                 ended_row = dataclasses.replace(ended_row, exc_type=qualified(error), message=why_not_run(error))
-        states[index] = verdict
+        self._states[index] = verdict
         self._values[index] = None
         self._note(index, ended_row)
         self._outcomes_since_flush += 1
@@ -447,7 +637,7 @@ class RunCoordinator(CompositionRules):
             row = self._rows[index]
             if row.state != _RUNNING:
                 node = self._graph.nodes[index].node
-                execution_id = batch_execution_id(self._run_id, row.key) if node.kind == BATCH else None
+                execution_id = batch_execution_id(self._prefix, row.key) if node.kind == BATCH else None
                 running = _with_state(row, _RUNNING, started_at, None)
                 self._note(index, dataclasses.replace(running, execution_id=execution_id, attempts=0))
         update = RunUpdate(nodes=list(self._changed.values()), status=status, ended_at=ended_at)

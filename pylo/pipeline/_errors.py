@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pylo.errors import PyloError
 
-__all__ = ["BatchFailed", "PipelineNotCompleted", "PipelineNotResumable"]
+__all__ = ["BatchFailed", "PipelineCancelled", "PipelineControlError", "PipelineNotCompleted", "PipelineNotResumable"]
 
 
 class BatchFailed(PyloError):
@@ -60,3 +60,38 @@ class PipelineNotCompleted(PyloError):
 
 class PipelineNotResumable(PyloError):
     """The run cannot be resumed now (it is still running in a live process on this machine)."""
+
+
+class PipelineCancelled(PyloError):
+    """``get_pipeline_result`` on a cancelled run.
+
+    Attributes:
+        run_id: The run.
+    """
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"pipeline run {run_id!r} was cancelled: it has no result")
+        self.run_id = run_id
+
+    def __reduce__(self) -> tuple[type[PipelineCancelled], tuple[str]]:
+        return (PipelineCancelled, (self.run_id,))
+
+
+class PipelineControlError(PyloError, ValueError):
+    """A pause, unpause or cancel the run's status does not allow (it ended, or is not paused).
+
+    Attributes:
+        run_id: The run.
+        action: ``"pause"``, ``"unpause"`` or ``"cancel"``.
+        status: The run's status.
+    """
+
+    def __init__(self, run_id: str, action: str, status: str) -> None:
+        allowed = "paused" if action == "unpause" else "running or paused"
+        super().__init__(f"cannot {action} pipeline run {run_id!r}: it is {status}, and only a {allowed} run can be")
+        self.run_id = run_id
+        self.action = action
+        self.status = status
+
+    def __reduce__(self) -> tuple[type[PipelineControlError], tuple[str, str, str]]:
+        return (PipelineControlError, (self.run_id, self.action, self.status))

@@ -47,6 +47,8 @@ class Outcome:
         interrupt: A KeyboardInterrupt/SystemExit the task raised: the
             coordinator re-raises it.
         execution_id: The execution a batch node ran.
+        stopped: A batch node stopped part way on a pause or cancel (not a
+            failure: its execution is resumable).
     """
 
     ok: bool
@@ -64,6 +66,7 @@ class Outcome:
     execution_id: str | None = None
     #: The task returned a pipeline: it, pickled, to run as a child run.
     child: bytes | None = None
+    stopped: bool = False
 
 
 def _qualified_name(kind: type) -> str:

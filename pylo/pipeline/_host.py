@@ -18,7 +18,8 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from pylo._codec import Codec, get_codec
@@ -116,6 +117,21 @@ class Host:
         except PermissionError:
             return False
         return False
+
+    @staticmethod
+    @contextlib.contextmanager
+    def stop_on(event: threading.Event | None) -> Iterator[None]:
+        """Executions started inside stop taking inputs once ``event`` is set (resumable, ``stopped``)."""
+        if event is None:
+            yield
+            return
+        from pylo._engine import STOP_REQUESTED
+
+        token = STOP_REQUESTED.set(event)
+        try:
+            yield
+        finally:
+            STOP_REQUESTED.reset(token)
 
     def find_execution(self, execution_id: str) -> ExecutionRecord | None:
         """The execution's record, or None when the store has none with that id."""

@@ -81,6 +81,8 @@ class TaskOptions:
             ``"N/min"``, ``"N/h"``), shared by every node and batch input of
             the task, or of every task with the same ``rate_key``.
         rate_key: The bucket's name, shared by every task that names it.
+        wait: Pause the run once this node ends, before any node that
+            waits for it starts (``Pipeline.wait()``); an unpause goes on.
     """
 
     retry: Any = None
@@ -97,6 +99,7 @@ class TaskOptions:
     wait_timeout: float | None = None
     rate_limit: float | str | None = None
     rate_key: str | None = None
+    wait: bool = False
 
     def __post_init__(self) -> None:
         if self.retry is not None:
@@ -118,6 +121,7 @@ class TaskOptions:
         _check_bool("skippable", self.skippable)
         _check_bool("is_fruitful", self.is_fruitful)
         _check_bool("with_state", self.with_state)
+        _check_bool("wait", self.wait)
         if self.fail_softly and self.skippable:
             raise ValueError(
                 "fail_softly and skippable cannot both be True: a raise either fails the node softly "

@@ -59,7 +59,7 @@ from pylo.stores._run_rows import (
     run_problem,
 )
 from pylo.stores.files import FileStore
-from pylo.stores.runs import NodeRow, RunRow, RunStore, RunUpdate
+from pylo.stores.runs import CONTROL_ACTIONS, NodeRow, RunRow, RunStore, RunUpdate, check_control
 
 __all__ = ["FileRunStore"]
 
@@ -536,3 +536,38 @@ class FileRunStore(RunStore):
         with self._guard(f"read the nodes of pipeline run {run_id!r}"):
             nodes = self._replay(run_id, nodes=True, results=results).nodes
         return sorted(nodes.values(), key=lambda node: node.seq)
+
+    # -- control requests ----------------------------------------------------------
+
+    def _control_path(self, run_id: str) -> Path:
+        return self._log(run_id).with_name("control")
+
+    def request_control(self, run_id: str, action: str | None) -> None:
+        """See :meth:`RunStore.request_control`.
+
+        Kept in a small file beside the run's log, replaced atomically: the
+        log has one writer (its coordinator), the control file any number.
+        """
+        check_control(action)
+        path = self._control_path(run_id)
+        with self._guard(f"record a control request for pipeline run {run_id!r}"):
+            if not path.parent.is_dir():
+                raise self._not_found(run_id)
+            if action is None:
+                path.unlink(missing_ok=True)
+                return
+            temporary = path.with_name(f"control.{os.getpid()}.{threading.get_ident()}.tmp")
+            temporary.write_text(action, encoding="utf-8")
+            os.replace(temporary, path)
+
+    def read_control(self, run_id: str) -> str | None:
+        """See :meth:`RunStore.read_control`."""
+        path = self._control_path(run_id)
+        with self._guard(f"read the control request of pipeline run {run_id!r}"):
+            try:
+                action = path.read_text(encoding="utf-8").strip()
+            except FileNotFoundError:
+                if not path.parent.is_dir():
+                    raise self._not_found(run_id) from None
+                return None
+        return action if action in CONTROL_ACTIONS else None

@@ -24,7 +24,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["NodeRow", "RunRow", "RunStore", "RunUpdate"]
+__all__ = ["CONTROL_ACTIONS", "NodeRow", "RunRow", "RunStore", "RunUpdate"]
+
+#: The control requests a run store keeps for a running run's coordinator.
+CONTROL_ACTIONS = frozenset({"pause", "cancel"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,3 +197,63 @@ class RunStore(abc.ABC):
         Raises:
             PipelineNotFound: No such run.
         """
+
+    # -- control requests (pause, cancel) -------------------------------------------
+
+    def request_control(self, run_id: str, action: str | None) -> None:
+        """Record a control request for the run's coordinator, from any thread or process.
+
+        The request replaces an earlier one (``cancel`` after ``pause``
+        wins); ``None`` clears it (the coordinator does, when it takes a
+        run up again). It is not one of the run's writes: the coordinator
+        stays the one writer of rows and status, and only reads this.
+
+        The default keeps it under the ``"control"`` key of the run's
+        ``options`` (one read-modify-write transaction); a store whose
+        writes cannot come from two processes at once overrides both methods.
+
+        Raises:
+            PipelineNotFound: No such run.
+            ValueError: ``action`` is not ``"pause"``, ``"cancel"`` or None.
+        """
+        check_control(action)
+        self.record_run(run_id, RunUpdate(options={"control": action}))
+
+    def read_control(self, run_id: str) -> str | None:
+        """The pending control request of the run (``"pause"``, ``"cancel"``), or None; cheap.
+
+        Raises:
+            PipelineNotFound: No such run.
+        """
+        action = self.get_run(run_id).options.get("control")
+        return action if action in CONTROL_ACTIONS else None
+
+    # -- statistics -----------------------------------------------------------------
+
+    def node_durations(self, keys: Sequence[str], *, recent: int = 5) -> dict[str, list[float]]:
+        """Seconds that nodes with these keys took when they ended ``done``, newest run first.
+
+        Reads only the ``recent`` most recently created runs (bounded, not
+        every run's every node); a key absent from them is absent here.
+        The default lists the runs and reads their nodes without results;
+        a store that can select by key in one query overrides it.
+        """
+        wanted = frozenset(keys)
+        found: dict[str, list[float]] = {}
+        if not wanted or recent <= 0:
+            return found
+        for run in reversed(self.list_runs()[-recent:]):
+            _durations_from(self.read_nodes(run.id, results=False), wanted, found)
+        return found
+
+
+def check_control(action: str | None) -> None:
+    """Raise ValueError unless ``action`` is a control request or None."""
+    if action is not None and action not in CONTROL_ACTIONS:
+        raise ValueError(f"control request must be one of {sorted(CONTROL_ACTIONS)} or None, got {action!r}")
+
+
+def _durations_from(rows: Sequence[NodeRow], wanted: frozenset[str], found: dict[str, list[float]]) -> None:
+    for row in rows:
+        if row.key in wanted and row.state == "done" and row.started_at is not None and row.ended_at is not None:
+            found.setdefault(row.key, []).append(max(0.0, row.ended_at - row.started_at))

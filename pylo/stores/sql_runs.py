@@ -486,6 +486,34 @@ class SqlRunStore(RunStore):
             raise StoreError("; ".join(damaged))
         return runs
 
+    def node_durations(self, keys: Sequence[str], *, recent: int = 5) -> dict[str, list[float]]:
+        """See :meth:`RunStore.node_durations`: one query over the ``recent`` newest runs' done nodes."""
+        wanted = sorted(set(keys))
+        found: dict[str, list[float]] = {}
+        if not wanted or recent <= 0:
+            return found
+        store = self._store
+        newest = (
+            sa.select(_runs.c.id, _runs.c.created_at)
+            .order_by(_runs.c.created_at.desc(), _runs.c.id.desc())
+            .limit(recent)
+            .subquery()
+        )
+        query = (
+            sa.select(_nodes.c.key, _nodes.c.started_at, _nodes.c.ended_at)
+            .join(newest, newest.c.id == _nodes.c.run_id)
+            .where(_nodes.c.state == "done", _nodes.c.started_at.is_not(None), _nodes.c.ended_at.is_not(None))
+            .order_by(newest.c.created_at.desc(), newest.c.id.desc())
+        )
+        wanted_set = frozenset(wanted)
+        with store._guard("read node durations"), store._read() as conn:
+            if not self._has_tables(conn):
+                return found
+            for key, started_at, ended_at in conn.execute(query):
+                if key in wanted_set:
+                    found.setdefault(key, []).append(max(0.0, float(ended_at) - float(started_at)))
+        return found
+
     def read_nodes(self, run_id: str, *, results: bool = True) -> list[NodeRow]:
         """See :meth:`RunStore.read_nodes`.
 

@@ -124,3 +124,12 @@ def race_create_run(spec: StoreSpec, run_id: str, barrier: Any, results: Any) ->
             store.close()
     except BaseException:
         results.put("error: " + traceback.format_exc())
+
+
+def request_cancel(spec: StoreSpec, run_id: str) -> None:
+    """In another process: ask run ``run_id`` to cancel."""
+    store = spec.open()
+    try:
+        store.runs().request_control(run_id, "cancel")
+    finally:
+        store.close()

@@ -1,0 +1,199 @@
+"""Pause, unpause and cancel: requests from another thread (or process) taken up by the running coordinator."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import control_tasks
+import pytest
+from control_tasks import STARTED, gate, gated_item, step
+
+from pylo import PipelineStatus, Pylo, TaskState
+from pylo.pipeline import in_parallel
+from pylo.pipeline._errors import PipelineCancelled, PipelineControlError, PipelineNotCompleted
+
+MakePylo = Callable[..., Pylo]
+WAIT = 30
+
+
+@pytest.fixture(autouse=True)
+def clean() -> Iterator[None]:
+    control_tasks.reset()
+    yield
+    for event in list(control_tasks.GATES.values()):
+        event.set()  # never leave a node thread waiting
+    control_tasks.reset()
+
+
+def in_background(function: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    box: list[Any] = []
+
+    def target() -> None:
+        try:
+            box.append(function())
+        except BaseException as exc:  # pragma: no cover - shown by the assertion
+            box.append(exc)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    return thread, box
+
+
+def abc() -> Any:
+    """a -> b (gated) -> c"""
+    return step.send("c", step.send("b", step.send("a")))
+
+
+def test_pause_then_unpause_completes_the_same_run(make_pylo: MakePylo) -> None:
+    p = make_pylo()
+    reached, opened = gate("b")
+    flow = abc()
+    thread, box = in_background(lambda: p.run_pipeline(flow, run_id="nightly"))
+    assert reached.wait(WAIT)
+    p.pause_pipeline("nightly")
+    opened.set()  # b finishes; c must not start
+    thread.join(WAIT)
+    assert box == ["nightly"]
+    record = p.get_pipeline("nightly")
+    assert record.status is PipelineStatus.PAUSED
+    assert [n.state for n in record.nodes] == [TaskState.DONE, TaskState.DONE, TaskState.PENDING]
+    assert STARTED == ["a", "b"]
+    with pytest.raises(PipelineNotCompleted):
+        p.get_pipeline_result("nightly")
+
+    assert p.unpause_pipeline("nightly", flow) == "nightly"
+    assert STARTED == ["a", "b", "c"]
+    assert p.get_pipeline("nightly").status is PipelineStatus.COMPLETED
+    assert p.get_pipeline_result("nightly") == "c"
+    assert [r.id for r in p.list_pipelines()] == ["nightly"]
+
+
+def test_cancel_while_running_ends_what_did_not_start_cancelled(make_pylo: MakePylo) -> None:
+    p = make_pylo()
+    reached, opened = gate("b")
+    thread, box = in_background(lambda: p.run_pipeline(abc(), run_id="r"))
+    assert reached.wait(WAIT)
+    p.cancel_pipeline("r")
+    opened.set()
+    thread.join(WAIT)
+    assert box == ["r"]
+    record = p.get_pipeline("r")
+    assert record.status is PipelineStatus.CANCELLED
+    assert [n.state for n in record.nodes] == [TaskState.DONE, TaskState.DONE, TaskState.CANCELLED]
+    assert STARTED == ["a", "b"]
+    with pytest.raises(PipelineCancelled, match="'r'"):
+        p.get_pipeline_result("r")
+
+
+def test_cancel_while_paused(make_pylo: MakePylo) -> None:
+    p = make_pylo()
+    reached, opened = gate("b")
+    thread, _ = in_background(lambda: p.run_pipeline(abc(), run_id="r"))
+    assert reached.wait(WAIT)
+    p.pause_pipeline("r")
+    opened.set()
+    thread.join(WAIT)
+    assert p.get_pipeline("r").status is PipelineStatus.PAUSED
+    p.cancel_pipeline("r")
+    record = p.get_pipeline("r")
+    assert record.status is PipelineStatus.CANCELLED
+    assert record.node(record.nodes[2].key).state is TaskState.CANCELLED
+    assert STARTED == ["a", "b"]
+    with pytest.raises(PipelineControlError, match="it is cancelled"):
+        p.unpause_pipeline("r", abc())
+
+
+def test_control_is_refused_unless_running_or_paused(make_pylo: MakePylo) -> None:
+    p = make_pylo()
+    run_id = p.run_pipeline(step.send("a"))
+    for action in (p.pause_pipeline, p.cancel_pipeline):
+        with pytest.raises(PipelineControlError, match="it is completed, and only a running or paused run can be"):
+            action(run_id)
+    with pytest.raises(PipelineControlError, match="only a paused run can be"):
+        p.unpause_pipeline(run_id, step.send("a"))
+
+
+def test_a_paused_batch_node_stops_taking_inputs_and_resumes_only_the_rest(make_pylo: MakePylo) -> None:
+    p = make_pylo(1, task_executions_before_flush=1)
+    reached, opened = gate("item")
+    flow = step.send("after", gated_item.map(list(range(40))))
+    thread, _ = in_background(lambda: p.run_pipeline(flow, run_id="b"))
+    assert reached.wait(WAIT)
+    p.pause_pipeline("b")
+    opened.set()
+    thread.join(WAIT)
+    record = p.get_pipeline("b")
+    assert record.status is PipelineStatus.PAUSED
+    assert [n.state for n in record.nodes] == [TaskState.PENDING, TaskState.PENDING]
+    ran_before = [name for name in STARTED if name.startswith("item")]
+    assert len(ran_before) < 40
+
+    control_tasks.WAIT_AT.clear()
+    try:
+        p.unpause_pipeline("b", flow)
+    finally:
+        control_tasks.WAIT_AT.add(5)
+    assert p.get_pipeline_result("b") == "after"
+    items = [name for name in STARTED if name.startswith("item")]
+    # Every input ran; those finished before the pause did not run again.
+    assert sorted(set(items), key=lambda n: int(n[4:])) == [f"item{i}" for i in range(40)]
+    assert len(items) <= 40 + 1  # at most the input cut short at the pause runs twice
+    assert STARTED[-1] == "after"
+
+
+def test_wait_on_a_node_pauses_before_what_waits_for_it(make_pylo: MakePylo) -> None:
+    p = make_pylo()
+    flow = step.send("c", step.send("b", step.send("a").wait()))
+    run_id = p.run_pipeline(flow)
+    assert p.get_pipeline(run_id).status is PipelineStatus.PAUSED
+    assert STARTED == ["a"]
+    p.unpause_pipeline(run_id, flow)
+    assert STARTED == ["a", "b", "c"]  # the wait does not pause the run again
+    assert p.get_pipeline_result(run_id) == "c"
+
+
+def test_wait_on_a_node_in_a_group_lets_its_siblings_run(make_pylo: MakePylo) -> None:
+    p = make_pylo(1)
+    flow = step.send("after", in_parallel([step.send("a").wait(), step.send("b")]))
+    run_id = p.run_pipeline(flow, max_parallel=1)
+    assert p.get_pipeline(run_id).status is PipelineStatus.PAUSED
+    assert STARTED == ["a", "b"]
+    p.unpause_pipeline(run_id, flow)
+    assert STARTED == ["a", "b", "after"]
+
+
+def test_wait_on_a_group_pauses_once_all_its_members_end(make_pylo: MakePylo) -> None:
+    p = make_pylo()
+    flow = step.send("after", in_parallel([step.send("a"), step.send("b")]).wait())
+    run_id = p.run_pipeline(flow)
+    assert p.get_pipeline(run_id).status is PipelineStatus.PAUSED
+    assert sorted(STARTED) == ["a", "b"]
+    p.unpause_pipeline(run_id, flow)
+    assert STARTED[-1] == "after" and p.get_pipeline_result(run_id) == "after"
+
+
+def test_a_node_marked_always_run_still_starts_after_a_cancel(
+    make_pylo: MakePylo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hook point for ``finally_do``: nodes whose builder marks them ``always_run`` start after a cancel."""
+    from pylo.pipeline import _coordinator
+
+    monkeypatch.setattr(
+        _coordinator.RunCoordinator,
+        "_always_runs",
+        lambda self, index: self._graph.nodes[index].node.task.options.display_name == "cleanup",
+    )
+    p = make_pylo()
+    reached, opened = gate("b")
+    flow = [abc(), step.send("cleanup", step.send("b2", step.send("a2"))).set(display_name="cleanup")]
+    thread, _ = in_background(lambda: p.run_pipeline(flow, run_id="r", max_parallel=1))
+    assert reached.wait(WAIT)
+    p.cancel_pipeline("r")
+    opened.set()
+    thread.join(WAIT)
+    record = p.get_pipeline("r")
+    assert record.status is PipelineStatus.CANCELLED
+    assert "c" not in STARTED
+    assert "cleanup" in STARTED

@@ -1,0 +1,128 @@
+"""Reporters: the text plan, Mermaid and dot graphs parsed back, the plan and progress hooks."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import control_tasks
+import pytest
+from control_tasks import step
+
+from pylo import Pylo
+from pylo.pipeline import in_parallel
+from pylo.pipeline._graph import build_graph
+from pylo.pipeline.reporters import STATE_COLOURS, PlanReporter, ProgressReporter, to_dot, to_mermaid, to_text
+
+MakePylo = Callable[..., Pylo]
+
+
+@pytest.fixture(autouse=True)
+def clean() -> Iterator[None]:
+    control_tasks.reset()
+    yield
+    control_tasks.reset()
+
+
+def diamond() -> Any:
+    top = step.send("top").set(task_id="top")
+    sides = in_parallel([step.send("left", top).set(task_id="left"), step.send("right", top).set(task_id="right")])
+    return step.send("bottom", sides).set(task_id="bottom", display_name='the "end"')
+
+
+def edges_of(pipeline: Any) -> set[tuple[str, str]]:
+    graph = build_graph(pipeline)
+    return {(graph.nodes[up].key, node.key) for node in graph.nodes for up in node.upstream}
+
+
+def parse_mermaid(text: str) -> tuple[dict[str, str], set[tuple[str, str]], dict[str, str]]:
+    """Node id -> key, edges as (key, key), key -> class (state)."""
+    lines = text.splitlines()
+    assert lines[0] == "flowchart TD"
+    keys: dict[str, str] = {}
+    edges: set[tuple[str, str]] = set()
+    classes: dict[str, str] = {}
+    for line in lines[1:]:
+        if match := re.fullmatch(r'    (n\d+)\["(.*)<br/>(.*)"\]', line):
+            keys[match.group(1)] = match.group(3)
+        elif match := re.fullmatch(r"    (n\d+) --> (n\d+)", line):
+            edges.add((keys[match.group(1)], keys[match.group(2)]))
+        elif match := re.fullmatch(r"    class (n\d+) (\w+)", line):
+            classes[keys[match.group(1)]] = match.group(2)
+        else:
+            assert re.fullmatch(r"    classDef \w+ fill:#[0-9a-f]{6}", line), line
+    return keys, edges, classes
+
+
+def parse_dot(text: str) -> tuple[dict[str, dict[str, str]], set[tuple[str, str]]]:
+    """Node key -> attributes, edges (a structural check: every statement is a node, an edge or a default)."""
+    assert text.startswith("digraph pipeline {\n") and text.endswith("}\n")
+    quoted = r'"((?:[^"\\]|\\.)*)"'
+    nodes: dict[str, dict[str, str]] = {}
+    edges: set[tuple[str, str]] = set()
+    for line in text.splitlines()[1:-1]:
+        if match := re.fullmatch(rf"    {quoted} -> {quoted};", line):
+            edges.add((match.group(1), match.group(2)))
+        elif match := re.fullmatch(rf"    {quoted} \[(.*)\];", line):
+            nodes[match.group(1)] = {k: v for k, v in re.findall(rf"(\w+)={quoted}", match.group(2))}
+        else:
+            assert line in ("    rankdir=TB;", "    node [shape=box, style=filled, fillcolor=white];"), line
+    assert {key for edge in edges for key in edge} <= set(nodes)
+    return nodes, edges
+
+
+def test_the_text_plan_lists_nodes_in_an_order_they_may_run_in() -> None:
+    assert to_text(diamond()) == (
+        '1. step (top)\n2. step (left) after top\n3. step (right) after top\n4. the "end" (bottom) after left, right\n'
+    )
+
+
+def test_mermaid_of_a_pipeline_parses_back_to_its_graph() -> None:
+    keys, edges, classes = parse_mermaid(to_mermaid(diamond()))
+    assert sorted(keys.values()) == ["bottom", "left", "right", "top"]
+    assert edges == edges_of(diamond())
+    assert classes == {}
+
+
+def test_dot_of_a_pipeline_parses_back_to_its_graph() -> None:
+    nodes, edges = parse_dot(to_dot(diamond()))
+    assert set(nodes) == {"top", "left", "right", "bottom"}
+    assert edges == edges_of(diamond())
+    assert nodes["bottom"]["label"] == r"the \"end\"\nbottom"
+
+
+def test_a_runs_graph_colours_nodes_by_state(make_pylo: MakePylo) -> None:
+    p = make_pylo()
+    control_tasks.BROKEN.add("left")
+    record = p.get_pipeline(p.run_pipeline(diamond()))
+    expected = {"top": "done", "left": "failed", "right": "done", "bottom": "failed_dependency"}
+    _, edges, classes = parse_mermaid(to_mermaid(record))
+    assert classes == expected and edges == edges_of(diamond())
+    nodes, _ = parse_dot(to_dot(record))
+    assert {key: attributes["fillcolor"] for key, attributes in nodes.items()} == {
+        key: STATE_COLOURS[state] for key, state in expected.items()
+    }
+    assert "[failed_dependency]" in to_text(record)
+
+
+def test_the_plan_reporter_writes_the_plan_before_any_node_runs(make_pylo: MakePylo) -> None:
+    out = io.StringIO()
+
+    class Watch:
+        def node_started(self, event: Any) -> None:
+            assert "4. the" in out.getvalue()
+
+    p = make_pylo()
+    run_id = p.run_pipeline(diamond(), hooks=[PlanReporter(diamond(), out), Watch()])
+    assert out.getvalue() == f"pipeline run {run_id} plan:\n" + to_text(diamond())
+
+
+def test_the_progress_reporter_counts_nodes_ended(make_pylo: MakePylo) -> None:
+    pytest.importorskip("tqdm")
+    out = io.StringIO()
+    reporter = ProgressReporter(diamond(), file=out)
+    make_pylo().run_pipeline(diamond(), hooks=[reporter])
+    assert (reporter.ended, reporter.total) == (4, 4)
+    assert "4/4" in out.getvalue() and "completed" in out.getvalue()
