@@ -51,6 +51,7 @@ class CompositionRules:
     _host: Host
     _run_id: str
     _codec_name: str
+    halt: str | None
     _started: dict[int, float]
     _outbox: queue.SimpleQueue[Any]
 
@@ -133,6 +134,10 @@ class CompositionRules:
                 return self._pass_through(index, previous)  # nothing failed: skipped, value passes on
             if node.handler == FINALLY:
                 self._finally_values[index] = None if error is not None else previous
+                if error is None and self.halt == "cancel":
+                    from pylo.pipeline._errors import PipelineCancelled
+
+                    error = PipelineCancelled(self._run_id)  # the run was cancelled: it receives that
             if error is not None:
                 args = (error, *args[1:])
             elif node.handler == FINALLY and previous is None and node.args:

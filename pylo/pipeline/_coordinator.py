@@ -62,9 +62,6 @@ _CANCELLED = TaskState.CANCELLED.value
 _HARD = frozenset({_FAILED, _FAILED_DEPENDENCY})
 _FINAL = frozenset({_DONE, _FAILED, _FAILED_SOFTLY, _FAILED_DEPENDENCY, _SKIPPED, _CANCELLED})
 
-#: The kind of a ``finally_do`` node (issue 14's builder): it starts even after a cancel.
-_FINALLY_KIND = "finally"
-
 #: Longest wait for an outcome before looking at the flush clock again.
 _MAX_WAIT = 1.0
 
@@ -250,9 +247,8 @@ class RunCoordinator(CompositionRules):
             self.request_halt(action)
 
     def _always_runs(self, index: int) -> bool:
-        """Nodes that still start after a cancel: ``finally_do`` nodes (kind ``"finally"``)."""
-        node = self._graph.nodes[index].node
-        return node.kind == _FINALLY_KIND or bool(getattr(node, "always_run", False))
+        """Nodes that still start after a cancel: ``finally_do`` nodes (the builder's ``handler=FINALLY``)."""
+        return self._graph.nodes[index].node.handler == FINALLY
 
     def _final_status(self) -> PipelineStatus:
         """The run's status once nothing runs: paused nodes stay pending, cancelled ones end ``cancelled``."""
@@ -559,14 +555,9 @@ class RunCoordinator(CompositionRules):
 
     def _release(self, index: int, ended: list[int]) -> None:
         """Every node ``index`` waits for has ended: queue it, or end it by the rules."""
-        if self.halt == "cancel":
-            if not self._always_runs(index):
-                self._end_unstarted(index, _CANCELLED, ended)
-                return
-            if self._graph.nodes[index].node.kind != _FINALLY_KIND:
-                self._ready.append(index)
-                return
-            # A finally node: its own rules below decide what it receives.
+        if self.halt == "cancel" and not self._always_runs(index):
+            self._end_unstarted(index, _CANCELLED, ended)
+            return  # a finally_do node goes on below: it always runs
         states = self._states
         soft = cancelled = False
         verdict: str | None = None

@@ -17,6 +17,8 @@ WAIT_AT = {5}
 #: Names of tasks that fail until removed.
 BROKEN: set[str] = set()
 ATTEMPTS: dict[str, int] = {}
+#: What each ``cleanup`` call received (the previous result or exception).
+RECEIVED: list[Any] = []
 
 
 def reset() -> None:
@@ -26,6 +28,7 @@ def reset() -> None:
         GATES.clear()
         BROKEN.clear()
         ATTEMPTS.clear()
+        RECEIVED.clear()
 
 
 def gate(name: str) -> tuple[threading.Event, threading.Event]:
@@ -73,3 +76,12 @@ def flaky(name: str) -> str:
     if first:
         raise ValueError(f"{name} failed once")
     return name
+
+
+@task
+def cleanup(previous: Any) -> str:
+    """A ``finally_do`` task: logs its start and what it received."""
+    started("cleanup")
+    with _LOCK:
+        RECEIVED.append(previous)
+    return "cleaned"

@@ -174,26 +174,53 @@ def test_wait_on_a_group_pauses_once_all_its_members_end(make_pylo: MakePylo) ->
     assert STARTED[-1] == "after" and p.get_pipeline_result(run_id) == "after"
 
 
-def test_a_node_marked_always_run_still_starts_after_a_cancel(
-    make_pylo: MakePylo, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The hook point for ``finally_do``: nodes whose builder marks them ``always_run`` start after a cancel."""
-    from pylo.pipeline import _coordinator
-
-    monkeypatch.setattr(
-        _coordinator.RunCoordinator,
-        "_always_runs",
-        lambda self, index: self._graph.nodes[index].node.task.options.display_name == "cleanup",
-    )
+def test_cancel_while_running_still_runs_finally_do_once_with_the_cancellation(make_pylo: MakePylo) -> None:
     p = make_pylo()
     reached, opened = gate("b")
-    flow = [abc(), step.send("cleanup", step.send("b2", step.send("a2"))).set(display_name="cleanup")]
+    flow = abc().finally_do(control_tasks.cleanup)
+    thread, box = in_background(lambda: p.run_pipeline(flow, run_id="r"))
+    assert reached.wait(WAIT)
+    p.cancel_pipeline("r")
+    opened.set()
+    thread.join(WAIT)
+    assert box == ["r"]
+    assert STARTED == ["a", "b", "cleanup"]  # c never starts; the finally_do task runs once
+    [received] = control_tasks.RECEIVED
+    assert isinstance(received, PipelineCancelled) and received.run_id == "r"
+    record = p.get_pipeline("r")
+    assert record.status is PipelineStatus.CANCELLED
+    assert [n.state for n in record.nodes] == [TaskState.DONE, TaskState.DONE, TaskState.CANCELLED, TaskState.DONE]
+    with pytest.raises(PipelineCancelled, match="'r'"):
+        p.get_pipeline_result("r")
+
+
+def test_cancel_before_a_queued_finally_do_starts_it_still_runs(make_pylo: MakePylo) -> None:
+    """One worker: the finally_do of the second pipeline waits in the queue when the cancel comes."""
+    p = make_pylo(1)
+    reached, opened = gate("b")
+    flow = [abc(), step.send("b2", step.send("a2")).finally_do(control_tasks.cleanup)]
     thread, _ = in_background(lambda: p.run_pipeline(flow, run_id="r", max_parallel=1))
     assert reached.wait(WAIT)
     p.cancel_pipeline("r")
     opened.set()
     thread.join(WAIT)
-    record = p.get_pipeline("r")
-    assert record.status is PipelineStatus.CANCELLED
+    assert p.get_pipeline("r").status is PipelineStatus.CANCELLED
     assert "c" not in STARTED
-    assert "cleanup" in STARTED
+    assert STARTED.count("cleanup") == 1
+    [received] = control_tasks.RECEIVED
+    assert isinstance(received, PipelineCancelled)
+
+
+def test_cancel_while_paused_cannot_run_finally_do(make_pylo: MakePylo) -> None:
+    """A paused run has no coordinator and cancel_pipeline has no pipeline: its finally_do ends cancelled."""
+    p = make_pylo()
+    flow = step.send("b", step.send("a").wait()).finally_do(control_tasks.cleanup)
+    run_id = p.run_pipeline(flow)
+    assert p.get_pipeline(run_id).status is PipelineStatus.PAUSED
+    p.cancel_pipeline(run_id)
+    record = p.get_pipeline(run_id)
+    assert record.status is PipelineStatus.CANCELLED
+    assert [n.state for n in record.nodes] == [TaskState.DONE, TaskState.CANCELLED, TaskState.CANCELLED]
+    assert STARTED == ["a"]
+    with pytest.raises(PipelineCancelled):
+        p.get_pipeline_result(run_id)
