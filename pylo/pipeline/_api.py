@@ -375,6 +375,7 @@ def _coordinate(
         priorities=lambda: _priorities(runs, graph),
         environment=environment,
         node_context=None if tracer is None else tracer.node_context,
+        hooks=tuple(hooks),
     )
     read_control = reader(runs, run_id, coordinator.stop)
     if events is not None:

@@ -51,6 +51,7 @@ class CompositionRules:
     _host: Host
     _run_id: str
     _codec_name: str
+    _hooks: tuple[Any, ...]
     halt: str | None
     _started: dict[int, float]
     _outbox: queue.SimpleQueue[Any]
@@ -195,6 +196,7 @@ class CompositionRules:
             previous_child=previous_child,
             record=record,
             codec_name=self._codec_name,
+            hooks=self._hooks,
         )
         self._child_states[index] = state
         return outcome

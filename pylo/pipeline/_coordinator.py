@@ -120,8 +120,10 @@ class RunCoordinator(CompositionRules):
         execution_prefix: str | None = None,
         priorities: Callable[[], list[float] | None] | None = None,
         node_context: Callable[[int], contextlib.AbstractContextManager[Any]] | None = None,
+        hooks: tuple[Any, ...] = (),
     ) -> None:
         self._host = host
+        self._hooks = hooks  # the run's hooks: its child runs are told to them too
         self._runs = runs
         self._run_id = run_id
         self._graph = graph

@@ -64,6 +64,7 @@ def run_child(
     previous_child: str | None,
     record: Callable[[str], None],
     codec_name: str,
+    hooks: tuple[Any, ...] = (),
 ) -> tuple[Outcome, Any]:
     """Record, then run (or resume) a child run; its outcome and its final state.
 
@@ -76,6 +77,7 @@ def run_child(
         record: Records the new child's id on the parent node, durably, and
             returns once it is.
         codec_name: The parent's codec.
+        hooks: The parent's hooks: the child run's events go to them too.
 
     Returns:
         The node's outcome (the child's result, or its failure) and the
@@ -110,6 +112,7 @@ def run_child(
                 max_parallel=None,
                 parent_id=previous_child,
                 child_of={"run": parent_run_id, "node": node_key},
+                hooks=hooks,
             )
         finally:
             with _LOCK:

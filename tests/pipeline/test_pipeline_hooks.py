@@ -69,6 +69,41 @@ def test_a_successful_run(make_pylo: MakePylo) -> None:
     assert hook.threads == {"pylo-hooks"}  # never the coordinator's thread
 
 
+def test_a_child_run_tells_the_same_hooks_in_order(make_pylo: MakePylo) -> None:
+    """A task that returns a pipeline: the child run's events come between its node's start and end."""
+    from compose_tasks import choose
+
+    p = make_pylo()
+    hook = Recorder()
+    run_id = p.run_pipeline(choose.send(3), hooks=[hook])
+    assert p.get_pipeline_result(run_id) == 6
+    child_id = next(e.child_run_id for e in hook.events if e.child_run_id is not None)
+    assert child_id != run_id
+    # Each run's events come from its own dispatcher: in order per run, and the
+    # child's all come before the node that started it ends.
+    per_run = {
+        rid: [(e.kind, e.display_name, e.state) for e in hook.events if e.run_id == rid] for rid in (run_id, child_id)
+    }
+    assert per_run[child_id] == [
+        ("pipeline_started", None, None),
+        ("node_started", "multiply", "running"),
+        ("node_finished", "multiply", "done"),
+        ("pipeline_status_changed", None, None),
+        ("pipeline_finished", None, None),
+    ]
+    assert per_run[run_id] == [
+        ("pipeline_started", None, None),
+        ("node_started", "choose", "running"),
+        ("node_finished", "choose", "done"),
+        ("pipeline_status_changed", None, None),
+        ("pipeline_finished", None, None),
+    ]
+    kinds = [(e.run_id, e.kind) for e in hook.events]
+    assert kinds.index((child_id, "pipeline_finished")) < kinds.index((run_id, "node_finished"))
+    assert len(hook.events) == 10
+    assert p.get_pipeline(child_id).status is PipelineStatus.COMPLETED
+
+
 def test_retry_failure_and_skip(make_pylo: MakePylo) -> None:
     p = make_pylo(1)
     control_tasks.BROKEN.update({"bad", "optional"})
