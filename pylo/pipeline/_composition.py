@@ -203,9 +203,9 @@ class CompositionRules:
 
     def _record_child(self, index: int, started: ChildStarted) -> None:
         """Make the child run findable from its node before the child starts (a resume resumes it)."""
-        from pylo.pipeline._coordinator import _with_state
+        from pylo.pipeline._recording import with_state
 
-        row = _with_state(self._rows[index], _RUNNING, self._started.get(index), None)
+        row = with_state(self._rows[index], _RUNNING, self._started.get(index), None)
         self._note(index, dataclasses.replace(row, child_run_id=started.child_id, result=started.payload))
         self._flush()
         started.recorded.set()

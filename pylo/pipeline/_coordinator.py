@@ -41,11 +41,14 @@ from pylo.pipeline._builder import BATCH, EXCEPTIONALLY, FINALLY, Pipeline, _Nod
 from pylo.pipeline._composition import ChildStarted, CompositionRules, qualified, stateful_child, why_not_run
 from pylo.pipeline._executors import CallRunner, Outcome, describe_failure
 from pylo.pipeline._graph import Graph
+from pylo.pipeline._halting import HaltRules
 from pylo.pipeline._host import Host
-from pylo.pipeline._outcomes import is_failed_run, unwrap_state, wrap_state
+from pylo.pipeline._node_threads import NodeThreads, take_all
+from pylo.pipeline._outcomes import unwrap_state, wrap_state
+from pylo.pipeline._recording import RunRecording, with_state
 from pylo.pipeline._records import PipelineStatus, TaskState
 from pylo.pipeline._run_environment import RunEnvironment
-from pylo.stores.runs import NodeRow, RunStore, RunUpdate
+from pylo.stores.runs import NodeRow, RunStore
 
 __all__ = ["RunCoordinator"]
 
@@ -66,7 +69,7 @@ _FINAL = frozenset({_DONE, _FAILED, _FAILED_SOFTLY, _FAILED_DEPENDENCY, _SKIPPED
 _MAX_WAIT = 1.0
 
 
-class RunCoordinator(CompositionRules):
+class RunCoordinator(RunRecording, HaltRules, CompositionRules):
     """Runs one created run to its end, recording node outcomes by the flush policy.
 
     Args:
@@ -149,7 +152,7 @@ class RunCoordinator(CompositionRules):
         self._flush_every = host.flush_every
         self._flush_seconds = host.flush_seconds
         self._calls = CallRunner(host.kind, host.workers, host.backend_options, codec_name)
-        self._pool = _NodeThreads(max_parallel, self._work, self._outbox.put)
+        self._pool = NodeThreads(max_parallel, self._work, self._outbox.put)
         # Started nodes whose "running" row is not written yet: written at a
         # flush only if still running, so a short node costs one row, not two.
         self._started: dict[int, float] = {}
@@ -187,7 +190,7 @@ class RunCoordinator(CompositionRules):
                     timeout = min(timeout, max(0.0, self._last_flush + self._flush_seconds - time.monotonic()))
                 if self._control is not None and self.halt is None:
                     timeout = min(timeout, max(0.0, self._next_control - time.monotonic()))
-                for index, outcome in _take_all(self._outbox, timeout):
+                for index, outcome in take_all(self._outbox, timeout):
                     if isinstance(outcome, ChildStarted):
                         self._record_child(index, outcome)
                     else:
@@ -207,65 +210,6 @@ class RunCoordinator(CompositionRules):
         self._pool.stop()
         self._calls.close()
         return status
-
-    # -- pause and cancel ------------------------------------------------------
-
-    def request_halt(self, action: str) -> None:
-        """Pause or cancel from the coordinator's thread (a cancel overrides a pause)."""
-        if self.halt == "cancel" or self.halt == action:
-            return
-        logger.info("pipeline run %s: %s requested", self._run_id, action)
-        self.halt = action
-        self.stop.set()
-        # Say it is taken up: readers (and tests) can tell a request seen from one on its way.
-        self._runs.record_run(self._run_id, RunUpdate(options={"halt": action}))
-        if action == "cancel":
-            self._cancel_unstarted()
-
-    def _cancel_unstarted(self) -> None:
-        """End every queued node ``cancelled`` now, but those that always run (they are released)."""
-        queued = list(self._ready)
-        self._ready.clear()
-        for waiting in self._group_waiting:
-            queued.extend(waiting)
-            waiting.clear()
-        ended: list[int] = []
-        for index in queued:
-            if self._always_runs(index):
-                self._ready.append(index)
-            else:
-                self._end_unstarted(index, _CANCELLED, ended)
-        self._cascade(ended)
-
-    def _look_at_control(self, force: bool = False) -> None:
-        if self._control is None or self.halt == "cancel":
-            return
-        now = time.monotonic()
-        in_store = force or now >= self._next_control
-        if in_store:
-            self._next_control = now + self._control_seconds
-        action = self._control(in_store)
-        if action is not None:
-            self.request_halt(action)
-
-    def _always_runs(self, index: int) -> bool:
-        """Nodes that still start after a cancel: ``finally_do`` nodes (the builder's ``handler=FINALLY``)."""
-        return self._graph.nodes[index].node.handler == FINALLY
-
-    def _final_status(self) -> PipelineStatus:
-        """The run's status once nothing runs: paused nodes stay pending, cancelled ones end ``cancelled``."""
-        if self.halt == "cancel":
-            for index, state in enumerate(self._states):
-                if state not in _FINAL:
-                    self._states[index] = _CANCELLED
-                    self._note(index, _with_state(self._rows[index], _CANCELLED, None, time.time()))
-                    if self._on_event is not None:
-                        self._on_event("end", index)
-            return PipelineStatus.CANCELLED
-        if self.halt == "pause" and any(state not in _FINAL for state in self._states):
-            return PipelineStatus.PAUSED
-        failed = self._hard_failures and is_failed_run(self._states, self._graph.nodes)
-        return PipelineStatus.FAILED if failed else PipelineStatus.COMPLETED
 
     def _seed(self) -> None:
         """Count down the nodes already final (copied ``done``), then queue what can start."""
@@ -321,26 +265,6 @@ class RunCoordinator(CompositionRules):
         index = ready[best]
         del ready[best]
         return index
-
-    def _waits_for_a_pause(self, index: int) -> bool:
-        """True when a node it waits for has ``wait`` set and ended in this session (not before a pause)."""
-        nodes = self._graph.nodes
-        return any(up in self._ended_here and nodes[up].node.task.options.wait for up in nodes[index].upstream)
-
-    def _dispatch_halted(self) -> None:
-        """After a pause nothing starts; after a cancel only nodes that always run start."""
-        if self.halt != "cancel":
-            return
-        keep: collections.deque[int] = collections.deque()
-        while self._ready:
-            index = self._ready.popleft()
-            if self._always_runs(index) and self._running < self._max_parallel:
-                for group in self._graph.nodes[index].groups:  # counted, but no group limit holds it back
-                    self._group_running[group] += 1
-                self._start(index)
-            else:
-                keep.append(index)
-        self._ready = keep
 
     def _start(self, index: int) -> None:
         node = self._graph.nodes[index].node
@@ -540,7 +464,7 @@ class RunCoordinator(CompositionRules):
         row = dataclasses.replace(
             self._rows[index], execution_id=outcome.execution_id or self._rows[index].execution_id
         )
-        self._note(index, _with_state(row, state, None, outcome.ended if state == _CANCELLED else None))
+        self._note(index, with_state(row, state, None, outcome.ended if state == _CANCELLED else None))
         self._outcomes_since_flush += 1
         if self._on_event is not None:
             self._on_event("end", index)
@@ -593,7 +517,7 @@ class RunCoordinator(CompositionRules):
 
     def _end_unstarted(self, index: int, verdict: str, ended: list[int]) -> None:
         """End a node that did not run (``ended`` collects it, for the cascade)."""
-        ended_row = _with_state(self._rows[index], verdict, None, time.time())
+        ended_row = with_state(self._rows[index], verdict, None, time.time())
         try:
             self._node_states[index] = self._state_in(index)  # exceptions carry the state
         except Exception:
@@ -617,35 +541,12 @@ class RunCoordinator(CompositionRules):
         while ended:
             self._count_down(ended.pop(), ended)
 
-    # -- recording --------------------------------------------------------------
-
-    def _note(self, index: int, row: NodeRow) -> None:
-        self._rows[index] = row
-        # Latest version only, moved to the end: the update lists changes in order.
-        self._changed.pop(row.key, None)
-        self._changed[row.key] = row
-
-    def _flush(self, status: str | None = None, ended_at: float | None = None) -> None:
-        for index, started_at in self._started.items():
-            row = self._rows[index]
-            if row.state != _RUNNING:
-                node = self._graph.nodes[index].node
-                execution_id = batch_execution_id(self._prefix, row.key) if node.kind == BATCH else None
-                running = _with_state(row, _RUNNING, started_at, None)
-                self._note(index, dataclasses.replace(running, execution_id=execution_id, attempts=0))
-        update = RunUpdate(nodes=list(self._changed.values()), status=status, ended_at=ended_at)
-        self._runs.record_run(self._run_id, update)
-        self._changed.clear()
-        self._unwritten_starts = 0
-        self._outcomes_since_flush = 0
-        self._last_flush = time.monotonic()
-
     def _stop_early(self) -> None:
         """Interrupted (or a bug of ours): record what is known, running nodes back to pending."""
         self._pool.stop()
         # Outcomes that arrived meanwhile are kept, as executions keep theirs.
         try:
-            for index, outcome in _take_all(self._outbox, 0):
+            for index, outcome in take_all(self._outbox, 0):
                 if isinstance(outcome, Outcome) and outcome.interrupt is None:
                     self._complete(index, outcome)
         except BaseException:  # pragma: no cover - best effort only
@@ -654,88 +555,9 @@ class RunCoordinator(CompositionRules):
             if state == _RUNNING:
                 self._states[index] = _PENDING
                 self._started.pop(index, None)
-                self._note(index, _with_state(self._rows[index], _PENDING, None, None))
+                self._note(index, with_state(self._rows[index], _PENDING, None, None))
         try:
             self._flush(status=PipelineStatus.INTERRUPTED.value, ended_at=time.time())
         except BaseException:
             logger.exception("could not record the end of interrupted pipeline run %s", self._run_id)
         self._calls.close(wait=False)
-
-
-def _with_state(row: NodeRow, state: str, started_at: float | None, ended_at: float | None) -> NodeRow:
-    """``row`` in a new state, without its result or failure (a node that did not end ``done``).
-
-    A node that started a child run keeps it, and its pickled pipeline, so a resume resumes the child.
-    """
-    return NodeRow(
-        row.key,
-        row.seq,
-        row.task_name,
-        row.display_name,
-        row.kind,
-        row.upstream,
-        state,
-        row.attempts,
-        started_at,
-        ended_at,
-        result=row.result if row.child_run_id else None,
-        execution_id=row.execution_id,
-        child_run_id=row.child_run_id,
-    )
-
-
-class _NodeThreads:
-    """At most ``size`` threads running started nodes, made as needed; cheaper than an executor.
-
-    Each job's outcome goes to ``deliver``. Threads are daemons: an
-    interrupted run does not wait for a node stuck in its task.
-    """
-
-    def __init__(self, size: int, work: Callable[..., Outcome], deliver: Callable[[Any], None]) -> None:
-        self._size = size
-        self._work = work
-        self._deliver = deliver
-        self._inbox: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
-        self._threads: list[threading.Thread] = []
-        self._idle = 0
-        self._lock = threading.Lock()
-
-    def submit(self, job: tuple[Any, ...]) -> None:
-        with self._lock:
-            grow = self._idle <= 0 and len(self._threads) < self._size
-            if not grow:
-                self._idle -= 1
-        if grow:
-            thread = threading.Thread(target=self._loop, name=f"pylo-node-{len(self._threads)}", daemon=True)
-            self._threads.append(thread)
-            thread.start()
-        self._inbox.put(job)
-
-    def _loop(self) -> None:
-        while True:
-            job = self._inbox.get()
-            if job is None:
-                return
-            outcome = self._work(*job)
-            with self._lock:
-                self._idle += 1  # before delivering: the coordinator may submit at once
-            self._deliver((job[0], outcome))
-
-    def stop(self) -> None:
-        """Let every thread end once its current node ends; do not wait for them."""
-        for _ in self._threads:
-            self._inbox.put(None)
-
-
-def _take_all(outbox: queue.SimpleQueue[tuple[int, Outcome]], timeout: float) -> list[tuple[int, Outcome]]:
-    """Wait up to ``timeout`` seconds for one outcome, then take every waiting one."""
-    try:
-        first = outbox.get(timeout=timeout) if timeout > 0 else outbox.get_nowait()
-    except queue.Empty:
-        return []
-    found = [first]
-    while True:
-        try:
-            found.append(outbox.get_nowait())
-        except queue.Empty:
-            return found
