@@ -97,9 +97,9 @@ def reader(runs: RunStore, run_id: str, stop: threading.Event | None = None) -> 
 
 def request(pylo: Pylo, run_id: str, action: str) -> None:
     """Pause or cancel a running or paused run (see ``Pylo.pause_pipeline``)."""
-    from pylo.pipeline._api import _status
     from pylo.pipeline._errors import PipelineControlError
     from pylo.pipeline._host import Host
+    from pylo.pipeline._reading import _status
     from pylo.pipeline._records import PipelineStatus
     from pylo.stores.runs import RunUpdate
 
@@ -126,7 +126,7 @@ def request(pylo: Pylo, run_id: str, action: str) -> None:
         runs.request_control(run_id, None)
         return
     runs.request_control(run_id, action)
-    from pylo.pipeline._api import _RUNNING_HERE, _RUNNING_LOCK
+    from pylo.pipeline._reading import _RUNNING_HERE, _RUNNING_LOCK
 
     with _RUNNING_LOCK:
         here = run_id in _RUNNING_HERE
@@ -149,10 +149,11 @@ def forget(run_id: str) -> None:
 
 def unpause(pylo: Pylo, run_id: str, pipeline: Pipeline | Sequence[Any], max_parallel: int | None, hooks: Any) -> str:
     """Run a paused run on under the same id (see ``Pylo.unpause_pipeline``)."""
-    from pylo.pipeline._api import _check_max_parallel, _coordinate, _resumed_rows, _running_here, _status
+    from pylo.pipeline._api import _check_max_parallel, _coordinate, _resumed_rows
     from pylo.pipeline._errors import PipelineControlError
     from pylo.pipeline._graph import build_graph
     from pylo.pipeline._host import Host
+    from pylo.pipeline._reading import _running_here, _status
     from pylo.pipeline._records import PipelineStatus
     from pylo.pipeline._run_environment import RunEnvironment
     from pylo.pipeline.hooks import HookDispatcher

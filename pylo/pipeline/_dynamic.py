@@ -83,9 +83,10 @@ def run_child(
         The node's outcome (the child's result, or its failure) and the
         state the node ends with (an inline child's, else ``state``).
     """
-    from pylo.pipeline._api import _result, _run
+    from pylo.pipeline._api import _run
     from pylo.pipeline._builder import _prepend
     from pylo.pipeline._executors import describe_failure, finish_call
+    from pylo.pipeline._reading import _result
     from pylo.workers._pickling import loads
 
     started = time.time()
