@@ -147,18 +147,18 @@ class StoreChoice:
 _SPEC = re.compile(r"(?P<module>[A-Za-z_][\w.]*):(?P<function>[A-Za-z_][\w.]*)")
 
 
-def import_task(spec: str) -> Callable[..., Any]:
-    """Import ``MODULE:FUNCTION`` from the current directory or ``PYTHONPATH``.
+def import_attribute(spec: str, what: str = "FUNCTION", example: str = "tasks:process") -> tuple[Any, str]:
+    """Import ``MODULE:ATTR`` from the current directory or ``PYTHONPATH``; return it and ``ATTR``.
 
-    ``FUNCTION`` may be a dotted path (``Class.method``, ``obj.attr``).
+    ``ATTR`` may be a dotted path (``Class.method``, ``obj.attr``).
 
     Raises:
-        CliError: ``spec`` is malformed, the module cannot be imported, the
-            attribute is missing or not callable.
+        CliError: ``spec`` is malformed, the module cannot be imported, or
+            the attribute is missing.
     """
     match = _SPEC.fullmatch(spec)
     if match is None:
-        raise CliError(f"{spec!r} is not MODULE:FUNCTION (for example tasks:process, or my.package.tasks:process)")
+        raise CliError(f"{spec!r} is not MODULE:{what} (for example {example}, or my.package.{example})")
     module_name, path = match.group("module"), match.group("function")
     # A console script's sys.path starts with its own bin directory, not the
     # directory it runs in; users expect `pylo run tasks:f` next to tasks.py.
@@ -183,6 +183,17 @@ def import_task(spec: str) -> Callable[..., Any]:
             target = getattr(target, part)
         except AttributeError:
             raise CliError(f"module {module_name!r} has no attribute {path!r}") from None
+    return target, path
+
+
+def import_task(spec: str) -> Callable[..., Any]:
+    """Import ``MODULE:FUNCTION`` (see :func:`import_attribute`).
+
+    Raises:
+        CliError: ``spec`` is malformed, the module cannot be imported, the
+            attribute is missing or not callable.
+    """
+    target, _ = import_attribute(spec)
     if not callable(target):
         raise CliError(f"{spec} is a {type(target).__name__}, not a function")
     return target
