@@ -33,6 +33,8 @@ setup(
         "dask": ["dask[distributed]>=2024.1"],
         # Pipeline configuration in .yml/.yaml files (JSON and TOML need nothing).
         "yaml": ["pyyaml>=6"],
+        # The pools benchmarks/floor.py measures pylo against (not needed by tests).
+        "bench": ["joblib>=1.3", "mpire>=2.8"],
         "test": [
             "pytest>=7.4",
             "pytest-timeout>=2.2",
