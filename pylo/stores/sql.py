@@ -96,6 +96,19 @@ def _counts_statement() -> tuple[sa.ClauseElement, None]:
     return statement, None
 
 
+def _grow_statement() -> tuple[sa.ClauseElement, None]:
+    statement = (
+        EXECUTIONS.update()
+        .where(EXECUTIONS.c.id == sa.bindparam("x_id"))
+        .values(total=EXECUTIONS.c.total + sa.bindparam("x_added"), updated_at=sa.bindparam("x_updated_at"))
+    )
+    return statement, None
+
+
+def _batches_statement() -> tuple[sa.ClauseElement, list[str]]:
+    return BATCHES.insert(), [column.name for column in BATCHES.c]
+
+
 def _states_statement() -> tuple[sa.ClauseElement, None]:
     return UPDATE_STATES, None
 
@@ -352,6 +365,9 @@ class SQLStore(SQLMetaMixin, Store):
             ValueError: A batch's ``states`` do not have ``size`` bytes.
         """
         check_batches(execution_id, batches)
+        dialect = self._engine.dialect
+        grow = _sqlraw.compiled("grow", dialect, _grow_statement)
+        insert = _sqlraw.compiled("batches", dialect, _batches_statement)
         rows = [
             {
                 "execution_id": execution_id,
@@ -365,15 +381,13 @@ class SQLStore(SQLMetaMixin, Store):
         ]
         added = sum(batch.size for batch in batches)
         with self._guard(f"add batches to execution {execution_id!r}"), self._write() as conn:
-            updated = conn.execute(
-                EXECUTIONS.update()
-                .where(EXECUTIONS.c.id == execution_id)
-                .values(total=EXECUTIONS.c.total + added, updated_at=time.time())
+            updated = conn.exec_driver_sql(
+                grow.sql, grow.one({"x_id": execution_id, "x_added": added, "x_updated_at": time.time()})
             )
             if updated.rowcount == 0:
                 raise self._not_found(execution_id)
             if rows:
-                conn.execute(BATCHES.insert(), rows)
+                conn.exec_driver_sql(insert.sql, insert.params(rows))
 
     def record_flush(self, execution_id: str, flush: Flush) -> None:
         """See :meth:`Store.record_flush`.
