@@ -1,4 +1,4 @@
-"""Behaviour of executions: each test states one rule of the contract (DESIGN.md)."""
+"""Behaviour of executions: each test states one rule of the contract (docs/concepts.md, docs/guarantees.md)."""
 
 from __future__ import annotations
 

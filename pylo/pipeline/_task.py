@@ -40,7 +40,7 @@ MAP_OPTIONS = frozenset(
 )
 
 
-#: Options DESIGN.md names that later releases add.
+#: Options docs/pipelines.md names that later releases add.
 _NOT_YET = frozenset({"with_state", "is_fruitful"})
 
 

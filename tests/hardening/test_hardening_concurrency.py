@@ -1,6 +1,6 @@
 """Several processes run their own executions in one store while another reads it.
 
-DESIGN.md rule 9: no "database is locked", no lost or mixed-up rows. Each
+docs/guarantees.md, "Several processes, one store": no "database is locked", no lost or mixed-up rows. Each
 child flushes every 20 outcomes (and every 50 ms), so the writers contend
 for the store hundreds of times while the reader polls it.
 """

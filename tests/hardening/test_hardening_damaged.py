@@ -1,6 +1,6 @@
 """Damaged, foreign and future stores give a StoreError naming the path and the problem.
 
-DESIGN.md rule 10, through the public API: opening the store, listing,
+docs/guarantees.md, "Damaged, foreign and future stores", through the public API: opening the store, listing,
 get_state, get_failures and resuming. Each test builds a real store with two
 executions, ``intact`` and ``victim``, damages it, and checks the answer. The
 file store keeps each execution in files of its own, so the intact one stays

@@ -106,7 +106,7 @@ def test_memory_error_fails_only_its_input(workers: Workers) -> None:
 
 @pytest.mark.timeout(120)
 def test_a_base_exception_of_the_task_interrupts_saves_and_resumes(workers: Workers, tmp_path: Path) -> None:
-    """DESIGN.md rule 3: a BaseException that is not an Exception interrupts like Ctrl-C."""
+    """docs/guarantees.md, Interrupts: a BaseException that is not an Exception interrupts like Ctrl-C."""
     total, target = 2000, 700
     pylo = workers.make(3, task_executions_before_flush=50)
     ran = str(tmp_path / "ran.log")

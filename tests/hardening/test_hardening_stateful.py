@@ -1,4 +1,4 @@
-"""A stateful property test of DESIGN.md's contract: start, crash, resume and inspect, in any order.
+"""A stateful property test of the contract in docs/guarantees.md: start, crash, resume and inspect, in any order.
 
 Hypothesis drives random sequences of
 

@@ -48,7 +48,7 @@ _RAISED = {"plain": TaskState.FAILED, "soft": TaskState.FAILED_SOFTLY, "skip": T
 
 
 def expected(specs: list[Spec]) -> tuple[list[TaskState], set[str]]:
-    """The rules of DESIGN.md, applied in order (upstream nodes come first): states, and who ran."""
+    """The rules of docs/pipelines.md, applied in order (upstream nodes come first): states, and who ran."""
     states: list[TaskState] = []
     ran: set[str] = set()
     for i, spec in enumerate(specs):

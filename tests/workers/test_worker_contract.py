@@ -1,4 +1,4 @@
-"""The worker contract: DESIGN.md's rules hold on every backend.
+"""The worker contract: the rules of docs/guarantees.md hold on every backend.
 
 Each backend only runs chunks; scheduling, budgets and flushing live in the
 coordinator. These tests prove that split: the same rules, the same answers,
