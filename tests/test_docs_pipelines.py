@@ -31,8 +31,8 @@ def test_every_python_block_runs(tmp_path: Path, number: int) -> None:
 
 
 def test_the_blocks_print_what_the_doc_says(tmp_path: Path) -> None:
-    first, reading, resume, _movies, environment = python_blocks()
-    for name in "abc":
+    first, reading, resume, composing, dynamic, _movies, environment = python_blocks()
+    for name in "abcdef":
         (tmp_path / name).mkdir()
     assert run(first, tmp_path / "a").splitlines() == ["completed", "103.0"]
     lines = run(reading, tmp_path / "b").splitlines()
@@ -44,7 +44,13 @@ def test_the_blocks_print_what_the_doc_says(tmp_path: Path) -> None:
         "completed ['download 4', 'download 8', 'total']",
         "360",
     ]
-    assert run(environment, tmp_path / "c").splitlines() == [
+    assert run(composing, tmp_path / "d").splitlines() == [
+        "completed",
+        "recovered from ZeroDivisionError",
+        "['done', 'done', 'failed', 'failed_dependency', 'done', 'done']",
+    ]
+    assert run(dynamic, tmp_path / "e").splitlines() == ["{'home': 2}", "10", "completed"]
+    assert run(environment, tmp_path / "f").splitlines() == [
         "['Hello, Ada (attempt 1)', 'Hello, Grace (attempt 1)']",
         "{'greeting': 'Hello'}",
     ]

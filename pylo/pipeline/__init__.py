@@ -37,6 +37,7 @@ from pylo.pipeline._config import ResolvedConfig, Secret, load_config
 from pylo.pipeline._config_loaders import register_config_loader
 from pylo.pipeline._context import FrozenConfig, TaskContext
 from pylo.pipeline._errors import BatchFailed, PipelineNotCompleted, PipelineNotResumable
+from pylo.pipeline._outcomes import GroupFailed
 from pylo.pipeline._records import NodeFailure, NodeRecord, PipelineRecord, PipelineStatus, TaskState
 from pylo.pipeline._task import Task, TaskOptions, task
 
@@ -44,6 +45,7 @@ __all__ = [
     "BatchFailed",
     "ConfigError",
     "FrozenConfig",
+    "GroupFailed",
     "NodeFailure",
     "NodeRecord",
     "Pipeline",

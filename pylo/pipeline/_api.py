@@ -186,6 +186,7 @@ def _run(
     max_parallel: int | None,
     parent_id: str | None,
     config: Any = None,
+    child_of: dict[str, str] | None = None,
 ) -> str:
     from pylo.pipeline._graph import build_graph
     from pylo.pipeline._host import Host
@@ -242,6 +243,7 @@ def _run(
             "lineage": {graph.nodes[index].key: execution_id for index, execution_id in lineage.items()},
             "config": environment.stored_config,
             **({"config_changes": environment.changes} if environment.changes else {}),
+            **({"child_of": child_of} if child_of else {}),
         },
     )
     with _RUNNING_LOCK:
@@ -311,18 +313,27 @@ def _resumed_rows(
     from pylo.errors import StoreError
     from pylo.pipeline._batch import batch_execution_id, read_values
     from pylo.pipeline._builder import BATCH
+    from pylo.pipeline._outcomes import recovered
 
     by_key = {row.key: row for row in parent_rows}
     past_lineage = dict(parent.options.get("lineage") or {})
     rows = _fresh_rows(graph)
     copied = [False] * len(rows)
     lineage: dict[int, str] = {}
+    old_states = [by_key[n.key].state if n.key in by_key else "pending" for n in graph.nodes]
+    # Kept as they ended: done nodes, pass-through skips (continue_if, exceptionally),
+    # and failures an exceptionally recovered or return_exceptions made a value.
+    keep = recovered(old_states, graph.nodes)
     for node in graph.nodes:
         index = node.index
         old = by_key.get(node.key)
         if (
             old is not None
-            and old.state == "done"
+            and (
+                old.state == "done"
+                or (old.state == "skipped" and old.result is not None)
+                or (keep[index] and old.state in ("failed", "failed_dependency"))
+            )
             and old.kind == node.node.kind
             and all(copied[up] for up in node.upstream)
         ):
@@ -331,6 +342,9 @@ def _resumed_rows(
                 display_name=rows[index].display_name,
             )  # fmt: skip
             copied[index] = True
+        elif old is not None and old.child_run_id is not None and old.result is not None:
+            # Its task returned a pipeline that ran as a child run: resume that child, not the task.
+            rows[index] = dataclasses.replace(rows[index], child_run_id=old.child_run_id, result=old.result)
         elif node.node.kind == BATCH:
             candidates = [
                 batch_execution_id(parent.id, node.key),
@@ -347,6 +361,10 @@ def _resumed_rows(
         if copied[index] and not all(copied[d] for d in node.dependents):
             data = rows[index].result
             execution_id = rows[index].execution_id
+            if rows[index].state in ("failed", "failed_dependency"):
+                values[index] = _node_record(rows[index], codec).failure  # a recovered failure: its exception
+                values[index] = None if values[index] is None else values[index].exception
+                continue
             if data is None and execution_id is not None:
                 values[index] = read_values(host, execution_id)  # a batch node's results
                 continue
@@ -460,12 +478,13 @@ def _list_records(pylo: Pylo) -> list[PipelineRecord]:
     return [_record(host, run, runs.read_nodes(run.id, results=False), None) for run in runs.list_runs()]
 
 
-def _result(pylo: Pylo, run_id: str) -> Any:
+def _result(pylo: Pylo, run_id: str, with_state: bool = False) -> Any:
     from pylo.errors import PipelineFailed, StoreError
     from pylo.pipeline._batch import read_values
     from pylo.pipeline._errors import PipelineNotCompleted
     from pylo.pipeline._graph import result_from_shape
     from pylo.pipeline._host import Host
+    from pylo.pipeline._outcomes import unwrap_state
     from pylo.pipeline._records import PipelineStatus
 
     host = Host(pylo)
@@ -483,22 +502,34 @@ def _result(pylo: Pylo, run_id: str) -> Any:
     if not isinstance(shape, dict):
         raise StoreError(f"pipeline run {run.id!r} in the store at {host.location} has no result shape")
     by_key = {row.key: row for row in runs.read_nodes(run.id)}
+    states: list[tuple[str, Any]] = []
 
     def value_of_key(key: str) -> Any:
         row = by_key.get(key)
         if row is None:
             raise StoreError(f"pipeline run {run.id!r} in the store at {host.location} has lost node {key!r}")
-        if row.state != "done":
-            return None  # a softly failed or skipped sink
+        if row.state == "failed":
+            # A completed run keeps a failed sink only as a value: in_parallel(return_exceptions=True).
+            return _node_record(row, codec).failure.exception  # type: ignore[union-attr]
+        if row.state != "done" and (row.state != "skipped" or row.result is None):
+            return None  # a softly failed or skipped sink (continue_if and exceptionally pass a value on)
         if row.result is None:
             # A batch node's results stay in its execution.
             return None if row.execution_id is None else read_values(host, row.execution_id)
         try:
-            return codec.decode_value(row.result)
+            value, state = unwrap_state(codec.decode_value(row.result))
         except Exception as exc:
             raise StoreError(
                 f"cannot decode the result of node {key!r} of pipeline run {run.id!r} in the store at "
                 f"{host.location}: {type(exc).__name__}: {exc}"
             ) from exc
 
-    return result_from_shape(shape, value_of_key)
+        states.append((row.display_name, state))
+        return value
+
+    result = result_from_shape(shape, value_of_key)
+    if with_state:
+        from pylo.pipeline._outcomes import merge_states
+
+        return result, merge_states(states)
+    return result

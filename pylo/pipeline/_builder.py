@@ -28,12 +28,28 @@ _ordinals = itertools.count()
 
 CALL = "call"
 BATCH = "batch"
+EXCEPTIONALLY = "exceptionally"
+FINALLY = "finally"
 
 
 class _Node:
     """One task call of a pipeline. Identity matters: nodes are never merged."""
 
-    __slots__ = ("after", "args", "deps", "inputs", "kind", "kwargs", "map_options", "ordinal", "spread_first", "task")
+    __slots__ = (
+        "after",
+        "args",
+        "condition",
+        "deps",
+        "handler",
+        "initial",
+        "inputs",
+        "kind",
+        "kwargs",
+        "map_options",
+        "ordinal",
+        "spread_first",
+        "task",
+    )
 
     def __init__(
         self,
@@ -46,8 +62,17 @@ class _Node:
         map_options: Mapping[str, Any] | None = None,
         spread_first: bool = False,
         after: list[Pipeline] | None = None,
+        handler: str | None = None,
+        condition: Callable[[Any], Any] | None = None,
+        initial: tuple[Any] | None = None,
     ) -> None:
         self.task = task
+        #: None, EXCEPTIONALLY or FINALLY: the error-handling rules of the node (see _outcomes).
+        self.handler = handler
+        #: continue_if's condition on the previous result (None: always run).
+        self.condition = condition
+        #: with_initial(state=...): ``(state,)`` for a first node that carries initial parameters.
+        self.initial = initial
         self.kind = kind
         self.args = args
         self.kwargs = kwargs
@@ -71,7 +96,33 @@ class _Node:
             map_options=self.map_options,
             spread_first=self.spread_first,
             after=self.after,
+            handler=self.handler,
+            condition=self.condition,
+            initial=self.initial,
         )
+
+    def with_args(
+        self,
+        args: tuple[Any, ...],
+        spread_first: bool,
+        kwargs: dict[str, Any] | None = None,
+        initial: tuple[Any] | None = None,
+    ) -> _Node:
+        """A copy (a new node) calling the same task with other arguments."""
+        node = _Node(
+            self.task,
+            self.kind,
+            args,
+            self.kwargs if kwargs is None else kwargs,
+            inputs=self.inputs,
+            map_options=self.map_options,
+            spread_first=spread_first,
+            after=self.after,
+            handler=self.handler,
+            condition=self.condition,
+            initial=self.initial if initial is None else initial,
+        )
+        return node
 
     def __repr__(self) -> str:
         return f"<node {self.task.display_name} #{self.ordinal}>"
@@ -112,17 +163,21 @@ class Pipeline:
     Make one with ``task.send(...)``, ``task.map(...)`` or :func:`in_parallel`.
     """
 
-    __slots__ = ("_max_parallelism", "_members", "_node")
+    __slots__ = ("_inline", "_max_parallelism", "_members", "_node", "_return_exceptions")
 
     def __init__(
         self,
         node: _Node | None = None,
         members: tuple[Pipeline, ...] | None = None,
         max_parallelism: int | None = None,
+        return_exceptions: bool = False,
     ) -> None:
         self._node = node
         self._members = members
         self._max_parallelism = max_parallelism
+        self._return_exceptions = return_exceptions
+        #: Run as a child of a task that returns it: share the task's state.
+        self._inline = False
 
     @property
     def is_group(self) -> bool:
@@ -140,18 +195,97 @@ class Pipeline:
                 assert pipeline._members is not None
                 stack.extend(reversed(pipeline._members))
 
-    def continue_with(self, next_task: Task | Callable[..., Any], *args: Any, **kwargs: Any) -> Pipeline:
-        """Then call ``next_task(result, *args, **kwargs)``; a tuple result is spread over the arguments.
+    def continue_with(self, next_step: Task | Callable[..., Any] | Pipeline, *args: Any, **kwargs: Any) -> Pipeline:
+        """Then call ``next_step(result, *args, **kwargs)``; a tuple result is spread over the arguments.
+
+        ``next_step`` may be a pipeline: the result is prepended to the
+        arguments of its first task (of every member's first task, for a
+        group), and the pipeline's own arguments follow.
 
         Raises:
-            PipelineValidationError: ``next_task`` is not a task or a function.
+            PipelineValidationError: ``next_step`` is not a task, a function or
+                a pipeline; arguments given with a pipeline; or this pipeline
+                ends with ``finally_do``.
         """
-        if isinstance(next_task, Pipeline):
-            raise PipelineValidationError(
-                "continue_with takes a task, not a pipeline; pass the pipeline as an argument "
-                "(task.send(pipeline)) or order it with .after()"
-            )
-        return Pipeline(_Node(_as_task(next_task), CALL, (self, *args), kwargs, spread_first=True))
+        self._check_not_final("continue_with")
+        if isinstance(next_step, Pipeline):
+            if args or kwargs:
+                raise PipelineValidationError(
+                    "continue_with(pipeline) takes no further arguments: give them to the pipeline's tasks"
+                )
+            return _prepend(next_step, self)
+        return Pipeline(_Node(_as_task(next_step), CALL, (self, *args), kwargs, spread_first=True))
+
+    def continue_if(
+        self, condition: Callable[[Any], Any], next_step: Task | Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Pipeline:
+        """Like ``continue_with``, but call ``next_step`` only when ``condition(result)`` is true.
+
+        When it is false the node ends ``skipped`` and passes the result on
+        unchanged.
+
+        Raises:
+            PipelineValidationError: ``condition`` is not callable, or as for ``continue_with``.
+        """
+        if not callable(condition):
+            raise PipelineValidationError(f"continue_if needs a callable condition, got {short_repr(condition)}")
+        self._check_not_final("continue_if")
+        return Pipeline(_Node(_as_task(next_step), CALL, (self, *args), kwargs, spread_first=True, condition=condition))
+
+    def exceptionally(self, handler: Task | Callable[..., Any], *args: Any, **kwargs: Any) -> Pipeline:
+        """Then, only if something before failed, call ``handler(exception, *args, **kwargs)``.
+
+        Its return value recovers the pipeline (the failure no longer fails
+        the run). When nothing failed the node ends ``skipped`` and passes
+        the result on. If it raises, its error goes on to the next
+        ``exceptionally``.
+
+        Raises:
+            PipelineValidationError: This pipeline ends with ``finally_do``.
+        """
+        self._check_not_final("exceptionally")
+        return Pipeline(_Node(_as_task(handler), CALL, (self, *args), kwargs, handler=EXCEPTIONALLY))
+
+    def finally_do(self, cleanup: Task | Callable[..., Any], *args: Any, **kwargs: Any) -> Pipeline:
+        """Then always call ``cleanup(result_or_exception, *args, **kwargs)``.
+
+        It runs after a success, a failure or a cancellation, and is not
+        fruitful: the pipeline's result (or error) is the one before it. It
+        must be the last task of a pipeline, and there can be only one.
+
+        Raises:
+            PipelineValidationError: This pipeline already ends with ``finally_do``.
+        """
+        self._check_not_final("finally_do")
+        return Pipeline(_Node(_as_task(cleanup), CALL, (self, *args), kwargs, handler=FINALLY))
+
+    def with_initial(
+        self, args: tuple[Any, ...] | list[Any] = (), kwargs: Mapping[str, Any] | None = None, state: Any = None
+    ) -> Pipeline:
+        """This pipeline with initial parameters: ``args`` prepended and ``kwargs`` added to its first
+        task's call (every member's, for a group), and ``state`` as the state it starts with.
+
+        Raises:
+            PipelineValidationError: The pipeline already carries initial parameters.
+        """
+        return _prepend(self, None, (tuple(args), dict(kwargs or {}), state))
+
+    def inline(self) -> Pipeline:
+        """This pipeline, to be returned by a task: as a child run it shares that task's state.
+
+        A child run that is not inline starts with its own state (None, or
+        its ``with_initial`` state) and the parent's state goes on unchanged.
+        """
+        copy = Pipeline(self._node, self._members, self._max_parallelism, self._return_exceptions)
+        copy._inline = True
+        return copy
+
+    def _check_not_final(self, operation: str) -> None:
+        for node in self.last_nodes():
+            if node.handler == FINALLY:
+                raise PipelineValidationError(
+                    f"{operation} after finally_do: finally_do must be the last task of a pipeline, and only one"
+                )
 
     def after(self, *pipelines: Pipeline) -> Pipeline:
         """Make this pipeline's last node(s) wait for ``pipelines``, without taking their values.
@@ -181,12 +315,49 @@ class Pipeline:
         if self._node is not None:
             return Pipeline(self._node.copy_with(self._node.task.with_options(**options)))
         assert self._members is not None
-        return Pipeline(members=tuple(m.set(**options) for m in self._members), max_parallelism=self._max_parallelism)
+        return Pipeline(
+            members=tuple(m.set(**options) for m in self._members),
+            max_parallelism=self._max_parallelism,
+            return_exceptions=self._return_exceptions,
+        )
 
     def __repr__(self) -> str:
         if self._node is not None:
             return f"Pipeline({self._node.task.display_name})"
         return f"Pipeline(in_parallel of {len(self._members or ())})"
+
+
+def _prepend(
+    pipeline: Pipeline, previous: Pipeline | None, initial: tuple[tuple[Any, ...], dict[str, Any], Any] | None = None
+) -> Pipeline:
+    """``pipeline`` with ``previous``'s result (or ``initial`` parameters) given to its first task(s).
+
+    New nodes, same shape: a description is never changed.
+    """
+    node = pipeline._node
+    if node is None:
+        assert pipeline._members is not None
+        return Pipeline(
+            members=tuple(_prepend(member, previous, initial) for member in pipeline._members),
+            max_parallelism=pipeline._max_parallelism,
+            return_exceptions=pipeline._return_exceptions,
+        )
+    if node.args and isinstance(node.args[0], Pipeline) and (node.spread_first or node.handler is not None):
+        # A chain: the result goes to the chain's first task.
+        return Pipeline(node.with_args((_prepend(node.args[0], previous, initial), *node.args[1:]), node.spread_first))
+    if node.initial is not None:
+        raise PipelineValidationError(
+            f"{node.task.display_name} already carries initial parameters (with_initial): combining pipelines "
+            "that both carry them is ambiguous; give with_initial to the combined pipeline only"
+        )
+    if node.kind == BATCH:
+        raise PipelineValidationError("continue_with cannot prepend a result to a batch node (map); use map(pipeline)")
+    if initial is None:
+        return Pipeline(node.with_args((previous, *node.args), True))
+    init_args, init_kwargs, state = initial
+    return Pipeline(
+        node.with_args((*init_args, *node.args), node.spread_first, {**init_kwargs, **node.kwargs}, (state,))
+    )
 
 
 def _as_task(value: Any) -> Task:
@@ -239,6 +410,11 @@ def map_pipeline(
     options: Mapping[str, Any],
 ) -> Pipeline:
     """The one-node pipeline of a batch node: ``task(input, *args, **kwargs)`` per input."""
+    if task.options.with_state:
+        raise PipelineValidationError(
+            f"{task.display_name} has with_state=True and cannot be mapped: a batch node is many calls and "
+            "carries no state; use send() in an in_parallel group instead"
+        )
     if not isinstance(inputs, Pipeline):
         if isinstance(inputs, (str, bytes, bytearray)) or not isinstance(inputs, Iterable):
             raise PipelineValidationError(
@@ -262,10 +438,12 @@ def in_parallel(
         pipelines: The members (pipelines; groups nest). May be empty (value ``[]``).
         max_parallelism: At most this many of the members' nodes run at once
             (None: only the run's ``max_parallel`` limits them).
-        num_stages: Accepted for compatibility; groups are values, not
-            stored nodes, so there is no aggregation to split into stages.
-        return_exceptions: Must be False in this release (a member failure
-            fails the nodes that use the group).
+        num_stages: Split the members into this many stages whose results
+            are joined in order. A group is a value, not a stored node, so
+            there is no aggregation state to split: the value is the same
+            list, in the same order, whatever the number of stages.
+        return_exceptions: A failed member's exception takes its place in the
+            list instead of failing the nodes that use the group (and the run).
 
     Raises:
         PipelineValidationError: A member is not a pipeline, or a bad option.
@@ -282,6 +460,6 @@ def in_parallel(
     if max_parallelism is not None:
         _check_count("max_parallelism", max_parallelism)
     _check_count("num_stages", num_stages)
-    if return_exceptions is not False:
-        raise PipelineValidationError("in_parallel(return_exceptions=True) is not supported yet; leave it False")
-    return Pipeline(members=members, max_parallelism=max_parallelism)
+    if not isinstance(return_exceptions, bool):
+        raise PipelineValidationError(f"return_exceptions must be True or False, got {short_repr(return_exceptions)}")
+    return Pipeline(members=members, max_parallelism=max_parallelism, return_exceptions=return_exceptions)

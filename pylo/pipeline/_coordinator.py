@@ -36,10 +36,12 @@ from collections.abc import Callable
 from typing import Any
 
 from pylo.pipeline._batch import batch_execution_id, run_batch
-from pylo.pipeline._builder import BATCH, Pipeline, _Node, substitute
+from pylo.pipeline._builder import BATCH, EXCEPTIONALLY, FINALLY, Pipeline, _Node, substitute
+from pylo.pipeline._composition import ChildStarted, CompositionRules, qualified, stateful_child, why_not_run
 from pylo.pipeline._executors import CallRunner, Outcome, describe_failure
 from pylo.pipeline._graph import Graph
 from pylo.pipeline._host import Host
+from pylo.pipeline._outcomes import is_failed_run, unwrap_state, wrap_state
 from pylo.pipeline._records import PipelineStatus, TaskState
 from pylo.pipeline._run_environment import RunEnvironment
 from pylo.stores.runs import NodeRow, RunStore, RunUpdate
@@ -63,7 +65,7 @@ _FINAL = frozenset({_DONE, _FAILED, _FAILED_SOFTLY, _FAILED_DEPENDENCY, _SKIPPED
 _MAX_WAIT = 1.0
 
 
-class RunCoordinator:
+class RunCoordinator(CompositionRules):
     """Runs one created run to its end, recording node outcomes by the flush policy.
 
     Args:
@@ -117,6 +119,7 @@ class RunCoordinator:
         self._group_running = [0] * len(graph.limits)
         self._group_waiting: list[collections.deque[int]] = [collections.deque() for _ in graph.limits]
         self._hard_failures = 0
+        self._init_composition(rows)
         self._outbox: queue.SimpleQueue[tuple[int, Outcome]] = queue.SimpleQueue()
         self._changed: dict[str, NodeRow] = {}
         self._outcomes_since_flush = 0
@@ -148,14 +151,18 @@ class RunCoordinator:
                 if self._changed or self._unwritten_starts:
                     timeout = min(timeout, max(0.0, self._last_flush + self._flush_seconds - time.monotonic()))
                 for index, outcome in _take_all(self._outbox, timeout):
-                    self._complete(index, outcome)
+                    if isinstance(outcome, ChildStarted):
+                        self._record_child(index, outcome)
+                    else:
+                        self._complete(index, outcome)
                 self._dispatch()
                 if self._outcomes_since_flush >= self._flush_every or (
                     (self._changed or self._unwritten_starts)
                     and time.monotonic() - self._last_flush >= self._flush_seconds
                 ):
                     self._flush()
-            status = PipelineStatus.FAILED if self._hard_failures else PipelineStatus.COMPLETED
+            failed = self._hard_failures and is_failed_run(self._states, self._graph.nodes)
+            status = PipelineStatus.FAILED if failed else PipelineStatus.COMPLETED
             self._flush(status=status.value, ended_at=time.time())
         except BaseException:
             self._stop_early()
@@ -169,6 +176,7 @@ class RunCoordinator:
         nodes = self._graph.nodes
         for index, state in enumerate(self._states):
             if state in _FINAL:
+                self._values[index], self._node_states[index] = unwrap_state(self._values[index])
                 if state in _HARD:
                     self._hard_failures += 1
                 for dependent in nodes[index].dependents:
@@ -207,10 +215,16 @@ class RunCoordinator:
         if self._on_event is not None:
             self._on_event("start", index)
         try:
+            state = self._node_states[index] = self._state_in(index)
             args, kwargs, inputs = self._arguments(node)
-        except Exception as exc:  # pragma: no cover - substitution of built values does not raise
-            self._outbox.put((index, describe_failure(exc, self._codec_name, 0, time.time())))
+            early = self._compose(index, node, args, kwargs, state)
+        except Exception as exc:  # a continue_if condition that raised, a state conflict
+            early = describe_failure(exc, self._codec_name, 0, time.time())
+        if isinstance(early, Outcome):
+            self._outbox.put((index, early))
             return
+        if early is not None:
+            args = early
         self._pool.submit((index, node, args, kwargs, inputs, execution_id))
 
     def _arguments(self, node: _Node) -> tuple[tuple[Any, ...], dict[str, Any], Any]:
@@ -267,8 +281,19 @@ class RunCoordinator:
                     count_attempts=task.options.with_context,
                 )
             else:
-                prepared = None if environment is None else environment.call(task, key)
-                outcome = self._calls.call(task, args, kwargs, prepared)
+                past = self._past_children.get(index)
+                previous_child = None
+                if past is not None:
+                    previous_child, payload = past
+                    outcome = Outcome(ok=True, child=payload, attempts=0)
+                else:
+                    prepared = None if environment is None else environment.call(task, key)
+                    outcome = self._calls.call(task, args, kwargs, prepared)
+                state = self._node_states[index]
+                if outcome.ok and task.options.with_state and outcome.child is None:
+                    outcome, state = stateful_child(outcome, state)
+                if outcome.ok and outcome.child is not None:
+                    outcome = self._run_child(index, outcome.child, previous_child, state)
         except BaseException as exc:  # a bug of ours: fail the node, never lose it
             outcome = describe_failure(exc, self._codec_name, 1, time.time())
         return outcome
@@ -286,9 +311,23 @@ class RunCoordinator:
             if waiting:
                 self._ready.appendleft(waiting.popleft())
         options = graph_node.node.task.options
+        if index in self._child_states:
+            self._node_states[index] = self._child_states.pop(index)
+        elif outcome.ok and options.with_state and index not in self._passed:
+            outcome = self._split_state(index, outcome)
         if outcome.ok:
             state = _DONE
+            if index in self._passed:
+                state = _SKIPPED
+            elif index in self._finally_values:
+                value = self._finally_values.pop(index)  # not fruitful: the value before it
+                outcome = dataclasses.replace(outcome, value=value, encoded=self._encode(value))
+            elif not options.is_fruitful:
+                outcome = dataclasses.replace(outcome, value=None, encoded=self._encode(None))
             self._values[index] = outcome.value
+            if self._node_states[index] is not None:
+                encoded = self._encode(wrap_state(outcome.value, self._node_states[index]))
+                outcome = dataclasses.replace(outcome, encoded=encoded)
         elif options.skippable:
             state = _SKIPPED
         elif options.fail_softly:
@@ -296,6 +335,10 @@ class RunCoordinator:
         else:
             state = _FAILED
             self._hard_failures += 1
+        if not outcome.ok:
+            self._errors[index] = outcome.error
+            if state == _FAILED and graph_node.tolerant:
+                self._values[index] = outcome.error  # in_parallel(return_exceptions=True): a value
         self._states[index] = state
         row = self._rows[index]
         started_at = self._started.pop(index, None)
@@ -312,12 +355,14 @@ class RunCoordinator:
                 attempts=outcome.attempts,
                 started_at=outcome.started if started_at is None else started_at,
                 ended_at=outcome.ended,
-                result=outcome.encoded if outcome.ok else None,
+                # A failed child run's node keeps its pickled pipeline: a resume resumes that child.
+                result=outcome.encoded if outcome.ok else (row.result if row.child_run_id else None),
                 exc_type=outcome.exc_type,
                 message=outcome.message,
                 traceback=outcome.traceback,
                 exception=outcome.exception,
                 execution_id=outcome.execution_id or row.execution_id,
+                child_run_id=row.child_run_id,
             ),
         )
         self._outcomes_since_flush += 1
@@ -338,9 +383,18 @@ class RunCoordinator:
         states = self._states
         soft = cancelled = False
         verdict: str | None = None
-        for up in self._graph.nodes[index].upstream:
+        nodes = self._graph.nodes
+        handler = nodes[index].node.handler
+        if handler == FINALLY:
+            self._ready.append(index)  # always runs
+            return
+        for up in nodes[index].upstream:
             state = states[up]
             if state in _HARD:
+                if nodes[up].tolerant:
+                    continue  # its exception is its value
+                if handler == EXCEPTIONALLY:
+                    continue  # runs with the error
                 verdict = _FAILED_DEPENDENCY  # wins over every other upstream outcome
                 break
             if state == _CANCELLED:
@@ -355,12 +409,21 @@ class RunCoordinator:
         if verdict is None:
             self._ready.append(index)
             return
+        row = self._rows[index]
+        ended_row = _with_state(row, verdict, None, time.time())
+        try:
+            self._node_states[index] = self._state_in(index)  # exceptions carry the state
+        except Exception:
+            self._node_states[index] = None
         if verdict == _FAILED_DEPENDENCY:
             self._hard_failures += 1
+            error = self._upstream_error(index)
+            self._errors[index] = error
+            if error is not None:  # why it did not run: every failed node it waited for, by name
+                ended_row = dataclasses.replace(ended_row, exc_type=qualified(error), message=why_not_run(error))
         states[index] = verdict
         self._values[index] = None
-        row = self._rows[index]
-        self._note(index, _with_state(row, verdict, None, time.time()))
+        self._note(index, ended_row)
         self._outcomes_since_flush += 1
         if self._on_event is not None:
             self._on_event("end", index)
@@ -400,7 +463,7 @@ class RunCoordinator:
         # Outcomes that arrived meanwhile are kept, as executions keep theirs.
         try:
             for index, outcome in _take_all(self._outbox, 0):
-                if outcome.interrupt is None:
+                if isinstance(outcome, Outcome) and outcome.interrupt is None:
                     self._complete(index, outcome)
         except BaseException:  # pragma: no cover - best effort only
             logger.debug("could not apply late outcomes of run %s", self._run_id, exc_info=True)
@@ -417,7 +480,10 @@ class RunCoordinator:
 
 
 def _with_state(row: NodeRow, state: str, started_at: float | None, ended_at: float | None) -> NodeRow:
-    """``row`` in a new state, without its result or failure (a node that did not end ``done``)."""
+    """``row`` in a new state, without its result or failure (a node that did not end ``done``).
+
+    A node that started a child run keeps it, and its pickled pipeline, so a resume resumes the child.
+    """
     return NodeRow(
         row.key,
         row.seq,
@@ -429,7 +495,9 @@ def _with_state(row: NodeRow, state: str, started_at: float | None, ended_at: fl
         row.attempts,
         started_at,
         ended_at,
+        result=row.result if row.child_run_id else None,
         execution_id=row.execution_id,
+        child_run_id=row.child_run_id,
     )
 
 

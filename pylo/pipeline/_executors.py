@@ -62,6 +62,8 @@ class Outcome:
     ended: float = 0.0
     interrupt: BaseException | None = None
     execution_id: str | None = None
+    #: The task returned a pipeline: it, pickled, to run as a child run.
+    child: bytes | None = None
 
 
 def _qualified_name(kind: type) -> str:
@@ -117,13 +119,14 @@ def finish_call(value: Any, codec_name: str, attempts: int, started: float) -> O
     from pylo.pipeline._builder import Pipeline
 
     if isinstance(value, Pipeline):
-        from pylo.errors import PipelineValidationError
+        from pylo.pipeline._dynamic import encode_child
 
-        dynamic = PipelineValidationError(
-            "the task returned a pipeline; tasks that return pipelines (dynamic pipelines) are not "
-            "supported yet: pass the pipeline as an argument instead"
-        )
-        return describe_failure(dynamic, codec_name, attempts, started)
+        try:
+            child = encode_child(value)
+        except Exception as exc:
+            unstorable = TypeError(f"the task returned a pipeline that cannot be stored to run as a child run: {exc}")
+            return describe_failure(unstorable, codec_name, attempts, started)
+        return Outcome(ok=True, child=child, attempts=attempts, started=started, ended=time.time())
     codec = get_codec(codec_name)
     try:
         encoded = codec.encode_value(value)
@@ -350,7 +353,7 @@ class CallRunner:
                 )
                 return describe_failure(crashed, self._codec_name, 1, started)
             return describe_failure(exc, self._codec_name, 1, started)
-        if outcome.ok:
+        if outcome.ok and outcome.child is None:  # a child pipeline stays pickled: the coordinator runs it
             assert outcome.encoded is not None
             from dataclasses import replace
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from pylo._codec import short_repr
 from pylo.errors import PipelineCycleError, PipelineValidationError
-from pylo.pipeline._builder import Pipeline, _Node
+from pylo.pipeline._builder import FINALLY, Pipeline, _Node
 
 __all__ = ["Graph", "GraphNode", "build_graph", "result_from_shape"]
 
@@ -43,6 +43,9 @@ class GraphNode:
     dependents: list[int] = field(default_factory=list)
     #: Indices into ``Graph.limits`` of the ``in_parallel`` groups it counts against.
     groups: tuple[int, ...] = ()
+    #: A last node of an ``in_parallel(return_exceptions=True)`` member: its
+    #: failure is a value (the exception) for the nodes that use it.
+    tolerant: bool = False
 
 
 @dataclass(slots=True)
@@ -100,6 +103,7 @@ def build_graph(target: Pipeline | Sequence[Any]) -> Graph:
     # 1. Every node reachable from the sinks, and the limited groups met on the way.
     found: dict[int, _Node] = {}
     groups: dict[int, Pipeline] = {}
+    tolerant: set[int] = set()
     seen_pipelines: set[int] = set()
     stack: list[Pipeline] = list(sinks)
     while stack:
@@ -112,6 +116,8 @@ def build_graph(target: Pipeline | Sequence[Any]) -> Graph:
             assert pipeline._members is not None
             if pipeline._max_parallelism is not None:
                 groups[id(pipeline)] = pipeline
+            if pipeline._return_exceptions:
+                tolerant.update(id(n) for n in pipeline.last_nodes())
             stack.extend(pipeline._members)
         elif id(node) not in found:
             found[id(node)] = node
@@ -182,8 +188,16 @@ def build_graph(target: Pipeline | Sequence[Any]) -> Graph:
         keys[key] = len(graph_nodes)
         graph_nodes.append(GraphNode(index=len(graph_nodes), key=key, node=node, upstream=up_indices))
     for graph_node in graph_nodes:
+        graph_node.tolerant = id(graph_node.node) in tolerant
         for up in graph_node.upstream:
             graph_nodes[up].dependents.append(graph_node.index)
+    for graph_node in graph_nodes:
+        if graph_node.node.handler == FINALLY and graph_node.dependents:
+            user = graph_nodes[graph_node.dependents[0]].node.task.display_name
+            raise PipelineValidationError(
+                f"finally_do({graph_node.node.task.display_name}) is used by {user}: finally_do must be the "
+                "last task of a pipeline, and only one"
+            )
     index_of = {id(g.node): g.index for g in graph_nodes}
 
     # 4. Limited groups: every node a member needs counts against the group.

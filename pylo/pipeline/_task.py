@@ -40,8 +40,8 @@ MAP_OPTIONS = frozenset(
 )
 
 
-#: Options docs/pipelines.md names that later releases add.
-_NOT_YET = frozenset({"with_state", "is_fruitful"})
+#: Options docs/pipelines.md names that later releases add (none left).
+_NOT_YET: frozenset[str] = frozenset()
 
 
 def _check_bool(name: str, value: Any) -> bool:
@@ -68,6 +68,9 @@ class TaskOptions:
         task_id: A fixed node key (1-100 of ``[A-Za-z0-9._-]``); two nodes
             of one pipeline cannot share it.
         display_name: The name shown for the node (default: the function's).
+        is_fruitful: False: the node's result is None whatever the task returns.
+        with_state: The task receives the pipeline's state first and returns
+            ``(state, result)``.
         with_context: The function receives a
             :class:`~pylo.pipeline.TaskContext` first (per input in a batch node).
         wait_for: A probe called before the node runs until it returns a
@@ -87,6 +90,8 @@ class TaskOptions:
     skippable: bool = False
     task_id: str | None = None
     display_name: str | None = None
+    is_fruitful: bool = True
+    with_state: bool = False
     with_context: bool = False
     wait_for: Callable[[], Any] | None = None
     wait_timeout: float | None = None
@@ -111,6 +116,8 @@ class TaskOptions:
         _check_bool("fail_softly", self.fail_softly)
         _check_bool("propagate_soft_failures", self.propagate_soft_failures)
         _check_bool("skippable", self.skippable)
+        _check_bool("is_fruitful", self.is_fruitful)
+        _check_bool("with_state", self.with_state)
         if self.fail_softly and self.skippable:
             raise ValueError(
                 "fail_softly and skippable cannot both be True: a raise either fails the node softly "

@@ -30,8 +30,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def dump_options(execution_id: str, options: Mapping[str, Any]) -> str:
-    """Serialize an execution's options as JSON text.
+def dump_options(owner_id: str, options: Mapping[str, Any], *, owner: str = "execution") -> str:
+    """Serialize the options of an execution (or of another ``owner``, a pipeline run) as JSON text.
 
     Raises:
         TypeError: The options are not JSON-serializable.
@@ -40,7 +40,7 @@ def dump_options(execution_id: str, options: Mapping[str, Any]) -> str:
         # sort_keys makes the stored text stable, which keeps stores diffable.
         return json.dumps(dict(options), sort_keys=True)
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"options of execution {execution_id!r} must be JSON-serializable: {exc}") from exc
+        raise TypeError(f"options of {owner} {owner_id!r} must be JSON-serializable: {exc}") from exc
 
 
 def load_options(text: str) -> dict[str, Any]:

@@ -47,7 +47,9 @@ __all__ = [
     "record_after_flush",
     "FAILURE_FIELDS",
     "FRAME_SIZE",
+    "file_size",
     "frames",
+    "size_or_zero",
     "HAS_PAYLOAD",
     "INPUTS_MAGIC",
     "OUTCOMES_MAGIC",
@@ -123,6 +125,18 @@ def dir_name(execution_id: str) -> str:
             f"({len(name)} characters once encoded, at most {_MAX_NAME})"
         )
     return name
+
+
+def file_size(path: Path) -> int:
+    return os.stat(path).st_size
+
+
+def size_or_zero(path: Path) -> int:
+    """The file's size, or 0 when it cannot be read (missing, say)."""
+    try:
+        return file_size(path)
+    except OSError:
+        return 0
 
 
 def frame(magic: bytes, body: bytes) -> bytes:

@@ -6,20 +6,17 @@ same kinds of damage when they read rows back, so that happens here once.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
 
 from pylo.pipeline._records import PipelineStatus, TaskState
+from pylo.stores._common import dump_options
 from pylo.stores.runs import NodeRow, RunRow, RunUpdate
 
 __all__ = [
     "MAX_KEY_LENGTH",
     "check_new_run",
     "check_update",
-    "dump_run_options",
     "last_change_per_key",
-    "load_run_options",
     "node_problem",
     "run_problem",
 ]
@@ -31,31 +28,6 @@ MAX_KEY_LENGTH = 512
 
 _WRITTEN_STATUSES = frozenset(status.value for status in PipelineStatus if status is not PipelineStatus.CRASHED)
 _STATES = frozenset(state.value for state in TaskState)
-
-
-def dump_run_options(run_id: str, options: Mapping[str, Any]) -> str:
-    """Serialize a run's options as JSON text.
-
-    Raises:
-        TypeError: The options are not JSON-serializable.
-    """
-    try:
-        # sort_keys keeps the stored text stable, so stores stay diffable.
-        return json.dumps(dict(options), sort_keys=True)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"options of pipeline run {run_id!r} must be JSON-serializable: {exc}") from exc
-
-
-def load_run_options(text: str) -> dict[str, Any]:
-    """Parse options stored by :func:`dump_run_options`.
-
-    Raises:
-        ValueError: The text is not JSON or not a JSON object.
-    """
-    value = json.loads(text)
-    if not isinstance(value, dict):
-        raise ValueError(f"options must be a JSON object, got {type(value).__name__}")
-    return value
 
 
 def _check_status(run_id: str, status: str) -> None:
@@ -89,7 +61,7 @@ def check_new_run(run: RunRow, nodes: Sequence[NodeRow]) -> None:
     if not run.id:
         raise ValueError("pipeline run id must not be empty")
     _check_status(run.id, run.status)
-    dump_run_options(run.id, run.options)
+    dump_options(run.id, run.options, owner="pipeline run")
     keys: set[str] = set()
     seqs: set[int] = set()
     for node in nodes:
@@ -121,7 +93,7 @@ def check_update(run_id: str, update: RunUpdate) -> None:
     if update.status is not None:
         _check_status(run_id, update.status)
     if update.options is not None:
-        dump_run_options(run_id, update.options)
+        dump_options(run_id, update.options, owner="pipeline run")
     for node in update.nodes:
         _check_state(run_id, node)
 

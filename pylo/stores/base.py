@@ -27,6 +27,7 @@ from __future__ import annotations
 import abc
 import datetime as dt
 import enum
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -53,6 +54,9 @@ PENDING = 0
 FINISHED = 1
 #: State byte of an input whose task raised an exception (after any retries).
 FAILED = 2
+
+#: Guards the making of each store's one run store (see Store.runs).
+_RUN_STORES_LOCK = threading.Lock()
 
 #: Version of the on-disk layout written by this pylo. A store written by an
 #: unknown version is refused with a StoreError instead of being misread.
@@ -369,11 +373,23 @@ class Store(abc.ABC):
         """
 
     def runs(self) -> RunStore:
-        """Return the run store that keeps this store's pipeline runs.
+        """Return the run store that keeps this store's pipeline runs (one per store).
 
         The run store shares this store's database or directory. Stores
         written before pipelines existed still open: their run store is
         simply empty until a run is created.
+
+        Raises:
+            StoreError: This kind of store cannot keep pipeline runs.
+        """
+        with _RUN_STORES_LOCK:
+            runs: RunStore | None = getattr(self, "_run_store", None)
+            if runs is None:
+                runs = self._run_store = self._open_runs()
+        return runs
+
+    def _open_runs(self) -> RunStore:
+        """Make this store's run store; :meth:`runs` calls it once and keeps the result.
 
         Raises:
             StoreError: This kind of store cannot keep pipeline runs.

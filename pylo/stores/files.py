@@ -73,17 +73,6 @@ _INPUTS = "inputs.log"
 _OUTCOMES = "outcomes.log"
 
 
-def _file_size(path: Path) -> int:
-    return os.stat(path).st_size
-
-
-def _size_or_zero(path: Path) -> int:
-    try:
-        return _file_size(path)
-    except OSError:
-        return 0
-
-
 @dataclass(slots=True)
 class _Index:
     """Cached ``batch_no -> InputEntry`` of one ``inputs.log``, extended as it grows."""
@@ -183,7 +172,7 @@ class FileStore(Store):
             # A directory without execution.json is being created right now
             # (or its creation crashed): the execution does not exist yet.
             # Its logs are empty then; logs with data lost their record.
-            if any(_size_or_zero(directory / name) for name in (_INPUTS, _OUTCOMES)):
+            if any(_filelog.size_or_zero(directory / name) for name in (_INPUTS, _OUTCOMES)):
                 raise self._damaged(path, "is missing, although the execution's logs hold data") from None
             raise self._not_found(execution_id) from None
         except OSError as exc:
@@ -205,7 +194,7 @@ class FileStore(Store):
         where the committed parts of the logs end.
         """
         inputs, outcomes = directory / _INPUTS, directory / _OUTCOMES
-        inputs_size, outcomes_size = _file_size(inputs), _file_size(outcomes)
+        inputs_size, outcomes_size = _filelog.file_size(inputs), _filelog.file_size(outcomes)
         if inputs_size < inputs_end:
             raise self._damaged(inputs, f"is shorter ({inputs_size} bytes) than its execution.json says ({inputs_end})")
         if outcomes_size < outcomes_end:
@@ -263,7 +252,7 @@ class FileStore(Store):
         inputs, outcomes = directory / _INPUTS, directory / _OUTCOMES
         if writer is not None:
             try:
-                sizes = (_file_size(inputs), _file_size(outcomes))
+                sizes = (_filelog.file_size(inputs), _filelog.file_size(outcomes))
             except FileNotFoundError:
                 sizes = (-1, -1)
             if sizes == (writer.inputs_end, writer.outcomes_end):
@@ -271,7 +260,7 @@ class FileStore(Store):
         record, inputs_end, outcomes_end = self._read_record(directory, execution_id)
         record, inputs_end, outcomes_end = self._catch_up(directory, record, inputs_end, outcomes_end)
         for path, end in ((inputs, inputs_end), (outcomes, outcomes_end)):
-            size = _file_size(path)
+            size = _filelog.file_size(path)
             if size > end:
                 logger.warning(
                     "discarding %d bytes of an unfinished write at the end of %s (left by a crash)", size - end, path
@@ -594,15 +583,11 @@ class FileStore(Store):
         with self._guard(f"release the claim on execution {execution_id!r}"):
             _filemeta.drop_claim(self.location, self._dir(execution_id), execution_id, claimant)
 
-    def runs(self) -> RunStore:
+    def _open_runs(self) -> RunStore:
         """See :meth:`Store.runs`: runs live under ``runs/``, made by the first run."""
         from pylo.stores.files_runs import FileRunStore
 
-        # One per store: it keeps this process's view of the runs it writes.
-        runs: RunStore | None = getattr(self, "_runs", None)
-        if runs is None:
-            runs = self._runs = FileRunStore(self)
-        return runs
+        return FileRunStore(self)
 
     def close(self) -> None:
         """Forget cached indexes and writer state (no file stays open between calls)."""

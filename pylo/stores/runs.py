@@ -83,7 +83,9 @@ class NodeRow:
         ended_at: POSIX time it ended, or None.
         result: Codec-encoded result when ``state == "done"``, else None.
             A batch node keeps none: its results are its execution's
-            (``execution_id``), not copied here.
+            (``execution_id``), not copied here. A node with a
+            ``child_run_id`` that is not ``done`` keeps its child pipeline
+            here (pickled), so a resume can resume the child run.
         exc_type: Qualified name of the failure's exception type, or None.
         message: ``str()`` of the exception, or None.
         traceback: Formatted traceback text, or None.

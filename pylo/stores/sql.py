@@ -1,8 +1,8 @@
 """A store in a SQL database, through SQLAlchemy Core.
 
 SQLite is the default (one file, :meth:`SQLStore.sqlite`); any SQLAlchemy URL
-works, PostgreSQL included. The tables are in :mod:`pylo.stores._sqlschema`;
-claims and labels in :mod:`pylo.stores._sqlmeta`.
+works, PostgreSQL included. The tables are in :mod:`pylo.stores._sqlschema`,
+claims and labels in :mod:`pylo.stores._sqlmeta`, runs in :mod:`pylo.stores.sql_runs`.
 
 Every write is one transaction. On SQLite those transactions start with
 ``BEGIN IMMEDIATE`` so that writers queue on the busy timeout instead of
@@ -21,7 +21,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, make_url
@@ -61,9 +61,7 @@ from pylo.stores.base import (
     Flush,
     Store,
 )
-
-if TYPE_CHECKING:
-    from pylo.stores.runs import RunStore
+from pylo.stores.runs import RunStore
 
 __all__ = ["FORMAT_NAME", "SQLStore"]
 
@@ -672,15 +670,11 @@ class SQLStore(SQLMetaMixin, Store):
                 return
             after = int(page[-1].position)
 
-    def runs(self) -> RunStore:
+    def _open_runs(self) -> RunStore:
         """See :meth:`Store.runs`: runs live in this database, tables made by the first run."""
-        from pylo.stores.sql_runs import SqlRunStore
+        from pylo.stores.sql_runs import SqlRunStore  # only when pipelines are used
 
-        # One per store: it remembers that the run tables exist.
-        runs: RunStore | None = getattr(self, "_runs", None)
-        if runs is None:
-            runs = self._runs = SqlRunStore(self)
-        return runs
+        return SqlRunStore(self)
 
     def close(self) -> None:
         """Close the database connections."""

@@ -34,13 +34,12 @@ from sqlalchemy.sql.compiler import SQLCompiler
 
 from pylo.errors import PipelineExists, PipelineNotFound, StoreError
 from pylo.stores import _sqlschema
+from pylo.stores._common import dump_options, load_options
 from pylo.stores._run_rows import (
     MAX_KEY_LENGTH,
     check_new_run,
     check_update,
-    dump_run_options,
     last_change_per_key,
-    load_run_options,
     node_problem,
     run_problem,
 )
@@ -275,7 +274,7 @@ class SqlRunStore(RunStore):
                 codec=row.codec,
                 pid=None if row.pid is None else int(row.pid),
                 host=row.host,
-                options=load_run_options(row.options),
+                options=load_options(row.options),
             )
         except (TypeError, ValueError) as exc:
             raise self._damaged(str(row.id), f"{type(exc).__name__}: {exc}") from exc
@@ -350,7 +349,7 @@ class SqlRunStore(RunStore):
             "codec": run.codec,
             "pid": run.pid,
             "host": run.host,
-            "options": dump_run_options(run.id, run.options),
+            "options": dump_options(run.id, run.options, owner="pipeline run"),
         }
         node_rows = [
             {
@@ -423,10 +422,10 @@ class SqlRunStore(RunStore):
                 if current is None:
                     raise self._not_found(run_id)
                 try:
-                    merged = {**load_run_options(current), **update.options}
+                    merged = {**load_options(current), **update.options}
                 except ValueError as exc:
                     raise self._damaged(run_id, f"its options cannot be read ({exc})") from exc
-                values["options"] = dump_run_options(run_id, merged)
+                values["options"] = dump_options(run_id, merged, owner="pipeline run")
             # The run row first: it doubles as the existence check, and an
             # exception inside the transaction rolls everything back.
             updated = conn.execute(_runs.update().where(_runs.c.id == run_id).values(**values))

@@ -160,6 +160,9 @@ def test_map_always_stores_results() -> None:
         add.map([1], max_worker_failures=0)
 
 
-def test_options_of_later_releases_say_so() -> None:
-    with pytest.raises(TypeError, match="with_state are not supported yet"):
-        task(with_state=True)
+def test_with_state_and_is_fruitful_are_options_checked_where_they_enter() -> None:
+    assert task(with_state=True, is_fruitful=False)(len).options.with_state is True
+    with pytest.raises(TypeError, match="with_state must be True or False"):
+        task(with_state="yes")
+    with pytest.raises(TypeError, match="is_fruitful must be True or False"):
+        task(is_fruitful=None)

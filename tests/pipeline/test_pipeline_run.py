@@ -150,15 +150,17 @@ def test_async_tasks_run_on_an_event_loop(make_pylo: MakePylo) -> None:
     assert p.get_pipeline_result(p.run_pipeline(async_double.send(add.send(1, 2)))) == 6
 
 
-def test_a_task_that_returns_a_pipeline_fails_clearly_for_now(make_pylo: MakePylo) -> None:
+def test_a_task_that_returns_a_pipeline_runs_it_as_a_child_run(make_pylo: MakePylo) -> None:
     @task
     def dynamic() -> object:
         return multiply.send(1, 2)
 
     p = make_pylo()
-    node = p.get_pipeline(p.run_pipeline(dynamic.send())).nodes[0]
-    assert node.state is TaskState.FAILED and node.failure is not None
-    assert "not supported yet" in node.failure.message
+    run_id = p.run_pipeline(dynamic.send())
+    node = p.get_pipeline(run_id).nodes[0]
+    assert node.state is TaskState.DONE and node.child_run_id is not None
+    assert p.get_pipeline_result(run_id) == 2
+    assert p.get_pipeline_result(node.child_run_id) == 2
 
 
 def test_one_pylo_runs_pipelines_from_several_threads_at_once(make_pylo: MakePylo) -> None:

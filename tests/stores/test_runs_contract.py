@@ -489,9 +489,9 @@ def test_a_store_kind_without_runs_says_so() -> None:
     class Elsewhere:
         location = "/somewhere"
 
-    # What Store.runs does for a store class that does not override it.
+    # What Store.runs makes for a store class that does not override _open_runs.
     with pytest.raises(StoreError, match="cannot keep pipeline runs"):
-        Store.runs(Elsewhere())  # type: ignore[arg-type]
+        Store._open_runs(Elsewhere())  # type: ignore[arg-type]
 
 
 # -- SQL: what is specific -------------------------------------------------------------

@@ -1,0 +1,125 @@
+"""Dynamic pipelines: a task that returns a pipeline runs it as a child run.
+
+Order of events, each durable before the next::
+
+    the task returns a pipeline (pickled where the task ran)
+        │ the parent coordinator records child_run_id and the pickled
+        │ pipeline on the node's row, and flushes        (record_child)
+        ▼
+    the child run is created (its options name the parent run and node)
+        │ and runs in the parent node's thread, a run of its own with its own
+        │ coordinator (one writer per run still holds)
+        ▼
+    the child's result (and, for ``.inline()``, its state) is the node's outcome
+
+A resume of the parent finds the node not ``done`` but with a child run and
+its pickled pipeline: it resumes that child (a new child run whose
+``parent_id`` is the old child) instead of calling the task again, so the
+task's body runs once and the child's finished nodes are kept.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from pylo.errors import PipelineValidationError
+
+if TYPE_CHECKING:
+    from pylo.pipeline._builder import Pipeline
+    from pylo.pipeline._executors import Outcome
+    from pylo.pipeline._host import Host
+
+__all__ = ["MAX_DEPTH", "encode_child", "run_child"]
+
+#: Deepest nesting of child runs (a recursion without a base case stops here).
+MAX_DEPTH = 200
+
+# Nesting depth of the runs this process is running as children: run id -> depth.
+_DEPTH: dict[str, int] = {}
+_LOCK = threading.Lock()
+
+
+def encode_child(pipeline: Pipeline) -> bytes:
+    """Pickle a child pipeline so the parent's row can keep it (cloudpickle for lambdas)."""
+    from pylo.workers._pickling import dumps
+
+    return dumps(pipeline)
+
+
+def depth_of(run_id: str) -> int:
+    with _LOCK:
+        return _DEPTH.get(run_id, 0)
+
+
+def run_child(
+    host: Host,
+    parent_run_id: str,
+    node_key: str,
+    payload: bytes,
+    *,
+    state: Any,
+    previous_child: str | None,
+    record: Callable[[str], None],
+    codec_name: str,
+) -> tuple[Outcome, Any]:
+    """Record, then run (or resume) a child run; its outcome and its final state.
+
+    Args:
+        host: The parent's host.
+        parent_run_id, node_key: The node whose task returned the pipeline.
+        payload: The pickled child pipeline.
+        state: The parent node's state (given to an ``.inline()`` child).
+        previous_child: A child run of the parent's past run to resume, or None.
+        record: Records the new child's id on the parent node, durably, and
+            returns once it is.
+        codec_name: The parent's codec.
+
+    Returns:
+        The node's outcome (the child's result, or its failure) and the
+        state the node ends with (an inline child's, else ``state``).
+    """
+    from pylo.pipeline._api import _result, _run
+    from pylo.pipeline._builder import _prepend
+    from pylo.pipeline._executors import describe_failure, finish_call
+    from pylo.workers._pickling import loads
+
+    started = time.time()
+    depth = depth_of(parent_run_id) + 1
+    try:
+        if depth > MAX_DEPTH:
+            raise PipelineValidationError(
+                f"dynamic pipelines nested more than {MAX_DEPTH} runs deep (node {node_key!r} of run "
+                f"{parent_run_id!r}): does a recursion miss its base case?"
+            )
+        pipeline = loads(payload)
+        inline = pipeline._inline
+        if inline and state is not None:
+            pipeline = _prepend(pipeline, None, ((), {}, state))
+        child_id = host.new_id()
+        with _LOCK:
+            _DEPTH[child_id] = depth
+        try:
+            record(child_id)
+            _run(
+                host.pylo,
+                pipeline,
+                run_id=child_id,
+                max_parallel=None,
+                parent_id=previous_child,
+                child_of={"run": parent_run_id, "node": node_key},
+            )
+        finally:
+            with _LOCK:
+                _DEPTH.pop(child_id, None)
+        value, child_state = _result(host.pylo, child_id, with_state=True)
+    except Exception as exc:  # the child failed (PipelineFailed), or could not start
+        return describe_failure(exc, codec_name, 1, started), state
+    except BaseException as exc:  # the child was interrupted: so is its parent (a resume resumes both)
+        from pylo.pipeline._executors import Outcome
+
+        return Outcome(ok=False, interrupt=exc, started=started, ended=time.time()), state
+    outcome = finish_call(value, codec_name, 1, started)
+    return outcome, (child_state if inline else state)
