@@ -35,6 +35,8 @@ setup(
         "yaml": ["pyyaml>=6"],
         # Pipeline runs traced with OpenTelemetry: one trace per run, a span per node.
         "otel": ["opentelemetry-api>=1.20"],
+        # The pools benchmarks/floor.py measures pylo against (not needed by tests).
+        "bench": ["joblib>=1.3", "mpire>=2.8"],
         "test": [
             "pytest>=7.4",
             "pytest-timeout>=2.2",

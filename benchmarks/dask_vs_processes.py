@@ -1,6 +1,6 @@
 """Dask workers against local worker processes, on a CPU-bound job, in one run.
 
-Run from the repository root (needs ``pip install "pylo[dask]"``):
+Run from the repository root (needs ``pip install ".[dask]"``):
 
     python benchmarks/dask_vs_processes.py            # 20,000 inputs of ~1 ms
     python benchmarks/dask_vs_processes.py --quick    # 2,000 inputs, a smoke check

@@ -1,6 +1,6 @@
 """What durability costs a pipeline: pylo against a plain thread pool and Dask, in one run.
 
-Run from the repository root (Dask is optional: ``pip install "pylo[dask]"``):
+Run from the repository root (Dask is optional: ``pip install ".[dask]"``):
 
     python benchmarks/pipelines.py            # 10,000 nodes, best of 3
     python benchmarks/pipelines.py --quick    # 1,000 nodes, a smoke check

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pylo._retry_spec import CUSTOM
 from pylo.execution import Pylo
 from pylo.stores import SQLITE_FILE, is_store_url, open_store
 from pylo.stores.base import ExecutionRecord, ExecutionStatus
@@ -33,13 +34,16 @@ __all__ = [
     "FailureGroup",
     "StoreChoice",
     "count_types",
+    "describe_recorded_retry",
     "format_count",
     "format_duration",
     "format_time",
     "group_failures",
     "import_task",
     "normalize_message",
-    "recorded_retries",
+    "recorded_retry",
+    "record_json",
+    "resolve_execution_id",
     "run_seconds",
 ]
 
@@ -143,18 +147,18 @@ class StoreChoice:
 _SPEC = re.compile(r"(?P<module>[A-Za-z_][\w.]*):(?P<function>[A-Za-z_][\w.]*)")
 
 
-def import_task(spec: str) -> Callable[..., Any]:
-    """Import ``MODULE:FUNCTION`` from the current directory or ``PYTHONPATH``.
+def import_attribute(spec: str, what: str = "FUNCTION", example: str = "tasks:process") -> tuple[Any, str]:
+    """Import ``MODULE:ATTR`` from the current directory or ``PYTHONPATH``; return it and ``ATTR``.
 
-    ``FUNCTION`` may be a dotted path (``Class.method``, ``obj.attr``).
+    ``ATTR`` may be a dotted path (``Class.method``, ``obj.attr``).
 
     Raises:
-        CliError: ``spec`` is malformed, the module cannot be imported, the
-            attribute is missing or not callable.
+        CliError: ``spec`` is malformed, the module cannot be imported, or
+            the attribute is missing.
     """
     match = _SPEC.fullmatch(spec)
     if match is None:
-        raise CliError(f"{spec!r} is not MODULE:FUNCTION (for example tasks:process, or my.package.tasks:process)")
+        raise CliError(f"{spec!r} is not MODULE:{what} (for example {example}, or my.package.{example})")
     module_name, path = match.group("module"), match.group("function")
     # A console script's sys.path starts with its own bin directory, not the
     # directory it runs in; users expect `pylo run tasks:f` next to tasks.py.
@@ -179,6 +183,17 @@ def import_task(spec: str) -> Callable[..., Any]:
             target = getattr(target, part)
         except AttributeError:
             raise CliError(f"module {module_name!r} has no attribute {path!r}") from None
+    return target, path
+
+
+def import_task(spec: str) -> Callable[..., Any]:
+    """Import ``MODULE:FUNCTION`` (see :func:`import_attribute`).
+
+    Raises:
+        CliError: ``spec`` is malformed, the module cannot be imported, the
+            attribute is missing or not callable.
+    """
+    target, _ = import_attribute(spec)
     if not callable(target):
         raise CliError(f"{spec} is a {type(target).__name__}, not a function")
     return target
@@ -191,19 +206,71 @@ def _one_line(exc: BaseException) -> str:
 
 # -- retry policies -------------------------------------------------------------
 
-# How the policy built by `--retries N` shows in an execution's recorded
-# options: its stop condition has a repr naming the number of attempts
-# (see _cli_run.build_retry), so a resume can build the same policy again.
-_RETRY_REPR = re.compile(r"\bstop=stop_after_attempt\((\d+)\)")
+
+def recorded_retry(options: Mapping[str, Any]) -> dict[str, Any] | str | None:
+    """The retry policy an execution ran with, as data (see :mod:`pylo._retry_spec`).
+
+    None for no retries, ``"custom"`` for a policy that cannot be made again
+    from the record (made in Python; records older than ``retry_policy``).
+    """
+    if "retry_policy" in options:
+        policy: dict[str, Any] | str | None = options["retry_policy"]
+        return policy
+    return None if options.get("retry") is None else CUSTOM
 
 
-def recorded_retries(options: Mapping[str, Any]) -> int | None:
-    """The ``--retries`` an execution ran with: 0 for none, None for a policy made in Python."""
-    recorded = options.get("retry")
-    if recorded is None:
-        return 0
-    match = _RETRY_REPR.search(str(recorded))
-    return None if match is None else int(match.group(1)) - 1
+def describe_recorded_retry(options: Mapping[str, Any]) -> str | None:
+    """``retries=3`` (attempts after the first), ``retry=custom tenacity policy``, or None for no retries."""
+    policy = recorded_retry(options)
+    if policy is None:
+        return None
+    if isinstance(policy, dict):
+        return f"retries={int(policy['attempts']) - 1}"
+    return "retry=custom tenacity policy"
+
+
+def record_json(record: ExecutionRecord) -> dict[str, Any]:
+    """An execution as the JSON object of ``--json`` output (documented keys: keep them)."""
+    return {
+        "id": record.id,
+        "parent_id": record.parent_id,
+        "input_source": record.input_source,
+        "status": str(record.status),
+        "task": record.task_name,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+        "ended_at": record.ended_at,
+        "duration_seconds": run_seconds(record),
+        "total": record.total,
+        "finished": record.finished,
+        "failed": record.failed,
+        "pending": record.pending,
+        "inputs_complete": record.inputs_complete,
+        "pid": record.pid,
+        "host": record.host,
+        "options": dict(record.options),
+        "labels": dict(record.labels),
+    }
+
+
+#: The id that names the newest execution on the command line.
+LAST = "last"
+
+
+def resolve_execution_id(pylo: Pylo, execution_id: str) -> str:
+    """``last`` as the id of the newest execution (unless one is called ``last``); other ids as they are.
+
+    Raises:
+        CliError: ``last`` and the store has no executions.
+    """
+    if execution_id != LAST:
+        return execution_id
+    records = pylo.list_executions()  # oldest first
+    if any(record.id == LAST for record in records):
+        return LAST
+    if not records:
+        raise CliError(f"no executions in the store at {pylo.store.location}: `last` names none")
+    return records[-1].id
 
 
 # -- formatting -----------------------------------------------------------------

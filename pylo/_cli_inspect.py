@@ -16,17 +16,19 @@ from typing import Any, TextIO
 from pylo._cli_common import (
     CliError,
     StoreChoice,
+    describe_recorded_retry,
     format_count,
     format_duration,
     format_time,
     group_failures,
-    recorded_retries,
+    record_json,
+    resolve_execution_id,
     run_seconds,
 )
 from pylo._codec import short_repr
 from pylo._reader import read_inputs
 from pylo.execution import Failure, Pylo
-from pylo.stores.base import FAILED, FINISHED, PENDING, ExecutionRecord
+from pylo.stores.base import FAILED, FINISHED, PENDING, ExecutionRecord, ExecutionStatus
 
 __all__ = ["failures_command", "inputs_command", "list_command", "show_command"]
 
@@ -46,6 +48,13 @@ def list_command(args: argparse.Namespace, store: StoreChoice) -> int:
     labels = dict(args.labels)
     with store.open(must_exist=True) as pylo:
         records = pylo.list_executions(labels=labels)
+    if args.status is not None:
+        records = [record for record in records if str(record.status) == args.status]
+    if args.last is not None:
+        records = records[-args.last :]
+    if args.json:
+        print(json.dumps([record_json(record) for record in records], ensure_ascii=False))
+        return 0
     if not records:
         which = " labelled " + _format_labels(labels) if labels else ""
         print(f"no executions{which} in the store at {store.value}")
@@ -86,10 +95,13 @@ def _new_work(record: ExecutionRecord, parent: ExecutionRecord | None) -> int:
 def _options(record: ExecutionRecord) -> str:
     shown = []
     for key, value in record.options.items():
-        if key == "retry" and value is not None:
-            retries = recorded_retries(record.options)
+        if key == "retry_policy":
+            continue
+        if key == "retry":
             # tenacity's repr is long and full of addresses; say what matters.
-            shown.append("retry=custom tenacity policy" if retries is None else f"retries={retries}")
+            retry = describe_recorded_retry(record.options)
+            if retry is not None:
+                shown.append(retry)
         elif value is not None:
             shown.append(f"{key}={value}")
     return " ".join(shown) or "-"
@@ -106,11 +118,20 @@ def _throughput(work: int, seconds: float) -> str:
 def show_command(args: argparse.Namespace, store: StoreChoice) -> int:
     """``pylo show ID``: one execution in detail, with its lineage and throughput."""
     with store.open(must_exist=True) as pylo:
-        record = pylo.get_execution(args.execution_id)
+        record = pylo.get_execution(resolve_execution_id(pylo, args.execution_id))
         chain = pylo.lineage(record.id)
         children = [r for r in pylo.list_executions() if r.parent_id == record.id]
         location = pylo.store.location
     ancestors = list(reversed(chain[: [r.id for r in chain].index(record.id)]))  # the parent first
+    if args.json:
+        shown = {
+            **record_json(record),
+            "parents": [r.id for r in ancestors],
+            "children": [r.id for r in children],
+            "store": location,
+        }
+        print(json.dumps(shown, ensure_ascii=False))
+        return show_status(record)
     seconds = run_seconds(record)
     work = _new_work(record, ancestors[0] if ancestors else None)
     lines = [
@@ -143,7 +164,18 @@ def show_command(args: argparse.Namespace, store: StoreChoice) -> int:
     width = max(len(label) for label, _ in lines)
     for label, value in lines:
         print(f"{label:<{width}}  {value}")
-    return 0
+    return show_status(record)
+
+
+#: ``pylo show``'s exit status for an execution that is still running.
+RUNNING_STATUS = 3
+
+
+def show_status(record: ExecutionRecord) -> int:
+    """0 when every input finished, 3 while it runs, 1 when it ended with unfinished inputs."""
+    if record.status is ExecutionStatus.RUNNING:
+        return RUNNING_STATUS
+    return 0 if record.inputs_complete and record.unfinished == 0 else 1
 
 
 def _matches_type(failure: Failure, name: str) -> bool:
@@ -154,10 +186,13 @@ def _matches_type(failure: Failure, name: str) -> bool:
 def failures_command(args: argparse.Namespace, store: StoreChoice) -> int:
     """``pylo failures ID``: failures grouped by type and message shape, with example inputs."""
     with store.open(must_exist=True) as pylo:
-        record = pylo.get_execution(args.execution_id)
+        record = pylo.get_execution(resolve_execution_id(pylo, args.execution_id))
         failures = pylo.get_failures(record.id)
     if args.type:
         failures = [f for f in failures if _matches_type(f, args.type)]
+    if args.json:
+        print(json.dumps(_failures_json(record, failures), ensure_ascii=False, default=short_repr))
+        return 0
     if not failures:
         which = f" of type {args.type}" if args.type else ""
         print(f"execution {record.id} has no failures{which}")
@@ -183,6 +218,37 @@ def failures_command(args: argparse.Namespace, store: StoreChoice) -> int:
             for line in first.traceback.rstrip("\n").splitlines():
                 print(f"    {line}")
     return 0
+
+
+def _failures_json(record: ExecutionRecord, failures: list[Failure]) -> dict[str, Any]:
+    by_position = {f.position: f for f in failures}
+    groups = group_failures((f.position, f.exception_type, f.message) for f in failures)
+    return {
+        "execution": record.id,
+        "failed": len(failures),
+        "groups": [
+            {
+                "exception_type": group.exception_type,
+                "message": group.shape,
+                "example_message": group.example,
+                "count": len(group.positions),
+                "positions": list(group.positions),
+            }
+            for group in groups
+        ],
+        "failures": [
+            {
+                "position": f.position,
+                "input": f.input,
+                "exception_type": f.exception_type,
+                "message": f.message,
+                "attempts": f.attempts,
+                "worker": f.worker,
+                "time": f.time.timestamp(),
+            }
+            for f in sorted(by_position.values(), key=lambda f: f.position)
+        ],
+    }
 
 
 # -- inputs --------------------------------------------------------------------------------
@@ -215,7 +281,7 @@ def inputs_command(args: argparse.Namespace, store: StoreChoice) -> int:
         raise CliError(f"--results prints finished inputs and their results; it cannot be combined with --{args.state}")
     out = sys.stdout
     with store.open(must_exist=True) as pylo:
-        record = pylo.get_execution(args.execution_id)
+        record = pylo.get_execution(resolve_execution_id(pylo, args.execution_id))
         if args.results:
             # Results come back as one list (the lineage's results are merged
             # by position); inputs stream batch by batch.

@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib
 import json
-import os
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from pylo._cli_common import _SPEC, CliError, StoreChoice, _one_line, format_duration, format_time
+from pylo._cli_common import CliError, StoreChoice, _one_line, format_duration, format_time, import_attribute
 from pylo._cli_run import _make_pylo, _settings
 from pylo.cli import EXIT_INTERRUPTED, EXIT_OK, EXIT_UNFINISHED, _int_at_least, _rate, _seconds
 from pylo.errors import PyloError
@@ -153,32 +151,7 @@ def import_pipeline(spec: str) -> Pipeline | list[Pipeline]:
         CliError: ``spec`` is malformed, cannot be imported, or is not and
             does not return a pipeline.
     """
-    match = _SPEC.fullmatch(spec)
-    if match is None:
-        raise CliError(f"{spec!r} is not MODULE:ATTR (for example flows:nightly, or my.package.flows:nightly)")
-    module_name, path = match.group("module"), match.group("function")
-    # As for `pylo run`: the directory the command runs in comes first.
-    cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
-        sys.path.insert(0, cwd)
-    try:
-        target: Any = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and (module_name == exc.name or module_name.startswith(exc.name + ".")):
-            raise CliError(
-                f"cannot import module {module_name!r}: no module named {exc.name!r} in the current "
-                "directory or on PYTHONPATH"
-            ) from exc
-        raise CliError(f"importing module {module_name!r} failed: {_one_line(exc)}") from exc
-    except BaseException as exc:  # SyntaxError, an error at import time, even sys.exit()
-        if isinstance(exc, KeyboardInterrupt):
-            raise
-        raise CliError(f"importing module {module_name!r} failed: {_one_line(exc)}") from exc
-    for part in path.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise CliError(f"module {module_name!r} has no attribute {path!r}") from None
+    target, path = import_attribute(spec, "ATTR", "flows:nightly")
     if isinstance(target, Task):
         raise CliError(
             f"{spec} is a task, not a pipeline: name a pipeline ({path}.send(...)) or a function that returns one"

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import socket
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
@@ -27,13 +28,16 @@ from pylo._cli_common import (
     format_duration,
     group_failures,
     import_task,
-    recorded_retries,
+    recorded_retry,
+    resolve_execution_id,
     run_seconds,
 )
 from pylo._codec import short_repr
-from pylo.errors import PyloError
+from pylo._retry_spec import build_policy
+from pylo._running import process_is_gone
+from pylo.errors import ExecutionExists, PyloError
 from pylo.execution import Pylo, _new_execution_id
-from pylo.stores.base import ExecutionRecord
+from pylo.stores.base import ExecutionRecord, ExecutionStatus
 
 __all__ = ["build_retry", "read_inputs", "resume_command", "run_command"]
 
@@ -130,6 +134,10 @@ def _open_inputs(path: str | None) -> tuple[BinaryIO, str]:
 # -- run options --------------------------------------------------------------------
 
 
+#: The back-off of ``--retries N``: 0.1 s, doubling, at most 2 s between attempts.
+_RETRY_WAIT = {"exponential": {"multiplier": 0.1, "min": 0.0, "max": 2.0, "exp_base": 2.0}}
+
+
 def build_retry(retries: int, *, asynchronous: bool) -> Any:
     """The policy for ``--retries N``: N more attempts, short exponential back-off.
 
@@ -139,24 +147,17 @@ def build_retry(retries: int, *, asynchronous: bool) -> Any:
     """
     if retries == 0:
         return None
-    from tenacity import AsyncRetrying, Retrying, stop_after_attempt, wait_exponential
-
-    class _Attempts(stop_after_attempt):
-        # tenacity's default repr hides the number; the execution's options
-        # keep repr(retry), and resume reads the number back from it.
-        def __repr__(self) -> str:
-            return f"stop_after_attempt({self.max_attempt_number})"
-
-        def __reduce__(self) -> tuple[Any, ...]:
-            # A class defined in a function does not pickle by reference;
-            # process workers receive a plain stop_after_attempt instead.
-            return (stop_after_attempt, (self.max_attempt_number,))
-
-    policy = AsyncRetrying if asynchronous else Retrying
-    return policy(stop=_Attempts(retries + 1), wait=wait_exponential(multiplier=0.1, max=2), reraise=True)
+    return build_policy({"attempts": retries + 1, "wait": _RETRY_WAIT, "reraise": True}, asynchronous=asynchronous)
 
 
-def _backend(args: argparse.Namespace, function: Callable[..., Any], spec: str) -> str:
+#: Kinds of workers the command line can run on, by recorded backend name.
+_CLI_BACKENDS = ("threads", "processes", "asyncio")
+
+
+def _backend(
+    args: argparse.Namespace, function: Callable[..., Any], spec: str, past: ExecutionRecord | None = None
+) -> str:
+    """The kind of workers: the flags, else (for a resume) the kind the past execution ran on."""
     is_async = inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
         getattr(function, "__call__", None)  # noqa: B004 - objects with an async __call__
     )
@@ -164,9 +165,25 @@ def _backend(args: argparse.Namespace, function: Callable[..., Any], spec: str) 
         raise CliError(f"{spec} is an async function: run it with --asyncio (or without --processes)")
     if args.asyncio and not is_async:
         raise CliError(f"{spec} is a plain function; --asyncio runs `async def` functions (drop --asyncio)")
+    if args.threads and is_async:
+        raise CliError(f"{spec} is an async function: run it with --asyncio (or without --threads)")
     if args.processes:
         return "processes"
-    return "asyncio" if is_async else "threads"
+    if is_async:
+        return "asyncio"
+    if args.threads or past is None:
+        return "threads"
+    recorded = past.options.get("workers")
+    if recorded == "processes":
+        return "processes"
+    if recorded is not None and recorded not in _CLI_BACKENDS:
+        logger.warning(
+            "execution %s ran on %s workers, which the command line cannot start; resuming on threads "
+            "(pass --processes for worker processes, or resume it from Python)",
+            past.id,
+            recorded,
+        )
+    return "threads"
 
 
 def _settings(args: argparse.Namespace, backend: str, past: ExecutionRecord | None) -> dict[str, Any]:
@@ -180,18 +197,21 @@ def _settings(args: argparse.Namespace, backend: str, past: ExecutionRecord | No
     for key in ("max_worker_failures", "timeout", "rate_limit", "max_failures", "store_results"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
-    retries = args.retries
-    if retries is None:
-        retries = recorded_retries(recorded)
-        if retries is None:
-            logger.warning(
-                "execution %s ran with a retry policy the command line cannot rebuild (%s); "
-                "resuming without retries: pass --retries N to retry",
-                past.id if past is not None else "?",
-                recorded.get("retry"),
-            )
-            retries = 0
-    settings["retry"] = build_retry(retries, asynchronous=backend == "asyncio")
+    asynchronous = backend == "asyncio"
+    if args.retries is not None:
+        settings["retry"] = build_retry(args.retries, asynchronous=asynchronous)
+    else:
+        policy = recorded_retry(recorded)
+        if isinstance(policy, dict):
+            settings["retry"] = build_policy(policy, asynchronous=asynchronous)
+        else:
+            if policy is not None:
+                logger.warning(
+                    "execution %s ran with a retry policy made in Python, which the command line cannot "
+                    "make again; resuming without retries: pass --retries N to retry",
+                    past.id if past is not None else "?",
+                )
+            settings["retry"] = None
     settings["progress"] = args.progress
     return settings
 
@@ -232,7 +252,7 @@ def run_command(args: argparse.Namespace, store: StoreChoice) -> int:
 def resume_command(args: argparse.Namespace, store: StoreChoice) -> int:
     """``pylo resume ID [MODULE:FUNCTION]``: run a past execution's unfinished inputs again."""
     with store.open(must_exist=True) as reader:
-        past = reader.get_execution(args.execution_id)
+        past = reader.get_execution(resolve_execution_id(reader, args.execution_id))
     spec = args.task or past.task_name
     if args.task is None and ("<" in spec or spec.startswith("__main__:")):
         raise CliError(
@@ -245,9 +265,10 @@ def resume_command(args: argparse.Namespace, store: StoreChoice) -> int:
         if args.task is not None:
             raise
         raise CliError(f"{exc} (the function execution {past.id} ran; pass another as MODULE:FUNCTION)") from None
-    backend = _backend(args, function, spec)
+    backend = _backend(args, function, spec, past)
     settings = _settings(args, backend, past)
     execution_id = args.id or _new_execution_id()
+    _check_resumable(store, past, execution_id)
     print(
         f"resuming {past.id} as {execution_id}: {format_count(past.unfinished)} of "
         f"{format_count(past.total)} inputs to run, with {spec}",
@@ -264,11 +285,34 @@ def resume_command(args: argparse.Namespace, store: StoreChoice) -> int:
         )
 
 
+def _check_resumable(store: StoreChoice, past: ExecutionRecord, execution_id: str) -> None:
+    """Refuse, in the command line's words, what ``start_from_past_execution`` would refuse."""
+    if not past.inputs_complete:
+        raise CliError(
+            f"execution {past.id} stopped while its inputs were being read ({format_count(past.total)} recorded, "
+            "none ran): there is nothing to resume; run `pylo run` again, which records the inputs anew "
+            "under a new id"
+        )
+    if past.status is ExecutionStatus.RUNNING and not process_is_gone(past) and past.host == socket.gethostname():
+        raise CliError(f"execution {past.id} is still running (process {past.pid}); wait for it to end or stop it")
+    with store.open(must_exist=True) as reader:
+        try:
+            reader.get_execution(execution_id)
+        except PyloError:
+            return
+    raise CliError(f"an execution with id {execution_id} already exists; pass another --id")
+
+
 def _execute(pylo: Pylo, store: StoreChoice, execution_id: str, start: Callable[[], str]) -> int:
     # The id is chosen before the run, so that after Ctrl-C, when start()
     # returns nothing, the summary can still say what to resume.
     try:
         start()
+    except ExecutionExists:
+        raise CliError(
+            f"an execution with id {execution_id} already exists; pass another --id, "
+            f"or run its unfinished inputs again with: pylo resume {execution_id}{store.flag()}"
+        ) from None
     except InputLineError as exc:
         raise CliError(f"{exc}; nothing ran (execution {execution_id} is recorded as aborted)") from None
     except KeyboardInterrupt:
@@ -297,7 +341,8 @@ def print_summary(pylo: Pylo, store: StoreChoice, execution_id: str, out: Any) -
     if not record.inputs_complete:
         print(
             f"execution {record.id} {record.status} while reading its inputs "
-            f"({format_count(record.total)} recorded, none ran); run the command again",
+            f"({format_count(record.total)} recorded, none ran): it has no inputs to resume; "
+            "run the command again (a generated id is new each time; with --id, pass another)",
             file=out,
         )
         return 1

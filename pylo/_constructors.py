@@ -205,7 +205,7 @@ class Constructors:
                 budget); None means one per thread of the cluster's workers.
 
         The other options are those of :meth:`local_multithread`. Requires
-        ``pip install "pylo[dask]"``.
+        ``pip install ".[dask]"`` from a checkout of pylo.
 
         Raises:
             ImportError: dask or distributed is not installed; the message

@@ -21,6 +21,7 @@ from typing import Any, TypedDict
 
 from pylo._codec import Codec, get_codec, short_repr
 from pylo._ratelimit import parse_rate_limit
+from pylo._retry_spec import describe_retry
 from pylo.workers.base import RunnerSettings
 
 __all__ = ["MAX_SECONDS", "RunOptionArgs", "RunOptions", "check_execution_id", "check_int", "check_seconds"]
@@ -273,7 +274,8 @@ class RunOptions:
             "flush_seconds": self.flush_seconds,
             "store_exceptions": self.store_exceptions,
             "store_results": self.store_results,
-            "retry": None if self.retry is None else repr(self.retry),
+            "retry": None if self.retry is None else repr(self.retry),  # for people; resume reads retry_policy
+            "retry_policy": describe_retry(self.retry),
             "max_failures": self.max_failures,
             "timeout": self.timeout,
             "rate_limit": self.rate,

@@ -27,6 +27,7 @@ from pylo._labels import check_labels
 from pylo._ratelimit import parse_rate_limit
 from pylo.errors import PyloError
 from pylo.execution import _check_execution_id
+from pylo.stores.base import ExecutionStatus
 
 __all__ = ["EXIT_INTERRUPTED", "EXIT_OK", "EXIT_UNFINISHED", "EXIT_USAGE", "main"]
 
@@ -134,6 +135,9 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
         "--workers", type=_int_at_least(1), metavar="N", help="workers (default 8; CPUs with --processes)"
     )
     backend = group.add_mutually_exclusive_group()
+    backend.add_argument(
+        "--threads", action="store_true", help="run tasks in threads (the default for `pylo run`; resume: override)"
+    )
     backend.add_argument("--processes", action="store_true", help="run tasks in worker processes (CPU-bound work)")
     backend.add_argument(
         "--asyncio", action="store_true", help="run `async def` tasks on an event loop (chosen for them anyway)"
@@ -166,7 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="pylo",
         description="Run a function over many inputs with a durable snapshot; inspect and resume executions.",
-        epilog="Exit status: 0 all inputs finished, 1 some unfinished, 2 usage error, 130 interrupted.",
+        epilog=(
+            "Exit status: 0 all inputs finished, 1 some unfinished, 2 usage error, 130 interrupted (Ctrl-C), "
+            "143 terminated (SIGTERM), 141 output pipe closed (SIGPIPE)."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"pylo {__version__}")
     _common(parser, top=True)
@@ -186,23 +193,28 @@ def build_parser() -> argparse.ArgumentParser:
     _run_options(run)
 
     resume = command("resume", "run a past execution's unfinished inputs again")
-    resume.add_argument("execution_id", metavar="ID")
+    resume.add_argument("execution_id", metavar="ID", help="an execution id, or last for the newest")
     resume.add_argument("task", metavar="MODULE:FUNCTION", nargs="?", help="the (fixed) task; default: the one ID ran")
     _run_options(resume)
 
     listing = command("list", "list executions, oldest first")
     _labels_option(listing, "only executions with this label (repeatable: all of them)")
+    listing.add_argument("--status", choices=[str(s) for s in ExecutionStatus], help="only executions with this status")
+    listing.add_argument("--last", type=_int_at_least(1), metavar="N", help="only the newest N (after the filters)")
+    listing.add_argument("--json", action="store_true", help="one JSON array of executions (keys: docs/cli.md)")
 
     show = command("show", "one execution in detail, with lineage and throughput")
-    show.add_argument("execution_id", metavar="ID")
+    show.add_argument("execution_id", metavar="ID", help="an execution id, or last for the newest")
+    show.add_argument("--json", action="store_true", help="one JSON object (keys: docs/cli.md)")
 
     failures = command("failures", "failures grouped by exception type and message")
-    failures.add_argument("execution_id", metavar="ID")
+    failures.add_argument("execution_id", metavar="ID", help="an execution id, or last for the newest")
     failures.add_argument("--traceback", action="store_true", help="print a traceback for each group")
     failures.add_argument("--type", metavar="NAME", help="only exceptions of this type (ValueError, mod.MyError)")
+    failures.add_argument("--json", action="store_true", help="one JSON object: groups and failures (docs/cli.md)")
 
     inputs = command("inputs", "print an execution's inputs, one per line")
-    inputs.add_argument("execution_id", metavar="ID")
+    inputs.add_argument("execution_id", metavar="ID", help="an execution id, or last for the newest")
     states = inputs.add_mutually_exclusive_group()
     for state in ("unfinished", "finished", "failed"):
         states.add_argument(f"--{state}", dest="state", action="store_const", const=state, help=f"only {state} inputs")

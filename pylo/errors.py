@@ -232,7 +232,7 @@ class ConfigError(PyloError, ValueError):
 
     The message names the source (file, ``scheme://`` address or mapping) and
     the key where there is one. A YAML file read without PyYAML installed is
-    one too: its message says to ``pip install "pylo[yaml]"``.
+    one too: its message says to install PyYAML.
     """
 
 

@@ -178,7 +178,7 @@ class Pylo(Constructors, PipelineMethods):
         new_id = _new_execution_id() if execution_id is None else _check_execution_id("execution_id", execution_id)
         checked_labels = check_labels(labels)
         record = new_record(new_id, _task_name(function), self._codec, self._options)
-        record = dataclasses.replace(record, labels=checked_labels)
+        record = dataclasses.replace(record, labels=checked_labels, options=self._recorded_options(record))
 
         def prepare() -> Plan:
             return record_fresh(self._store, record, inputs, self._codec)
@@ -247,7 +247,9 @@ class Pylo(Constructors, PipelineMethods):
         # A parent with lost batches is refused before anything is created.
         _reader.read_layout(self._store, parent)
         record = new_record(new_id, _task_name(function), codec, self._options, parent=parent)
-        record = dataclasses.replace(record, labels={**parent.labels, **checked_labels})
+        record = dataclasses.replace(
+            record, labels={**parent.labels, **checked_labels}, options=self._recorded_options(record)
+        )
 
         def prepare() -> Plan:
             return create_resumed(self._store, record, parent, codec)
@@ -327,6 +329,11 @@ class Pylo(Constructors, PipelineMethods):
                 inputs are missing from it.
         """
         return _reader.read_state(self._store, self._record(execution_id))
+
+    def _recorded_options(self, record: ExecutionRecord) -> dict[str, Any]:
+        # The kind of workers joins the run options, so that `pylo resume`
+        # runs on the same kind (see RunOptions.describe for the other keys).
+        return {**record.options, "workers": self._backend.name}
 
     def _record(self, execution_id: str) -> ExecutionRecord:
         return _reader.read_record(self._store, _check_execution_id("execution_id", execution_id))

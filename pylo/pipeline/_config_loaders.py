@@ -73,7 +73,8 @@ def load_yaml(source: str) -> Mapping[str, Any]:
         import yaml  # type: ignore[import-untyped, unused-ignore]  # types-PyYAML may not be installed
     except ImportError as exc:
         raise ConfigError(
-            f"reading {source} needs PyYAML, which is not installed: pip install 'pylo[yaml]' (or pip install pyyaml)"
+            f"reading {source} needs PyYAML, which is not installed: pip install pyyaml "
+            "(or pip install '.[yaml]' from a checkout of pylo)"
         ) from exc
     with open(source, encoding="utf-8") as file:
         return _top_level_mapping(yaml.safe_load(file), source)

@@ -1,6 +1,6 @@
 """OpenTelemetry tracing of runs: one trace per run, one span per node (the ``otel`` extra).
 
-Active when ``opentelemetry`` (the API, ``pip install pylo[otel]``) can be
+Active when ``opentelemetry`` (the API, ``pip install ".[otel]"`` from a checkout) can be
 imported; it is imported only when a run starts, never by ``import pylo``,
 and without it nothing changes. Spans go wherever the application's tracer
 provider sends them (none is configured here); while the application has

@@ -49,6 +49,7 @@ __all__ = [
     "FRAME_SIZE",
     "file_size",
     "frames",
+    "os_errors_named",
     "size_or_zero",
     "HAS_PAYLOAD",
     "INPUTS_MAGIC",
@@ -125,6 +126,15 @@ def dir_name(execution_id: str) -> str:
             f"({len(name)} characters once encoded, at most {_MAX_NAME})"
         )
     return name
+
+
+@contextlib.contextmanager
+def os_errors_named(location: str, action: str) -> Iterator[None]:
+    """Turn OS errors into a StoreError naming the store (the OS message names the file)."""
+    try:
+        yield
+    except OSError as exc:
+        raise StoreError(f"cannot {action} in the store at {location}: {exc}") from exc
 
 
 def file_size(path: Path) -> int:

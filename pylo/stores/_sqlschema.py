@@ -172,6 +172,12 @@ def describe(exc: BaseException) -> str:
     """The useful part of a driver error (SQLAlchemy's text repeats the SQL and its parameters)."""
     if isinstance(exc, DBAPIError) and exc.orig is not None:
         return f"{type(exc.orig).__name__}: {exc.orig}"
+    if isinstance(exc, ImportError):
+        # Not `pip install "pylo[postgres]"`: that name on the package index is an unrelated project.
+        return (
+            f'{type(exc).__name__}: {exc} (for PostgreSQL, pip install ".[postgres]" from a checkout of pylo,'
+            ' or pip install "psycopg[binary]")'
+        )
     return f"{type(exc).__name__}: {exc}"
 
 

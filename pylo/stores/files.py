@@ -142,13 +142,9 @@ class FileStore(Store):
 
     # -- plumbing ----------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _guard(self, action: str) -> Iterator[None]:
+    def _guard(self, action: str) -> contextlib.AbstractContextManager[None]:
         """Turn OS errors into a StoreError naming the store (the OS message names the file)."""
-        try:
-            yield
-        except OSError as exc:
-            raise StoreError(f"cannot {action} in the store at {self.location}: {exc}") from exc
+        return _filelog.os_errors_named(self.location, action)
 
     def _not_found(self, execution_id: str) -> ExecutionNotFound:
         return ExecutionNotFound(execution_id, self.location)

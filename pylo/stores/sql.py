@@ -28,7 +28,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from pylo.errors import DamagedExecutions, ExecutionExists, ExecutionNotFound, StoreError
-from pylo.stores import _sqlschema
+from pylo.stores import _sqlraw, _sqlschema
 from pylo.stores._common import (
     batches_problem,
     check_batches,
@@ -74,6 +74,49 @@ _RESULT_PAGE = 1000
 
 
 logger = logging.getLogger(__name__)
+
+
+# The hot statements of record_flush, built and compiled once per kind of
+# database in a process (see _sqlraw).
+
+
+def _counts_statement() -> tuple[sa.ClauseElement, None]:
+    statement = (
+        EXECUTIONS.update()
+        .where(EXECUTIONS.c.id == sa.bindparam("x_id"))
+        .values(
+            total=sa.bindparam("x_total"),
+            finished=sa.bindparam("x_finished"),
+            failed=sa.bindparam("x_failed"),
+            updated_at=sa.bindparam("x_updated_at"),
+        )
+    )
+    return statement, None
+
+
+def _grow_statement() -> tuple[sa.ClauseElement, None]:
+    statement = (
+        EXECUTIONS.update()
+        .where(EXECUTIONS.c.id == sa.bindparam("x_id"))
+        .values(total=EXECUTIONS.c.total + sa.bindparam("x_added"), updated_at=sa.bindparam("x_updated_at"))
+    )
+    return statement, None
+
+
+def _batches_statement() -> tuple[sa.ClauseElement, list[str]]:
+    return BATCHES.insert(), [column.name for column in BATCHES.c]
+
+
+def _states_statement() -> tuple[sa.ClauseElement, None]:
+    return UPDATE_STATES, None
+
+
+def _failures_statement() -> tuple[sa.ClauseElement, list[str]]:
+    return FAILURES.insert(), [column.name for column in FAILURES.c]
+
+
+def _results_statement() -> tuple[sa.ClauseElement, list[str]]:
+    return RESULTS.insert(), [column.name for column in RESULTS.c]
 
 
 class SQLStore(SQLMetaMixin, Store):
@@ -320,6 +363,9 @@ class SQLStore(SQLMetaMixin, Store):
             ValueError: A batch's ``states`` do not have ``size`` bytes.
         """
         check_batches(execution_id, batches)
+        dialect = self._engine.dialect
+        grow = _sqlraw.compiled("grow", dialect, _grow_statement)
+        insert = _sqlraw.compiled("batches", dialect, _batches_statement)
         rows = [
             {
                 "execution_id": execution_id,
@@ -333,15 +379,13 @@ class SQLStore(SQLMetaMixin, Store):
         ]
         added = sum(batch.size for batch in batches)
         with self._guard(f"add batches to execution {execution_id!r}"), self._write() as conn:
-            updated = conn.execute(
-                EXECUTIONS.update()
-                .where(EXECUTIONS.c.id == execution_id)
-                .values(total=EXECUTIONS.c.total + added, updated_at=time.time())
+            updated = conn.exec_driver_sql(
+                grow.sql, grow.one({"x_id": execution_id, "x_added": added, "x_updated_at": time.time()})
             )
             if updated.rowcount == 0:
                 raise self._not_found(execution_id)
             if rows:
-                conn.execute(BATCHES.insert(), rows)
+                conn.exec_driver_sql(insert.sql, insert.params(rows))
 
     def record_flush(self, execution_id: str, flush: Flush) -> None:
         """See :meth:`Store.record_flush`.
@@ -353,52 +397,90 @@ class SQLStore(SQLMetaMixin, Store):
             ValueError: The flush sets the derived ``CRASHED`` status.
         """
         check_flush(execution_id, flush)
-        values: dict[str, Any] = {
-            "total": flush.total,
-            "finished": flush.finished,
-            "failed": flush.failed,
-            "updated_at": time.time(),
-        }
-        if flush.status is not None:
-            values["status"] = ExecutionStatus(flush.status).value
-        if flush.ended_at is not None:
-            values["ended_at"] = float(flush.ended_at)
-        if flush.inputs_complete:
-            values["inputs_complete"] = True
-        states = [
-            {"b_execution_id": execution_id, "b_batch_no": batch_no, "b_states": bytes(data)}
-            for batch_no, data in flush.states.items()
-        ]
-        failures = [
-            {
-                "execution_id": execution_id,
-                "position": row.position,
-                "exc_type": _sqlschema.storable_text(postgres=self._is_postgres, text=row.exc_type),
-                "message": _sqlschema.storable_text(postgres=self._is_postgres, text=row.message),
-                "traceback": _sqlschema.storable_text(postgres=self._is_postgres, text=row.traceback),
-                "exception": None if row.exception is None else bytes(row.exception),
-                "attempts": row.attempts,
-                "worker": row.worker,
-                "failed_at": float(row.failed_at),
+        now = time.time()
+        dialect = self._engine.dialect
+        # Most flushes change counts only; one that sets the status, the end
+        # or inputs_complete (a handful per execution) goes through
+        # SQLAlchemy as built here.
+        final = flush.status is not None or flush.ended_at is not None or flush.inputs_complete
+        if final:
+            values: dict[str, Any] = {
+                "total": flush.total,
+                "finished": flush.finished,
+                "failed": flush.failed,
+                "updated_at": now,
             }
-            for row in flush.failures
-        ]
-        results = [
-            {"execution_id": execution_id, "position": position, "value": bytes(value)}
-            for position, value in flush.results
-        ]
+            if flush.status is not None:
+                values["status"] = ExecutionStatus(flush.status).value
+            if flush.ended_at is not None:
+                values["ended_at"] = float(flush.ended_at)
+            if flush.inputs_complete:
+                values["inputs_complete"] = True
+        counts = _sqlraw.compiled("counts", dialect, _counts_statement)
+        postgres = self._is_postgres
         with self._guard(f"record a flush of execution {execution_id!r}"), self._write() as conn:
             # The execution row first: it doubles as the existence check, and
             # an exception inside the transaction rolls everything back.
-            updated = conn.execute(EXECUTIONS.update().where(EXECUTIONS.c.id == execution_id).values(**values))
+            if final:
+                updated = conn.execute(EXECUTIONS.update().where(EXECUTIONS.c.id == execution_id).values(**values))
+            else:
+                updated = conn.exec_driver_sql(
+                    counts.sql,
+                    counts.one(
+                        {
+                            "x_id": execution_id,
+                            "x_total": flush.total,
+                            "x_finished": flush.finished,
+                            "x_failed": flush.failed,
+                            "x_updated_at": now,
+                        }
+                    ),
+                )
             if updated.rowcount == 0:
                 raise self._not_found(execution_id)
-            if states:
-                conn.execute(UPDATE_STATES, states)
-            if failures:
-                conn.execute(FAILURES.insert(), failures)
-            if results:
-                conn.execute(RESULTS.insert(), results)
+            if flush.states:
+                states = _sqlraw.compiled("states", dialect, _states_statement)
+                conn.exec_driver_sql(
+                    states.sql,
+                    states.params(
+                        [
+                            {"b_execution_id": execution_id, "b_batch_no": batch_no, "b_states": bytes(data)}
+                            for batch_no, data in flush.states.items()
+                        ]
+                    ),
+                )
+            if flush.failures:
+                insert = _sqlraw.compiled("failures", dialect, _failures_statement)
+                conn.exec_driver_sql(
+                    insert.sql,
+                    insert.params(
+                        [
+                            {
+                                "execution_id": execution_id,
+                                "position": row.position,
+                                "exc_type": _sqlschema.storable_text(postgres=postgres, text=row.exc_type),
+                                "message": _sqlschema.storable_text(postgres=postgres, text=row.message),
+                                "traceback": _sqlschema.storable_text(postgres=postgres, text=row.traceback),
+                                "exception": None if row.exception is None else bytes(row.exception),
+                                "attempts": row.attempts,
+                                "worker": row.worker,
+                                "failed_at": float(row.failed_at),
+                            }
+                            for row in flush.failures
+                        ]
+                    ),
+                )
+            if flush.results:
+                insert = _sqlraw.compiled("results", dialect, _results_statement)
+                conn.exec_driver_sql(
+                    insert.sql,
+                    insert.params(
+                        [
+                            {"execution_id": execution_id, "position": position, "value": bytes(value)}
+                            for position, value in flush.results
+                        ]
+                    ),
+                )
 
     # -- reads -----------------------------------------------------------------
 

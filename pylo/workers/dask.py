@@ -71,7 +71,11 @@ __all__ = ["DaskBackend", "DaskLanes"]
 
 logger = logging.getLogger(__name__)
 
-_INSTALL_HINT = 'Pylo.dask needs dask and distributed: pip install "pylo[dask]"'
+# Not `pip install "pylo[dask]"`: the name pylo on the package index belongs to an unrelated project.
+_INSTALL_HINT = (
+    'Pylo.dask needs dask and distributed: pip install ".[dask]" from a checkout of pylo '
+    '(or pip install "dask[distributed]")'
+)
 #: Seconds ``shutdown(wait=True)`` gives the cluster to clean up.
 CLEANUP_SECONDS = 10.0
 

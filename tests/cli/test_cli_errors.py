@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -87,3 +89,44 @@ def test_inputs_results_only_with_finished(cli: Cli) -> None:
     assert (
         line == "pylo: error: --results prints finished inputs and their results; it cannot be combined with --failed"
     )
+
+
+def test_resume_refuses_before_it_announces_and_speaks_cli(cli: Cli) -> None:
+    cli("run", "tasks:work", "--inputs", "numbers.txt", "--id", "first")
+    cli("resume", "first", "--id", "second")
+    taken = cli("resume", "first", "--id", "second")
+    assert taken.returncode == 2
+    assert "an execution with id second already exists; pass another --id" in taken.stderr
+    assert "resuming" not in taken.stdout
+    again = cli("run", "tasks:work", "--inputs", "numbers.txt", "--id", "first")
+    assert again.returncode == 2
+    assert "pass another --id, or run its unfinished inputs again with: pylo resume first" in again.stderr
+    assert "start_from" not in again.stderr + taken.stderr
+
+
+def test_an_execution_stopped_while_reading_inputs_has_nothing_to_resume(cli: Cli) -> None:
+    cli.write(
+        "partial.py",
+        """
+from pylo import Pylo
+
+def inputs():
+    yield from range(5)
+    raise KeyboardInterrupt  # Ctrl-C while the inputs are still being read
+
+with Pylo.local_multithread(".pylo", 2) as pylo:
+    try:
+        pylo.start_from_scratch(inputs(), str, execution_id="partial")
+    except KeyboardInterrupt:
+        pass
+""",
+    )
+    made = subprocess.run(
+        [sys.executable, "partial.py"], cwd=cli.cwd, env=cli.env, capture_output=True, text=True, timeout=60
+    )
+    assert made.returncode == 0, made.stderr
+    refused = cli("resume", "partial", "tasks:work")
+    assert refused.returncode == 2
+    assert "execution partial stopped while its inputs were being read" in refused.stderr
+    assert "there is nothing to resume; run `pylo run` again" in refused.stderr
+    assert "resuming" not in refused.stdout

@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pytest
-from tenacity import AsyncRetrying, Retrying
+from tenacity import (
+    AsyncRetrying,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+    wait_fixed,
+)
 
 from pylo._cli_common import (
     StoreChoice,
+    describe_recorded_retry,
     format_duration,
     group_failures,
     normalize_message,
-    recorded_retries,
+    recorded_retry,
 )
 from pylo._cli_run import InputLineError, build_retry, read_inputs
+from pylo._options import RunOptions
+from pylo._retry_spec import build_policy, describe_retry
 from pylo.cli import main
 
 
@@ -88,11 +99,35 @@ def test_retry_policy_round_trips_through_the_recorded_options() -> None:
     policy = build_retry(3, asynchronous=False)
     assert isinstance(policy, Retrying)
     assert policy.reraise
-    assert recorded_retries({"retry": repr(policy)}) == 3
+    recorded = RunOptions(1, retry=policy).describe()
+    assert recorded["retry_policy"]["attempts"] == 4
+    assert describe_recorded_retry(recorded) == "retries=3"
     assert isinstance(build_retry(1, asynchronous=True), AsyncRetrying)
-    assert recorded_retries({"retry": None}) == 0
-    assert recorded_retries({}) == 0
-    assert recorded_retries({"retry": repr(Retrying())}) is None  # made in Python: unknown
+    assert recorded_retry({"retry": None, "retry_policy": None}) is None
+    assert recorded_retry({}) is None
+    # Made in Python with a predicate: recorded, but not as data.
+    custom = RunOptions(1, retry=Retrying(retry=retry_if_exception_type(OSError))).describe()
+    assert custom["retry_policy"] == "custom"
+    assert describe_recorded_retry(custom) == "retry=custom tenacity policy"
+    # A record from before retry_policy: its repr is not parsed back.
+    assert recorded_retry({"retry": repr(policy)}) == "custom"
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        Retrying(stop=stop_after_attempt(2)),
+        Retrying(stop=stop_after_attempt(5), wait=wait_fixed(1.5), reraise=True),
+        AsyncRetrying(stop=stop_after_attempt(3), wait=wait_exponential(multiplier=2, max=30)),
+    ],
+)
+def test_retry_policies_of_the_common_shape_are_data_and_are_made_again(policy: Retrying) -> None:
+    described = describe_retry(policy)
+    assert isinstance(described, dict)
+    assert json.loads(json.dumps(described)) == described
+    again = build_policy(described, asynchronous=isinstance(policy, AsyncRetrying))
+    assert type(again) is type(policy)
+    assert describe_retry(again) == described
 
 
 def test_store_choice_precedence(monkeypatch: pytest.MonkeyPatch) -> None:

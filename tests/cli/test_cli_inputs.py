@@ -117,12 +117,13 @@ def test_verbosity_sets_the_log_level(cli: Cli) -> None:
     cli.write(
         "make.py",
         """
-        from tenacity import Retrying, stop_after_attempt
+        from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
         from pylo import Pylo
         from tasks import work
 
-        retry = Retrying(stop=stop_after_attempt(2), reraise=True)
+        # A predicate of its own: not a policy the record can describe as data.
+        retry = Retrying(stop=stop_after_attempt(2), retry=retry_if_exception_type(ValueError), reraise=True)
         with Pylo.local_multithread(".pylo", 1, retry=retry) as pylo:
             pylo.start_from_scratch(["1", "3"], work, execution_id="custom")
         """,
@@ -131,7 +132,7 @@ def test_verbosity_sets_the_log_level(cli: Cli) -> None:
     warned = cli("resume", "custom", "tasks_fixed:work")
     assert warned.returncode == 0
     assert warned.stderr.startswith(
-        "pylo: WARNING: execution custom ran with a retry policy the command line cannot rebuild"
+        "pylo: WARNING: execution custom ran with a retry policy made in Python, which the command line cannot "
     )
     assert "retry=custom tenacity policy" in cli("show", "custom").stdout
     assert cli("-q", "resume", "custom", "tasks_fixed:work").stderr == ""
@@ -146,3 +147,69 @@ def test_python_dash_m_and_version(cli: Cli) -> None:
     assert completed.stdout.startswith("pylo ")
     helped = cli("run", "--help")
     assert "--max-worker-failures K" in helped.stdout
+
+
+def test_json_output_of_list_show_and_failures_and_show_exit_status(cli: Cli) -> None:
+    failing = cli("run", "tasks:work", "--inputs", "numbers.txt", "--id", "j1", "--label", "job=nightly")
+    assert failing.returncode == 1
+    fixed = cli("resume", "j1", "tasks_fixed:work", "--id", "j2")
+    assert fixed.returncode == 0
+
+    listed = json.loads(cli("list", "--json").stdout)
+    assert [e["id"] for e in listed] == ["j1", "j2"]
+    first = listed[0]
+    assert {
+        "id",
+        "parent_id",
+        "input_source",
+        "status",
+        "task",
+        "created_at",
+        "updated_at",
+        "ended_at",
+        "duration_seconds",
+        "total",
+        "finished",
+        "failed",
+        "pending",
+        "inputs_complete",
+        "pid",
+        "host",
+        "options",
+        "labels",
+    } <= set(first)
+    assert (first["status"], first["total"], first["finished"], first["failed"]) == ("completed", 100, 86, 14)
+    assert first["labels"] == {"job": "nightly"}
+    assert first["options"]["workers"] == "threads"
+
+    shown = cli("show", "j1", "--json")
+    assert shown.returncode == 1  # ended with unfinished inputs
+    detail = json.loads(shown.stdout)
+    assert detail["children"] == ["j2"] and detail["parents"] == []
+    done = cli("show", "j2", "--json")
+    assert done.returncode == 0
+    assert json.loads(done.stdout)["parents"] == ["j1"]
+
+    failures = json.loads(cli("failures", "j1", "--json").stdout)
+    assert failures["failed"] == 14
+    assert sum(group["count"] for group in failures["groups"]) == 14
+    assert {group["exception_type"] for group in failures["groups"]} == {"ValueError", "TimeoutError"}
+    one = failures["failures"][0]
+    assert set(one) == {"position", "input", "exception_type", "message", "attempts", "worker", "time"}
+    assert json.loads(cli("list", "--json", "--label", "job=none").stdout) == []
+
+
+def test_last_names_the_newest_execution_and_list_filters_by_status_and_count(cli: Cli) -> None:
+    cli("run", "tasks:work", "--inputs", "numbers.txt", "--id", "a")
+    cli("run", "tasks_fixed:work", "--inputs", "numbers.txt", "--id", "b")
+    cli("run", "tasks:work", "--inputs", "numbers.txt", "--id", "c")
+    assert json.loads(cli("show", "last", "--json").stdout)["id"] == "c"
+    assert "execution c:" in cli("failures", "last").stdout
+    resumed = cli("resume", "last", "tasks_fixed:work", "--id", "d")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resuming c as d" in resumed.stdout
+    completed = json.loads(cli("list", "--status", "completed", "--json").stdout)
+    assert [e["id"] for e in completed] == ["a", "b", "c", "d"]
+    newest = cli("list", "--last", "2")
+    assert [line.split()[0] for line in newest.stdout.splitlines()[1:]] == ["c", "d"]
+    assert "invalid choice: 'done'" in cli.error("list", "--status", "done")
