@@ -338,3 +338,54 @@ def check_sqlite_file(database: str | None, location: str, *, create: bool) -> N
             f"the store at {location} is not a SQLite database "
             "(the file does not start with the SQLite header); point pylo at another path"
         )
+
+
+# -- the hot statements of record_flush and add_batches, built and compiled once
+# per kind of database in a process (see _sqlraw)
+
+
+def counts_statement() -> tuple[sa.ClauseElement, None]:
+    statement = (
+        EXECUTIONS.update()
+        .where(EXECUTIONS.c.id == sa.bindparam("x_id"))
+        .values(
+            total=sa.bindparam("x_total"),
+            finished=sa.bindparam("x_finished"),
+            failed=sa.bindparam("x_failed"),
+            updated_at=sa.bindparam("x_updated_at"),
+        )
+    )
+    return statement, None
+
+
+def grow_statement() -> tuple[sa.ClauseElement, None]:
+    statement = (
+        EXECUTIONS.update()
+        .where(EXECUTIONS.c.id == sa.bindparam("x_id"))
+        .values(total=EXECUTIONS.c.total + sa.bindparam("x_added"), updated_at=sa.bindparam("x_updated_at"))
+    )
+    return statement, None
+
+
+def batches_statement() -> tuple[sa.ClauseElement, list[str]]:
+    return BATCHES.insert(), [column.name for column in BATCHES.c]
+
+
+def states_statement() -> tuple[sa.ClauseElement, None]:
+    return UPDATE_STATES, None
+
+
+def failures_statement() -> tuple[sa.ClauseElement, list[str]]:
+    return FAILURES.insert(), [column.name for column in FAILURES.c]
+
+
+def results_statement() -> tuple[sa.ClauseElement, list[str]]:
+    return RESULTS.insert(), [column.name for column in RESULTS.c]
+
+
+#: Batches per query when payloads are read: bounds memory (payloads can be
+#: large) while keeping the number of round trips low.
+PAYLOAD_GROUP = 32
+
+#: Results per query in read_results.
+RESULT_PAGE = 1000

@@ -16,8 +16,6 @@ import contextlib
 import functools
 import logging
 import os
-import secrets
-import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -34,9 +32,9 @@ from pylo.stores._common import (
     check_batches,
     check_flush,
     dump_options,
-    make_private_dirs,
     record_fields,
 )
+from pylo.stores._sqlitefile import create_sqlite_file, sqlite_url
 from pylo.stores._sqlmeta import SQLMetaMixin
 from pylo.stores._sqlschema import (
     BATCHES,
@@ -49,7 +47,6 @@ from pylo.stores._sqlschema import (
     REQUIRED_TABLES,
     RESULTS,
     SCHEMA_LOCK_KEY,
-    UPDATE_STATES,
     WRITE_OPTION,
 )
 from pylo.stores.base import (
@@ -65,58 +62,7 @@ from pylo.stores.runs import RunStore
 
 __all__ = ["FORMAT_NAME", "SQLStore"]
 
-#: Batches per query when payloads are read: bounds memory (payloads can be
-#: large) while keeping the number of round trips low.
-_PAYLOAD_GROUP = 32
-
-#: Results per query in read_results.
-_RESULT_PAGE = 1000
-
-
 logger = logging.getLogger(__name__)
-
-
-# The hot statements of record_flush, built and compiled once per kind of
-# database in a process (see _sqlraw).
-
-
-def _counts_statement() -> tuple[sa.ClauseElement, None]:
-    statement = (
-        EXECUTIONS.update()
-        .where(EXECUTIONS.c.id == sa.bindparam("x_id"))
-        .values(
-            total=sa.bindparam("x_total"),
-            finished=sa.bindparam("x_finished"),
-            failed=sa.bindparam("x_failed"),
-            updated_at=sa.bindparam("x_updated_at"),
-        )
-    )
-    return statement, None
-
-
-def _grow_statement() -> tuple[sa.ClauseElement, None]:
-    statement = (
-        EXECUTIONS.update()
-        .where(EXECUTIONS.c.id == sa.bindparam("x_id"))
-        .values(total=EXECUTIONS.c.total + sa.bindparam("x_added"), updated_at=sa.bindparam("x_updated_at"))
-    )
-    return statement, None
-
-
-def _batches_statement() -> tuple[sa.ClauseElement, list[str]]:
-    return BATCHES.insert(), [column.name for column in BATCHES.c]
-
-
-def _states_statement() -> tuple[sa.ClauseElement, None]:
-    return UPDATE_STATES, None
-
-
-def _failures_statement() -> tuple[sa.ClauseElement, list[str]]:
-    return FAILURES.insert(), [column.name for column in FAILURES.c]
-
-
-def _results_statement() -> tuple[sa.ClauseElement, list[str]]:
-    return RESULTS.insert(), [column.name for column in RESULTS.c]
 
 
 class SQLStore(SQLMetaMixin, Store):
@@ -205,39 +151,9 @@ class SQLStore(SQLMetaMixin, Store):
         if not os.path.lexists(file):
             if not create:
                 raise StoreError(f"there is no pylo store at {file}: the file does not exist")
-            cls._create_sqlite_file(file)
-        return cls(URL.create("sqlite+pysqlite", database=str(file)), exclusive=True, create=create)
-
-    @classmethod
-    def _create_sqlite_file(cls, file: Path) -> None:
-        """Build a new store under a temporary name, then link it into place at once."""
-        try:
-            make_private_dirs(file.parent)
-            temporary = file.parent / f".{file.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-            # Create it ourselves: SQLite would create it with mode 0o644.
-            os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        except OSError as exc:
-            raise StoreError(f"cannot create the store at {file}: {exc}") from exc
-        try:
-            # Switching to WAL writes the database header: the file is no
-            # longer empty, which only a truncated store is.
-            connection = sqlite3.connect(temporary)
-            try:
-                connection.execute("PRAGMA journal_mode = WAL")
-            finally:
-                connection.close()
-            # Closing the only connection checkpoints the WAL into the file.
-            cls(URL.create("sqlite+pysqlite", database=str(temporary)), exclusive=True).close()
-            try:
-                os.link(temporary, file)
-            except FileExistsError:
-                pass  # another process created the store a moment ago: use theirs
-            except OSError as exc:
-                raise StoreError(f"cannot create the store at {file}: {exc}") from exc
-        finally:
-            for leftover in (temporary, Path(f"{temporary}-wal"), Path(f"{temporary}-shm")):
-                with contextlib.suppress(OSError):
-                    os.unlink(leftover)
+            # Building the schema in the temporary file: open the store on it once.
+            create_sqlite_file(file, lambda temporary: cls(sqlite_url(temporary), exclusive=True).close())
+        return cls(sqlite_url(file), exclusive=True, create=create)
 
     # -- plumbing --------------------------------------------------------------
 
@@ -364,8 +280,8 @@ class SQLStore(SQLMetaMixin, Store):
         """
         check_batches(execution_id, batches)
         dialect = self._engine.dialect
-        grow = _sqlraw.compiled("grow", dialect, _grow_statement)
-        insert = _sqlraw.compiled("batches", dialect, _batches_statement)
+        grow = _sqlraw.compiled("grow", dialect, _sqlschema.grow_statement)
+        insert = _sqlraw.compiled("batches", dialect, _sqlschema.batches_statement)
         rows = [
             {
                 "execution_id": execution_id,
@@ -416,7 +332,7 @@ class SQLStore(SQLMetaMixin, Store):
                 values["ended_at"] = float(flush.ended_at)
             if flush.inputs_complete:
                 values["inputs_complete"] = True
-        counts = _sqlraw.compiled("counts", dialect, _counts_statement)
+        counts = _sqlraw.compiled("counts", dialect, _sqlschema.counts_statement)
         postgres = self._is_postgres
         with self._guard(f"record a flush of execution {execution_id!r}"), self._write() as conn:
             # The execution row first: it doubles as the existence check, and
@@ -439,7 +355,7 @@ class SQLStore(SQLMetaMixin, Store):
             if updated.rowcount == 0:
                 raise self._not_found(execution_id)
             if flush.states:
-                states = _sqlraw.compiled("states", dialect, _states_statement)
+                states = _sqlraw.compiled("states", dialect, _sqlschema.states_statement)
                 conn.exec_driver_sql(
                     states.sql,
                     states.params(
@@ -450,7 +366,7 @@ class SQLStore(SQLMetaMixin, Store):
                     ),
                 )
             if flush.failures:
-                insert = _sqlraw.compiled("failures", dialect, _failures_statement)
+                insert = _sqlraw.compiled("failures", dialect, _sqlschema.failures_statement)
                 conn.exec_driver_sql(
                     insert.sql,
                     insert.params(
@@ -471,7 +387,7 @@ class SQLStore(SQLMetaMixin, Store):
                     ),
                 )
             if flush.results:
-                insert = _sqlraw.compiled("results", dialect, _results_statement)
+                insert = _sqlraw.compiled("results", dialect, _sqlschema.results_statement)
                 conn.exec_driver_sql(
                     insert.sql,
                     insert.params(
@@ -563,8 +479,8 @@ class SQLStore(SQLMetaMixin, Store):
         return self._attach_payloads(execution_id, source, records)
 
     def _attach_payloads(self, execution_id: str, source: str, records: list[BatchRecord]) -> Iterator[BatchRecord]:
-        for start in range(0, len(records), _PAYLOAD_GROUP):
-            group = records[start : start + _PAYLOAD_GROUP]
+        for start in range(0, len(records), _sqlschema.PAYLOAD_GROUP):
+            group = records[start : start + _sqlschema.PAYLOAD_GROUP]
             with self._guard(f"read the inputs of execution {execution_id!r}"), self._read() as conn:
                 found = dict(
                     conn.execute(
@@ -600,7 +516,7 @@ class SQLStore(SQLMetaMixin, Store):
         # Joining on the execution's own batches skips numbers it does not
         # have, even when its input source has them.
         joined = own.join(src, sa.and_(src.c.execution_id == source, src.c.batch_no == own.c.batch_no))
-        for group in _sqlschema.chunks(batch_nos, _PAYLOAD_GROUP):
+        for group in _sqlschema.chunks(batch_nos, _sqlschema.PAYLOAD_GROUP):
             with self._guard(f"read the inputs of execution {execution_id!r}"), self._read() as conn:
                 found = dict(
                     conn.execute(
@@ -662,11 +578,11 @@ class SQLStore(SQLMetaMixin, Store):
                     sa.select(RESULTS.c.position, RESULTS.c.value)
                     .where(RESULTS.c.execution_id == execution_id, RESULTS.c.position > after)
                     .order_by(RESULTS.c.position)
-                    .limit(_RESULT_PAGE)
+                    .limit(_sqlschema.RESULT_PAGE)
                 ).all()
             for position, value in page:
                 yield int(position), bytes(value)
-            if len(page) < _RESULT_PAGE:
+            if len(page) < _sqlschema.RESULT_PAGE:
                 return
             after = int(page[-1].position)
 
