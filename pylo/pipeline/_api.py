@@ -347,6 +347,8 @@ def _coordinate(
     tracer = start_run_tracer(run_id, name or run_id, rows, parent_trace, host.find_execution)
     if tracer is not None and tracer.ids is not None:
         runs.record_run(run_id, RunUpdate(options={"trace": tracer.ids}))
+        if environment is not None:
+            environment.trace_id = tracer.trace_id  # reaches with_context tasks as TaskContext.trace_id
     events = RunEvents(dispatcher, run_id, rows, None if tracer is None else tracer.trace_id) if hooks else None
 
     coordinator = RunCoordinator(

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pylo import Pylo
-from pylo.pipeline import task
+from pylo.pipeline import TaskContext, task
 
 pytest.importorskip("opentelemetry.sdk")
 
@@ -72,6 +72,18 @@ def test_one_trace_per_run_a_span_per_node_user_spans_nested(make_pylo: MakePylo
     }
     stored = p.store.runs().get_run(run_id).options["trace"]
     assert stored["trace_id"] == f"{run_span.context.trace_id:032x}"
+
+
+@task(with_context=True)
+def traced_context(context: TaskContext, x: int) -> str | None:
+    return context.trace_id
+
+
+def test_a_task_context_carries_the_runs_trace_id(make_pylo: MakePylo, spans: InMemorySpanExporter) -> None:
+    p = make_pylo()
+    run_id = p.run_pipeline(traced_context.send(1))
+    run_span = next(span for span in spans.get_finished_spans() if span.name.startswith("pipeline "))
+    assert p.get_pipeline_result(run_id) == f"{run_span.context.trace_id:032x}"
 
 
 def test_a_resumed_run_links_to_its_parents_trace(make_pylo: MakePylo, spans: InMemorySpanExporter) -> None:
