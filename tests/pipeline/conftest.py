@@ -1,8 +1,11 @@
-"""Pipeline tests: a clean call log for every test."""
+"""Pipeline tests: a clean call log for every test, and a Dask cluster for the modules that ask."""
 
 from __future__ import annotations
 
+import copyreg
+import importlib.util
 from collections.abc import Iterator
+from typing import Any
 
 import pipeline_tasks
 import pytest
@@ -13,3 +16,19 @@ def clean_calls() -> Iterator[None]:
     pipeline_tasks.reset()
     yield
     pipeline_tasks.reset()
+
+
+@pytest.fixture(scope="module")
+def dask_client() -> Iterator[Any]:
+    if importlib.util.find_spec("distributed") is None:
+        pytest.skip("distributed is not part of this build")
+    saved = dict(copyreg.dispatch_table)  # distributed installs tblib's exception pickling
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=":0")
+    client = Client(cluster, set_as_default=False)
+    yield client
+    client.close()
+    cluster.close()
+    copyreg.dispatch_table.clear()
+    copyreg.dispatch_table.update(saved)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copyreg
-import importlib.util
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,22 +65,6 @@ def test_async_task_timeouts_cancel_the_task(tmp_path: Path) -> None:
         node = pylo.get_pipeline(pylo.run_pipeline(forever.send())).nodes[0]
         assert node.state is TaskState.FAILED and node.failure is not None
         assert node.failure.exception_type == "pylo.errors.TaskTimeout"
-
-
-@pytest.fixture(scope="module")
-def dask_client() -> Iterator[Any]:
-    if importlib.util.find_spec("distributed") is None:
-        pytest.skip("distributed is not part of this build")
-    saved = dict(copyreg.dispatch_table)  # distributed installs tblib's exception pickling
-    from distributed import Client, LocalCluster
-
-    cluster = LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=":0")
-    client = Client(cluster, set_as_default=False)
-    yield client
-    client.close()
-    cluster.close()
-    copyreg.dispatch_table.clear()
-    copyreg.dispatch_table.update(saved)
 
 
 def test_nodes_and_batches_run_on_a_dask_cluster(dask_client: Any, tmp_path: Path) -> None:

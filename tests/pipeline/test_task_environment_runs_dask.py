@@ -6,34 +6,14 @@ process while its client lives (the fixture puts it back at the end).
 
 from __future__ import annotations
 
-import copyreg
-import importlib.util
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from env_pipeline_tasks import seen, third_time_lucky
 
 from pylo import Pylo
 
 CONFIG = {"api": {"url": "https://example.test", "page_size": 50}, "tags": ["a", "b"]}
-
-
-@pytest.fixture(scope="module")
-def dask_client() -> Iterator[Any]:
-    if importlib.util.find_spec("distributed") is None:
-        pytest.skip("distributed is not part of this build")
-    saved = dict(copyreg.dispatch_table)  # distributed installs tblib's exception pickling
-    from distributed import Client, LocalCluster
-
-    cluster = LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=":0")
-    client = Client(cluster, set_as_default=False)
-    yield client
-    client.close()
-    cluster.close()
-    copyreg.dispatch_table.clear()
-    copyreg.dispatch_table.update(saved)
 
 
 def test_the_context_reaches_dask_workers_in_call_and_batch_nodes(tmp_path: Path, dask_client: Any) -> None:
