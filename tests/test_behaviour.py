@@ -446,6 +446,16 @@ def test_outcomes_are_flushed_every_n_outcomes(make_pylo: MakePylo, store_dir: A
     assert all(seen[i] >= i - 2 for i in range(40)), seen
 
 
+def test_the_default_flush_interval_is_one_stored_batch(make_pylo: MakePylo) -> None:
+    # A chunk never holds more outcomes than a flush, nor spans two batches:
+    # a smaller default (it was 1,000) cut every batch into two chunks.
+    from pylo._plan import MAX_BATCH
+
+    pylo = make_pylo(number_of_workers=1)
+    execution_id = pylo.start_from_scratch(range(3), noop)
+    assert pylo.get_execution(execution_id).options["task_executions_before_flush"] == MAX_BATCH == 1024
+
+
 def test_outcomes_are_flushed_every_flush_seconds(make_pylo: MakePylo) -> None:
     pylo = make_pylo(number_of_workers=1, task_executions_before_flush=10**6, flush_seconds=0.05)
     reader = make_pylo()
