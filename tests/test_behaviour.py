@@ -301,6 +301,21 @@ def test_generator_inputs_are_recorded_and_resumable(make_pylo: MakePylo) -> Non
     assert pylo.get_execution(execution_id).total == 3000
 
 
+def test_a_long_generator_runs_from_memory_first_then_from_the_store(
+    make_pylo: MakePylo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its first batches' encoded inputs are kept from recording them, up to a
+    # bound; the later ones are read back from the store. Both reach the task.
+    from pylo import _plan
+
+    monkeypatch.setattr(_plan, "KEEP_PAYLOAD_BYTES", 3_000)
+    pylo = make_pylo(number_of_workers=1)
+    task = Recorder()
+    execution_id = pylo.start_from_scratch((f"input {n}" for n in range(5000)), task)
+    assert task.calls == [f"input {n}" for n in range(5000)]
+    assert pylo.get_state(execution_id) == ([f"input {n}" for n in range(5000)], [])
+
+
 def test_set_inputs_work(make_pylo: MakePylo) -> None:
     pylo = make_pylo()
     inputs = {f"s{i}" for i in range(700)}
