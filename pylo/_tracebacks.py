@@ -23,6 +23,7 @@ import builtins
 import linecache
 import traceback
 from types import TracebackType
+from typing import Any
 
 __all__ = ["exception_text", "qualified_name", "refresh_sources", "safe_str"]
 
@@ -34,13 +35,13 @@ _HEADER = "Traceback (most recent call last):\n"
 #: Exceptions the standard formatter lays out in its own way (groups exist from Python 3.11).
 _SPECIAL: tuple[type, ...] = (SyntaxError, getattr(builtins, "BaseExceptionGroup", SyntaxError))
 
-#: Source line of each (file, line) seen since the last refresh, stripped; "" when there is none.
-_sources: dict[tuple[str, int], str] = {}
+#: The text of each frame (file, line, function) seen since the last refresh, its source line included.
+_texts: dict[tuple[str, int | None, str], str] = {}
 
 
 def refresh_sources() -> None:
     """Forget the source lines read so far: the next failures read their files again."""
-    _sources.clear()
+    _texts.clear()
     linecache.checkcache()
 
 
@@ -129,12 +130,11 @@ def _write(exc: BaseException, tb: TracebackType | None, out: list[str]) -> None
 def _frames(tb: TracebackType | None, out: list[str]) -> None:
     last: tuple[str, int | None, str] | None = None
     count = 0
-    sources = _sources
+    texts = _texts
     while tb is not None:
         frame = tb.tb_frame
         code = frame.f_code
-        lineno = tb.tb_lineno
-        key = (code.co_filename, lineno, code.co_name)
+        key = (code.co_filename, tb.tb_lineno, code.co_name)
         tb = tb.tb_next
         if key != last:
             if count > _RECURSIVE_CUTOFF:
@@ -144,18 +144,20 @@ def _frames(tb: TracebackType | None, out: list[str]) -> None:
         count += 1
         if count > _RECURSIVE_CUTOFF:
             continue
-        filename = key[0]
-        out.append(f'  File "{filename}", line {lineno}, in {key[2]}\n')
-        if lineno is None:
-            continue
-        where = (filename, lineno)
-        line = sources.get(where)
-        if line is None:
-            line = sources[where] = linecache.getline(filename, lineno, frame.f_globals).strip()
-        if line:
-            out.append(f"    {line}\n")
+        text = texts.get(key)
+        if text is None:
+            text = texts[key] = _frame_text(*key, frame.f_globals)
+        out.append(text)
     if count > _RECURSIVE_CUTOFF:
         _folded(count - _RECURSIVE_CUTOFF, out)
+
+
+def _frame_text(filename: str, lineno: int | None, name: str, module_globals: dict[str, Any]) -> str:
+    text = f'  File "{filename}", line {lineno}, in {name}\n'
+    if lineno is None:
+        return text
+    line = linecache.getline(filename, lineno, module_globals).strip()
+    return f"{text}    {line}\n" if line else text
 
 
 def _folded(repeats: int, out: list[str]) -> None:
