@@ -37,10 +37,20 @@ _SPECIAL: tuple[type, ...] = (SyntaxError, getattr(builtins, "BaseExceptionGroup
 
 #: The text of each frame (file, line, function) seen since the last refresh, its source line included.
 _texts: dict[tuple[str, int | None, str], str] = {}
+#: What the last refresh was for (see refresh_sources).
+_refreshed_for: object = None
 
 
-def refresh_sources() -> None:
-    """Forget the source lines read so far: the next failures read their files again."""
+def refresh_sources(run: object = None) -> None:
+    """Forget the frames read so far: the next failures read their source files again.
+
+    Given ``run`` (anything one run's lanes share, such as its settings),
+    only its first call does so: a run's many lanes check the files once.
+    """
+    global _refreshed_for
+    if run is not None and run is _refreshed_for:
+        return
+    _refreshed_for = run
     _texts.clear()
     linecache.checkcache()
 

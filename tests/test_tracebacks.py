@@ -114,3 +114,23 @@ def test_a_source_file_edited_between_runs_is_read_again(tmp_path: Path) -> None
     edit("def task():\n    raise ValueError('second one')\n")
     refresh_sources()  # a run starts
     assert "raise ValueError('second one')" in failure_text()
+
+
+def test_the_lanes_of_one_run_read_a_source_file_once(tmp_path: Path) -> None:
+    source = tmp_path / "task_of_a_run.py"
+    namespace: dict[str, Any] = {}
+
+    def edit_and_fail(text: str) -> str:
+        source.write_text(text)
+        exec(compile(text, str(source), "exec"), namespace)
+        with pytest.raises(ValueError) as caught:
+            namespace["task"]()
+        return exception_text(caught.value)
+
+    first_run, second_run = object(), object()
+    refresh_sources(first_run)
+    assert "'one'" in edit_and_fail("def task():\n    raise ValueError('one')\n")
+    refresh_sources(first_run)  # another lane of the same run: the file is not read again
+    assert "'one'" in edit_and_fail("def task():\n    raise ValueError('two, longer')\n")
+    refresh_sources(second_run)
+    assert "'two, longer'" in edit_and_fail("def task():\n    raise ValueError('two, longer')\n")

@@ -201,7 +201,7 @@ class BaseLaneRunner:
         # Each lane retries with its own copy: tenacity keeps per-call state.
         self._retry = settings.retry.copy() if settings.retry is not None else None
         self._live: _Live | None = None  # the chunk running, for progress()
-        refresh_sources()  # source files edited since the last run are read again for tracebacks
+        refresh_sources(settings)  # source files edited since the last run are read again for tracebacks
         self._opened = _Live(-1, 0.0, [], [], 0)  # the chunk opened last
 
     def _outcome(self, live: _Live, index: int, failure: TaskFailure | None, value: Any) -> bool:
