@@ -40,6 +40,7 @@ def test_a_failing_initializer_leaves_everything_to_resume_with_the_fixed_one(cl
     fixed = cli("resume", "i1", "--initializer", "setup:open_db", "--id", "i3")
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     assert "all 100 inputs finished" in fixed.stdout
+    assert "initializer=setup:open_db" in cli("show", "i3").stdout
 
 
 def test_worker_processes_are_set_up(cli: Cli) -> None:
