@@ -223,8 +223,9 @@ def _initializer(
     """``--initializer``, else (for a resume) the one the past execution ran with, imported by name."""
     from pylo.workers._initializer import is_async_callable
 
-    if args.initializer is not None:
-        function, arguments, spec = import_task(args.initializer), (), args.initializer
+    flag = getattr(args, "initializer", None)  # parsers without the flag: None
+    if flag is not None:
+        function, arguments, spec = import_task(flag), (), flag
     elif past is None or not isinstance(past.options.get("initializer"), dict):
         return None, ()
     else:

@@ -71,3 +71,25 @@ def test_an_unknown_or_async_initializer_is_a_usage_error(cli: Cli) -> None:
     assert "setup" in cli.error("run", "setup:work", "--inputs", "numbers.txt", "--initializer", "setup:missing")
     line = cli.error("run", "setup:work", "--inputs", "numbers.txt", "--initializer", "setup:async_open")
     assert "--initializer setup:async_open is an async function" in line
+
+
+def test_pipeline_run_sets_up_the_workers_of_its_batch_nodes(cli: Cli) -> None:
+    cli.write(
+        "flows.py",
+        """
+        from pylo.pipeline import task
+
+        connection = {}
+
+        def open_db():
+            connection["db"] = "open"
+
+        @task
+        def look_up(n):
+            return connection["db"]  # a KeyError in a worker that was not set up
+
+        flow = look_up.map(range(5))
+        """,
+    )
+    ran = cli("pipeline", "run", "flows:flow", "--initializer", "flows:open_db")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
