@@ -8,17 +8,20 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pylo import ExecutionExists, ExecutionInUse, ExecutionNotFound, ExecutionStatus, Pylo
-from pylo.errors import ExecutionNotResumable
+from pylo.errors import ExecutionNotResumable, StoreError
 from pylo.pipeline import task
-from pylo.stores.base import ExecutionRecord
+from pylo.stores.base import ExecutionRecord, Store
+from pylo.stores.sql import SQLStore
 
-# The rules are the facade's; the store contract suite covers every store.
-pytestmark = pytest.mark.parametrize("store_name", ["sqlite"])
+# Most rules are the facade's, the same on every store: these tests run on
+# SQLite only (SQLITE_ONLY); the others on every store.
+SQLITE_ONLY = pytest.mark.parametrize("store_name", ["sqlite"])
 
 WAIT = 30.0
 
@@ -53,6 +56,7 @@ def in_thread(call: Callable[[], Any]) -> threading.Thread:
     return thread
 
 
+@SQLITE_ONLY
 def test_a_deleted_execution_is_gone_and_others_stay(make_pylo: Callable[..., Pylo]) -> None:
     pylo = make_pylo(store_results=True)
     gone = pylo.start_from_scratch(range(6), fail_odd, labels={"team": "a"})
@@ -65,6 +69,7 @@ def test_a_deleted_execution_is_gone_and_others_stay(make_pylo: Callable[..., Py
     assert pylo.get_state(kept) == ([0, 2], [1, 3])
 
 
+@SQLITE_ONLY
 def test_unknown_and_invalid_ids_are_refused(make_pylo: Callable[..., Pylo]) -> None:
     pylo = make_pylo()
     with pytest.raises(ExecutionNotFound, match="'nope'"):
@@ -89,6 +94,7 @@ def test_a_resumed_execution_is_kept_while_its_resumes_read_it(make_pylo: Callab
     assert pylo.list_executions() == []
 
 
+@SQLITE_ONLY
 def test_a_running_execution_is_refused(make_pylo: Callable[..., Pylo]) -> None:
     pylo = make_pylo(number_of_workers=1)
     gate = Gate()
@@ -132,6 +138,7 @@ def _stuck_record(execution_id: str, *, pid: int, host: str) -> ExecutionRecord:
     )
 
 
+@SQLITE_ONLY
 def test_a_crashed_execution_can_be_deleted_but_one_running_elsewhere_cannot(make_pylo: Callable[..., Pylo]) -> None:
     pylo = make_pylo()
     pylo.store.create_execution(_stuck_record("crashed", pid=_dead_pid(), host=socket.gethostname()))
@@ -180,9 +187,26 @@ def test_an_execution_stopped_while_recording_inputs_is_replaced_by_a_run_with_i
     )
 
 
+@SQLITE_ONLY
 def test_an_execution_that_recorded_its_inputs_keeps_its_id(make_pylo: Callable[..., Pylo]) -> None:
     pylo = make_pylo()
     pylo.start_from_scratch(range(3), fail_odd, execution_id="taken")
     with pytest.raises(ExecutionExists, match="'taken'"):
         pylo.start_from_scratch(range(3), fail_odd, execution_id="taken")
     assert pylo.get_execution("taken").total == 3
+
+
+class NoDelete(SQLStore):
+    """A store written before stores could delete: it keeps the protocol's default."""
+
+    def delete_execution(self, execution_id: str) -> None:
+        Store.delete_execution(self, execution_id)
+
+
+def test_a_store_that_cannot_delete_says_so(tmp_path: Path) -> None:
+    store = NoDelete.sqlite(tmp_path / "old.sqlite")
+    with Pylo.local_multithread(None, 1, store=store) as pylo:
+        done = pylo.start_from_scratch([2], fail_odd)
+        with pytest.raises(StoreError, match=r"\(NoDelete\) cannot delete executions"):
+            pylo.delete_execution(done)
+        assert pylo.get_execution(done).finished == 1
