@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import subprocess
 import sys
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pylo import ExecutionExists, ExecutionInUse, ExecutionNotFound, ExecutionStatus, Pylo
 from pylo.errors import ExecutionNotResumable, StoreError
@@ -210,3 +213,59 @@ def test_a_store_that_cannot_delete_says_so(tmp_path: Path) -> None:
         with pytest.raises(StoreError, match=r"\(NoDelete\) cannot delete executions"):
             pylo.delete_execution(done)
         assert pylo.get_execution(done).finished == 1
+
+
+# -- property: deleting in the planned order never breaks a lineage ------------------
+
+
+@st.composite
+def forests(draw: st.DrawFn) -> tuple[list[int | None], set[int]]:
+    """Lineages of up to 7 executions (each resumes an earlier one, or none), and a subset to delete."""
+    count = draw(st.integers(1, 7))
+    parents = [draw(st.one_of(st.none(), st.integers(0, i - 1))) if i else None for i in range(count)]
+    chosen = draw(st.sets(st.integers(0, count - 1)))
+    return parents, chosen
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(forests())
+def test_planned_deletions_never_leave_a_resume_without_its_lineage(
+    tmp_path_factory: pytest.TempPathFactory, forest: tuple[list[int | None], set[int]]
+) -> None:
+    from pylo._cli_housekeeping import _kept
+    from pylo._deleting import deletion_order
+
+    parents, chosen = forest
+    roots: list[int] = []
+    for index, parent in enumerate(parents):
+        roots.append(index if parent is None else roots[parent])
+    with Pylo.local_multithread(tmp_path_factory.mktemp("forest"), 1) as pylo:
+        for index, parent in enumerate(parents):
+            record = _stuck_record(f"e{index}", pid=1, host="elsewhere")
+            pylo.store.create_execution(
+                dataclasses.replace(
+                    record,
+                    parent_id=None if parent is None else f"e{parent}",
+                    input_source=f"e{roots[index]}",
+                    status=ExecutionStatus.COMPLETED,
+                    created_at=float(index),
+                )
+            )
+        records = pylo.list_executions()
+        picked = [record for record in records if int(record.id[1:]) in chosen]
+        kept = _kept(pylo, picked, records, "")
+        going = [record for record in picked if record.id not in kept]
+        for record in deletion_order(going):
+            pylo.delete_execution(record.id)  # never refused: resumes go first
+        left = {record.id: record for record in pylo.list_executions()}
+        assert set(left) == {record.id for record in records} - {record.id for record in going}
+        for record in left.values():
+            assert record.parent_id is None or record.parent_id in left
+            assert record.input_source in left
+        # Only what a remaining resume reads was kept.
+        for execution_id in kept:
+            assert any(
+                execution_id in (other.parent_id, other.input_source)
+                for other in left.values()
+                if other.id != execution_id
+            )
