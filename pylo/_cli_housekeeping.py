@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -23,7 +24,7 @@ from pylo.errors import DamagedExecutions, ExecutionInUse, ExecutionNotFound
 from pylo.execution import Pylo
 from pylo.stores.base import ExecutionRecord, ExecutionStatus
 
-__all__ = ["add_housekeeping_parser", "parse_age", "prune_command", "rm_command"]
+__all__ = ["add_housekeeping_parser", "kept_reasons", "parse_age", "prune_command", "rm_command"]
 
 #: ``pylo rm``'s exit status when it refused ids (and deleted nothing).
 EXIT_REFUSED = 1
@@ -86,7 +87,7 @@ def _dependents(record: ExecutionRecord, records: Sequence[ExecutionRecord], goi
     ]
 
 
-def _kept(
+def kept_reasons(
     pylo: Pylo, chosen: Sequence[ExecutionRecord], records: Sequence[ExecutionRecord], flag: str
 ) -> dict[str, str]:
     """``id -> why it is kept`` for the chosen executions that may not go, all going together.
@@ -98,7 +99,7 @@ def _kept(
     owners = _deleting.pipeline_owners(pylo.store, [record.id for record in chosen])
     for record in chosen:
         problem = _deleting.running_problem(record)
-        if problem is not None and record.host is not None and problem.endswith(f"(process {record.pid})"):
+        if problem is not None and record.host == socket.gethostname():
             problem += f"; stop it first (Ctrl-C where it runs, or kill {record.pid})"
         owner = owners.get(record.id)
         if problem is None and owner is not None:
@@ -161,7 +162,7 @@ def rm_command(args: argparse.Namespace, store: StoreChoice) -> int:
                     problems.append(f"no execution {execution_id} in the store at {pylo.store.location}")
                     continue
             chosen[record.id] = record
-        kept = _kept(pylo, list(chosen.values()), records, store.flag())
+        kept = kept_reasons(pylo, list(chosen.values()), records, store.flag())
         problems += [f"cannot delete {execution_id}: {why}" for execution_id, why in kept.items()]
         if problems:
             for problem in problems:
@@ -187,7 +188,7 @@ def prune_command(args: argparse.Namespace, store: StoreChoice) -> int:
             if (not args.statuses or str(record.status) in args.statuses)
             and (args.older_than is None or now - _last_written(record) > args.older_than)
         ]
-        kept = _kept(pylo, chosen, records, store.flag())
+        kept = kept_reasons(pylo, chosen, records, store.flag())
         for execution_id, why in kept.items():
             print(f"pylo prune: kept {execution_id}: {why}", file=sys.stderr)
         going = [record for record in chosen if record.id not in kept]

@@ -232,7 +232,7 @@ def forests(draw: st.DrawFn) -> tuple[list[int | None], set[int]]:
 def test_planned_deletions_never_leave_a_resume_without_its_lineage(
     tmp_path_factory: pytest.TempPathFactory, forest: tuple[list[int | None], set[int]]
 ) -> None:
-    from pylo._cli_housekeeping import _kept
+    from pylo._cli_housekeeping import kept_reasons
     from pylo._deleting import deletion_order
 
     parents, chosen = forest
@@ -253,7 +253,7 @@ def test_planned_deletions_never_leave_a_resume_without_its_lineage(
             )
         records = pylo.list_executions()
         picked = [record for record in records if int(record.id[1:]) in chosen]
-        kept = _kept(pylo, picked, records, "")
+        kept = kept_reasons(pylo, picked, records, "")
         going = [record for record in picked if record.id not in kept]
         for record in deletion_order(going):
             pylo.delete_execution(record.id)  # never refused: resumes go first
