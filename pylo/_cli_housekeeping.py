@@ -43,8 +43,16 @@ def parse_age(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-def add_housekeeping_parser(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
-    """Add ``pylo rm`` and ``pylo prune`` (``command`` makes a top-level subcommand parser)."""
+def add_housekeeping_parser(
+    command: Callable[[str, str], argparse.ArgumentParser],
+    labels_option: Callable[[argparse.ArgumentParser, str], None],
+) -> None:
+    """Add ``pylo rm`` and ``pylo prune``.
+
+    Args:
+        command: Makes a top-level subcommand parser (name, summary).
+        labels_option: Adds the repeatable ``--label KEY=VALUE`` (with a help text).
+    """
     rm = command("rm", "delete executions (a resume before the execution it resumed)")
     rm.add_argument("execution_ids", metavar="ID", nargs="+", help="execution ids, or last for the newest")
     rm.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
@@ -64,6 +72,7 @@ def add_housekeeping_parser(command: Callable[[str, str], argparse.ArgumentParse
         metavar="AGE",
         help="only executions that ended (or last wrote, if they never ended) more than AGE ago: 30m, 12h, 7d, 2w",
     )
+    labels_option(prune, "only executions with this label (repeatable: all of them)")
     prune.add_argument("--dry-run", action="store_true", help="only list what would be deleted, and what is kept")
 
 
@@ -174,11 +183,12 @@ def rm_command(args: argparse.Namespace, store: StoreChoice) -> int:
 
 def prune_command(args: argparse.Namespace, store: StoreChoice) -> int:
     """``pylo prune --status S --older-than AGE``: delete what the filters select, keeping what is in use."""
-    if not args.statuses and args.older_than is None:
+    if not args.statuses and args.older_than is None and not args.labels:
         raise CliError(
-            "pylo prune needs --status STATUS or --older-than AGE (or both): without them it would delete "
-            "every execution; to delete given ones, use pylo rm ID..."
+            "pylo prune needs --status STATUS, --older-than AGE or --label KEY=VALUE: without a filter it "
+            "would delete every execution; to delete given ones, use pylo rm ID..."
         )
+    labels = dict(args.labels)
     now = time.time()
     with store.open(must_exist=True) as pylo:
         records = _records(pylo)
@@ -187,6 +197,7 @@ def prune_command(args: argparse.Namespace, store: StoreChoice) -> int:
             for record in records
             if (not args.statuses or str(record.status) in args.statuses)
             and (args.older_than is None or now - _last_written(record) > args.older_than)
+            and all(record.labels.get(key) == value for key, value in labels.items())
         ]
         kept = kept_reasons(pylo, chosen, records, store.flag())
         for execution_id, why in kept.items():

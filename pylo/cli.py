@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pylo._cli_housekeeping import add_housekeeping_parser
     from pylo._cli_pipeline import add_pipeline_parser
 
-    add_housekeeping_parser(command)
+    add_housekeeping_parser(command, _labels_option)
     add_pipeline_parser(command, _common)
     return parser
 

@@ -105,7 +105,7 @@ def test_rm_refuses_a_running_execution(cli: Cli) -> None:
 
 def test_prune_needs_a_filter(cli: Cli) -> None:
     run(cli, "a")
-    assert "pylo prune needs --status STATUS or --older-than AGE (or both)" in cli.error("prune")
+    assert "pylo prune needs --status STATUS, --older-than AGE or --label KEY=VALUE" in cli.error("prune")
     assert "argument --older-than: must be a number and a unit" in cli.error("prune", "--older-than", "7")
     assert ids(cli) == ["a"]
 
@@ -115,6 +115,7 @@ def test_prune_deletes_by_status_and_age_and_keeps_what_a_resume_reads(cli: Cli)
     add_record(cli, "old-stopped", age_days=9, status=ExecutionStatus.STOPPED)
     add_record(cli, "old-parent", age_days=8)
     add_record(cli, "young", age_days=1)
+    add_record(cli, "tagged", age_days=0.5, labels={"job": "nightly"})
     with Pylo.local_multithread(cli.cwd / ".pylo", 1) as pylo:
         now = time.time()
         pylo.store.create_execution(
@@ -131,7 +132,11 @@ def test_prune_deletes_by_status_and_age_and_keeps_what_a_resume_reads(cli: Cli)
     ]
     pruned = cli("prune", "--older-than", "7d")
     assert (pruned.returncode, lines(pruned.stdout)) == (0, ["deleted old-stopped", "deleted old-done"])
-    assert ids(cli) == ["old-parent", "young", "child"]
+    assert ids(cli) == ["old-parent", "young", "tagged", "child"]
+    # Labels narrow the choice, and select on their own.
+    labelled = cli("prune", "--label", "job=nightly")
+    assert (labelled.returncode, labelled.stdout) == (0, "deleted tagged\n")
+    assert lines(labelled.stderr) == ["deleted 1 execution, kept 0 in use"]
     # A status alone selects whatever its age; a resume goes before what it resumed.
     everything = cli("prune", "--status", "completed")
     assert (everything.returncode, lines(everything.stdout)) == (
