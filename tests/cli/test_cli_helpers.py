@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tenacity import (
     AsyncRetrying,
     Retrying,
@@ -40,6 +42,16 @@ from pylo.cli import main
         ("x1 failed with code -3", "x1 failed with code #"),
         ("  spread \n over lines ", "spread over lines"),
         (None, ""),
+        ("session 3fa9c2d1-1b2e-4aaa-8bbb-0123456789ab expired", "session <uuid> expired"),
+        ("<Client object at 0x7f3a9c2e1d90> is closed", "<Client object at #> is closed"),
+        ("blob 9f86d081884c7d659a2feaa0c55ad015 missing in run 285ad1e8", "blob # missing in run #"),
+        ("cannot parse 2026-11-22 16:20:28 (-3 days)", "cannot parse #-#-# #:#:# (# days)"),
+        ("can't reach 'db-7' from v2 in 1e-05s", "can't reach '…' from v2 in #s"),
+        # A KeyError's message is the key, quoted: keys of one kind group,
+        # different keys stay apart.
+        ("'user-17'", "'user-#'"),
+        ("'price'", "'price'"),
+        ("deadbeef is a word", "deadbeef is a word"),
     ],
 )
 def test_messages_are_normalized_so_that_alike_failures_group(message: str | None, shape: str) -> None:
@@ -61,6 +73,70 @@ def test_failures_group_by_type_and_shape_largest_first() -> None:
         ("ValueError: bad '…'", [1], "bad 'a'"),
         ("(exception not stored: run with store_exceptions=True to keep it)", [2], None),
     ]
+
+
+def test_missing_keys_group_by_key_and_show_the_real_message() -> None:
+    failures = [(n, "KeyError", f"'user-{n}'") for n in range(5)] + [(9, "KeyError", "'price'")]
+    groups = group_failures(failures)
+    assert [(g.title, len(g.positions), g.example) for g in groups] == [
+        ("KeyError: 'user-#'", 5, "'user-0'"),
+        ("KeyError: 'price'", 1, "'price'"),
+    ]
+
+
+# -- messages made from templates: fixed words, and values that vary --------------------
+
+_WORDS = st.from_regex(r"[a-z]{1,10}", fullmatch=True)
+# The kinds of values that vary between messages of one cause.
+_KINDS = {
+    "integer": st.integers().map(str),
+    "float": st.floats(allow_nan=False, allow_infinity=False).map(str),
+    "uuid": st.uuids().map(str),
+    "address": st.integers(min_value=0).map(hex),
+    "digest": st.binary(min_size=8, max_size=32).map(bytes.hex),
+    "quoted": st.text(st.characters(blacklist_characters="'\"\n", blacklist_categories=["Cs"]), max_size=12).map(
+        lambda text: f"'{text}'"
+    ),
+}
+# A template: fixed words, and slots (a kind of value) where values go; at least one word.
+_TEMPLATES = st.lists(
+    st.one_of(
+        _WORDS.map(lambda word: ("word", word)), st.sampled_from(sorted(_KINDS)).map(lambda kind: ("slot", kind))
+    ),
+    min_size=1,
+    max_size=5,
+).filter(lambda parts: any(part[0] == "word" for part in parts))
+
+
+def _fill(template: list[tuple[str, str]], data: st.DataObject) -> str:
+    return " ".join(text if what == "word" else data.draw(_KINDS[text]) for what, text in template)
+
+
+def _words(template: list[tuple[str, str]]) -> tuple[str, ...]:
+    return tuple(text for what, text in template if what == "word")
+
+
+@settings(max_examples=40, deadline=None)
+@given(templates=st.lists(_TEMPLATES, min_size=1, max_size=3, unique_by=_words), data=st.data())
+def test_messages_of_a_template_make_one_group_per_template(
+    templates: list[list[tuple[str, str]]], data: st.DataObject
+) -> None:
+    failures = [
+        (position, "ValueError", _fill(templates[position % len(templates)], data))
+        for position in range(len(templates) * 3)
+    ]
+    groups = group_failures(failures)
+    assert len(groups) == len(templates)
+    for group in groups:  # never merged: each group holds one template's messages
+        assert {position % len(templates) for position in group.positions} == {group.positions[0] % len(templates)}
+
+
+@settings(max_examples=60, deadline=None)
+@given(template=_TEMPLATES, text=st.text(max_size=30), data=st.data())
+def test_normalizing_twice_changes_nothing(template: list[tuple[str, str]], text: str, data: st.DataObject) -> None:
+    for message in (text, _fill(template, data)):
+        once = normalize_message(message)
+        assert normalize_message(once) == once
 
 
 @pytest.mark.parametrize(
