@@ -25,6 +25,7 @@ from pylo._cli_common import (
     resolve_execution_id,
     run_seconds,
 )
+from pylo._cli_summary import stop_json, stop_reason
 from pylo._codec import short_repr
 from pylo._reader import read_inputs
 from pylo.execution import Failure, Pylo
@@ -53,7 +54,7 @@ def list_command(args: argparse.Namespace, store: StoreChoice) -> int:
     if args.last is not None:
         records = records[-args.last :]
     if args.json:
-        print(json.dumps([record_json(record) for record in records], ensure_ascii=False))
+        print(json.dumps([{**record_json(record), **stop_json(record)} for record in records], ensure_ascii=False))
         return 0
     if not records:
         which = " labelled " + _format_labels(labels) if labels else ""
@@ -107,6 +108,14 @@ def _options(record: ExecutionRecord) -> str:
     return " ".join(shown) or "-"
 
 
+def _status(record: ExecutionRecord) -> str:
+    """The status, and why it stopped when the status alone does not say."""
+    reason = stop_reason(record)
+    if reason is None or reason.code == "interrupted":
+        return str(record.status)
+    return f"{record.status} ({reason.detail})"
+
+
 def _throughput(work: int, seconds: float) -> str:
     if not seconds:
         return "-"
@@ -126,6 +135,7 @@ def show_command(args: argparse.Namespace, store: StoreChoice) -> int:
     if args.json:
         shown = {
             **record_json(record),
+            **stop_json(record),
             "parents": [r.id for r in ancestors],
             "children": [r.id for r in children],
             "store": location,
@@ -136,7 +146,7 @@ def show_command(args: argparse.Namespace, store: StoreChoice) -> int:
     work = _new_work(record, ancestors[0] if ancestors else None)
     lines = [
         ("execution", record.id),
-        ("status", str(record.status)),
+        ("status", _status(record)),
         ("task", record.task_name),
         ("store", location),
         ("started", format_time(record.created_at)),

@@ -156,6 +156,11 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--rate-limit", type=_rate, metavar="R", help="most task starts per second: 20, 20/s, 100/min")
     group.add_argument("--id", type=_execution_id, metavar="ID", help="id of the new execution (default: generated)")
     _labels_option(group, "label the new execution (repeatable; a resume keeps its parent's labels)")
+    group.add_argument(
+        "--json-summary",
+        action="store_true",
+        help="print the summary as one JSON object on stdout (keys: docs/cli.md); the run's output goes to stderr",
+    )
     for flag, text in (
         ("--store-results", "keep return values (see `pylo inputs --results`)"),
         ("--progress", "progress bar on stderr (default: when stderr is a terminal)"),
