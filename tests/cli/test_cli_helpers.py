@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,7 @@ from pylo._cli_common import (
 )
 from pylo._cli_run import InputLineError, build_retry, read_inputs
 from pylo._options import RunOptions
+from pylo._progress import ProgressBar
 from pylo._retry_spec import build_policy, describe_retry
 from pylo.cli import main
 
@@ -221,3 +224,29 @@ def test_store_choice_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_main_in_process_returns_the_exit_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["list", "--store", str(tmp_path / "none")]) == 2
     assert capsys.readouterr().err.startswith("pylo: error: no pylo store at ")
+
+
+def test_progress_bars_route_the_pylo_loggers_console_output_until_the_last_one_closes() -> None:
+    logger = logging.getLogger("pylo")
+    console = logging.StreamHandler(sys.stderr)
+    logger.addHandler(console)
+    try:
+        first = ProgressBar("a", 10)
+        routed = list(logger.handlers)
+        assert console not in routed  # swapped for one that writes through tqdm
+        second = ProgressBar("b", 10)
+        first.close()  # bars of two executions end in any order
+        assert logger.handlers == routed
+        second.close()
+        second.close()
+        assert console in logger.handlers and len(logger.handlers) == len(routed)
+    finally:
+        logger.removeHandler(console)
+
+
+def test_progress_bars_add_no_handler_where_the_pylo_logger_has_none() -> None:
+    logger = logging.getLogger("pylo")
+    before = list(logger.handlers)
+    bar = ProgressBar("a", 10)
+    assert logger.handlers == before  # records keep going to the application's handlers, once
+    bar.close()

@@ -28,6 +28,13 @@ def work(line):
         while not os.path.exists("go") and time.monotonic() < deadline:
             time.sleep(0.01)
 """
+# Inputs 30 and 60 outlast a 0.5 s timeout: the watchdog logs a warning while the bar is drawn.
+STUCK = """
+import time
+
+def work(line):
+    time.sleep(1.5 if int(line) in (30, 60) else 0.01)
+"""
 INPUTS = "".join(f"{n}\n" for n in range(200))
 # The bar once it has counted some inputs: "...|  8.00/200 [" or "| 104/200 [".
 SOME_PROGRESS = re.compile(r"\| *(?:[1-9][\d.]*)/200 \[")
@@ -51,6 +58,23 @@ def test_progress_bar_renders_in_a_terminal_and_ends_cleanly(cli: Cli) -> None:
     quiet = run_in_terminal(cli, "run", "slow:work", "--inputs", "inputs.txt", "--workers", "8", "--no-progress")
     assert quiet.exit_status == 0
     assert "%|" not in quiet.output
+
+
+def test_warnings_print_whole_lines_above_the_progress_bar(cli: Cli) -> None:
+    cli.write("stuck.py", STUCK)
+    cli.write("inputs.txt", INPUTS[: INPUTS.index("100\n")])
+    shown = run_in_terminal(cli, "run", "stuck:work", "--inputs", "inputs.txt", "--workers", "2", "--timeout", "0.5")
+    assert shown.exit_status == 1, shown.output
+    # What stays on screen of each line is what follows its last carriage return.
+    visible = [line.rsplit("\r", 1)[-1] for line in shown.output.split("\r\n")]
+    warnings = [line for line in visible if "WARNING" in line]
+    assert len(warnings) == 2, shown.output
+    for line in warnings:  # whole: not glued to a bar drawn on the same line
+        assert re.fullmatch(
+            r"pylo: WARNING: worker \d: a task ran past its timeout of 0\.5 s; its thread is abandoned and replaced",
+            line,
+        ), shown.output
+    assert re.search(r"100%\|█+\| 100/100 \[[^\]]*failed=2\]\r\nexecution ", shown.output)  # drawn again below
 
 
 def test_no_progress_bar_when_stderr_is_not_a_terminal(cli: Cli) -> None:
