@@ -223,8 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     states = inputs.add_mutually_exclusive_group()
     for state in ("unfinished", "finished", "failed"):
         states.add_argument(f"--{state}", dest="state", action="store_const", const=state, help=f"only {state} inputs")
+    inputs.add_argument("--type", metavar="NAME", help="with --failed: only failures of this exception type")
     inputs.add_argument("--json", action="store_true", help="print each input as JSON")
     inputs.add_argument("--results", action="store_true", help="finished inputs with their results (--store-results)")
+    inputs.add_argument(
+        "--outcomes", action="store_true", help="one row per input: position, state, exception, worker (CSV; --json)"
+    )
 
     from pylo._cli_pipeline import add_pipeline_parser
 
