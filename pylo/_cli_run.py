@@ -339,8 +339,13 @@ def _stdout_kept_for_the_summary(as_json: bool) -> Iterator[TextIO]:
     if not as_json:
         yield sys.stdout
         return
-    sys.stdout.flush()
-    saved = os.dup(1)
+    try:
+        if sys.stdout is None:
+            raise OSError("no stdout")
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except OSError:
+        raise CliError("--json-summary prints the summary on stdout, which is closed") from None
     summary = open(os.dup(saved), "w", encoding="utf-8", closefd=True)  # noqa: SIM115 - closed below
     try:
         os.dup2(2, 1)

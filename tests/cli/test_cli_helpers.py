@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -75,6 +77,28 @@ def test_failures_group_by_type_and_shape_largest_first() -> None:
         ("TimeoutError: timed out for record #", [4, 6, 9], "timed out for record 9"),
         ("ValueError: bad '…'", [1], "bad 'a'"),
         ("(exception not stored: run with store_exceptions=True to keep it)", [2], None),
+    ]
+
+
+def test_three_hundred_failures_of_three_causes_make_three_groups() -> None:
+    causes = [
+        lambda n: ("ConnectionError", f"request {uuid.UUID(int=n * 7919)} to shard {n % 13} refused"),
+        lambda n: (
+            "RuntimeError",
+            f"<Session object at {hex(0x7F3A00000000 + n * 4096)}> was closed after {n / 7:.3f}s",
+        ),
+        lambda n: ("ValueError", f"checksum {hashlib.sha1(str(n).encode()).hexdigest()} does not match 'part-{n}.bin'"),
+    ]
+    groups = group_failures((n, *causes[n % 3](n)) for n in range(300))
+    assert [(g.exception_type, len(g.positions)) for g in groups] == [
+        ("ConnectionError", 100),
+        ("RuntimeError", 100),
+        ("ValueError", 100),
+    ]
+    assert [g.shape for g in groups] == [
+        "request <uuid> to shard # refused",
+        "<Session object at #> closed after #s",
+        "checksum # does not match '…'",
     ]
 
 
