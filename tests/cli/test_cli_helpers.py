@@ -97,7 +97,7 @@ def test_three_hundred_failures_of_three_causes_make_three_groups() -> None:
     ]
     assert [g.shape for g in groups] == [
         "request <uuid> to shard # refused",
-        "<Session object at #> closed after #s",
+        "<Session object at #> was closed after #s",
         "checksum # does not match '…'",
     ]
 
