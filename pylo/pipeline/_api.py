@@ -244,6 +244,7 @@ def _run(
     config: Any = None,
     child_of: dict[str, str] | None = None,
     hooks: Sequence[Any] = (),
+    inherit: RunEnvironment | None = None,
 ) -> str:
     from pylo.pipeline._graph import build_graph
     from pylo.pipeline._host import Host
@@ -261,7 +262,7 @@ def _run(
     codec = host.codec
     tasks = [node.node.task for node in graph.nodes]
     if parent_id is None:
-        environment = RunEnvironment.fresh(tasks, config)
+        environment = RunEnvironment.fresh(tasks, config) if inherit is None else inherit.for_child(tasks)
         rows = _fresh_rows(graph)
         values: list[Any] = [None] * len(rows)
         lineage: dict[int, str] = {}
@@ -278,7 +279,10 @@ def _run(
             logger.warning(
                 "resuming pipeline run %s, marked running on host %s: make sure it is not", parent_id, parent.host
             )
-        environment = RunEnvironment.resumed(tasks, parent.options.get("config"), config, parent_id)
+        if inherit is None:
+            environment = RunEnvironment.resumed(tasks, parent.options.get("config"), config, parent_id)
+        else:  # a child run resumed by its parent's resume: the parent's environment, as a new child's
+            environment = inherit.for_child(tasks)
         codec = host.codec_named(parent.codec, parent_id)
         rows, values, lineage = _resumed_rows(host, graph, parent, runs.read_nodes(parent_id), codec)
     now = time.time()

@@ -32,6 +32,7 @@ from pylo.pipeline._outcomes import GroupFailed, check_arguments, combined_error
 if TYPE_CHECKING:
     from pylo.pipeline._graph import Graph
     from pylo.pipeline._host import Host
+    from pylo.pipeline._run_environment import RunEnvironment
     from pylo.stores.runs import NodeRow
 
 __all__ = ["ChildStarted", "CompositionRules", "qualified", "stateful_child", "why_not_run"]
@@ -52,6 +53,8 @@ class CompositionRules:
     _run_id: str
     _codec_name: str
     _hooks: tuple[Any, ...]
+    _environment: RunEnvironment | None
+    _max_parallel: int
     halt: str | None
     _started: dict[int, float]
     _outbox: queue.SimpleQueue[Any]
@@ -197,6 +200,8 @@ class CompositionRules:
             record=record,
             codec_name=self._codec_name,
             hooks=self._hooks,
+            environment=self._environment,
+            max_parallel=self._max_parallel,
         )
         self._child_states[index] = state
         return outcome

@@ -12,6 +12,10 @@ Order of events, each durable before the next::
         ▼
     the child's result (and, for ``.inline()``, its state) is the node's outcome
 
+A child run inherits what its parent run was given: its hooks, its
+configuration (what ``with_context`` tasks read), its rate-limit buckets
+(one per key for the run and its children) and its ``max_parallel``.
+
 A resume of the parent finds the node not ``done`` but with a child run and
 its pickled pipeline: it resumes that child (a new child run whose
 ``parent_id`` is the old child) instead of calling the task again, so the
@@ -31,6 +35,7 @@ if TYPE_CHECKING:
     from pylo.pipeline._builder import Pipeline
     from pylo.pipeline._executors import Outcome
     from pylo.pipeline._host import Host
+    from pylo.pipeline._run_environment import RunEnvironment
 
 __all__ = ["MAX_DEPTH", "encode_child", "run_child"]
 
@@ -65,6 +70,8 @@ def run_child(
     record: Callable[[str], None],
     codec_name: str,
     hooks: tuple[Any, ...] = (),
+    environment: RunEnvironment | None = None,
+    max_parallel: int | None = None,
 ) -> tuple[Outcome, Any]:
     """Record, then run (or resume) a child run; its outcome and its final state.
 
@@ -78,6 +85,10 @@ def run_child(
             returns once it is.
         codec_name: The parent's codec.
         hooks: The parent's hooks: the child run's events go to them too.
+        environment: The parent's environment: the child runs with its
+            configuration and shares its rate buckets (None: the child has
+            an empty configuration).
+        max_parallel: The parent's ``max_parallel`` (None: the Pylo's workers).
 
     Returns:
         The node's outcome (the child's result, or its failure) and the
@@ -110,10 +121,11 @@ def run_child(
                 host.pylo,
                 pipeline,
                 run_id=child_id,
-                max_parallel=None,
+                max_parallel=max_parallel,
                 parent_id=previous_child,
                 child_of={"run": parent_run_id, "node": node_key},
                 hooks=hooks,
+                inherit=environment,
             )
         finally:
             with _LOCK:
