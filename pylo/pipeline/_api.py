@@ -157,20 +157,41 @@ class PipelineMethods:
 
         return unpause(self._pylo_self(), run_id, pipeline, max_parallel, hooks)
 
-    def cancel_pipeline(self, run_id: str) -> None:
-        """Cancel a running or paused run, from any thread or process; returns at once.
+    def cancel_pipeline(
+        self, run_id: str, pipeline: Pipeline | Sequence[Any] | None = None, *, hooks: Sequence[Any] = ()
+    ) -> None:
+        """Cancel a running or paused run, from any thread or process.
 
-        Nothing new starts (but nodes that always run, such as ``finally_do``),
-        running batch nodes stop taking inputs, every node that did not end
-        is ``cancelled`` and the run ends ``cancelled``.
+        A running run: the request is recorded and this returns at once;
+        its coordinator starts nothing new but ``finally_do`` nodes, running
+        batch nodes stop taking inputs, every node that did not end is
+        ``cancelled`` and the run ends ``cancelled``.
+
+        A paused run has no coordinator. With no ``finally_do`` left to run
+        it is cancelled here and now. With one, give ``pipeline`` (the one
+        the run was started with, as for ``unpause_pipeline``): this call
+        then runs the run on under its id, blocking, starting only its
+        ``finally_do`` nodes (each once; ``hooks`` hear it), and the run
+        ends ``cancelled``. The same finishes a cancel whose process died
+        while ``finally_do`` ran (the run is ``crashed`` or ``interrupted``):
+        a ``finally_do`` recorded ``done`` does not run again.
+
+        Args:
+            run_id: The run.
+            pipeline: The run's pipeline; needed only to cancel a paused run
+                that has a ``finally_do`` (ignored for a running run).
+            hooks: Told about the run while a cancel runs its ``finally_do``.
 
         Raises:
-            PipelineControlError: The run is neither running nor paused.
+            PipelineControlError: The run is neither running nor paused (nor
+                a cancel under way), or it is paused with a ``finally_do`` to
+                run and no ``pipeline`` was given.
+            PipelineValidationError: ``pipeline`` does not have the run's nodes.
             PipelineNotFound: No such run.
         """
         from pylo.pipeline._control import request
 
-        request(self._pylo_self(), run_id, "cancel")
+        request(self._pylo_self(), run_id, "cancel", pipeline, hooks)
 
     def get_pipeline(self, run_id: str) -> PipelineRecord:
         """Return a run's record: status, lineage, times and every node.
@@ -246,6 +267,7 @@ def _run(
     hooks: Sequence[Any] = (),
     inherit: RunEnvironment | None = None,
 ) -> str:
+    from pylo.pipeline._builder import FINALLY
     from pylo.pipeline._graph import build_graph
     from pylo.pipeline._host import Host
     from pylo.pipeline._run_environment import RunEnvironment
@@ -305,6 +327,8 @@ def _run(
             "shape": graph.shape,
             "lineage": {graph.nodes[index].key: execution_id for index, execution_id in lineage.items()},
             "config": environment.stored_config,
+            # finally_do nodes: a cancel of the run while no coordinator holds it must run them.
+            "finally": [node.key for node in graph.nodes if node.node.handler == FINALLY],
             **({"config_changes": environment.changes} if environment.changes else {}),
             **({"child_of": child_of} if child_of else {}),
         },

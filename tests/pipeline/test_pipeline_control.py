@@ -11,6 +11,7 @@ import pytest
 from control_tasks import STARTED, gate, gated_item, step
 
 from pylo import PipelineStatus, Pylo, TaskState
+from pylo.errors import PipelineValidationError
 from pylo.pipeline import in_parallel
 from pylo.pipeline._errors import PipelineCancelled, PipelineControlError, PipelineNotCompleted
 
@@ -211,16 +212,35 @@ def test_cancel_before_a_queued_finally_do_starts_it_still_runs(make_pylo: MakeP
     assert isinstance(received, PipelineCancelled)
 
 
-def test_cancel_while_paused_cannot_run_finally_do(make_pylo: MakePylo) -> None:
-    """A paused run has no coordinator and cancel_pipeline has no pipeline: its finally_do ends cancelled."""
+def test_cancel_while_paused_runs_finally_do_once_given_the_pipeline(make_pylo: MakePylo) -> None:
+    """A paused run has no coordinator: its finally_do runs only if the cancel is given the pipeline."""
     p = make_pylo()
     flow = step.send("b", step.send("a").wait()).finally_do(control_tasks.cleanup)
     run_id = p.run_pipeline(flow)
     assert p.get_pipeline(run_id).status is PipelineStatus.PAUSED
+    with pytest.raises(PipelineControlError, match=r"finally_do \(cleanup-\w+\) must still run: give the pipeline"):
+        p.cancel_pipeline(run_id)
+    assert p.get_pipeline(run_id).status is PipelineStatus.PAUSED  # nothing changed
+    with pytest.raises(PipelineValidationError, match="cancel it with the pipeline it was started with"):
+        p.cancel_pipeline(run_id, abc())
+    p.cancel_pipeline(run_id, flow)  # blocks while the finally_do runs
+    record = p.get_pipeline(run_id)
+    assert record.status is PipelineStatus.CANCELLED
+    assert [n.state for n in record.nodes] == [TaskState.DONE, TaskState.CANCELLED, TaskState.DONE]
+    assert STARTED == ["a", "cleanup"]
+    [received] = control_tasks.RECEIVED
+    assert isinstance(received, PipelineCancelled) and received.run_id == run_id
+    with pytest.raises(PipelineCancelled):
+        p.get_pipeline_result(run_id)
+    with pytest.raises(PipelineControlError, match="it is cancelled"):
+        p.cancel_pipeline(run_id, flow)
+    assert STARTED.count("cleanup") == 1
+
+
+def test_cancel_while_paused_without_finally_do_needs_no_pipeline(make_pylo: MakePylo) -> None:
+    p = make_pylo()
+    run_id = p.run_pipeline(step.send("b", step.send("a").wait()))
     p.cancel_pipeline(run_id)
     record = p.get_pipeline(run_id)
     assert record.status is PipelineStatus.CANCELLED
-    assert [n.state for n in record.nodes] == [TaskState.DONE, TaskState.CANCELLED, TaskState.CANCELLED]
-    assert STARTED == ["a"]
-    with pytest.raises(PipelineCancelled):
-        p.get_pipeline_result(run_id)
+    assert [n.state for n in record.nodes] == [TaskState.DONE, TaskState.CANCELLED]
