@@ -6,6 +6,7 @@ below that import the coordinator lazily, so ``import pylo`` stays light.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -395,7 +396,7 @@ def _coordinate(
         execution_prefix=execution_prefix,
         priorities=lambda: _priorities(runs, graph),
         environment=environment,
-        node_context=None if tracer is None else tracer.node_context,
+        node_context=_node_context(graph, tracer, events),
         hooks=tuple(hooks),
     )
     read_control = reader(runs, run_id, coordinator.stop)
@@ -418,6 +419,25 @@ def _coordinate(
         events.run_event("pipeline_status_changed", status.value)
         events.run_event("pipeline_finished", status.value)
         dispatcher.close()
+
+
+def _node_context(graph: Graph, tracer: Any, events: Any) -> Any:
+    """What each node's thread enters around its work: the node's span, and a batch node's input progress."""
+    from pylo.pipeline._builder import BATCH
+
+    batch = set() if events is None else {node.index for node in graph.nodes if node.node.kind == BATCH}
+    if not batch:
+        return None if tracer is None else tracer.node_context
+
+    def context(index: int) -> contextlib.ExitStack:
+        stack = contextlib.ExitStack()
+        if tracer is not None:
+            stack.enter_context(tracer.node_context(index))
+        if index in batch:
+            stack.enter_context(events.progress_context(index))
+        return stack
+
+    return context
 
 
 def _priorities(runs: Any, graph: Graph) -> list[float] | None:
