@@ -18,7 +18,6 @@ from pylo._codec import short_repr
 from pylo.pipeline._reading import (
     _is_gone,
     _list_records,
-    _node_record,
     _read_record,
     _result,
     _running_here,
@@ -521,8 +520,7 @@ def _resumed_rows(
             data = rows[index].result
             execution_id = rows[index].execution_id
             if rows[index].state in ("failed", "failed_dependency"):
-                values[index] = _node_record(rows[index], codec).failure  # a recovered failure: its exception
-                values[index] = None if values[index] is None else values[index].exception
+                values[index] = _kept_failure(rows[index], codec)  # a recovered failure: its exception
                 continue
             if data is None and execution_id is not None:
                 values[index] = read_values(host, execution_id)  # a batch node's results
@@ -535,6 +533,22 @@ def _resumed_rows(
                     f"at {host.location}: {type(exc).__name__}: {exc}"
                 ) from exc
     return rows, values, lineage
+
+
+def _kept_failure(row: NodeRow, codec: Codec) -> Any:
+    """A kept failure's value: its exception as the run built it, with the state it carried beside it."""
+    from pylo.pipeline._outcomes import member_exception, unwrap_state, wrap_state
+
+    if row.exc_type is None:
+        return None
+    value = member_exception(row.exc_type, row.message, row.traceback, row.exception, codec)
+    state = None
+    if row.result is not None and row.child_run_id is None:
+        try:
+            state = unwrap_state(codec.decode_value(row.result))[1]
+        except Exception:
+            state = None
+    return wrap_state(value, state)
 
 
 # -- reading ----------------------------------------------------------------------

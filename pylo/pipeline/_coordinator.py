@@ -407,8 +407,6 @@ class RunCoordinator(RunRecording, GroupLimits, HaltRules, CompositionRules):
             self._hard_failures += 1
         if not outcome.ok:
             self._errors[index] = outcome.error
-            if state == _FAILED and graph_node.tolerant:
-                self._values[index] = outcome.error  # in_parallel(return_exceptions=True): a value
         self._states[index] = state
         self._ended_here.add(index)
         if graph_node.chains:
@@ -438,6 +436,8 @@ class RunCoordinator(RunRecording, GroupLimits, HaltRules, CompositionRules):
                 child_run_id=row.child_run_id,
             ),
         )
+        if state == _FAILED and graph_node.tolerant:
+            self._tolerant_failure(index)  # in_parallel(return_exceptions=True): its exception is a value
         self._outcomes_since_flush += 1
         if self._on_event is not None:
             self._on_event("end", index)
@@ -525,6 +525,8 @@ class RunCoordinator(RunRecording, GroupLimits, HaltRules, CompositionRules):
         if self._graph.nodes[index].chains:
             self._chains_end(index)
         self._note(index, ended_row)
+        if verdict == _FAILED_DEPENDENCY and self._graph.nodes[index].tolerant:
+            self._tolerant_failure(index)
         self._outcomes_since_flush += 1
         if self._on_event is not None:
             self._on_event("end", index)
