@@ -8,6 +8,7 @@ from __future__ import annotations
 from pylo.errors import (
     DamagedExecutions,
     ExecutionExists,
+    ExecutionInUse,
     ExecutionNotFound,
     ExecutionNotResumable,
     InputSerializationError,
@@ -33,6 +34,7 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "DamagedExecutions",
     "ExecutionExists",
+    "ExecutionInUse",
     "ExecutionNotFound",
     "ExecutionNotResumable",
     "ExecutionRecord",

@@ -68,7 +68,7 @@ def list_command(args: argparse.Namespace, store: StoreChoice) -> int:
             [
                 record.id,
                 record.parent_id or "-",
-                str(record.status),
+                status_text(record),
                 format_time(record.created_at),
                 format_duration(run_seconds(record)),
                 format_count(record.finished),
@@ -142,11 +142,7 @@ def show_command(args: argparse.Namespace, store: StoreChoice) -> int:
         ("started", format_time(record.created_at)),
         ("ended", format_time(record.ended_at)),
         ("duration", format_duration(seconds)),
-        (
-            "inputs",
-            f"{format_count(record.total)}: {format_count(record.finished)} finished, "
-            f"{format_count(record.failed)} failed, {format_count(record.pending)} pending",
-        ),
+        ("inputs", _inputs_line(record, store)),
         ("throughput", _throughput(work, seconds)),
         ("process", f"pid {record.pid} on {record.host}" if record.pid is not None else "-"),
         ("options", _options(record)),
@@ -159,12 +155,34 @@ def show_command(args: argparse.Namespace, store: StoreChoice) -> int:
         lines.append(("children", ", ".join(f"{r.id} ({r.status})" for r in children)))
     if record.failed:
         lines.append(("failures", f"pylo failures {record.id}{store.flag()}"))
-    if record.unfinished:
+    if record.unfinished and not unrecorded(record):
         lines.append(("resume", f"pylo resume {record.id}{store.flag()}"))
     width = max(len(label) for label, _ in lines)
     for label, value in lines:
         print(f"{label:<{width}}  {value}")
     return show_status(record)
+
+
+def unrecorded(record: ExecutionRecord) -> bool:
+    """True for an execution that ended before all its inputs were recorded: it ran nothing."""
+    return not record.inputs_complete and record.status is not ExecutionStatus.RUNNING
+
+
+def status_text(record: ExecutionRecord) -> str:
+    """The status as ``pylo list`` shows it: one that ran nothing says its inputs are incomplete."""
+    return f"{record.status} (inputs incomplete)" if unrecorded(record) else str(record.status)
+
+
+def _inputs_line(record: ExecutionRecord, store: StoreChoice) -> str:
+    if unrecorded(record):
+        return (
+            f"{format_count(record.total)} recorded before reading them stopped: incomplete, none ran, "
+            f"nothing to resume (run again with --id {record.id} to replace it, or pylo rm {record.id}{store.flag()})"
+        )
+    return (
+        f"{format_count(record.total)}: {format_count(record.finished)} finished, "
+        f"{format_count(record.failed)} failed, {format_count(record.pending)} pending"
+    )
 
 
 #: ``pylo show``'s exit status for an execution that is still running.

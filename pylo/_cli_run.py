@@ -290,8 +290,8 @@ def _check_resumable(store: StoreChoice, past: ExecutionRecord, execution_id: st
     if not past.inputs_complete:
         raise CliError(
             f"execution {past.id} stopped while its inputs were being read ({format_count(past.total)} recorded, "
-            "none ran): there is nothing to resume; run `pylo run` again, which records the inputs anew "
-            "under a new id"
+            f"none ran): there is nothing to resume; run the `pylo run` command again, with --id {past.id} "
+            f"to reuse its id (it replaces this execution), or delete it: pylo rm {past.id}{store.flag()}"
         )
     if past.status is ExecutionStatus.RUNNING and not process_is_gone(past) and past.host == socket.gethostname():
         raise CliError(f"execution {past.id} is still running (process {past.pid}); wait for it to end or stop it")
@@ -342,7 +342,8 @@ def print_summary(pylo: Pylo, store: StoreChoice, execution_id: str, out: Any) -
         print(
             f"execution {record.id} {record.status} while reading its inputs "
             f"({format_count(record.total)} recorded, none ran): it has no inputs to resume; "
-            "run the command again (a generated id is new each time; with --id, pass another)",
+            f"run the command again (with --id {record.id} it replaces this execution), "
+            f"or delete it: pylo rm {record.id}{store.flag()}",
             file=out,
         )
         return 1

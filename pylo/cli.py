@@ -7,8 +7,9 @@
     pylo failures 20261122-154501-3fa9c2d1
     pylo resume 20261122-154501-3fa9c2d1 tasks_fixed:download
 
-Commands live in ``_cli_run`` (run, resume) and ``_cli_inspect`` (list,
-show, failures, inputs); this module parses arguments, sets up logging and
+Commands live in ``_cli_run`` (run, resume), ``_cli_inspect`` (list,
+show, failures, inputs) and ``_cli_housekeeping`` (rm, prune); this
+module parses arguments, sets up logging and
 turns errors into one line and an exit status (see docs/cli.md).
 """
 
@@ -221,8 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     inputs.add_argument("--json", action="store_true", help="print each input as JSON")
     inputs.add_argument("--results", action="store_true", help="finished inputs with their results (--store-results)")
 
+    from pylo._cli_housekeeping import add_housekeeping_parser
     from pylo._cli_pipeline import add_pipeline_parser
 
+    add_housekeeping_parser(command, _labels_option)
     add_pipeline_parser(command, _common)
     return parser
 
@@ -279,7 +282,7 @@ def _command_logging(verbose: int, quiet: bool) -> Iterator[None]:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from pylo import _cli_inspect, _cli_pipeline, _cli_run
+    from pylo import _cli_housekeeping, _cli_inspect, _cli_pipeline, _cli_run
 
     handlers = {
         "run": _cli_run.run_command,
@@ -288,6 +291,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         "show": _cli_inspect.show_command,
         "failures": _cli_inspect.failures_command,
         "inputs": _cli_inspect.inputs_command,
+        "rm": _cli_housekeeping.rm_command,
+        "prune": _cli_housekeeping.prune_command,
         "pipeline": _cli_pipeline.pipeline_command,
     }
     return handlers[args.command](args, StoreChoice.resolve(args.store))

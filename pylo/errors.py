@@ -18,6 +18,7 @@ __all__ = [
     "ConfigError",
     "DamagedExecutions",
     "ExecutionExists",
+    "ExecutionInUse",
     "ExecutionNotFound",
     "ExecutionNotResumable",
     "InputSerializationError",
@@ -59,6 +60,40 @@ class ExecutionExists(PyloError):
         )
         self.execution_id = execution_id
         self.location = location
+
+
+class ExecutionInUse(PyloError):
+    """An execution cannot be deleted: something still runs it or reads it.
+
+    Attributes:
+        execution_id: The execution that was kept.
+        dependents: Ids of the executions that resumed it (directly or
+            further down its lineage) and still read its inputs or results;
+            empty when something else keeps it.
+        reason: What keeps it, in a few words (for example
+            ``"running (process 4242 on web-1)"``).
+    """
+
+    def __init__(
+        self, execution_id: str, message: str, *, dependents: Sequence[str] = (), reason: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.execution_id = execution_id
+        self.dependents = list(dependents)
+        self.reason = reason if reason is not None else message
+
+    @classmethod
+    def resumed_by(cls, execution_id: str, dependents: Sequence[str], location: str) -> ExecutionInUse:
+        """The refusal for an execution that resumed executions still read, naming them."""
+        named = ", ".join(repr(d) for d in dependents)
+        noun = "execution" if len(dependents) == 1 else "executions"
+        return cls(
+            execution_id,
+            f"execution {execution_id!r} in the store at {location} cannot be deleted: {noun} {named} "
+            "resumed it and still read its inputs or results; delete those first (the newest first)",
+            dependents=dependents,
+            reason=f"resumed by {noun} {named}",
+        )
 
 
 class ExecutionNotResumable(PyloError):
