@@ -9,6 +9,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pylo import PipelineStatus, Pylo
 from pylo.pipeline import in_parallel, task
@@ -152,3 +154,47 @@ def test_a_resume_admits_only_unfinished_chains_and_keeps_the_limit(
     assert sorted(EVENTS) == sorted(by_chain("bcd", 3)[2:6] + by_chain("bcd", 3)[8:12] + by_chain("bcd", 3)[14:])
     assert EVENTS.index("start d2") > min(EVENTS.index("end b3"), EVENTS.index("end c3"))
     assert caplog.text == ""
+
+
+@task
+def visit(previous: Any, name: str, step: int, length: int) -> str:
+    """Step ``step`` of chain ``name``: the chain is in flight from its first step's start to its last's end."""
+    with _LOCK:
+        if step == 1:
+            IN_FLIGHT[0] += 1
+            IN_FLIGHT[1] = max(IN_FLIGHT[1], IN_FLIGHT[0])
+        EVENTS.append(f"{name}{step}")
+        if step == length:
+            IN_FLIGHT[0] -= 1
+    return name
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+@given(
+    lengths=st.lists(st.integers(1, 3), min_size=1, max_size=5),
+    limit=st.integers(1, 3),
+    shared=st.booleans(),
+)
+def test_never_more_chains_in_flight_than_the_limit(
+    make_pylo: MakePylo, lengths: list[int], limit: int, shared: bool
+) -> None:
+    EVENTS.clear()
+    IN_FLIGHT[:] = [0, 0]
+    prefix = middle.send("p", 0) if shared else None  # a node every member needs
+    members = []
+    for number, length in enumerate(lengths):
+        name = f"m{number}-"
+        pipeline = visit.send(prefix, name, 1, length)
+        for step in range(2, length + 1):
+            pipeline = pipeline.continue_with(visit, name, step, length)
+        members.append(pipeline)
+    p = make_pylo(4)
+    run_id = p.run_pipeline(in_parallel(members, max_parallelism=limit), max_parallel=4)
+    assert p.get_pipeline(run_id).status is PipelineStatus.COMPLETED
+    assert IN_FLIGHT[0] == 0 and IN_FLIGHT[1] <= limit
+    if limit == 1:  # one after the other, in declaration order
+        assert [e for e in EVENTS if e.startswith("m")] == [
+            f"m{n}-{step}" for n, length in enumerate(lengths) for step in range(1, length + 1)
+        ]
