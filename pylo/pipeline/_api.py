@@ -11,7 +11,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pylo._codec import short_repr
@@ -266,6 +266,7 @@ def _run(
     child_of: dict[str, str] | None = None,
     hooks: Sequence[Any] = (),
     inherit: RunEnvironment | None = None,
+    parent_halt: Callable[[], str | None] | None = None,
 ) -> str:
     from pylo.pipeline._builder import FINALLY
     from pylo.pipeline._graph import build_graph
@@ -342,6 +343,7 @@ def _run(
                     host, new_id, graph, rows, values, lineage, limit, codec.name, environment,
                     hooks=hooks, name=run.name,
                     parent_trace=None if parent_id is None else parent.options.get("trace"),
+                    parent_halt=parent_halt,
                 )  # fmt: skip
         finally:
             environment.close()
@@ -363,6 +365,7 @@ def _coordinate(
     hooks: Sequence[Any] = (),
     name: str = "",
     parent_trace: Any = None,
+    parent_halt: Callable[[], str | None] | None = None,
 ) -> None:
     from pylo.pipeline._control import CONTROL_SECONDS, cancel_here, forget, reader
     from pylo.pipeline._coordinator import RunCoordinator
@@ -390,7 +393,10 @@ def _coordinate(
         max_parallel=limit,
         codec_name=codec_name,
         on_event=chain(tracer, events),
-        control=lambda in_store: read_control(in_store),
+        # A child run is cancelled with its parent run (a parent's pause lets it end, as a running node).
+        control=lambda in_store: (
+            read_control(in_store) or ("cancel" if parent_halt is not None and parent_halt() == "cancel" else None)
+        ),
         control_seconds=CONTROL_SECONDS,
         execution_prefix=execution_prefix,
         priorities=lambda: _priorities(runs, graph),

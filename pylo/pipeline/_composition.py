@@ -209,6 +209,7 @@ class CompositionRules:
             hooks=self._hooks,
             environment=self._environment,
             max_parallel=self._max_parallel,
+            halted=lambda: self.halt,
         )
         self._child_states[index] = state
         return outcome

@@ -14,7 +14,9 @@ Order of events, each durable before the next::
 
 A child run inherits what its parent run was given: its hooks, its
 configuration (what ``with_context`` tasks read), its rate-limit buckets
-(one per key for the run and its children) and its ``max_parallel``.
+(one per key for the run and its children) and its ``max_parallel``; a
+cancel of the parent cancels it (the parent's node ends ``cancelled``, and
+a resume of the parent resumes the child).
 
 A resume of the parent finds the node not ``done`` but with a child run and
 its pickled pipeline: it resumes that child (a new child run whose
@@ -72,6 +74,7 @@ def run_child(
     hooks: tuple[Any, ...] = (),
     environment: RunEnvironment | None = None,
     max_parallel: int | None = None,
+    halted: Callable[[], str | None] | None = None,
 ) -> tuple[Outcome, Any]:
     """Record, then run (or resume) a child run; its outcome and its final state.
 
@@ -89,6 +92,10 @@ def run_child(
             configuration and shares its rate buckets (None: the child has
             an empty configuration).
         max_parallel: The parent's ``max_parallel`` (None: the Pylo's workers).
+        halted: The parent run's halt (``"pause"``, ``"cancel"`` or None): a
+            cancel of the parent cancels the child, whose node then ends
+            ``cancelled`` (``stopped``), resumable: a resume of the parent
+            resumes the child.
 
     Returns:
         The node's outcome (the child's result, or its failure) and the
@@ -126,12 +133,19 @@ def run_child(
                 child_of={"run": parent_run_id, "node": node_key},
                 hooks=hooks,
                 inherit=environment,
+                parent_halt=halted,
             )
         finally:
             with _LOCK:
                 _DEPTH.pop(child_id, None)
         value, child_state = _result(host.pylo, child_id, with_state=True)
     except Exception as exc:  # the child failed (PipelineFailed), or could not start
+        from pylo.pipeline._errors import PipelineCancelled
+
+        if isinstance(exc, PipelineCancelled) and halted is not None and halted() == "cancel":
+            from pylo.pipeline._executors import Outcome
+
+            return Outcome(ok=False, stopped=True, started=started, ended=time.time()), state
         return describe_failure(exc, codec_name, 1, started), state
     except BaseException as exc:  # the child was interrupted: so is its parent (a resume resumes both)
         from pylo.pipeline._executors import Outcome

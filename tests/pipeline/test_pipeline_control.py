@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -244,3 +245,31 @@ def test_cancel_while_paused_without_finally_do_needs_no_pipeline(make_pylo: Mak
     record = p.get_pipeline(run_id)
     assert record.status is PipelineStatus.CANCELLED
     assert [n.state for n in record.nodes] == [TaskState.DONE, TaskState.CANCELLED]
+
+
+def halt_of(p: Pylo, run_id: str) -> Any:
+    return p.store.runs().get_run(run_id).options.get("halt")
+
+
+def test_cancel_reaches_a_running_child_run_which_a_resume_resumes(make_pylo: MakePylo) -> None:
+    p = make_pylo()
+    reached, opened = gate("child-gated")
+    flow = control_tasks.spawn_gated.send()
+    thread, box = in_background(lambda: p.run_pipeline(flow, run_id="r"))
+    assert reached.wait(WAIT)
+    child = p.get_pipeline("r").nodes[0].child_run_id
+    assert child is not None
+    p.cancel_pipeline("r")
+    deadline = time.monotonic() + WAIT
+    while halt_of(p, child) != "cancel":  # the child took its parent's cancel up: child-after never starts
+        assert time.monotonic() < deadline, "the child run never heard of the cancel"
+        time.sleep(0.01)
+    opened.set()
+    thread.join(WAIT)
+    assert box == ["r"] and "child-after" not in STARTED
+    record = p.get_pipeline("r")
+    assert record.status is PipelineStatus.CANCELLED and record.nodes[0].state is TaskState.CANCELLED
+    assert p.get_pipeline(child).status is PipelineStatus.CANCELLED
+    resumed = p.resume_pipeline("r", flow)  # resumes the child: the parent's task does not run again
+    assert p.get_pipeline_result(resumed) == "child-after"
+    assert STARTED == ["parent", "child-gated", "child-after"]
