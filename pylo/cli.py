@@ -155,8 +155,18 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--timeout", type=_seconds, metavar="S", help="fail an attempt that runs longer than S seconds")
     group.add_argument("--rate-limit", type=_rate, metavar="R", help="most task starts per second: 20, 20/s, 100/min")
+    group.add_argument(
+        "--initializer",
+        metavar="MODULE:FUNCTION",
+        help="called with no arguments once in each worker before its first input (open a connection)",
+    )
     group.add_argument("--id", type=_execution_id, metavar="ID", help="id of the new execution (default: generated)")
     _labels_option(group, "label the new execution (repeatable; a resume keeps its parent's labels)")
+    group.add_argument(
+        "--json-summary",
+        action="store_true",
+        help="print the summary as one JSON object on stdout (keys: docs/cli.md); the run's output goes to stderr",
+    )
     for flag, text in (
         ("--store-results", "keep return values (see `pylo inputs --results`)"),
         ("--progress", "progress bar on stderr (default: when stderr is a terminal)"),
@@ -219,8 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     states = inputs.add_mutually_exclusive_group()
     for state in ("unfinished", "finished", "failed"):
         states.add_argument(f"--{state}", dest="state", action="store_const", const=state, help=f"only {state} inputs")
+    inputs.add_argument("--type", metavar="NAME", help="with --failed: only failures of this exception type")
     inputs.add_argument("--json", action="store_true", help="print each input as JSON")
     inputs.add_argument("--results", action="store_true", help="finished inputs with their results (--store-results)")
+    inputs.add_argument(
+        "--outcomes", action="store_true", help="one row per input: position, state, exception, worker (CSV; --json)"
+    )
 
     from pylo._cli_housekeeping import add_housekeeping_parser
     from pylo._cli_pipeline import add_pipeline_parser
