@@ -194,7 +194,9 @@ def test_never_more_chains_in_flight_than_the_limit(
     run_id = p.run_pipeline(in_parallel(members, max_parallelism=limit), max_parallel=4)
     assert p.get_pipeline(run_id).status is PipelineStatus.COMPLETED
     assert IN_FLIGHT[0] == 0 and IN_FLIGHT[1] <= limit
-    if limit == 1:  # one after the other, in declaration order
-        assert [e for e in EVENTS if e.startswith("m")] == [
-            f"m{n}-{step}" for n, length in enumerate(lengths) for step in range(1, length + 1)
-        ]
+    if limit == 1:
+        # One chain after the other, each whole. (The examples share a store, so from the second
+        # on, statistics may order the chains: declaration order is the other tests' subject.)
+        seen = [e for e in EVENTS if e.startswith("m")]
+        order = list(dict.fromkeys(e.split("-")[0] for e in seen))
+        assert seen == [f"{name}-{step}" for name in order for step in range(1, lengths[int(name[1:])] + 1)]
