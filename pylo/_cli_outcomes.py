@@ -2,14 +2,17 @@
 
 A row is the input's position, its state (finished, failed or pending) and
 the input itself; a failed input's row adds its exception type, message,
-attempts, the worker that ran it and when it failed. Rows are CSV with a
-header, or one JSON object per line with ``--json``. Inputs stream from the
-store a batch at a time; the execution's failure records are read once,
-whole (a run that failed millions of inputs holds them in memory).
+attempts, the worker that ran it and when it failed; a finished input's row
+names the worker that ran it, from the store's chunk rows (one per chunk,
+looked up by bisection). Rows are CSV with a header, or one JSON object per
+line with ``--json``. Inputs stream from the store a batch at a time; the
+execution's failure records and chunk rows are read once, whole (a run that
+failed millions of inputs holds them in memory).
 """
 
 from __future__ import annotations
 
+import bisect
 import csv
 import json
 from collections.abc import Iterable, Iterator
@@ -18,7 +21,7 @@ from typing import Any, TextIO
 from pylo._cli_common import CliError
 from pylo._codec import short_repr
 from pylo._reader import read_inputs
-from pylo.stores.base import FAILED, FINISHED, PENDING, ExecutionRecord, FailureRow, Store
+from pylo.stores.base import FAILED, FINISHED, PENDING, ChunkRow, ExecutionRecord, FailureRow, Store
 
 __all__ = ["OUTCOME_COLUMNS", "failure_rows", "matches_type", "write_outcomes"]
 
@@ -39,20 +42,38 @@ def failure_rows(store: Store, record: ExecutionRecord, type_name: str | None) -
     return {row.position: row for row in rows if type_name is None or matches_type(row.exc_type, type_name)}
 
 
+class _Workers:
+    """The worker that ran a position, from an execution's chunk rows (sorted, not overlapping)."""
+
+    def __init__(self, rows: list[ChunkRow]) -> None:
+        self._rows = rows
+        self._firsts = [row.first_position for row in rows]
+
+    def of(self, position: int) -> int | None:
+        index = bisect.bisect_right(self._firsts, position) - 1
+        if index < 0 or self._rows[index].last_position < position:
+            return None  # ran in an earlier execution of a resume, or before chunk rows were kept
+        return self._rows[index].worker
+
+
 def _outcomes(
     store: Store, record: ExecutionRecord, wanted: Iterable[int], failures: dict[int, FailureRow], only_failures: bool
 ) -> Iterator[dict[str, Any]]:
+    workers = _Workers([] if only_failures else store.read_chunks(record.id))
     for position, state, item in read_inputs(store, record, frozenset(wanted)):
         failure = failures.get(position) if state == FAILED else None
         if only_failures and failure is None:
             continue  # a failure of another type
+        # A failed input's worker is on its failure record; a finished one's on a chunk row.
+        finished = state == FINISHED
+        worker = failure.worker if failure is not None else workers.of(position) if finished else None
         yield {
             "position": position,
             "state": _STATE_NAMES.get(state, str(state)),
             "exception_type": failure.exc_type if failure else None,
             "message": failure.message if failure else None,
             "attempts": failure.attempts if failure else None,
-            "worker": failure.worker if failure else None,
+            "worker": worker,
             "failed_at": failure.failed_at if failure else None,
             "input": item,
         }

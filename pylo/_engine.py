@@ -36,7 +36,7 @@ from pylo._codec import Codec
 from pylo._options import RunOptions
 from pylo._plan import MAX_BATCH, Chunk, Plan, Scheduler, record_end
 from pylo.errors import StoreError
-from pylo.stores.base import FAILED, FINISHED, ExecutionStatus, FailureRow, Flush, Store
+from pylo.stores.base import FAILED, FINISHED, ChunkRow, ExecutionStatus, FailureRow, Flush, Store
 from pylo.workers.base import Backend, ChunkResult, Lanes
 
 __all__ = ["STOP_REQUESTED", "Coordinator"]
@@ -73,7 +73,23 @@ class _Outcomes:
     dirty: set[int] = field(default_factory=set)
     failures: list[FailureRow] = field(default_factory=list)
     results: list[tuple[int, bytes]] = field(default_factory=list)
+    chunks: list[ChunkRow] = field(default_factory=list)
     count: int = 0
+
+
+def _runs(first: int, offsets: Sequence[int], worker: int) -> list[ChunkRow]:
+    """The contiguous runs of ``offsets`` (ascending, within one batch) as positions ``worker`` ran."""
+    rows: list[ChunkRow] = []
+    start = previous = -2
+    for offset in offsets:
+        if offset != previous + 1:
+            if previous >= 0:
+                rows.append(ChunkRow(first + start, first + previous, worker))
+            start = offset
+        previous = offset
+    if previous >= 0:
+        rows.append(ChunkRow(first + start, first + previous, worker))
+    return rows
 
 
 class Coordinator:
@@ -257,15 +273,17 @@ class Coordinator:
         states = batch.states
         offsets = chunk.offsets
         begin, end = chunk.applied, result.attempted
-        if isinstance(offsets, range):
-            start = offsets.start
-            states[start + begin : start + end] = _FINISHED_RUN[: end - begin]
-        else:
-            for offset in offsets[begin:end]:
-                states[offset] = FINISHED
         first = batch.first_position
         outcomes = self._outcomes
         lane_number = result.lane
+        if isinstance(offsets, range):
+            start = offsets.start
+            states[start + begin : start + end] = _FINISHED_RUN[: end - begin]
+            outcomes.chunks.append(ChunkRow(first + start + begin, first + start + end - 1, lane_number))
+        else:
+            for offset in offsets[begin:end]:
+                states[offset] = FINISHED
+            outcomes.chunks.extend(_runs(first, offsets[begin:end], lane_number))
         new_failures = 0
         for index, failure in result.failures:
             if index < begin:
@@ -340,6 +358,7 @@ class Coordinator:
             states={batch_no: bytes(batches[batch_no].states) for batch_no in outcomes.dirty},
             failures=outcomes.failures,
             results=outcomes.results,
+            chunks=outcomes.chunks,
             total=self._plan.total,
             finished=self._plan.finished,
             failed=self._plan.failed,

@@ -15,7 +15,9 @@ body (u32) | body``, little-endian. Nothing is pickled: bodies are
   body ``length of a JSON header (u32) | JSON header | state bytes |
   exception bytes | result bytes``. The header holds the execution's counts
   and status after the flush, and the shape of each state, failure and
-  result; the raw bytes follow in that order.
+  result; the raw bytes follow in that order. Its ``chunks`` (absent from
+  frames written before they were kept) lists ``[first position, last
+  position, worker]`` per chunk of outcomes (see :mod:`pylo.stores._filechunks`).
 
 Readers here raise :class:`~pylo.errors.StoreError` naming the store and the
 file; the store (``files.py``) decides what to read and when.
@@ -38,7 +40,7 @@ from urllib.parse import quote
 
 from pylo.errors import StoreError
 from pylo.stores._common import counts_problem, record_fields
-from pylo.stores.base import FORMAT_VERSION, BatchRecord, ExecutionRecord, ExecutionStatus, FailureRow
+from pylo.stores.base import FORMAT_VERSION, BatchRecord, ChunkRow, ExecutionRecord, ExecutionStatus, FailureRow
 
 __all__ = [
     "FORMAT_NAME",
@@ -336,6 +338,7 @@ def encode_flush(
     flush_states: Mapping[int, bytes],
     failures: Sequence[FailureRow],
     results: Sequence[tuple[int, bytes]],
+    chunks: Sequence[ChunkRow] = (),
 ) -> bytes:
     """The ``outcomes.log`` frame of one flush; ``record`` is the execution after it.
 
@@ -376,7 +379,8 @@ def encode_flush(
     for position, value in results:
         kept.append([position, len(value)])
         blobs.append(bytes(value))
-    document = {**header, "states": states, "failures": rows, "results": kept}
+    runs = [[row.first_position, row.last_position, row.worker] for row in chunks]
+    document = {**header, "states": states, "failures": rows, "results": kept, "chunks": runs}
     encoded = json.dumps(document, separators=(",", ":")).encode()
     body = b"".join([_HEADER_LENGTH.pack(len(encoded)), encoded, *blobs])
     return frame(OUTCOMES_MAGIC, body)

@@ -11,8 +11,10 @@ about a thousand rows::
     pylo_results(execution_id, position PK, value) one row per kept result
     pylo_claims(execution_id PK, claimant, ...)    the resume running now
     pylo_labels(execution_id, key PK, value)       labels, indexed by (key, value)
+    pylo_chunks(execution_id, first_position PK,  which worker ran each run
+                last_position, worker)             of positions (one per chunk)
 
-The last two came after format version 1; a store without them is a
+The last three came after format version 1; a store without them is a
 version 1 store all the same. They are created by the first write that needs
 them, and reading takes their absence as "nothing recorded".
 """
@@ -146,6 +148,15 @@ LABELS = sa.Table(
     sa.Column("value", sa.String(255), nullable=False),
     # list_executions(labels=...) looks executions up by label.
     sa.Index("ix_pylo_labels_key_value", "key", "value"),
+)
+
+CHUNKS = sa.Table(
+    "pylo_chunks",
+    METADATA,
+    sa.Column("execution_id", _ID, primary_key=True),
+    sa.Column("first_position", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("last_position", sa.BigInteger, nullable=False),
+    sa.Column("worker", sa.Integer, nullable=False),
 )
 
 #: Tables every pylo store has had since format version 1.
@@ -390,6 +401,10 @@ def failures_statement() -> tuple[sa.ClauseElement, list[str]]:
 
 def results_statement() -> tuple[sa.ClauseElement, list[str]]:
     return RESULTS.insert(), [column.name for column in RESULTS.c]
+
+
+def chunks_statement() -> tuple[sa.ClauseElement, list[str]]:
+    return CHUNKS.insert(), [column.name for column in CHUNKS.c]
 
 
 #: Batches per query when payloads are read: bounds memory (payloads can be

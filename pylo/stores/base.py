@@ -17,7 +17,8 @@ Layout of an execution, whatever the backend:
   bytes but no payloads: it reads them from ``input_source``, the execution
   that recorded the inputs first;
 * one :class:`FailureRow` per failed position;
-* optionally one encoded result per finished position.
+* optionally one encoded result per finished position;
+* one :class:`ChunkRow` per chunk of outcomes: the positions a worker ran.
 
 Every store must pass ``tests/stores/test_contract.py``.
 """
@@ -40,6 +41,7 @@ __all__ = [
     "FINISHED",
     "PENDING",
     "BatchRecord",
+    "ChunkRow",
     "Claim",
     "ExecutionRecord",
     "ExecutionStatus",
@@ -210,6 +212,23 @@ class FailureRow:
 
 
 @dataclass(frozen=True, slots=True)
+class ChunkRow:
+    """Which worker ran a run of positions (one row per chunk of outcomes, not per input).
+
+    Attributes:
+        first_position: First position of the run.
+        last_position: Last position of the run (inclusive). Every position
+            from ``first_position`` to ``last_position`` was attempted by
+            ``worker`` in this execution.
+        worker: The worker (lane) that ran them, as in :attr:`FailureRow.worker`.
+    """
+
+    first_position: int
+    last_position: int
+    worker: int
+
+
+@dataclass(frozen=True, slots=True)
 class Flush:
     """Everything one flush makes durable, applied in a single transaction.
 
@@ -224,6 +243,7 @@ class Flush:
         status: A new status, or None to keep the current one.
         ended_at: The end time to record along with a final status, or None.
         inputs_complete: True to record that every input is now recorded.
+        chunks: Which worker ran the positions given outcomes by this flush.
     """
 
     states: Mapping[int, bytes]
@@ -235,6 +255,7 @@ class Flush:
     status: ExecutionStatus | None = None
     ended_at: float | None = None
     inputs_complete: bool = False
+    chunks: Sequence[ChunkRow] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,6 +392,18 @@ class Store(abc.ABC):
         Raises:
             ExecutionNotFound: No such execution.
         """
+
+    def read_chunks(self, execution_id: str) -> list[ChunkRow]:
+        """Return the execution's own :class:`ChunkRow` records, ordered by first position.
+
+        Runs do not overlap. A store that does not keep them (or an
+        execution recorded before they were kept) returns an empty list.
+
+        Raises:
+            ExecutionNotFound: No such execution.
+        """
+        self.get_execution(execution_id)  # the existence check
+        return []
 
     def runs(self) -> RunStore:
         """Return the run store that keeps this store's pipeline runs (one per store).

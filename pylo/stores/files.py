@@ -48,6 +48,7 @@ from pylo.stores._common import (
     labels_match,
     make_private_dirs,
 )
+from pylo.stores._filechunks import FileChunksMixin
 from pylo.stores._filedelete import FileDeleteMixin
 from pylo.stores._filelog import FORMAT_NAME, MARKER_NAME, InputEntry, Outcome
 from pylo.stores.base import (
@@ -92,7 +93,7 @@ class _Writer:
     outcomes_end: int
 
 
-class FileStore(FileDeleteMixin, Store):
+class FileStore(FileDeleteMixin, FileChunksMixin, Store):
     """Executions as plain files under a root directory.
 
     Safe to share between threads; any number of processes may use the same
@@ -352,7 +353,9 @@ class FileStore(FileDeleteMixin, Store):
                 inputs_complete=old.inputs_complete or flush.inputs_complete,
                 updated_at=time.time(),
             )
-            data = _filelog.encode_flush(record, writer.inputs_end, flush.states, flush.failures, flush.results)
+            data = _filelog.encode_flush(
+                record, writer.inputs_end, flush.states, flush.failures, flush.results, flush.chunks
+            )
             writer.outcomes_end = _filelog.append(directory / _OUTCOMES, data, writer.outcomes_end)
             writer.record = record
             self._save_record(directory, writer)

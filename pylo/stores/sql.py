@@ -35,6 +35,7 @@ from pylo.stores._common import (
     dump_options,
     record_fields,
 )
+from pylo.stores._sqlchunks import SQLChunksMixin
 from pylo.stores._sqldelete import SQLDeleteMixin
 from pylo.stores._sqlitefile import create_sqlite_file, sqlite_url
 from pylo.stores._sqlmeta import SQLMetaMixin
@@ -51,15 +52,7 @@ from pylo.stores._sqlschema import (
     SCHEMA_LOCK_KEY,
     WRITE_OPTION,
 )
-from pylo.stores.base import (
-    FORMAT_VERSION,
-    BatchRecord,
-    ExecutionRecord,
-    ExecutionStatus,
-    FailureRow,
-    Flush,
-    Store,
-)
+from pylo.stores.base import FORMAT_VERSION, BatchRecord, ExecutionRecord, ExecutionStatus, FailureRow, Flush, Store
 from pylo.stores.runs import RunStore
 
 __all__ = ["FORMAT_NAME", "SQLStore"]
@@ -67,7 +60,7 @@ __all__ = ["FORMAT_NAME", "SQLStore"]
 logger = logging.getLogger(__name__)
 
 
-class SQLStore(SQLMetaMixin, SQLDeleteMixin, Store):
+class SQLStore(SQLMetaMixin, SQLDeleteMixin, SQLChunksMixin, Store):
     """Executions in a SQL database (SQLite, PostgreSQL, any SQLAlchemy URL).
 
     Safe to share between threads; any number of processes may open the same
@@ -399,6 +392,8 @@ class SQLStore(SQLMetaMixin, SQLDeleteMixin, Store):
                         ]
                     ),
                 )
+            if flush.chunks:
+                self._write_chunks(conn, execution_id, flush.chunks)
 
     # -- reads -----------------------------------------------------------------
 

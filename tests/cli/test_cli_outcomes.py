@@ -7,6 +7,7 @@ import io
 import json
 from collections import Counter
 
+import pytest
 from cli_kit import Cli
 
 COLUMNS = ["position", "state", "exception_type", "message", "attempts", "worker", "failed_at", "input"]
@@ -44,7 +45,7 @@ def test_outcomes_of_every_input_as_csv_and_json(cli: Cli) -> None:
     ]
     assert all(row["attempts"] == "1" and row["worker"] == "0" and float(row["failed_at"]) > 0 for row in failed)
     finished = rows[0]
-    assert finished == {**dict.fromkeys(COLUMNS, ""), "position": "0", "state": "finished", "input": "1"}
+    assert finished == {**dict.fromkeys(COLUMNS, ""), "position": "0", "state": "finished", "worker": "0", "input": "1"}
 
     lines = cli("inputs", "cut", "--outcomes", "--json", "--unfinished").stdout.splitlines()
     outcomes = [json.loads(line) for line in lines]
@@ -58,3 +59,25 @@ def test_outcomes_of_every_input_as_csv_and_json(cli: Cli) -> None:
     assert cli.error("inputs", "cut", "--outcomes", "--results").startswith(
         "pylo: error: --results and --outcomes cannot be combined"
     )
+
+
+@pytest.mark.parametrize("backend", [[], ["--processes"]], ids=["threads", "processes"])
+def test_outcomes_name_the_worker_of_finished_inputs(cli: Cli, backend: list[str]) -> None:
+    run = cli("run", "tasks_fixed:work", "--inputs", "numbers.txt", "--workers", "2", *backend, "--id", "all")
+    assert run.returncode == 0, run.stderr
+    rows = list(csv.DictReader(io.StringIO(cli("inputs", "all", "--outcomes").stdout)))
+    assert Counter(row["state"] for row in rows) == {"finished": 100}
+    assert {row["worker"] for row in rows} <= {"0", "1"}
+
+
+def test_inputs_finished_by_an_earlier_execution_have_no_worker(cli: Cli) -> None:
+    # One worker: inputs 0-19 and 21-22 finish, 3, 13 and 23 fail, the run stops; the resume runs the rest.
+    cut = cli("run", "tasks:work", "--inputs", "numbers.txt", "--workers", "1", "--max-failures", "3", "--id", "cut")
+    assert cut.returncode == 1, cut.stderr
+    resumed = cli("resume", "cut", "tasks_fixed:work", "--id", "rest", "--workers", "1")
+    assert resumed.returncode == 0, resumed.stderr
+    rows = [json.loads(line) for line in cli("inputs", "rest", "--outcomes", "--json").stdout.splitlines()]
+    assert Counter(row["state"] for row in rows) == {"finished": 100}
+    earlier = [row["position"] for row in rows if row["worker"] is None]
+    assert earlier == [p for p in range(23) if p not in (2, 12, 22)]
+    assert {row["worker"] for row in rows if row["worker"] is not None} == {0}

@@ -39,6 +39,7 @@ def test_an_old_store_reads_as_before_and_readers_change_nothing(old_store: tupl
         assert pylo.get_state("second") == (EVERYTHING, [])
         assert pylo.get_results("second") == [(x, x * 2) for x in EVERYTHING]
         assert [record.id for record in pylo.lineage("first")] == ["first", "second"]
+    assert open_store(kind, directory, create=False).read_chunks("first") == []  # kept since: none recorded
     after = sorted((path.relative_to(directory), path.read_bytes()) for path in directory.rglob("*") if path.is_file())
     if kind == "files":  # SQLite may add its -wal/-shm files beside the database
         assert after == before
@@ -51,6 +52,9 @@ def test_an_old_store_takes_labelled_executions_and_claims(old_store: tuple[str,
         assert pylo.get_execution(resumed).status is ExecutionStatus.COMPLETED
         assert [record.id for record in pylo.list_executions(labels={"job": "catch-up"})] == [resumed]
         assert pylo.get_state("first") == ([x for x in EVERYTHING if x % 7], FAILED)
+    # Its first flush added what the old store lacked: the worker of each run of positions.
+    assert {row.worker for row in open_store(kind, directory, create=False).read_chunks(resumed)} <= {0, 1}
+    assert open_store(kind, directory, create=False).read_chunks(resumed) != []
     if kind == "sqlite":
         with sqlite3.connect(directory / "pylo.sqlite") as connection:
             (version,) = connection.execute("SELECT value FROM pylo_meta WHERE key = 'version'").fetchone()

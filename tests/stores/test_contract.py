@@ -195,6 +195,7 @@ UNKNOWN_ID_CALLS: dict[str, Callable[[Store], object]] = {
     "read_payloads": lambda store: list(store.read_payloads("missing", [0])),
     "read_failures": lambda store: store.read_failures("missing"),
     "read_results": lambda store: list(store.read_results("missing")),
+    "read_chunks": lambda store: store.read_chunks("missing"),
 }
 
 

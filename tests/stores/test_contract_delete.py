@@ -10,14 +10,14 @@ import pytest
 from store_kit import StoreFactory, failure, make_batches, make_record, payload_of
 
 from pylo.errors import ExecutionInUse, ExecutionNotFound
-from pylo.stores.base import FAILED, FINISHED, Claim, Flush, Store
+from pylo.stores.base import FAILED, FINISHED, ChunkRow, Claim, Flush, Store
 from pylo.stores.files import FileStore
 
 LABELS = {"team": "data"}
 
 
 def fill(store: Store, execution_id: str, **changes: object) -> None:
-    """An execution with two batches, a failure, a result, labels and a claim."""
+    """An execution with two batches, a failure, a result, a chunk row, labels and a claim."""
     store.create_execution(make_record(execution_id, labels=LABELS, **changes))
     store.add_batches(execution_id, make_batches(execution_id, [2, 1]))
     store.record_flush(
@@ -26,6 +26,7 @@ def fill(store: Store, execution_id: str, **changes: object) -> None:
             states={0: bytes([FAILED, FINISHED])},
             failures=[failure(0)],
             results=[(1, b"result")],
+            chunks=[ChunkRow(0, 1, 0)],
             total=3,
             finished=1,
             failed=1,
@@ -39,6 +40,7 @@ READS: list[Callable[[Store], object]] = [
     lambda s: list(s.read_payloads("gone", [0])),
     lambda s: s.read_failures("gone"),
     lambda s: list(s.read_results("gone")),
+    lambda s: s.read_chunks("gone"),
     lambda s: s.delete_execution("gone"),
 ]
 
@@ -61,6 +63,7 @@ def test_deleting_removes_the_execution_and_all_it_kept_and_nothing_else(store_f
         ]
         assert [row.position for row in reopened.read_failures("kept")] == [0]
         assert list(reopened.read_results("kept")) == [(1, b"result")]
+        assert reopened.read_chunks("kept") == [ChunkRow(0, 1, 0)]
 
 
 def test_a_deleted_id_is_free_for_a_new_execution_that_starts_empty(store: Store) -> None:
@@ -74,6 +77,7 @@ def test_a_deleted_id_is_free_for_a_new_execution_that_starts_empty(store: Store
     assert [(batch.size, batch.states) for batch in store.read_batches("gone")] == [(4, bytes(4))]
     assert store.read_failures("gone") == []
     assert list(store.read_results("gone")) == []
+    assert store.read_chunks("gone") == []
     assert store.list_executions(labels=LABELS) == []
     # Its claim went with it.
     assert store.claim_execution("gone", Claim("gone", "resume-2", 2, "here", 2.0)) is None
