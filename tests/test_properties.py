@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pylo import ExecutionStatus, Pylo
+from pylo.stores.base import ChunkRow
 
 
 def is_subsequence(part: list[int], whole: list[int]) -> bool:
@@ -70,6 +71,27 @@ def test_every_input_is_in_exactly_one_state(
     else:
         assert record.status is ExecutionStatus.STOPPED and record.pending > 0
 
+    # Chunk rows: every attempted position in exactly one, by the worker that ran it.
+    attempted = covered(pylo.store.read_chunks(execution_id))
+    failed_positions = {f.position for f in failures}
+    assert sorted(attempted) == sorted(set(attempted))
+    assert len(attempted) == record.finished + record.failed
+    assert failed_positions <= set(attempted)
+    assert all(attempted[f.position] == f.worker for f in failures)
+
     resumed = pylo.start_from_past_execution(execution_id, lambda item: None)
     assert pylo.get_state(resumed) == (inputs, [])
+    # A resume's rows cover what it ran: what the first execution left unfinished.
+    finished_before = set(attempted) - failed_positions
+    assert set(covered(pylo.store.read_chunks(resumed))) == set(range(len(inputs))) - finished_before
     pylo.close()
+
+
+def covered(rows: list[ChunkRow]) -> dict[int, int]:
+    """The worker of each position the rows cover; the rows must not overlap."""
+    workers: dict[int, int] = {}
+    for row in rows:
+        for position in range(row.first_position, row.last_position + 1):
+            assert position not in workers
+            workers[position] = row.worker
+    return workers
