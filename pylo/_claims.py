@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 
+from pylo._liveness import pid_is_gone
 from pylo.errors import ExecutionNotFound, ExecutionNotResumable, StoreError
 from pylo.stores.base import Claim, ExecutionStatus, Store
 
@@ -96,18 +97,12 @@ def _is_stale(store: Store, claim: Claim) -> bool:
         record = None  # it died before creating its execution, or is creating it now
     if record is not None and record.status is not ExecutionStatus.RUNNING:
         return True
-    if claim.host != socket.gethostname():
-        return False  # another machine: we cannot tell
-    if claim.pid == os.getpid():
+
+    def held_here() -> bool:
         with _HELD_LOCK:
-            return (claim.execution_id, claim.claimant) not in _HELD_HERE
-    try:
-        os.kill(claim.pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+            return (claim.execution_id, claim.claimant) in _HELD_HERE
+
+    return pid_is_gone(claim.pid, claim.host, running_here=held_here)
 
 
 def _release(store: Store, execution_id: str, claimant: str) -> None:

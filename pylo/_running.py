@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from pylo import _engine
 from pylo._codec import Codec
+from pylo._liveness import pid_is_gone
 from pylo._options import RunOptions
 from pylo._plan import Plan, record_end
 from pylo._progress import ProgressBar, wants_progress
@@ -48,18 +47,12 @@ def process_is_gone(record: ExecutionRecord) -> bool:
     """True when a RUNNING execution's process is known to be dead."""
     if record.status is not ExecutionStatus.RUNNING or record.pid is None:
         return False
-    if record.host != socket.gethostname():
-        return False  # another machine: we cannot tell
-    if record.pid == os.getpid():
+
+    def running_here() -> bool:
         with _RUNNING_LOCK:
-            return record.id not in _RUNNING_HERE
-    try:
-        os.kill(record.pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+            return record.id in _RUNNING_HERE
+
+    return pid_is_gone(record.pid, record.host, running_here=running_here)
 
 
 @contextlib.contextmanager

@@ -16,13 +16,12 @@ a non-owning Pylo on a thread or asyncio backend).
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
 import threading
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from pylo._codec import Codec, get_codec
+from pylo._liveness import pid_is_gone
 from pylo.errors import ExecutionNotFound, StoreError
 
 if TYPE_CHECKING:
@@ -106,17 +105,7 @@ class Host:
     @staticmethod
     def process_is_gone(pid: int | None, host: str | None, running_here: bool) -> bool:
         """True when the process that runs a run is known to be dead."""
-        if pid is None or host != socket.gethostname():
-            return False  # another machine: we cannot tell
-        if pid == os.getpid():
-            return not running_here
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
+        return pid_is_gone(pid, host, running_here=lambda: running_here)
 
     @staticmethod
     @contextlib.contextmanager
