@@ -18,13 +18,13 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from pylo._liveness import pid_is_gone
-from pylo.errors import ExecutionNotFound, ExecutionNotResumable, StoreError
+from pylo.errors import ExecutionNotFound, ExecutionNotResumable, PyloError, StoreError
 from pylo.stores.base import Claim, ExecutionStatus, Store
 
-__all__ = ["resume_claim"]
+__all__ = ["hold_claim", "resume_claim"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,35 +44,65 @@ def resume_claim(store: Store, execution_id: str, claimant: str) -> Iterator[Non
         ExecutionNotFound: No such execution.
         StoreError: The store cannot be written.
     """
+    with hold_claim(store, execution_id, claimant, _resume_refused) as held:
+        if not held:
+            logger.warning(
+                "%s cannot refuse a second resume of execution %s: make sure only one runs", store, execution_id
+            )
+        yield
+
+
+def _resume_refused(current: Claim) -> PyloError:
+    since = dt.datetime.fromtimestamp(current.claimed_at).strftime("%Y-%m-%d %H:%M:%S")
+    return ExecutionNotResumable(
+        f"execution {current.execution_id!r} is already being resumed by execution {current.claimant!r} "
+        f"(process {current.pid} on {current.host}, since {since}); wait for it to end, then resume "
+        f"{current.claimant!r} if it leaves inputs unfinished"
+    )
+
+
+@contextlib.contextmanager
+def hold_claim(store: Store, execution_id: str, claimant: str, refused: Callable[[Claim], PyloError]) -> Iterator[bool]:
+    """Hold the claim on ``execution_id`` for ``claimant`` while the block runs.
+
+    A resume holds it while it runs; a delete holds it while it deletes, so
+    that neither starts while the other is under way. A claim whose holder
+    is gone is taken over.
+
+    Yields:
+        True when the claim is held, False when the store keeps no claims.
+
+    Raises:
+        PyloError: ``refused(current)`` when a holder still alive has it.
+        ExecutionNotFound: No such execution.
+        StoreError: The store cannot be written.
+    """
     claim = Claim(execution_id, claimant, os.getpid(), socket.gethostname(), time.time())
     key = (execution_id, claimant)
     with _HELD_LOCK:
         _HELD_HERE.add(key)
     try:
-        if _take(store, claim):
+        if _take(store, claim, refused):
             try:
-                yield
+                yield True
             finally:
                 _release(store, execution_id, claimant)
         else:
-            yield
+            yield False
     finally:
         with _HELD_LOCK:
             _HELD_HERE.discard(key)
 
 
-def _take(store: Store, claim: Claim) -> bool:
+def _take(store: Store, claim: Claim, refused: Callable[[Claim], PyloError]) -> bool:
     """Take the claim; False when the store keeps no claims."""
     try:
         current = store.claim_execution(claim.execution_id, claim)
     except NotImplementedError:
-        logger.warning(
-            "%s cannot refuse a second resume of execution %s: make sure only one runs", store, claim.execution_id
-        )
         return False
     if current is not None and _is_stale(store, current):
         logger.info(
-            "taking over the claim on execution %s from resume %s (process %d on %s), which is gone",
+            "taking over the claim on execution %s from %s (process %d on %s), which is gone",
             claim.execution_id,
             current.claimant,
             current.pid,
@@ -80,12 +110,7 @@ def _take(store: Store, claim: Claim) -> bool:
         )
         current = store.claim_execution(claim.execution_id, claim, replacing=current)
     if current is not None:
-        since = dt.datetime.fromtimestamp(current.claimed_at).strftime("%Y-%m-%d %H:%M:%S")
-        raise ExecutionNotResumable(
-            f"execution {claim.execution_id!r} is already being resumed by execution {current.claimant!r} "
-            f"(process {current.pid} on {current.host}, since {since}); wait for it to end, then resume "
-            f"{current.claimant!r} if it leaves inputs unfinished"
-        )
+        raise refused(current)
     return True
 
 

@@ -318,23 +318,46 @@ def run_seconds(record: ExecutionRecord) -> float:
 
 # -- failure groups -------------------------------------------------------------
 
-# Quoted values first, so the digits inside them do not turn into a `#` each.
-_QUOTED = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"")
-_NUMBER = re.compile(r"(?<![A-Za-z_])[-+]?(?:0x[0-9a-fA-F]+|\d+(?:[.,]\d+)*)")
+# The parts of a message that vary from input to input, replaced in this
+# order: quoted values first (so the digits inside them do not each become a
+# `#`), then UUIDs, hex ids and numbers. A part must stand alone: `x1`,
+# `v2`, `utf8` and `can't` are words, not values.
+_QUOTED = re.compile(r"(?<!\w)(?:'[^'\n]*'|\"[^\"\n]*\")(?!\w)")
+_WHOLLY_QUOTED = re.compile(r"\s*(?:'[^'\n]*'|\"[^\"\n]*\")\s*")
+_UUID = re.compile(r"(?<![\w-])[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}(?![\w-])")
+# 0x7f3a..., or a digest with a letter in it (all digits is a number): 7
+# or more hex digits, a decimal digit among them (a git sha, a request id),
+# or 16 or more of any (words are shorter).
+_HEX = re.compile(
+    r"(?<![\w.])(?:0[xX][0-9a-fA-F]+|(?=\d*[a-fA-F])(?:(?=[a-fA-F]*\d)[0-9a-fA-F]{7,}|[0-9a-fA-F]{16,}))(?![\w.])"
+)
+# A minus sign belongs to the number after a space or an opening
+# character (`code -3`, `(-3)`), never inside an id (`2026-11-22`).
+_NUMBER = re.compile(r"(?:(?<![^\s(\[{=:,;])-)?(?<![\w.])\d+(?:[.,]\d+)*(?:[eE][-+]?\d+)?")
+
+
+def _shape_values(text: str) -> str:
+    """UUIDs as ``<uuid>``, hex ids and numbers as ``#``."""
+    return _NUMBER.sub("#", _HEX.sub("#", _UUID.sub("<uuid>", text)))
 
 
 def normalize_message(message: str | None) -> str:
     """The shape of a failure message, so that messages about different inputs group together.
 
-    Quoted values become ``'…'`` and numbers ``#``:
-    ``timed out for record 17`` and ``timed out for record 42`` are both
-    ``timed out for record #``.
+    Numbers and hex ids (``0x7f3a90``, digests) become ``#``, UUIDs
+    ``<uuid>``, quoted values ``'…'``: ``timed out for record 17`` and
+    ``timed out for record 42`` are both ``timed out for record #``. A
+    message that is one quoted value and nothing else (a ``KeyError``'s
+    ``'user-17'``) keeps its words, so missing keys of one kind group
+    (``'user-#'``) and different keys do not. Applying it twice changes
+    nothing more.
     """
     if message is None:
         return ""
+    if _WHOLLY_QUOTED.fullmatch(message):
+        return " ".join(_shape_values(message).split())
     shaped = _QUOTED.sub(lambda m: m.group(0)[0] + "…" + m.group(0)[0], message)
-    shaped = _NUMBER.sub("#", shaped)
-    return " ".join(shaped.split())
+    return " ".join(_shape_values(shaped).split())
 
 
 @dataclass(frozen=True, slots=True)

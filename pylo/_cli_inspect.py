@@ -25,6 +25,8 @@ from pylo._cli_common import (
     resolve_execution_id,
     run_seconds,
 )
+from pylo._cli_outcomes import failure_rows, matches_type, write_outcomes
+from pylo._cli_summary import stop_json, stop_reason
 from pylo._codec import short_repr
 from pylo._reader import read_inputs
 from pylo.execution import Failure, Pylo
@@ -53,7 +55,7 @@ def list_command(args: argparse.Namespace, store: StoreChoice) -> int:
     if args.last is not None:
         records = records[-args.last :]
     if args.json:
-        print(json.dumps([record_json(record) for record in records], ensure_ascii=False))
+        print(json.dumps([{**record_json(record), **stop_json(record)} for record in records], ensure_ascii=False))
         return 0
     if not records:
         which = " labelled " + _format_labels(labels) if labels else ""
@@ -68,7 +70,7 @@ def list_command(args: argparse.Namespace, store: StoreChoice) -> int:
             [
                 record.id,
                 record.parent_id or "-",
-                str(record.status),
+                status_text(record),
                 format_time(record.created_at),
                 format_duration(run_seconds(record)),
                 format_count(record.finished),
@@ -102,9 +104,19 @@ def _options(record: ExecutionRecord) -> str:
             retry = describe_recorded_retry(record.options)
             if retry is not None:
                 shown.append(retry)
+        elif key == "initializer" and isinstance(value, dict):
+            shown.append(f"initializer={value.get('name')}")  # its path and initargs: show --json
         elif value is not None:
             shown.append(f"{key}={value}")
     return " ".join(shown) or "-"
+
+
+def _status(record: ExecutionRecord) -> str:
+    """The status, and why it stopped when the status alone does not say."""
+    reason = stop_reason(record)
+    if reason is None or reason.code == "interrupted":
+        return str(record.status)
+    return f"{record.status} ({reason.detail})"
 
 
 def _throughput(work: int, seconds: float) -> str:
@@ -126,6 +138,7 @@ def show_command(args: argparse.Namespace, store: StoreChoice) -> int:
     if args.json:
         shown = {
             **record_json(record),
+            **stop_json(record),
             "parents": [r.id for r in ancestors],
             "children": [r.id for r in children],
             "store": location,
@@ -136,17 +149,13 @@ def show_command(args: argparse.Namespace, store: StoreChoice) -> int:
     work = _new_work(record, ancestors[0] if ancestors else None)
     lines = [
         ("execution", record.id),
-        ("status", str(record.status)),
+        ("status", _status(record)),
         ("task", record.task_name),
         ("store", location),
         ("started", format_time(record.created_at)),
         ("ended", format_time(record.ended_at)),
         ("duration", format_duration(seconds)),
-        (
-            "inputs",
-            f"{format_count(record.total)}: {format_count(record.finished)} finished, "
-            f"{format_count(record.failed)} failed, {format_count(record.pending)} pending",
-        ),
+        ("inputs", _inputs_line(record, store)),
         ("throughput", _throughput(work, seconds)),
         ("process", f"pid {record.pid} on {record.host}" if record.pid is not None else "-"),
         ("options", _options(record)),
@@ -159,12 +168,34 @@ def show_command(args: argparse.Namespace, store: StoreChoice) -> int:
         lines.append(("children", ", ".join(f"{r.id} ({r.status})" for r in children)))
     if record.failed:
         lines.append(("failures", f"pylo failures {record.id}{store.flag()}"))
-    if record.unfinished:
+    if record.unfinished and not unrecorded(record):
         lines.append(("resume", f"pylo resume {record.id}{store.flag()}"))
     width = max(len(label) for label, _ in lines)
     for label, value in lines:
         print(f"{label:<{width}}  {value}")
     return show_status(record)
+
+
+def unrecorded(record: ExecutionRecord) -> bool:
+    """True for an execution that ended before all its inputs were recorded: it ran nothing."""
+    return not record.inputs_complete and record.status is not ExecutionStatus.RUNNING
+
+
+def status_text(record: ExecutionRecord) -> str:
+    """The status as ``pylo list`` shows it: one that ran nothing says its inputs are incomplete."""
+    return f"{record.status} (inputs incomplete)" if unrecorded(record) else str(record.status)
+
+
+def _inputs_line(record: ExecutionRecord, store: StoreChoice) -> str:
+    if unrecorded(record):
+        return (
+            f"{format_count(record.total)} recorded before reading them stopped: incomplete, none ran, "
+            f"nothing to resume (run again with --id {record.id} to replace it, or pylo rm {record.id}{store.flag()})"
+        )
+    return (
+        f"{format_count(record.total)}: {format_count(record.finished)} finished, "
+        f"{format_count(record.failed)} failed, {format_count(record.pending)} pending"
+    )
 
 
 #: ``pylo show``'s exit status for an execution that is still running.
@@ -178,18 +209,13 @@ def show_status(record: ExecutionRecord) -> int:
     return 0 if record.inputs_complete and record.unfinished == 0 else 1
 
 
-def _matches_type(failure: Failure, name: str) -> bool:
-    kind = failure.exception_type or ""
-    return kind == name or kind.endswith("." + name)
-
-
 def failures_command(args: argparse.Namespace, store: StoreChoice) -> int:
     """``pylo failures ID``: failures grouped by type and message shape, with example inputs."""
     with store.open(must_exist=True) as pylo:
         record = pylo.get_execution(resolve_execution_id(pylo, args.execution_id))
         failures = pylo.get_failures(record.id)
     if args.type:
-        failures = [f for f in failures if _matches_type(f, args.type)]
+        failures = [f for f in failures if matches_type(f.exception_type, args.type)]
     if args.json:
         print(json.dumps(_failures_json(record, failures), ensure_ascii=False, default=short_repr))
         return 0
@@ -275,13 +301,40 @@ def _json(value: Any, what: str, position: int | None = None) -> str:
         raise CliError(f"{what}{where} {short_repr(value)} cannot be written as JSON ({exc}); drop --json") from None
 
 
-def inputs_command(args: argparse.Namespace, store: StoreChoice) -> int:
-    """``pylo inputs ID``: the execution's inputs, one per line, for scripts."""
+def _check_inputs_flags(args: argparse.Namespace) -> None:
     if args.results and args.state not in (None, "finished"):
         raise CliError(f"--results prints finished inputs and their results; it cannot be combined with --{args.state}")
+    if args.results and args.outcomes:
+        raise CliError("--results and --outcomes cannot be combined: --outcomes prints how each input ended")
+    if args.type is not None and args.state != "failed":
+        raise CliError(
+            f"--type filters failed inputs by exception type; add --failed: "
+            f"pylo inputs {args.execution_id} --failed --type {args.type}"
+        )
+
+
+def inputs_command(args: argparse.Namespace, store: StoreChoice) -> int:
+    """``pylo inputs ID``: the execution's inputs, one per line, for scripts."""
+    _check_inputs_flags(args)
     out = sys.stdout
     with store.open(must_exist=True) as pylo:
         record = pylo.get_execution(resolve_execution_id(pylo, args.execution_id))
+        if args.outcomes:
+            try:
+                write_outcomes(out, pylo.store, record, _WANTED[args.state], type_name=args.type, as_json=args.json)
+            except UnicodeEncodeError as exc:
+                raise CliError(
+                    f"an input of execution {record.id} cannot be printed: {exc.reason} "
+                    f"({exc.object[exc.start : exc.end]!r}); try --json"
+                ) from None
+            return 0
+        if args.type is not None:
+            matching = failure_rows(pylo.store, record, args.type)
+            for position, item in _stream_inputs(pylo, record, _WANTED["failed"]):
+                if position in matching:
+                    line = _json(item, "input", position) if args.json else str(item)
+                    _write_line(out, line, f"input #{position} of execution {record.id}")
+            return 0
         if args.results:
             # Results come back as one list (the lineage's results are merged
             # by position); inputs stream batch by batch.

@@ -84,6 +84,11 @@ def _worker_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--rate-limit", type=_rate, metavar="R", help="most batch input starts per second: 20, 20/s, 100/min"
     )
+    group.add_argument(
+        "--initializer",
+        metavar="MODULE:FUNCTION",
+        help="called with no arguments once in each worker of a batch node, before its first input",
+    )
 
 
 def add_pipeline_parser(

@@ -10,6 +10,7 @@ left: 0 when every input finished, 1 when some did not, 130 after Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import logging
@@ -18,24 +19,21 @@ import re
 import socket
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TextIO
 
 from pylo._cli_common import (
     CliError,
     StoreChoice,
-    count_types,
     format_count,
-    format_duration,
-    group_failures,
     import_task,
     recorded_retry,
     resolve_execution_id,
-    run_seconds,
 )
+from pylo._cli_summary import print_summary
 from pylo._codec import short_repr
 from pylo._retry_spec import build_policy
 from pylo._running import process_is_gone
-from pylo.errors import ExecutionExists, PyloError
+from pylo.errors import ExecutionExists, InitializerFailed, PyloError
 from pylo.execution import Pylo, _new_execution_id
 from pylo.stores.base import ExecutionRecord, ExecutionStatus
 
@@ -213,7 +211,46 @@ def _settings(args: argparse.Namespace, backend: str, past: ExecutionRecord | No
                 )
             settings["retry"] = None
     settings["progress"] = args.progress
+    settings["initializer"], settings["initargs"] = _initializer(args, backend, past)
     return settings
+
+
+def _initializer(
+    args: argparse.Namespace, backend: str, past: ExecutionRecord | None
+) -> tuple[Callable[..., Any] | None, tuple[Any, ...]]:
+    """``--initializer``, else (for a resume) the one the past execution ran with, imported by name."""
+    from pylo.workers._initializer import is_async_callable
+
+    flag = getattr(args, "initializer", None)  # parsers without the flag: None
+    if flag is not None:
+        function, arguments, spec = import_task(flag), (), flag
+    elif past is None or not isinstance(past.options.get("initializer"), dict):
+        return None, ()
+    else:
+        recorded = past.options["initializer"]
+        name, path, values = recorded.get("name"), recorded.get("path"), recorded.get("args")
+        if not isinstance(path, str):
+            raise CliError(
+                f"execution {past.id} ran with the initializer {name}, which cannot be imported by name "
+                "(a lambda, a function defined inside another, or one of a script run as __main__): "
+                f"pass one with --initializer MODULE:FUNCTION, or resume it from Python"
+            )
+        if not isinstance(values, list):
+            raise CliError(
+                f"execution {past.id} ran with the initializer {name} and initargs that are not JSON values, "
+                "which the command line cannot pass again: resume it from Python, or pass "
+                "--initializer MODULE:FUNCTION (called with no arguments)"
+            )
+        try:
+            function = import_task(path)
+        except CliError as exc:
+            raise CliError(
+                f"{exc} (the initializer execution {past.id} ran with; pass another with --initializer)"
+            ) from None
+        arguments, spec = tuple(values), path
+    if is_async_callable(function) and backend != "asyncio":
+        raise CliError(f"--initializer {spec} is an async function: only `async def` tasks (run on asyncio) await one")
+    return function, arguments
 
 
 def _make_pylo(store: StoreChoice, backend: str, settings: dict[str, Any], *, must_exist: bool) -> Pylo:
@@ -243,6 +280,7 @@ def run_command(args: argparse.Namespace, store: StoreChoice) -> int:
                 store,
                 execution_id,
                 lambda: pylo.start_from_scratch(inputs, function, execution_id=execution_id, labels=dict(args.labels)),
+                as_json=args.json_summary,
             )
     finally:
         if stream is not sys.stdin.buffer:
@@ -272,6 +310,7 @@ def resume_command(args: argparse.Namespace, store: StoreChoice) -> int:
     print(
         f"resuming {past.id} as {execution_id}: {format_count(past.unfinished)} of "
         f"{format_count(past.total)} inputs to run, with {spec}",
+        file=sys.stderr if args.json_summary else sys.stdout,  # stdout holds the JSON summary alone
         flush=True,
     )
     with _make_pylo(store, backend, settings, must_exist=True) as pylo:
@@ -282,6 +321,7 @@ def resume_command(args: argparse.Namespace, store: StoreChoice) -> int:
             lambda: pylo.start_from_past_execution(
                 past.id, function, execution_id=execution_id, labels=dict(args.labels)
             ),
+            as_json=args.json_summary,
         )
 
 
@@ -290,8 +330,8 @@ def _check_resumable(store: StoreChoice, past: ExecutionRecord, execution_id: st
     if not past.inputs_complete:
         raise CliError(
             f"execution {past.id} stopped while its inputs were being read ({format_count(past.total)} recorded, "
-            "none ran): there is nothing to resume; run `pylo run` again, which records the inputs anew "
-            "under a new id"
+            f"none ran): there is nothing to resume; run the `pylo run` command again, with --id {past.id} "
+            f"to reuse its id (it replaces this execution), or delete it: pylo rm {past.id}{store.flag()}"
         )
     if past.status is ExecutionStatus.RUNNING and not process_is_gone(past) and past.host == socket.gethostname():
         raise CliError(f"execution {past.id} is still running (process {past.pid}); wait for it to end or stop it")
@@ -303,68 +343,60 @@ def _check_resumable(store: StoreChoice, past: ExecutionRecord, execution_id: st
     raise CliError(f"an execution with id {execution_id} already exists; pass another --id")
 
 
-def _execute(pylo: Pylo, store: StoreChoice, execution_id: str, start: Callable[[], str]) -> int:
+def _execute(pylo: Pylo, store: StoreChoice, execution_id: str, start: Callable[[], str], *, as_json: bool) -> int:
     # The id is chosen before the run, so that after Ctrl-C, when start()
     # returns nothing, the summary can still say what to resume.
-    try:
-        start()
-    except ExecutionExists:
-        raise CliError(
-            f"an execution with id {execution_id} already exists; pass another --id, "
-            f"or run its unfinished inputs again with: pylo resume {execution_id}{store.flag()}"
-        ) from None
-    except InputLineError as exc:
-        raise CliError(f"{exc}; nothing ran (execution {execution_id} is recorded as aborted)") from None
-    except KeyboardInterrupt:
-        print_summary(pylo, store, execution_id, sys.stdout)
-        return 130
-    except SystemExit as exc:  # SIGTERM, while the library runs the execution
-        print_summary(pylo, store, execution_id, sys.stdout)
-        return exc.code if isinstance(exc.code, int) and exc.code != 0 else 1
-    return print_summary(pylo, store, execution_id, sys.stdout)
+    with _stdout_kept_for_the_summary(as_json) as out:
+        try:
+            start()
+        except ExecutionExists:
+            raise CliError(
+                f"an execution with id {execution_id} already exists; pass another --id, "
+                f"or run its unfinished inputs again with: pylo resume {execution_id}{store.flag()}"
+            ) from None
+        except InputLineError as exc:
+            raise CliError(f"{exc}; nothing ran (execution {execution_id} is recorded as aborted)") from None
+        except InitializerFailed as exc:
+            print(f"pylo: error: {exc}", file=sys.stderr)
+            print_summary(pylo, store, execution_id, out, as_json=as_json)
+            return 1
+        except KeyboardInterrupt:
+            print_summary(pylo, store, execution_id, out, as_json=as_json, interrupt="ctrl-c")
+            return 130
+        except SystemExit as exc:  # SIGTERM, while the library runs the execution
+            code = exc.code if isinstance(exc.code, int) and exc.code != 0 else 1
+            print_summary(pylo, store, execution_id, out, as_json=as_json, interrupt="sigterm" if code == 143 else None)
+            return code
+        return print_summary(pylo, store, execution_id, out, as_json=as_json)
 
 
-# -- the summary --------------------------------------------------------------------------
+@contextlib.contextmanager
+def _stdout_kept_for_the_summary(as_json: bool) -> Iterator[TextIO]:
+    """With ``--json-summary``, stdout holds the summary alone: the run's own output goes to stderr.
 
-
-def print_summary(pylo: Pylo, store: StoreChoice, execution_id: str, out: Any) -> int:
-    """Print what an execution did and what to do next.
-
-    Returns:
-        The exit status: 0 when every input finished, 1 otherwise.
+    Tasks may print; with worker processes they print through the file
+    descriptor they inherited, so it is descriptor 1 that is pointed at
+    stderr while the run lasts, not only ``sys.stdout``. Yields where the
+    summary is printed.
     """
+    if not as_json:
+        yield sys.stdout
+        return
     try:
-        record = pylo.get_execution(execution_id)
-    except PyloError:
-        print(f"execution {execution_id} was not created: nothing ran", file=out)
-        return 1
-    if not record.inputs_complete:
-        print(
-            f"execution {record.id} {record.status} while reading its inputs "
-            f"({format_count(record.total)} recorded, none ran): it has no inputs to resume; "
-            "run the command again (a generated id is new each time; with --id, pass another)",
-            file=out,
-        )
-        return 1
-    print(f"execution {record.id} {record.status} after {format_duration(run_seconds(record))}", file=out)
-    if record.unfinished == 0:
-        print(f"  all {format_count(record.total)} inputs finished", file=out)
-        return 0
-    print(
-        f"  {format_count(record.finished)} finished, {format_count(record.failed)} failed, "
-        f"{format_count(record.pending)} pending, of {format_count(record.total)} inputs",
-        file=out,
-    )
-    rows = pylo.store.read_failures(record.id)
-    if rows:
-        print("  failures by type:", file=out)
-        groups = group_failures((row.position, row.exc_type, row.message) for row in rows)
-        by_type = count_types(groups)
-        width = len(format_count(by_type[0][1]))
-        for _kind, count, largest in by_type:
-            others = sum(1 for g in groups if g.exception_type == largest.exception_type) - 1
-            more = f"  (+{others} other message{'s' if others > 1 else ''})" if others else ""
-            print(f"    {format_count(count):>{width}}  {largest.title}{more}", file=out)
-        print(f"  details: pylo failures {record.id}{store.flag()}", file=out)
-    print(f"  resume:  pylo resume {record.id}{store.flag()}", file=out)
-    return 1
+        if sys.stdout is None:
+            raise OSError("no stdout")
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except OSError:
+        raise CliError("--json-summary prints the summary on stdout, which is closed") from None
+    summary = open(os.dup(saved), "w", encoding="utf-8", closefd=True)  # noqa: SIM115 - closed below
+    try:
+        os.dup2(2, 1)
+        try:
+            yield summary
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+    finally:
+        summary.close()
+        os.close(saved)

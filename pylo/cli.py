@@ -7,8 +7,9 @@
     pylo failures 20261122-154501-3fa9c2d1
     pylo resume 20261122-154501-3fa9c2d1 tasks_fixed:download
 
-Commands live in ``_cli_run`` (run, resume) and ``_cli_inspect`` (list,
-show, failures, inputs); this module parses arguments, sets up logging and
+Commands live in ``_cli_run`` (run, resume), ``_cli_inspect`` (list,
+show, failures, inputs) and ``_cli_housekeeping`` (rm, prune); this
+module parses arguments, sets up logging and
 turns errors into one line and an exit status (see docs/cli.md).
 """
 
@@ -154,8 +155,18 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--timeout", type=_seconds, metavar="S", help="fail an attempt that runs longer than S seconds")
     group.add_argument("--rate-limit", type=_rate, metavar="R", help="most task starts per second: 20, 20/s, 100/min")
+    group.add_argument(
+        "--initializer",
+        metavar="MODULE:FUNCTION",
+        help="called with no arguments once in each worker before its first input (open a connection)",
+    )
     group.add_argument("--id", type=_execution_id, metavar="ID", help="id of the new execution (default: generated)")
     _labels_option(group, "label the new execution (repeatable; a resume keeps its parent's labels)")
+    group.add_argument(
+        "--json-summary",
+        action="store_true",
+        help="print the summary as one JSON object on stdout (keys: docs/cli.md); the run's output goes to stderr",
+    )
     for flag, text in (
         ("--store-results", "keep return values (see `pylo inputs --results`)"),
         ("--progress", "progress bar on stderr (default: when stderr is a terminal)"),
@@ -218,11 +229,17 @@ def build_parser() -> argparse.ArgumentParser:
     states = inputs.add_mutually_exclusive_group()
     for state in ("unfinished", "finished", "failed"):
         states.add_argument(f"--{state}", dest="state", action="store_const", const=state, help=f"only {state} inputs")
+    inputs.add_argument("--type", metavar="NAME", help="with --failed: only failures of this exception type")
     inputs.add_argument("--json", action="store_true", help="print each input as JSON")
     inputs.add_argument("--results", action="store_true", help="finished inputs with their results (--store-results)")
+    inputs.add_argument(
+        "--outcomes", action="store_true", help="one row per input: position, state, exception, worker (CSV; --json)"
+    )
 
+    from pylo._cli_housekeeping import add_housekeeping_parser
     from pylo._cli_pipeline import add_pipeline_parser
 
+    add_housekeeping_parser(command, _labels_option)
     add_pipeline_parser(command, _common)
     return parser
 
@@ -279,7 +296,7 @@ def _command_logging(verbose: int, quiet: bool) -> Iterator[None]:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from pylo import _cli_inspect, _cli_pipeline, _cli_run
+    from pylo import _cli_housekeeping, _cli_inspect, _cli_pipeline, _cli_run
 
     handlers = {
         "run": _cli_run.run_command,
@@ -288,6 +305,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         "show": _cli_inspect.show_command,
         "failures": _cli_inspect.failures_command,
         "inputs": _cli_inspect.inputs_command,
+        "rm": _cli_housekeeping.rm_command,
+        "prune": _cli_housekeeping.prune_command,
         "pipeline": _cli_pipeline.pipeline_command,
     }
     return handlers[args.command](args, StoreChoice.resolve(args.store))

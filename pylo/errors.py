@@ -18,8 +18,10 @@ __all__ = [
     "ConfigError",
     "DamagedExecutions",
     "ExecutionExists",
+    "ExecutionInUse",
     "ExecutionNotFound",
     "ExecutionNotResumable",
+    "InitializerFailed",
     "InputSerializationError",
     "PipelineCycleError",
     "PipelineExists",
@@ -59,6 +61,40 @@ class ExecutionExists(PyloError):
         )
         self.execution_id = execution_id
         self.location = location
+
+
+class ExecutionInUse(PyloError):
+    """An execution cannot be deleted: something still runs it or reads it.
+
+    Attributes:
+        execution_id: The execution that was kept.
+        dependents: Ids of the executions that resumed it (directly or
+            further down its lineage) and still read its inputs or results;
+            empty when something else keeps it.
+        reason: What keeps it, in a few words (for example
+            ``"running (process 4242 on web-1)"``).
+    """
+
+    def __init__(
+        self, execution_id: str, message: str, *, dependents: Sequence[str] = (), reason: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.execution_id = execution_id
+        self.dependents = list(dependents)
+        self.reason = reason if reason is not None else message
+
+    @classmethod
+    def resumed_by(cls, execution_id: str, dependents: Sequence[str], location: str) -> ExecutionInUse:
+        """The refusal for an execution that resumed executions still read, naming them."""
+        named = ", ".join(repr(d) for d in dependents)
+        noun = "execution" if len(dependents) == 1 else "executions"
+        return cls(
+            execution_id,
+            f"execution {execution_id!r} in the store at {location} cannot be deleted: {noun} {named} "
+            "resumed it and still read its inputs or results; delete those first (the newest first)",
+            dependents=dependents,
+            reason=f"resumed by {noun} {named}",
+        )
 
 
 class ExecutionNotResumable(PyloError):
@@ -154,6 +190,40 @@ class WorkerCrashed(PyloError):
     The process ended without reporting (``os._exit``, a signal such as
     SIGKILL or SIGSEGV, the OOM killer); the message says how it ended.
     """
+
+
+class InitializerFailed(PyloError):
+    """A worker's ``initializer`` raised, so that worker could run no input.
+
+    Raised by ``start_from_scratch`` and ``start_from_past_execution``: the
+    execution ends ``aborted`` with every input no worker ran still
+    pending, so a resume after the fix runs them (see docs/options.md).
+
+    Attributes:
+        initializer: ``module:qualname`` of the initializer.
+        worker: Which worker it failed in (``"worker 1"``, ``"Dask worker
+            tcp://..."``).
+        type_name: Qualified name of the exception the initializer raised.
+        error_message: ``str()`` of that exception.
+        traceback_text: Its formatted traceback.
+    """
+
+    def __init__(self, initializer: str, worker: str, type_name: str, error_message: str, traceback_text: str) -> None:
+        super().__init__(
+            f"the initializer {initializer} failed in {worker}: {type_name}: {error_message}. That worker ran "
+            "no input; the inputs no worker ran stay pending: fix the initializer, then resume the execution"
+        )
+        self.initializer = initializer
+        self.worker = worker
+        self.type_name = type_name
+        self.error_message = error_message
+        self.traceback_text = traceback_text
+
+    def __reduce__(self) -> tuple[type[InitializerFailed], tuple[str, str, str, str, str]]:
+        return (
+            InitializerFailed,
+            (self.initializer, self.worker, self.type_name, self.error_message, self.traceback_text),
+        )
 
 
 # -- pipelines -----------------------------------------------------------------

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from pylo import _claims, _reader
+from pylo import _claims, _deleting, _reader
 from pylo._codec import Codec, get_codec, short_repr
 from pylo._constructors import Constructors
 from pylo._labels import check_labels
@@ -157,7 +157,10 @@ class Pylo(Constructors, PipelineMethods):
                 marks the input failed. Its return value is ignored unless
                 ``store_results`` is on.
             execution_id: Your own id for the execution (1-128 of
-                ``[A-Za-z0-9._-]``); a fresh one is made when None.
+                ``[A-Za-z0-9._-]``, starting with a letter or digit); a
+                fresh one is made when None. An execution of that id that
+                ended before all its inputs were recorded (Ctrl-C while
+                they were read) is replaced: it ran nothing.
             labels: ``str -> str`` labels kept on the execution record, to
                 find it with ``list_executions(labels=...)``.
 
@@ -165,7 +168,9 @@ class Pylo(Constructors, PipelineMethods):
             The execution id.
 
         Raises:
-            ExecutionExists: ``execution_id`` is taken in this store.
+            ExecutionExists: ``execution_id`` is taken in this store by an
+                execution that recorded all its inputs, or that is still
+                recording them.
             InputSerializationError: An input cannot be serialized; the
                 message names its position. The execution is left aborted.
             TypeError, ValueError: Bad arguments (nothing is recorded).
@@ -179,6 +184,9 @@ class Pylo(Constructors, PipelineMethods):
         checked_labels = check_labels(labels)
         record = new_record(new_id, _task_name(function), self._codec, self._options)
         record = dataclasses.replace(record, labels=checked_labels, options=self._recorded_options(record))
+
+        if execution_id is not None:
+            _deleting.replace_unrecorded(self._store, new_id)
 
         def prepare() -> Plan:
             return record_fresh(self._store, record, inputs, self._codec)
@@ -230,7 +238,8 @@ class Pylo(Constructors, PipelineMethods):
         if not parent.inputs_complete:
             raise ExecutionNotResumable(
                 f"execution {past_id!r} stopped while its inputs were being recorded "
-                f"({parent.total} recorded, no task ran); start it again with start_from_scratch"
+                f"({parent.total} recorded, no task ran); start it again with "
+                f"start_from_scratch(inputs, function, execution_id={past_id!r}), which replaces it"
             )
         if parent.status is ExecutionStatus.RUNNING and not _process_is_gone(parent):
             if parent.host == socket.gethostname():
@@ -382,6 +391,33 @@ class Pylo(Constructors, PipelineMethods):
         return _reader.read_results(self._store, self._record(execution_id))
 
     # -- housekeeping -----------------------------------------------------
+
+    def delete_execution(self, execution_id: str) -> None:
+        """Delete an execution and everything kept for it, atomically.
+
+        Its record, inputs, states, failures, results and labels go at
+        once; its id is free again. An execution still in use is kept:
+
+        * one that is running (or being resumed);
+        * one that a later execution resumed: a resume reads its inputs
+          and results through its ancestors, so delete the newest
+          execution of a lineage first (:meth:`lineage` lists it);
+        * a batch node's execution of a pipeline run, which the run's
+          result and resume read.
+
+        Args:
+            execution_id: The execution to delete.
+
+        Raises:
+            ExecutionNotFound: No such execution.
+            ExecutionInUse: It is in use (see above); the message says by
+                what, and ``dependents`` names the executions that resumed
+                it. Nothing is deleted.
+            StoreError: The store cannot be written, or cannot delete
+                executions (a store written for an earlier pylo).
+            TypeError, ValueError: ``execution_id`` is not a valid id.
+        """
+        _deleting.delete_execution(self._store, _check_execution_id("execution_id", execution_id))
 
     @property
     def store(self) -> Store:

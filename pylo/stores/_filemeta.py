@@ -25,7 +25,16 @@ from pylo.stores import _filelog
 from pylo.stores._common import make_private_dirs
 from pylo.stores.base import Claim
 
-__all__ = ["CLAIM_NAME", "LABELS_DIR", "drop_claim", "index_labels", "indexed_names", "swap_claim"]
+__all__ = [
+    "CLAIM_NAME",
+    "LABELS_DIR",
+    "drop_claim",
+    "index_labels",
+    "indexed_names",
+    "locked",
+    "swap_claim",
+    "unindex_labels",
+]
 
 #: Name of an execution's claim file.
 CLAIM_NAME = "claim.json"
@@ -34,7 +43,7 @@ LABELS_DIR = "labels"
 
 
 @contextlib.contextmanager
-def _locked(directory: Path) -> Iterator[None]:
+def locked(directory: Path) -> Iterator[None]:
     """Hold an exclusive ``flock`` on a directory; FileNotFoundError when it is gone."""
     descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -69,7 +78,7 @@ def swap_claim(location: str, directory: Path, claim: Claim, replacing: Claim | 
         FileNotFoundError: The execution's directory is gone.
         StoreError: The claim file is damaged.
     """
-    with _locked(directory):
+    with locked(directory):
         path = directory / CLAIM_NAME
         current = _read_claim(location, path, claim.execution_id)
         if current is not None and (replacing is None or not current.same_holder(replacing)):
@@ -81,7 +90,7 @@ def swap_claim(location: str, directory: Path, claim: Claim, replacing: Claim | 
 
 def drop_claim(location: str, directory: Path, execution_id: str, claimant: str) -> None:
     """Remove the claim if ``claimant`` holds it (an execution that is gone has none)."""
-    with contextlib.suppress(FileNotFoundError), _locked(directory):
+    with contextlib.suppress(FileNotFoundError), locked(directory):
         path = directory / CLAIM_NAME
         current = _read_claim(location, path, execution_id)
         if current is not None and current.claimant == claimant:
@@ -99,6 +108,13 @@ def index_labels(root: Path, name: str, labels: Mapping[str, str]) -> None:
         directory = root / LABELS_DIR / _digest(key, value)
         make_private_dirs(directory)
         os.close(os.open(directory / name, os.O_WRONLY | os.O_CREAT, 0o600))
+
+
+def unindex_labels(root: Path, name: str, labels: Mapping[str, str]) -> None:
+    """Take the execution whose directory is ``name`` out of the index of each of its labels."""
+    for key, value in labels.items():
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(root / LABELS_DIR / _digest(key, value) / name)
 
 
 def indexed_names(root: Path, labels: Mapping[str, str]) -> set[str]:

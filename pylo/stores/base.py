@@ -429,6 +429,33 @@ class Store(abc.ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} keeps no claims")
 
+    # -- deleting: not abstract either, for the same reason ------------------
+
+    def delete_execution(self, execution_id: str) -> None:
+        """Remove the execution and everything kept for it, all at once, or nothing.
+
+        Its record, batches, failures, results, labels (the label index no
+        longer names it) and claim go together: after a crash at any point,
+        readers see the whole execution or none of it, and its id may be
+        created again. Other executions are not touched.
+
+        Refuses, changing nothing, when another execution depends on it:
+        one whose ``parent_id`` or ``input_source`` is ``execution_id`` (a
+        resume reads its inputs from the first execution of its lineage,
+        and its results through its ancestors). Whether it runs, or a
+        pipeline run owns it, is for the caller (``Pylo.delete_execution``)
+        to check; that caller also holds a claim on it
+        (:meth:`claim_execution`) while deleting, which keeps a resume
+        from starting meanwhile.
+
+        Raises:
+            ExecutionNotFound: No such execution.
+            ExecutionInUse: Other executions depend on it;
+                ``dependents`` lists their ids, oldest first.
+            NotImplementedError: The store cannot delete executions.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot delete executions")
+
     def close(self) -> None:  # noqa: B027 - optional hook, most stores need nothing
         """Release connections and file handles. The store is unusable after."""
 

@@ -48,6 +48,7 @@ from pylo.stores._common import (
     labels_match,
     make_private_dirs,
 )
+from pylo.stores._filedelete import FileDeleteMixin
 from pylo.stores._filelog import FORMAT_NAME, MARKER_NAME, InputEntry, Outcome
 from pylo.stores.base import (
     BatchRecord,
@@ -91,7 +92,7 @@ class _Writer:
     outcomes_end: int
 
 
-class FileStore(Store):
+class FileStore(FileDeleteMixin, Store):
     """Executions as plain files under a root directory.
 
     Safe to share between threads; any number of processes may use the same

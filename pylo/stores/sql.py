@@ -2,7 +2,8 @@
 
 SQLite is the default (one file, :meth:`SQLStore.sqlite`); any SQLAlchemy URL
 works, PostgreSQL included. The tables are in :mod:`pylo.stores._sqlschema`,
-claims and labels in :mod:`pylo.stores._sqlmeta`, runs in :mod:`pylo.stores.sql_runs`.
+claims and labels in :mod:`pylo.stores._sqlmeta`, deleting in
+:mod:`pylo.stores._sqldelete`, runs in :mod:`pylo.stores.sql_runs`.
 
 Every write is one transaction. On SQLite those transactions start with
 ``BEGIN IMMEDIATE`` so that writers queue on the busy timeout instead of
@@ -34,6 +35,7 @@ from pylo.stores._common import (
     dump_options,
     record_fields,
 )
+from pylo.stores._sqldelete import SQLDeleteMixin
 from pylo.stores._sqlitefile import create_sqlite_file, sqlite_url
 from pylo.stores._sqlmeta import SQLMetaMixin
 from pylo.stores._sqlschema import (
@@ -65,7 +67,7 @@ __all__ = ["FORMAT_NAME", "SQLStore"]
 logger = logging.getLogger(__name__)
 
 
-class SQLStore(SQLMetaMixin, Store):
+class SQLStore(SQLMetaMixin, SQLDeleteMixin, Store):
     """Executions in a SQL database (SQLite, PostgreSQL, any SQLAlchemy URL).
 
     Safe to share between threads; any number of processes may open the same

@@ -49,6 +49,28 @@ def not_a_function():
 value = 42
 """
 
+#: The keys of an execution in `pylo list --json` (and show, and the run summary), as docs/cli.md lists them.
+RECORD_KEYS = (
+    "id",
+    "parent_id",
+    "input_source",
+    "status",
+    "task",
+    "created_at",
+    "updated_at",
+    "ended_at",
+    "duration_seconds",
+    "total",
+    "finished",
+    "failed",
+    "pending",
+    "inputs_complete",
+    "pid",
+    "host",
+    "options",
+    "labels",
+)
+
 TASKS_FIXED = """
 def work(line):
     return int(line) * 2

@@ -128,5 +128,5 @@ with Pylo.local_multithread(".pylo", 2) as pylo:
     refused = cli("resume", "partial", "tasks:work")
     assert refused.returncode == 2
     assert "execution partial stopped while its inputs were being read" in refused.stderr
-    assert "there is nothing to resume; run `pylo run` again" in refused.stderr
+    assert "there is nothing to resume; run the `pylo run` command again, with --id partial" in refused.stderr
     assert "resuming" not in refused.stdout

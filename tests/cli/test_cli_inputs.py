@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from cli_kit import TIMEOUT, Cli
+from cli_kit import RECORD_KEYS, TIMEOUT, Cli
 
 KIND = """
 def kind(value):
@@ -158,26 +158,7 @@ def test_json_output_of_list_show_and_failures_and_show_exit_status(cli: Cli) ->
     listed = json.loads(cli("list", "--json").stdout)
     assert [e["id"] for e in listed] == ["j1", "j2"]
     first = listed[0]
-    assert {
-        "id",
-        "parent_id",
-        "input_source",
-        "status",
-        "task",
-        "created_at",
-        "updated_at",
-        "ended_at",
-        "duration_seconds",
-        "total",
-        "finished",
-        "failed",
-        "pending",
-        "inputs_complete",
-        "pid",
-        "host",
-        "options",
-        "labels",
-    } <= set(first)
+    assert set(RECORD_KEYS) <= set(first)
     assert (first["status"], first["total"], first["finished"], first["failed"]) == ("completed", 100, 86, 14)
     assert first["labels"] == {"job": "nightly"}
     assert first["options"]["workers"] == "threads"

@@ -28,6 +28,13 @@ def work(line):
         while not os.path.exists("go") and time.monotonic() < deadline:
             time.sleep(0.01)
 """
+# Inputs 30 and 60 outlast a 0.5 s timeout: the watchdog logs a warning while the bar is drawn.
+STUCK = """
+import time
+
+def work(line):
+    time.sleep(1.5 if int(line) in (30, 60) else 0.01)
+"""
 INPUTS = "".join(f"{n}\n" for n in range(200))
 # The bar once it has counted some inputs: "...|  8.00/200 [" or "| 104/200 [".
 SOME_PROGRESS = re.compile(r"\| *(?:[1-9][\d.]*)/200 \[")
@@ -53,6 +60,23 @@ def test_progress_bar_renders_in_a_terminal_and_ends_cleanly(cli: Cli) -> None:
     assert "%|" not in quiet.output
 
 
+def test_warnings_print_whole_lines_above_the_progress_bar(cli: Cli) -> None:
+    cli.write("stuck.py", STUCK)
+    cli.write("inputs.txt", INPUTS[: INPUTS.index("100\n")])
+    shown = run_in_terminal(cli, "run", "stuck:work", "--inputs", "inputs.txt", "--workers", "2", "--timeout", "0.5")
+    assert shown.exit_status == 1, shown.output
+    # What stays on screen of each line is what follows its last carriage return.
+    visible = [line.rsplit("\r", 1)[-1] for line in shown.output.split("\r\n")]
+    warnings = [line for line in visible if "WARNING" in line]
+    assert len(warnings) == 2, shown.output
+    for line in warnings:  # whole: not glued to a bar drawn on the same line
+        assert re.fullmatch(
+            r"pylo: WARNING: worker \d: a task ran past its timeout of 0\.5 s; its thread is abandoned and replaced",
+            line,
+        ), shown.output
+    assert re.search(r"100%\|█+\| 100/100 \[[^\]]*failed=2\]\r\nexecution ", shown.output)  # drawn again below
+
+
 def test_no_progress_bar_when_stderr_is_not_a_terminal(cli: Cli) -> None:
     run = cli("run", "tasks_fixed:work", "--inputs", "numbers.txt")
     assert run.returncode == 0
@@ -69,7 +93,7 @@ def test_ctrl_c_saves_the_execution_and_says_how_to_resume(cli: Cli) -> None:
         send_when=(SOME_PROGRESS, b"\x03"),
     )  # fmt: skip
     assert stopped.exit_status == 130, stopped.output
-    assert "execution cut interrupted after " in stopped.output
+    assert re.search(r"execution cut interrupted after \S+: Ctrl-C\r\n", stopped.output)
     assert "resume:  pylo resume cut\r\n" in stopped.output
     assert "Traceback" not in stopped.output
     shown = cli("show", "cut").stdout
@@ -113,6 +137,6 @@ def test_sigterm_interrupts_and_exits_non_zero(cli: Cli) -> None:
     process.send_signal(signal.SIGTERM)
     stdout, _ = process.communicate(timeout=TIMEOUT)
     assert process.returncode == 143
-    assert b"execution term interrupted after " in stdout
+    assert re.search(rb"execution term interrupted after \S+: SIGTERM\n", stdout)
     assert b"resume:  pylo resume term\n" in stdout
     assert "interrupted" in cli("list").stdout

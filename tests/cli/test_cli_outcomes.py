@@ -1,0 +1,60 @@
+"""`pylo inputs`: failed inputs of one exception type, and a log of every input's outcome."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import Counter
+
+from cli_kit import Cli
+
+COLUMNS = ["position", "state", "exception_type", "message", "attempts", "worker", "failed_at", "input"]
+
+
+def test_failed_inputs_of_one_exception_type(cli: Cli) -> None:
+    # Inputs 3, 13, ... 93 raise ValueError; 25, 50, 75, 100 TimeoutError.
+    assert cli("run", "tasks:work", "--inputs", "numbers.txt", "--id", "job").returncode == 1
+    values = cli("inputs", "job", "--failed", "--type", "ValueError")
+    assert values.returncode == 0, values.stderr
+    assert values.stdout.split() == [str(n) for n in range(3, 100, 10)]
+    timeouts = cli("inputs", "job", "--failed", "--type", "TimeoutError", "--json")
+    assert [json.loads(line) for line in timeouts.stdout.splitlines()] == ["25", "50", "75", "100"]
+    assert cli("inputs", "job", "--failed", "--type", "KeyError").stdout == ""
+    assert cli.error("inputs", "job", "--type", "ValueError") == (
+        "pylo: error: --type filters failed inputs by exception type; add --failed: "
+        "pylo inputs job --failed --type ValueError"
+    )
+
+
+def test_outcomes_of_every_input_as_csv_and_json(cli: Cli) -> None:
+    # One worker stops at the third failure (input 23): 20 finished, 3 failed, 77 pending.
+    run = cli("run", "tasks:work", "--inputs", "numbers.txt", "--workers", "1", "--max-failures", "3", "--id", "cut")
+    assert run.returncode == 1, run.stderr
+
+    table = cli("inputs", "cut", "--outcomes")
+    assert table.returncode == 0, table.stderr
+    rows = list(csv.DictReader(io.StringIO(table.stdout)))
+    assert table.stdout.splitlines()[0].split(",") == COLUMNS
+    assert [row["position"] for row in rows] == [str(p) for p in range(100)]  # input order
+    assert Counter(row["state"] for row in rows) == {"finished": 20, "failed": 3, "pending": 77}
+    failed = [row for row in rows if row["state"] == "failed"]
+    assert [(row["input"], row["exception_type"], row["message"]) for row in failed] == [
+        (str(n), "ValueError", f"record {n} has no price") for n in (3, 13, 23)
+    ]
+    assert all(row["attempts"] == "1" and row["worker"] == "0" and float(row["failed_at"]) > 0 for row in failed)
+    finished = rows[0]
+    assert finished == {**dict.fromkeys(COLUMNS, ""), "position": "0", "state": "finished", "input": "1"}
+
+    lines = cli("inputs", "cut", "--outcomes", "--json", "--unfinished").stdout.splitlines()
+    outcomes = [json.loads(line) for line in lines]
+    assert [list(outcome) for outcome in outcomes[:1]] == [COLUMNS]
+    assert Counter(outcome["state"] for outcome in outcomes) == {"failed": 3, "pending": 77}
+    assert outcomes[0] == {**outcomes[0], "position": 2, "exception_type": "ValueError", "worker": 0, "input": "3"}
+    assert outcomes[-1]["state"] == "pending" and outcomes[-1]["exception_type"] is None
+
+    only = cli("inputs", "cut", "--outcomes", "--failed", "--type", "ValueError", "--json").stdout.splitlines()
+    assert [json.loads(line)["input"] for line in only] == ["3", "13", "23"]
+    assert cli.error("inputs", "cut", "--outcomes", "--results").startswith(
+        "pylo: error: --results and --outcomes cannot be combined"
+    )
