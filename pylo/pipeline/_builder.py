@@ -435,7 +435,9 @@ def map_pipeline(
                 f"{type(inputs).__name__} {short_repr(inputs)}"
             )
         # A description may run more than once (a resume): keep the inputs, not an iterator.
-        inputs = list(inputs)
+        # A range or a tuple already is that, and an execution plans a range without listing it.
+        if not isinstance(inputs, (range, tuple)):
+            inputs = list(inputs)
     return Pipeline(_Node(task, BATCH, args, dict(kwargs), inputs=inputs, map_options=_check_map_options(options)))
 
 
