@@ -294,9 +294,10 @@ class RunCoordinator(RunRecording, HaltRules, CompositionRules):
             def value_of(pipeline: Pipeline) -> Any:
                 return graph.value_of(pipeline, values)
 
-            args = substitute(node.args, value_of)
-            kwargs = substitute(node.kwargs, value_of)
-            inputs = substitute(node.inputs, value_of)
+            # Only what holds something: a chain's node has one argument, no keywords, no inputs.
+            args = substitute(node.args, value_of) if node.args else node.args
+            kwargs = substitute(node.kwargs, value_of) if node.kwargs else node.kwargs
+            inputs = None if node.inputs is None else substitute(node.inputs, value_of)
         if node.spread_first and args and isinstance(args[0], tuple):
             args = (*args[0], *args[1:])
         return args, kwargs, inputs

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -157,6 +158,19 @@ def _driver_rows(raw: Raw, names: tuple[str, ...], rows: list[tuple[Any, ...]]) 
         return rows
     order = [names.index(name) for name in raw.names]
     return [tuple([row[i] for i in order]) for row in rows]
+
+
+#: Keys that json.dumps writes as they are, between quotes (what graph keys are made of).
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def _keys_json(keys: tuple[str, ...]) -> str:
+    """``json.dumps(list(keys))``, without the encoder for the plain keys a graph gives (one per edge)."""
+    if not keys:
+        return "[]"
+    if all(_PLAIN_KEY.fullmatch(key) for key in keys):
+        return '["' + '", "'.join(keys) + '"]'
+    return json.dumps(list(keys))
 
 
 def _mutable_values(node: NodeRow, postgres: bool) -> tuple[Any, ...]:
@@ -343,7 +357,7 @@ class SqlRunStore(RunStore):
                 node.task_name,
                 text(node.display_name, postgres=postgres),
                 node.kind,
-                json.dumps(list(node.upstream)) if node.upstream else "[]",
+                _keys_json(node.upstream),
                 *_mutable_values(node, postgres),
             )
             for node in nodes
