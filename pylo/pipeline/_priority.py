@@ -66,7 +66,8 @@ class ReadyByPriority(collections.deque[int]):
     not a scan of every ready node (10,000 ready nodes made that quadratic).
     Where a node is put (``append`` or ``appendleft``) does not matter:
     priority decides. Stands in for the coordinator's deque of ready nodes,
-    with the deque's methods that it uses; the deque itself stays empty.
+    with the deque's methods that it uses (adding, taking the next, clearing,
+    length, iteration, membership); the deque itself stays empty.
     """
 
     def __init__(self, ready: Iterable[int], priorities: list[float]) -> None:
@@ -79,6 +80,15 @@ class ReadyByPriority(collections.deque[int]):
         heapq.heappush(self._heap, (-self._priorities[index], index))
 
     appendleft = append
+
+    def extend(self, indices: Iterable[int]) -> None:
+        for index in indices:
+            self.append(index)
+
+    extendleft = extend
+
+    def __contains__(self, index: object) -> bool:
+        return any(queued == index for _, queued in self._heap)
 
     def popleft(self) -> int:
         return heapq.heappop(self._heap)[1]

@@ -94,7 +94,7 @@ def test_statistics_come_from_the_most_recent_runs_only(make_pylo: MakePylo) -> 
 
 @given(
     st.lists(st.sampled_from([0.0, 1.0, 2.5, 7.0]), min_size=1, max_size=30),
-    st.lists(st.sampled_from(["append", "appendleft", "popleft"]), max_size=60),
+    st.lists(st.sampled_from(["append", "appendleft", "extendleft", "popleft"]), max_size=60),
 )
 def test_ready_nodes_start_most_urgent_first_ties_in_graph_order(priorities: list[float], steps: list[str]) -> None:
     """The heap the coordinator uses once it has priorities picks as a scan of every ready node would."""
@@ -110,9 +110,14 @@ def test_ready_nodes_start_most_urgent_first_ties_in_graph_order(priorities: lis
             best = max(scanned, key=lambda index: (priorities[index], -index))
             scanned.remove(best)
             assert ready.popleft() == best
+        elif action == "extendleft":  # a group's waiting nodes, put back at once
+            more = [waiting.pop() for _ in range(min(2, len(waiting)))]
+            ready.extendleft(reversed(more))
+            scanned.extend(more)
         elif waiting:
             index = waiting.pop()
             getattr(ready, action)(index)
             scanned.append(index)
         assert len(ready) == len(scanned)
         assert sorted(ready) == sorted(scanned)
+        assert all(index in ready for index in scanned)
