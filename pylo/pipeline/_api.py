@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 from pylo._codec import short_repr
 from pylo.pipeline._reading import (
-    _is_gone,
-    _list_records,
-    _read_record,
-    _result,
-    _running_here,
+    list_records,
+    read_record,
+    read_result,
+    run_is_gone,
+    running_here,
 )
 
 if TYPE_CHECKING:
@@ -200,7 +200,7 @@ class PipelineMethods:
             PipelineNotFound: No such run.
             StoreError: The store cannot be read.
         """
-        return _read_record(self._pylo_self(), run_id)
+        return read_record(self._pylo_self(), run_id)
 
     def list_pipelines(self) -> list[PipelineRecord]:
         """Return every run in the store, oldest first.
@@ -209,7 +209,7 @@ class PipelineMethods:
         :class:`~pylo.errors.StoredTaskError` stand-in (``get_pipeline``
         rebuilds the exception objects).
         """
-        return _list_records(self._pylo_self())
+        return list_records(self._pylo_self())
 
     def get_pipeline_result(self, run_id: str) -> Any:
         """Return a completed run's result: the sink's, or a list for several sinks and groups.
@@ -221,7 +221,7 @@ class PipelineMethods:
             PipelineNotCompleted: The run is running, interrupted or crashed.
             PipelineNotFound: No such run.
         """
-        return _result(self._pylo_self(), run_id)
+        return read_result(self._pylo_self(), run_id)
 
     def _pylo_self(self) -> Pylo:
         return self  # type: ignore[return-value]  # only Pylo inherits this mixin
@@ -291,7 +291,7 @@ def _run(
         lineage: dict[int, str] = {}
     else:
         parent = runs.get_run(parent_id)
-        if parent.status == "running" and not _is_gone(host, parent):
+        if parent.status == "running" and not run_is_gone(host, parent):
             from pylo.pipeline._errors import PipelineNotResumable
 
             if parent.host == socket.gethostname():
@@ -334,7 +334,7 @@ def _run(
             **({"child_of": child_of} if child_of else {}),
         },
     )
-    with _running_here(new_id):
+    with running_here(new_id):
         try:
             with host.sigterm_as_system_exit():
                 environment.open(new_id)  # its buckets: before the run is recorded, so a failure leaves no run
@@ -455,17 +455,12 @@ def _fresh_rows(graph: Graph) -> list[NodeRow]:
     from pylo.stores.runs import NodeRow
 
     nodes = graph.nodes
-    return [
-        NodeRow(
-            key=node.key,
-            seq=node.index,
-            task_name=node.node.task.name,
-            display_name=node.node.task.display_name,
-            kind=node.node.kind,
-            upstream=tuple(nodes[up].key for up in node.upstream),
-        )
-        for node in nodes
-    ]
+    rows = []
+    for node in nodes:
+        task = node.node.task
+        upstream = tuple([nodes[up].key for up in node.upstream]) if node.upstream else ()
+        rows.append(NodeRow(node.key, node.index, task.name, task.display_name, node.node.kind, upstream))
+    return rows
 
 
 def _resumed_rows(

@@ -110,7 +110,7 @@ def request(
     """Pause or cancel a running or paused run (see ``Pylo.pause_pipeline``, ``Pylo.cancel_pipeline``)."""
     from pylo.pipeline._errors import PipelineControlError
     from pylo.pipeline._host import Host
-    from pylo.pipeline._reading import _status
+    from pylo.pipeline._reading import run_status
     from pylo.pipeline._records import PipelineStatus
     from pylo.stores.runs import RunUpdate
 
@@ -118,7 +118,7 @@ def request(
     runs = host.runs()
     run_id = host.check_id("run_id", run_id)
     run = runs.get_run(run_id)
-    status = _status(host, run)
+    status = run_status(host, run)
     # A cancel whose process died (crashed, interrupted) while finally_do nodes ran: finished the same way.
     under_way = (
         action == "cancel"
@@ -158,11 +158,9 @@ def request(
         runs.request_control(run_id, None)
         return
     runs.request_control(run_id, action)
-    from pylo.pipeline._reading import _RUNNING_HERE, _RUNNING_LOCK
+    from pylo.pipeline._reading import is_running_here
 
-    with _RUNNING_LOCK:
-        here = run_id in _RUNNING_HERE
-    if here:
+    if is_running_here(run_id):
         _note_here(run_id, action)
 
 
@@ -183,12 +181,12 @@ def unpause(pylo: Pylo, run_id: str, pipeline: Pipeline | Sequence[Any], max_par
     """Run a paused run on under the same id (see ``Pylo.unpause_pipeline``)."""
     from pylo.pipeline._errors import PipelineControlError
     from pylo.pipeline._host import Host
-    from pylo.pipeline._reading import _status
+    from pylo.pipeline._reading import run_status
     from pylo.pipeline._records import PipelineStatus
 
     host = Host(pylo)
     run_id = host.check_id("run_id", run_id)
-    status = _status(host, host.runs().get_run(run_id))
+    status = run_status(host, host.runs().get_run(run_id))
     if status is not PipelineStatus.PAUSED:
         raise PipelineControlError(run_id, "unpause", status.value)
     return _run_on(pylo, run_id, pipeline, max_parallel, hooks, cancel=False)
@@ -214,7 +212,7 @@ def _run_on(
     from pylo.pipeline._api import _check_max_parallel, _coordinate, _resumed_rows
     from pylo.pipeline._graph import build_graph
     from pylo.pipeline._host import Host
-    from pylo.pipeline._reading import _running_here
+    from pylo.pipeline._reading import running_here
     from pylo.pipeline._run_environment import RunEnvironment
     from pylo.pipeline.hooks import HookDispatcher
     from pylo.stores.runs import RunUpdate
@@ -260,7 +258,7 @@ def _run_on(
             },
         ),
     )
-    with _running_here(run_id):
+    with running_here(run_id):
         try:
             with host.sigterm_as_system_exit():
                 environment.open(run_id)

@@ -104,7 +104,7 @@ def run_child(
     from pylo.pipeline._api import _run
     from pylo.pipeline._builder import _prepend
     from pylo.pipeline._executors import describe_failure, finish_call
-    from pylo.pipeline._reading import _result
+    from pylo.pipeline._reading import read_result
     from pylo.workers._pickling import loads
 
     started = time.time()
@@ -138,7 +138,7 @@ def run_child(
         finally:
             with _LOCK:
                 _DEPTH.pop(child_id, None)
-        value, child_state = _result(host.pylo, child_id, with_state=True)
+        value, child_state = read_result(host.pylo, child_id, with_state=True)
     except Exception as exc:  # the child failed (PipelineFailed), or could not start
         from pylo.pipeline._errors import PipelineCancelled
 

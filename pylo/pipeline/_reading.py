@@ -3,7 +3,7 @@
 What ``get_pipeline``, ``list_pipelines`` and ``get_pipeline_result`` return,
 and the status every control and resume decision reads: a run recorded
 ``running`` whose process is gone reads ``crashed`` (the runs this process
-runs now, :func:`_running_here`, tell a live run from one left by a dead
+runs now, :func:`running_here`, tell a live run from one left by a dead
 process that had our pid). Stored failures are rebuilt by the run's codec
 (a :class:`~pylo.errors.StoredTaskError` when they cannot be), and a
 completed run's result is rebuilt from its stored shape, node by node.
@@ -24,7 +24,16 @@ if TYPE_CHECKING:
     from pylo.pipeline._records import NodeRecord, PipelineRecord, PipelineStatus
     from pylo.stores.runs import NodeRow, RunRow
 
-__all__ = ["_is_gone", "_list_records", "_node_record", "_read_record", "_result", "_running_here", "_status"]
+__all__ = [
+    "is_running_here",
+    "list_records",
+    "node_record",
+    "read_record",
+    "read_result",
+    "run_is_gone",
+    "run_status",
+    "running_here",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +42,15 @@ _RUNNING_HERE: set[str] = set()
 _RUNNING_LOCK = threading.Lock()
 
 
+def is_running_here(run_id: str) -> bool:
+    """True while this process runs ``run_id`` (inside :func:`running_here`)."""
+    with _RUNNING_LOCK:
+        return run_id in _RUNNING_HERE
+
+
 @contextlib.contextmanager
-def _running_here(run_id: str) -> Iterator[None]:
+def running_here(run_id: str) -> Iterator[None]:
+    """Mark ``run_id`` as run by this process for the duration of the block."""
     with _RUNNING_LOCK:
         _RUNNING_HERE.add(run_id)
     try:
@@ -44,19 +60,18 @@ def _running_here(run_id: str) -> Iterator[None]:
             _RUNNING_HERE.discard(run_id)
 
 
-def _is_gone(host: Host, run: RunRow) -> bool:
+def run_is_gone(host: Host, run: RunRow) -> bool:
     from pylo.pipeline._control import owner_of
 
-    with _RUNNING_LOCK:
-        here = run.id in _RUNNING_HERE
+    here = is_running_here(run.id)
     pid, where = owner_of(run.options) or (run.pid, run.host)
     return host.process_is_gone(pid, where, here)
 
 
-def _status(host: Host, run: RunRow) -> PipelineStatus:
+def run_status(host: Host, run: RunRow) -> PipelineStatus:
     from pylo.pipeline._records import PipelineStatus
 
-    if run.status == "running" and _is_gone(host, run):
+    if run.status == "running" and run_is_gone(host, run):
         return PipelineStatus.CRASHED
     try:
         return PipelineStatus(run.status)
@@ -68,7 +83,7 @@ def _status(host: Host, run: RunRow) -> PipelineStatus:
         ) from None
 
 
-def _node_record(row: NodeRow, codec: Codec | None) -> NodeRecord:
+def node_record(row: NodeRow, codec: Codec | None) -> NodeRecord:
     from pylo.errors import StoredTaskError
     from pylo.pipeline._records import NodeFailure, NodeRecord, TaskState
     from pylo.stores.base import utc_from_timestamp
@@ -110,10 +125,10 @@ def _record(host: Host, run: RunRow, rows: list[NodeRow], codec: Codec | None) -
         id=run.id,
         parent_id=run.parent_id,
         name=run.name,
-        status=_status(host, run),
+        status=run_status(host, run),
         created_at=created,
         ended_at=utc_from_timestamp(run.ended_at),
-        nodes=[_node_record(row, codec) for row in rows],
+        nodes=[node_record(row, codec) for row in rows],
         config=_stored_values(run),
         config_changes=tuple(str(line) for line in run.options.get("config_changes") or ()),
     )
@@ -126,7 +141,7 @@ def _stored_values(run: RunRow) -> dict[str, Any]:
     return values if isinstance(values, dict) else {}
 
 
-def _read_record(pylo: Pylo, run_id: str) -> PipelineRecord:
+def read_record(pylo: Pylo, run_id: str) -> PipelineRecord:
     from pylo.pipeline._host import Host
 
     host = Host(pylo)
@@ -136,7 +151,7 @@ def _read_record(pylo: Pylo, run_id: str) -> PipelineRecord:
     return _record(host, run, runs.read_nodes(run.id), codec)
 
 
-def _list_records(pylo: Pylo) -> list[PipelineRecord]:
+def list_records(pylo: Pylo) -> list[PipelineRecord]:
     from pylo.pipeline._host import Host
 
     host = Host(pylo)
@@ -144,7 +159,7 @@ def _list_records(pylo: Pylo) -> list[PipelineRecord]:
     return [_record(host, run, runs.read_nodes(run.id, results=False), None) for run in runs.list_runs()]
 
 
-def _result(pylo: Pylo, run_id: str, with_state: bool = False) -> Any:
+def read_result(pylo: Pylo, run_id: str, with_state: bool = False) -> Any:
     from pylo.errors import PipelineFailed, StoreError
     from pylo.pipeline._batch import read_values
     from pylo.pipeline._errors import PipelineNotCompleted
@@ -156,11 +171,11 @@ def _result(pylo: Pylo, run_id: str, with_state: bool = False) -> Any:
     host = Host(pylo)
     runs = host.runs()
     run = runs.get_run(host.check_id("run_id", run_id))
-    status = _status(host, run)
+    status = run_status(host, run)
     codec = host.codec_named(run.codec, run.id)
     if status is PipelineStatus.FAILED:
         rows = runs.read_nodes(run.id)
-        failed = [_node_record(row, codec) for row in rows if row.state == "failed"]
+        failed = [node_record(row, codec) for row in rows if row.state == "failed"]
         raise PipelineFailed(run.id, failed)
     if status is PipelineStatus.CANCELLED:
         from pylo.pipeline._errors import PipelineCancelled

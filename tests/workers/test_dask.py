@@ -237,11 +237,28 @@ def test_a_worker_killed_mid_chunk_reruns_that_chunk(make: Callable[..., Pylo], 
 
 
 @pytest.mark.slow
-def test_an_input_that_kills_every_worker_fails_alone_with_worker_crashed(make: Callable[..., Pylo]) -> None:
-    # The poison input comes last, so no other lane has work on the workers it
-    # kills: only its own chunk is run one input per task.
+def test_an_input_that_kills_every_worker_fails_alone_with_worker_crashed(
+    make: Callable[..., Pylo], tmp_path: Path
+) -> None:
+    # The poison runs on a cluster of its own: a worker that dies while its
+    # nanny is still starting it is not started again (Dask's rule), so after
+    # four deaths under load that cluster may be left with no workers at all.
+    # The resume runs on the module's cluster, which the poison never touched.
+    import dask
+    from distributed import Client, LocalCluster
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+        poisoned = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
+    try:
+        with Client(poisoned, set_as_default=False) as client:
+            client.wait_for_workers(2, timeout=60)
+            with Pylo.dask(client, tmp_path / "store", 2, progress=False) as pylo:
+                # The poison input comes last, so no other lane has work on the
+                # workers it kills: only its own chunk is run one input per task.
+                execution_id = pylo.start_from_scratch(range(120), partial(kill_worker_always, 119))
+    finally:
+        poisoned.close()
     pylo = make(2)
-    execution_id = pylo.start_from_scratch(range(120), partial(kill_worker_always, 119))
     assert pylo.get_state(execution_id) == (list(range(119)), [119])
     (failure,) = pylo.get_failures(execution_id)
     assert failure.exception_type == "pylo.errors.WorkerCrashed"
