@@ -16,6 +16,7 @@ from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 from pylo._codec import get_codec
+from pylo._progress import INPUT_PROGRESS, InputProgress
 from pylo.errors import StoreError
 from pylo.pipeline._errors import BatchFailed
 from pylo.pipeline._executors import Outcome, describe_failure
@@ -70,6 +71,39 @@ class AsyncBoundCall(BoundCall):
         return await self.call(item, *self.args, **self.kwargs)
 
 
+class _Tally:
+    """Counts an execution's finished inputs as its engine reports them, passing the reports on.
+
+    The engine's count of finished inputs is the one it records, so when the
+    tally reaches the total the execution finished every input and its
+    record need not be read back to say so (a read costs more than the rest
+    of a batch node's own work). Any other count reads the record.
+    """
+
+    def __init__(self, inner: InputProgress | None) -> None:
+        self.inner = inner
+        self.total = -1
+        self.finished = 0
+
+    def start(self, execution_id: str, total: int, finished: int) -> None:
+        self.total, self.finished = total, finished
+        if self.inner is not None:
+            self.inner.start(execution_id, total, finished)
+
+    def update(self, finished: int, failed: int) -> None:
+        self.finished += finished
+        if self.inner is not None:
+            self.inner.update(finished, failed)
+
+    def close(self) -> None:
+        if self.inner is not None:
+            self.inner.close()
+
+    @property
+    def all_finished(self) -> bool:
+        return self.total >= 0 and self.finished == self.total
+
+
 def _past_fits(host: Host, past_id: str | None, inputs: Any) -> bool:
     """Resume ``past_id`` only when it recorded all its inputs, as many as there are now."""
     if past_id is None:
@@ -114,18 +148,24 @@ def run_batch(
         function = task.function  # nothing to bind and nothing pickled: no wrapper's frame per input
     else:
         function = (AsyncBoundCall if task.is_async else BoundCall)(task, args, kwargs, call)
+    tally = _Tally(INPUT_PROGRESS.get())
+    token = INPUT_PROGRESS.set(tally)
     try:
-        with host.stop_on(stop):
-            if _past_fits(host, past_execution_id, inputs):
-                assert past_execution_id is not None
-                pylo.start_from_past_execution(past_execution_id, function, execution_id=execution_id)
-            else:
-                pylo.start_from_scratch(inputs, function, execution_id=execution_id)
-        record = pylo.get_execution(execution_id)
-        if record.unfinished and stop is not None and stop.is_set():
-            return Outcome(ok=False, stopped=True, started=started, ended=time.time(), execution_id=execution_id)
-        if record.unfinished:
-            raise BatchFailed(execution_id, record.failed, record.pending, record.total)
+        try:
+            with host.stop_on(stop):
+                if _past_fits(host, past_execution_id, inputs):
+                    assert past_execution_id is not None
+                    pylo.start_from_past_execution(past_execution_id, function, execution_id=execution_id)
+                else:
+                    pylo.start_from_scratch(inputs, function, execution_id=execution_id)
+        finally:
+            INPUT_PROGRESS.reset(token)
+        if not tally.all_finished:
+            record = pylo.get_execution(execution_id)
+            if record.unfinished and stop is not None and stop.is_set():
+                return Outcome(ok=False, stopped=True, started=started, ended=time.time(), execution_id=execution_id)
+            if record.unfinished:
+                raise BatchFailed(execution_id, record.failed, record.pending, record.total)
         values = read_values(host, execution_id) if need_value else None
     except Exception as exc:
         ran = host.find_execution(execution_id) is not None
