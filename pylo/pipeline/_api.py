@@ -343,7 +343,7 @@ def _run(
                     host, new_id, graph, rows, values, lineage, limit, codec.name, environment,
                     hooks=hooks, name=run.name,
                     parent_trace=None if parent_id is None else parent.options.get("trace"),
-                    parent_halt=parent_halt,
+                    parent_halt=parent_halt, fresh=True,
                 )  # fmt: skip
         finally:
             environment.close()
@@ -366,6 +366,7 @@ def _coordinate(
     name: str = "",
     parent_trace: Any = None,
     parent_halt: Callable[[], str | None] | None = None,
+    fresh: bool = False,
 ) -> None:
     from pylo.pipeline._control import CONTROL_SECONDS, cancel_here, forget, reader
     from pylo.pipeline._coordinator import RunCoordinator
@@ -403,6 +404,7 @@ def _coordinate(
         environment=environment,
         node_context=_node_context(graph, tracer, events),
         hooks=tuple(hooks),
+        fresh=fresh,
     )
     read_control = reader(runs, run_id, coordinator.stop)
     if events is not None:

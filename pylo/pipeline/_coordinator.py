@@ -96,6 +96,10 @@ class RunCoordinator(RunRecording, GroupLimits, HaltRules, CompositionRules):
             True at most every ``control_seconds`` (a read of the store costs
             far more than a node); see :mod:`pylo.pipeline._control`.
         control_seconds: Longest time between two looks in the store.
+        fresh: The run was created just now, under an id no run had: no
+            request can be waiting for it, so the first look in the store
+            waits ``control_seconds`` like the others (a batch node's first
+            look cost more than a third of what the node added).
         execution_prefix: What batch nodes' execution ids derive from (the
             run id; another prefix when an unpaused run runs them again).
         priorities: Returns, per graph index, how urgent a node is (larger
@@ -126,6 +130,7 @@ class RunCoordinator(RunRecording, GroupLimits, HaltRules, CompositionRules):
         priorities: Callable[[], list[float] | None] | None = None,
         node_context: Callable[[int], contextlib.AbstractContextManager[Any]] | None = None,
         hooks: tuple[Any, ...] = (),
+        fresh: bool = False,
     ) -> None:
         self._host = host
         self._hooks = hooks  # the run's hooks: its child runs are told to them too
@@ -160,7 +165,8 @@ class RunCoordinator(RunRecording, GroupLimits, HaltRules, CompositionRules):
         self._unwritten_starts = 0
         self._control = control
         self._control_seconds = control_seconds
-        self._next_control = 0.0
+        self._fresh = fresh
+        self._next_control = time.monotonic() + control_seconds if fresh else 0.0
         self._prefix = run_id if execution_prefix is None else execution_prefix
         self._priority_source = priorities
         self._priorities: list[float] | None = None
@@ -183,7 +189,7 @@ class RunCoordinator(RunRecording, GroupLimits, HaltRules, CompositionRules):
         """
         try:
             self._seed()
-            self._look_at_control(force=True)
+            self._look_at_control(force=not self._fresh)
             self._dispatch()
             while self._running:
                 timeout = _MAX_WAIT
