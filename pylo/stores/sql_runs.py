@@ -130,6 +130,18 @@ _WITHOUT_BLOBS = [column for column in _nodes.c if column.name not in ("result",
 
 _insert_node = _nodes.insert()
 _NODE_COLUMNS = tuple(column.name for column in _nodes.c)
+_RUN_COLUMNS = [column.name for column in _runs.c]
+
+# A flush's run-row update: a status or end left None keeps the stored one.
+_update_run = (
+    _runs.update()
+    .where(_runs.c.id == sa.bindparam("u_id"))
+    .values(
+        updated_at=sa.bindparam("u_updated_at"),
+        status=sa.func.coalesce(sa.bindparam("u_status", type_=_runs.c.status.type), _runs.c.status),
+        ended_at=sa.func.coalesce(sa.bindparam("u_ended_at", type_=sa.Double), _runs.c.ended_at),
+    )
+)
 
 #: How each node statement is built, by the name it is compiled under.
 _BUILDERS: dict[str, Any] = {
@@ -137,6 +149,8 @@ _BUILDERS: dict[str, Any] = {
     "pylo_nodes.update": lambda: (_update_node, None),
     "pylo_nodes.select": lambda: (_select_nodes(True), None),
     "pylo_nodes.select-without-blobs": lambda: (_select_nodes(False), None),
+    "pylo_runs.insert": lambda: (_runs.insert(), _RUN_COLUMNS),
+    "pylo_runs.update": lambda: (_update_run, None),
     "pylo_runs.options": lambda: (sa.select(_runs.c.options).where(_runs.c.id == sa.bindparam("o_id")), None),
 }
 
@@ -367,7 +381,8 @@ class SqlRunStore(RunStore):
             try:
                 with store._write() as conn:
                     self._create_tables(conn)
-                    conn.execute(_runs.insert(), row)
+                    insert_run = self._raw("pylo_runs.insert")
+                    conn.exec_driver_sql(insert_run.sql, insert_run.one(row))
                     if node_rows:
                         insert = self._raw("pylo_nodes.insert")
                         conn.exec_driver_sql(insert.sql, _driver_rows(insert, _NODE_COLUMNS, node_rows))
@@ -420,7 +435,17 @@ class SqlRunStore(RunStore):
                 values["options"] = dump_options(run_id, merged, owner="pipeline run")
             # The run row first: it doubles as the existence check, and an
             # exception inside the transaction rolls everything back.
-            updated = conn.execute(_runs.update().where(_runs.c.id == run_id).values(**values))
+            if update.options is None:  # every flush: compiled once, not built and looked up in a cache
+                statement = self._raw("pylo_runs.update")
+                row = {
+                    "u_id": run_id,
+                    "u_updated_at": values["updated_at"],
+                    "u_status": values.get("status"),
+                    "u_ended_at": values.get("ended_at"),
+                }
+                updated = conn.exec_driver_sql(statement.sql, statement.one(row))
+            else:
+                updated = conn.execute(_runs.update().where(_runs.c.id == run_id).values(**values))
             if updated.rowcount == 0:
                 raise self._not_found(run_id)
             if params:
