@@ -52,7 +52,9 @@ class SQLMetaMixin:
         if self._is_postgres:
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
         table.create(conn, checkfirst=True)
-        self._tables.add(table.name)
+        # Not noted as there yet: until this transaction commits, another thread's
+        # transaction on this store cannot see the table (PostgreSQL), and it must
+        # take the lock above rather than write to it. The next look finds it.
 
     # -- claims ----------------------------------------------------------------
 
