@@ -1,12 +1,16 @@
 """The run coordinator's node threads, and how it takes the outcomes they deliver.
 
-A running node occupies one of at most ``max_parallel`` threads (made as
-needed); its outcome goes to the coordinator's outbox, which the
-coordinator drains in one go (:func:`take_all`) at each wake.
+A running node occupies one thread; its outcome goes to the coordinator's
+outbox, which the coordinator drains in one go (:func:`take_all`) at each
+wake. The threads are the process's, shared by its runs: a thread left idle
+by one run takes the next run's node at once, where starting a thread costs
+a run of one node (a batch node) a good part of what it adds to its
+execution. A thread idle for :data:`IDLE_SECONDS` ends.
 """
 
 from __future__ import annotations
 
+import contextvars
 import queue
 import threading
 from collections.abc import Callable
@@ -14,50 +18,66 @@ from typing import Any
 
 from pylo.pipeline._executors import Outcome
 
-__all__ = ["NodeThreads", "take_all"]
+__all__ = ["IDLE_SECONDS", "NodeThreads", "take_all"]
+
+#: How long a node thread waits for another node before it ends.
+IDLE_SECONDS = 2.0
+
+_Job = tuple[Callable[..., Outcome], Callable[[Any], None], tuple[Any, ...]]
+
+_jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+_lock = threading.Lock()
+_idle = 0  # waiting threads no job is promised to yet
+_made = 0
+
+
+def _loop() -> None:
+    global _idle
+    while True:
+        try:
+            work, deliver, job = _jobs.get(timeout=IDLE_SECONDS)
+        except queue.Empty:
+            with _lock:
+                if _idle > 0:  # no job is promised to this thread: it may end
+                    _idle -= 1
+                    return
+            continue  # a job was promised meanwhile: take it
+        # A fresh context per node, as a thread of its own would give: nothing one node sets reaches the next.
+        outcome = contextvars.Context().run(work, *job)
+        with _lock:
+            _idle += 1  # before delivering: the coordinator may submit at once
+        deliver((job[0], outcome))
 
 
 class NodeThreads:
-    """At most ``size`` threads running started nodes, made as needed; cheaper than an executor.
+    """Runs started nodes on the process's node threads (made as needed); cheaper than an executor.
 
-    Each job's outcome goes to ``deliver``. Threads are daemons: an
-    interrupted run does not wait for a node stuck in its task.
+    Each job's outcome goes to ``deliver``. The coordinator never starts
+    more than ``size`` nodes at once, so a run holds at most ``size``
+    threads. Threads are daemons: an interrupted run does not wait for a node
+    stuck in its task.
     """
 
     def __init__(self, size: int, work: Callable[..., Outcome], deliver: Callable[[Any], None]) -> None:
         self._size = size
         self._work = work
         self._deliver = deliver
-        self._inbox: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
-        self._threads: list[threading.Thread] = []
-        self._idle = 0
-        self._lock = threading.Lock()
 
     def submit(self, job: tuple[Any, ...]) -> None:
-        with self._lock:
-            grow = self._idle <= 0 and len(self._threads) < self._size
-            if not grow:
-                self._idle -= 1
+        global _idle, _made
+        with _lock:
+            grow = _idle <= 0
+            if grow:
+                _made += 1
+                name = f"pylo-node-{_made}"
+            else:
+                _idle -= 1
         if grow:
-            thread = threading.Thread(target=self._loop, name=f"pylo-node-{len(self._threads)}", daemon=True)
-            self._threads.append(thread)
-            thread.start()
-        self._inbox.put(job)
-
-    def _loop(self) -> None:
-        while True:
-            job = self._inbox.get()
-            if job is None:
-                return
-            outcome = self._work(*job)
-            with self._lock:
-                self._idle += 1  # before delivering: the coordinator may submit at once
-            self._deliver((job[0], outcome))
+            threading.Thread(target=_loop, name=name, daemon=True).start()
+        _jobs.put((self._work, self._deliver, job))
 
     def stop(self) -> None:
-        """Let every thread end once its current node ends; do not wait for them."""
-        for _ in self._threads:
-            self._inbox.put(None)
+        """Nothing to do: each thread goes back to wait for other nodes once its current node ends."""
 
 
 def take_all(outbox: queue.SimpleQueue[tuple[int, Outcome]], timeout: float) -> list[tuple[int, Outcome]]:

@@ -83,7 +83,10 @@ def test_failures_cascades_and_soft_failures_keep_the_invariant(
     for i in range(1, 6):
         soft = step.send(f"m{i}", soft).set(fail_softly=i == 2)
     p.run_pipeline([chain(8), soft])
-    assert len(watched[-1].updates) > 5
+    # Checked at every update: n0..n3 run one after another, so each ends at a wake of
+    # its own and is flushed there (every outcome is a flush), and the end is one more.
+    # Outcomes of the two branches may share a wake, so no more is certain.
+    assert len(watched[-1].updates) >= 5
 
 
 def test_an_interrupt_is_recorded_and_the_run_resumes(make_pylo: MakePylo) -> None:
