@@ -104,6 +104,8 @@ def _options(record: ExecutionRecord) -> str:
             retry = describe_recorded_retry(record.options)
             if retry is not None:
                 shown.append(retry)
+        elif key == "initializer" and isinstance(value, dict):
+            shown.append(f"initializer={value.get('name')}")  # its path and initargs: show --json
         elif value is not None:
             shown.append(f"{key}={value}")
     return " ".join(shown) or "-"

@@ -44,7 +44,13 @@ def _id(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc).replace("ID ", "", 1)) from None
 
 
-def _worker_options(parser: argparse.ArgumentParser) -> None:
+def _worker_options(parser: argparse.ArgumentParser, *, run_options: bool = True) -> None:
+    if run_options:
+        _run_options(parser)
+    _worker_flags(parser)
+
+
+def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-id", type=_id, metavar="ID", help="id of the new run (default: generated)")
     parser.add_argument(
         "--max-parallel", type=_int_at_least(1), metavar="N", help="most nodes running at once (default: --workers)"
@@ -58,6 +64,9 @@ def _worker_options(parser: argparse.ArgumentParser) -> None:
         "an env://PREFIX_ or a registered scheme://; repeat it to merge several, later wins. A resume "
         "runs with the past run's configuration and warns when this one differs from it",
     )
+
+
+def _worker_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "worker options (as for `pylo run`): the Pylo that runs the pipeline, and so every batch node's "
         "execution; a task's own retry and timeout win, and are all a call node uses"
@@ -83,6 +92,11 @@ def _worker_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--rate-limit", type=_rate, metavar="R", help="most batch input starts per second: 20, 20/s, 100/min"
+    )
+    group.add_argument(
+        "--initializer",
+        metavar="MODULE:FUNCTION",
+        help="called with no arguments once in each worker of a batch node, before its first input",
     )
 
 
@@ -125,11 +139,21 @@ def add_pipeline_parser(
     graph.add_argument("run_id", metavar="RUN")
     graph.add_argument("--format", choices=("mermaid", "dot", "text"), default="text", help="default: text")
 
-    for name, summary in (
-        ("pause", "ask a running run to pause: nothing new starts, running nodes finish (from any process)"),
-        ("cancel", "cancel a running or paused run: nothing new starts, what did not end is cancelled"),
-    ):
-        sub(name, summary).add_argument("run_id", metavar="RUN")
+    pause = sub("pause", "ask a running run to pause: nothing new starts, running nodes finish (from any process)")
+    pause.add_argument("run_id", metavar="RUN")
+    cancel = sub(
+        "cancel",
+        "cancel a running or paused run: nothing new starts but finally_do, what did not end is cancelled",
+    )
+    cancel.add_argument("run_id", metavar="RUN")
+    cancel.add_argument(
+        "pipeline",
+        metavar="MODULE:ATTR",
+        nargs="?",
+        help="the pipeline the run was started with: needed to cancel a paused run that has a finally_do "
+        "(this command then runs it, and waits for it)",
+    )
+    _worker_options(cancel, run_options=False)
 
     unpause = sub("unpause", "run a paused run on, under the same id, with the pipeline it was started with")
     unpause.add_argument("run_id", metavar="RUN")
@@ -312,7 +336,7 @@ def pipeline_command(args: argparse.Namespace, store: StoreChoice) -> int:
         "show": _show,
         "graph": _graph,
         "pause": _control,
-        "cancel": _control,
+        "cancel": _cancel,
         "unpause": _unpause,
     }
     return handlers[args.pipeline_command](args, store)
@@ -402,14 +426,35 @@ def _graph(args: argparse.Namespace, store: StoreChoice) -> int:
 
 
 def _control(args: argparse.Namespace, store: StoreChoice) -> int:
-    action = args.pipeline_command
     with store.open(must_exist=True) as pylo:
-        if action == "pause":
-            pylo.pause_pipeline(args.run_id)
-        else:
-            pylo.cancel_pipeline(args.run_id)
+        pylo.pause_pipeline(args.run_id)
         status = pylo.get_pipeline(args.run_id).status
-    print(f"pipeline run {args.run_id}: {action} requested (it is {status})")
+    print(f"pipeline run {args.run_id}: pause requested (it is {status})")
+    return EXIT_OK
+
+
+def _cancel(args: argparse.Namespace, store: StoreChoice) -> int:
+    from pylo.pipeline import PipelineControlError
+
+    if args.pipeline is None:
+        with store.open(must_exist=True) as pylo:
+            try:
+                pylo.cancel_pipeline(args.run_id)
+            except PipelineControlError as exc:
+                if exc.detail is None:
+                    raise
+                raise CliError(
+                    f"pipeline run {args.run_id} is {exc.status} and has a finally_do that the cancel must run: "
+                    f"give the pipeline it was started with, pylo pipeline cancel {args.run_id} MODULE:ATTR"
+                    f"{store.flag()}"
+                ) from None
+            status = pylo.get_pipeline(args.run_id).status
+    else:
+        flow = import_pipeline(args.pipeline)
+        with _pylo_for(args, store, must_exist=True) as pylo:
+            pylo.cancel_pipeline(args.run_id, flow)
+            status = pylo.get_pipeline(args.run_id).status
+    print(f"pipeline run {args.run_id}: cancel requested (it is {status})")
     return EXIT_OK
 
 

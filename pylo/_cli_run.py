@@ -33,7 +33,7 @@ from pylo._cli_summary import print_summary
 from pylo._codec import short_repr
 from pylo._retry_spec import build_policy
 from pylo._running import process_is_gone
-from pylo.errors import ExecutionExists, PyloError
+from pylo.errors import ExecutionExists, InitializerFailed, PyloError
 from pylo.execution import Pylo, _new_execution_id
 from pylo.stores.base import ExecutionRecord, ExecutionStatus
 
@@ -211,7 +211,46 @@ def _settings(args: argparse.Namespace, backend: str, past: ExecutionRecord | No
                 )
             settings["retry"] = None
     settings["progress"] = args.progress
+    settings["initializer"], settings["initargs"] = _initializer(args, backend, past)
     return settings
+
+
+def _initializer(
+    args: argparse.Namespace, backend: str, past: ExecutionRecord | None
+) -> tuple[Callable[..., Any] | None, tuple[Any, ...]]:
+    """``--initializer``, else (for a resume) the one the past execution ran with, imported by name."""
+    from pylo.workers._initializer import is_async_callable
+
+    flag = getattr(args, "initializer", None)  # parsers without the flag: None
+    if flag is not None:
+        function, arguments, spec = import_task(flag), (), flag
+    elif past is None or not isinstance(past.options.get("initializer"), dict):
+        return None, ()
+    else:
+        recorded = past.options["initializer"]
+        name, path, values = recorded.get("name"), recorded.get("path"), recorded.get("args")
+        if not isinstance(path, str):
+            raise CliError(
+                f"execution {past.id} ran with the initializer {name}, which cannot be imported by name "
+                "(a lambda, a function defined inside another, or one of a script run as __main__): "
+                f"pass one with --initializer MODULE:FUNCTION, or resume it from Python"
+            )
+        if not isinstance(values, list):
+            raise CliError(
+                f"execution {past.id} ran with the initializer {name} and initargs that are not JSON values, "
+                "which the command line cannot pass again: resume it from Python, or pass "
+                "--initializer MODULE:FUNCTION (called with no arguments)"
+            )
+        try:
+            function = import_task(path)
+        except CliError as exc:
+            raise CliError(
+                f"{exc} (the initializer execution {past.id} ran with; pass another with --initializer)"
+            ) from None
+        arguments, spec = tuple(values), path
+    if is_async_callable(function) and backend != "asyncio":
+        raise CliError(f"--initializer {spec} is an async function: only `async def` tasks (run on asyncio) await one")
+    return function, arguments
 
 
 def _make_pylo(store: StoreChoice, backend: str, settings: dict[str, Any], *, must_exist: bool) -> Pylo:
@@ -317,6 +356,10 @@ def _execute(pylo: Pylo, store: StoreChoice, execution_id: str, start: Callable[
             ) from None
         except InputLineError as exc:
             raise CliError(f"{exc}; nothing ran (execution {execution_id} is recorded as aborted)") from None
+        except InitializerFailed as exc:
+            print(f"pylo: error: {exc}", file=sys.stderr)
+            print_summary(pylo, store, execution_id, out, as_json=as_json)
+            return 1
         except KeyboardInterrupt:
             print_summary(pylo, store, execution_id, out, as_json=as_json, interrupt="ctrl-c")
             return 130

@@ -82,7 +82,9 @@ def stop_reason(record: ExecutionRecord, interrupt: Interrupt | None = None) -> 
     if status is ExecutionStatus.ABORTED:
         if not record.inputs_complete:
             return StopReason("aborted", "its inputs could not be read; nothing ran")
-        return StopReason("aborted", "pylo could not go on (the store could not be written, say): see the error")
+        return StopReason(
+            "aborted", "pylo could not go on (a worker initializer raised, or the store refused a write): see the error"
+        )
     if status is ExecutionStatus.CRASHED:
         return StopReason("crashed", "its process died without a word (killed, or out of memory)")
     return None

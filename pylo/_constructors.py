@@ -101,6 +101,13 @@ class Constructors:
                 ``"pickle"`` (default: any picklable object; a store must
                 then be trusted like code) or ``"json"`` (JSON values only;
                 reading the store never unpickles anything).
+            initializer: Called as ``initializer(*initargs)`` once in each
+                worker thread, before it runs its first input (open a
+                connection and keep it in a ``threading.local``). If it
+                raises, the execution stops ``aborted`` with
+                :class:`~pylo.errors.InitializerFailed` and the inputs no
+                worker ran stay pending (docs/options.md).
+            initargs: A tuple of arguments for ``initializer``.
 
         Raises:
             TypeError: An argument has the wrong type.

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
 from pylo._codec import Codec, get_codec, short_repr
 from pylo._ratelimit import parse_rate_limit
 from pylo._retry_spec import describe_retry
+from pylo.workers._initializer import check_initializer, describe_initializer
 from pylo.workers.base import RunnerSettings
 
 __all__ = ["MAX_SECONDS", "RunOptionArgs", "RunOptions", "check_execution_id", "check_int", "check_seconds"]
@@ -125,6 +126,8 @@ class RunOptionArgs(TypedDict, total=False):
     rate_limit: float | str | None
     progress: bool | None
     codec: str
+    initializer: Callable[..., Any] | None
+    initargs: tuple[Any, ...]
 
 
 _POSITIONAL = frozenset(
@@ -164,6 +167,10 @@ class RunOptions:
             starts per second.
         progress: Show a progress bar (None: when stderr is a terminal).
         codec: Name of the codec new executions are stored with.
+        initializer: Called as ``initializer(*initargs)`` once in each
+            worker before it runs its first input (an ``async def`` one is
+            awaited on asyncio workers), or None. See docs/options.md.
+        initargs: A tuple of arguments for ``initializer``.
 
     Raises:
         TypeError, ValueError: An option has the wrong type or is out of
@@ -182,6 +189,8 @@ class RunOptions:
     rate_limit: float | str | None = None
     progress: bool | None = None
     codec: str = "pickle"
+    initializer: Callable[..., Any] | None = None
+    initargs: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
         check_int("number_of_workers", self.number_of_workers, 1)
@@ -204,6 +213,8 @@ class RunOptions:
                     f"got {type(self.retry).__name__} {short_repr(self.retry)}"
                 )
         get_codec(self.codec)  # raises with the list of valid names
+        # Whether these workers can call it (and receive it) is the backend's call.
+        check_initializer(self.initializer, self.initargs)
         # Normalised in place: frozen, but made here, before anyone sees it.
         set_field = object.__setattr__
         set_field(self, "flush_seconds", check_seconds("flush_seconds", self.flush_seconds))
@@ -239,12 +250,16 @@ class RunOptions:
     def replace(self, **changes: Any) -> RunOptions:
         """A copy with ``changes``, validated like a new object.
 
+        ``initializer=None`` drops the initargs too, unless they are given.
+
         Raises:
             TypeError: An unknown option name (the message lists the valid
                 ones), or an option of the wrong type.
             ValueError: An option out of range.
         """
         _check_names(changes)
+        if "initializer" in changes and changes["initializer"] is None:
+            changes.setdefault("initargs", ())
         return dataclasses.replace(self, **changes)
 
     @property
@@ -263,6 +278,8 @@ class RunOptions:
             max_failures=self.max_failures,
             timeout=self.timeout,
             rate_limit=self.rate,
+            initializer=self.initializer,
+            initargs=self.initargs,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -279,4 +296,6 @@ class RunOptions:
             "max_failures": self.max_failures,
             "timeout": self.timeout,
             "rate_limit": self.rate,
+            # Name, import path (for `pylo resume`) and JSON initargs: pylo.workers._initializer.
+            "initializer": describe_initializer(self.initializer, self.initargs),
         }

@@ -16,12 +16,32 @@ are left alone (tqdm's ``logging_redirect_tqdm()`` does the same for them).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import sys
 import threading
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["ProgressBar", "wants_progress"]
+__all__ = ["INPUT_PROGRESS", "InputProgress", "ProgressBar", "wants_progress"]
+
+
+class InputProgress(Protocol):
+    """Told how an execution's inputs go (a pipeline's batch node reports them to its run's hooks)."""
+
+    def start(self, execution_id: str, total: int, finished: int) -> None:
+        """The execution starts: ``total`` inputs, ``finished`` of them already (a resume)."""
+
+    def update(self, finished: int, failed: int) -> None:
+        """Newly finished and failed inputs (from the execution's coordinator thread)."""
+
+    def close(self) -> None:
+        """The execution ended (or stopped)."""
+
+
+#: Set around the start of an execution (in the starting thread) to hear how its inputs go.
+INPUT_PROGRESS: contextvars.ContextVar[InputProgress | None] = contextvars.ContextVar(
+    "pylo_input_progress", default=None
+)
 
 
 def wants_progress(progress: bool | None) -> bool:

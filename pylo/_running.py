@@ -29,7 +29,7 @@ from pylo._codec import Codec
 from pylo._liveness import pid_is_gone
 from pylo._options import RunOptions
 from pylo._plan import Plan, record_end
-from pylo._progress import ProgressBar, wants_progress
+from pylo._progress import INPUT_PROGRESS, ProgressBar, wants_progress
 from pylo.stores.base import ExecutionRecord, ExecutionStatus, Store
 from pylo.workers.base import Backend
 
@@ -100,6 +100,7 @@ def run_execution(
     with _RUNNING_LOCK:
         _RUNNING_HERE.add(execution_id)
     bar: ProgressBar | None = None
+    listener = INPUT_PROGRESS.get()
     try:
         with _sigterm_as_system_exit():
             coordinator: _engine.Coordinator | None = None
@@ -107,6 +108,10 @@ def run_execution(
                 plan = prepare()
                 if wants_progress(options.progress):
                     bar = ProgressBar(execution_id, plan.total, plan.finished)
+                on_progress: Callable[[int, int], None] | None = None if bar is None else bar.update
+                if listener is not None:
+                    listener.start(execution_id, plan.total, plan.finished)
+                    on_progress = listener.update if bar is None else _both(bar.update, listener.update)
                 coordinator = _engine.Coordinator(
                     store,
                     backend,
@@ -114,7 +119,7 @@ def run_execution(
                     plan,
                     options,
                     codec,
-                    on_progress=None if bar is None else bar.update,
+                    on_progress=on_progress,
                 )
                 coordinator.run(function)
             except BaseException as exc:
@@ -126,8 +131,18 @@ def run_execution(
     finally:
         if bar is not None:
             bar.close()
+        if listener is not None:
+            listener.close()
         with _RUNNING_LOCK:
             _RUNNING_HERE.discard(execution_id)
+
+
+def _both(first: Callable[[int, int], None], second: Callable[[int, int], None]) -> Callable[[int, int], None]:
+    def both(finished: int, failed: int) -> None:
+        first(finished, failed)
+        second(finished, failed)
+
+    return both
 
 
 def _mark_ended(store: Store, execution_id: str, exc: BaseException) -> None:

@@ -155,6 +155,11 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--timeout", type=_seconds, metavar="S", help="fail an attempt that runs longer than S seconds")
     group.add_argument("--rate-limit", type=_rate, metavar="R", help="most task starts per second: 20, 20/s, 100/min")
+    group.add_argument(
+        "--initializer",
+        metavar="MODULE:FUNCTION",
+        help="called with no arguments once in each worker before its first input (open a connection)",
+    )
     group.add_argument("--id", type=_execution_id, metavar="ID", help="id of the new execution (default: generated)")
     _labels_option(group, "label the new execution (repeatable; a resume keeps its parent's labels)")
     group.add_argument(

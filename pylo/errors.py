@@ -21,6 +21,7 @@ __all__ = [
     "ExecutionInUse",
     "ExecutionNotFound",
     "ExecutionNotResumable",
+    "InitializerFailed",
     "InputSerializationError",
     "PipelineCycleError",
     "PipelineExists",
@@ -189,6 +190,40 @@ class WorkerCrashed(PyloError):
     The process ended without reporting (``os._exit``, a signal such as
     SIGKILL or SIGSEGV, the OOM killer); the message says how it ended.
     """
+
+
+class InitializerFailed(PyloError):
+    """A worker's ``initializer`` raised, so that worker could run no input.
+
+    Raised by ``start_from_scratch`` and ``start_from_past_execution``: the
+    execution ends ``aborted`` with every input no worker ran still
+    pending, so a resume after the fix runs them (see docs/options.md).
+
+    Attributes:
+        initializer: ``module:qualname`` of the initializer.
+        worker: Which worker it failed in (``"worker 1"``, ``"Dask worker
+            tcp://..."``).
+        type_name: Qualified name of the exception the initializer raised.
+        error_message: ``str()`` of that exception.
+        traceback_text: Its formatted traceback.
+    """
+
+    def __init__(self, initializer: str, worker: str, type_name: str, error_message: str, traceback_text: str) -> None:
+        super().__init__(
+            f"the initializer {initializer} failed in {worker}: {type_name}: {error_message}. That worker ran "
+            "no input; the inputs no worker ran stay pending: fix the initializer, then resume the execution"
+        )
+        self.initializer = initializer
+        self.worker = worker
+        self.type_name = type_name
+        self.error_message = error_message
+        self.traceback_text = traceback_text
+
+    def __reduce__(self) -> tuple[type[InitializerFailed], tuple[str, str, str, str, str]]:
+        return (
+            InitializerFailed,
+            (self.initializer, self.worker, self.type_name, self.error_message, self.traceback_text),
+        )
 
 
 # -- pipelines -----------------------------------------------------------------

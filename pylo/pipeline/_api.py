@@ -6,18 +6,18 @@ below that import the coordinator lazily, so ``import pylo`` stays light.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pylo._codec import short_repr
 from pylo.pipeline._reading import (
     _is_gone,
     _list_records,
-    _node_record,
     _read_record,
     _result,
     _running_here,
@@ -157,20 +157,41 @@ class PipelineMethods:
 
         return unpause(self._pylo_self(), run_id, pipeline, max_parallel, hooks)
 
-    def cancel_pipeline(self, run_id: str) -> None:
-        """Cancel a running or paused run, from any thread or process; returns at once.
+    def cancel_pipeline(
+        self, run_id: str, pipeline: Pipeline | Sequence[Any] | None = None, *, hooks: Sequence[Any] = ()
+    ) -> None:
+        """Cancel a running or paused run, from any thread or process.
 
-        Nothing new starts (but nodes that always run, such as ``finally_do``),
-        running batch nodes stop taking inputs, every node that did not end
-        is ``cancelled`` and the run ends ``cancelled``.
+        A running run: the request is recorded and this returns at once;
+        its coordinator starts nothing new but ``finally_do`` nodes, running
+        batch nodes stop taking inputs, every node that did not end is
+        ``cancelled`` and the run ends ``cancelled``.
+
+        A paused run has no coordinator. With no ``finally_do`` left to run
+        it is cancelled here and now. With one, give ``pipeline`` (the one
+        the run was started with, as for ``unpause_pipeline``): this call
+        then runs the run on under its id, blocking, starting only its
+        ``finally_do`` nodes (each once; ``hooks`` hear it), and the run
+        ends ``cancelled``. The same finishes a cancel whose process died
+        while ``finally_do`` ran (the run is ``crashed`` or ``interrupted``):
+        a ``finally_do`` recorded ``done`` does not run again.
+
+        Args:
+            run_id: The run.
+            pipeline: The run's pipeline; needed only to cancel a paused run
+                that has a ``finally_do`` (ignored for a running run).
+            hooks: Told about the run while a cancel runs its ``finally_do``.
 
         Raises:
-            PipelineControlError: The run is neither running nor paused.
+            PipelineControlError: The run is neither running nor paused (nor
+                a cancel under way), or it is paused with a ``finally_do`` to
+                run and no ``pipeline`` was given.
+            PipelineValidationError: ``pipeline`` does not have the run's nodes.
             PipelineNotFound: No such run.
         """
         from pylo.pipeline._control import request
 
-        request(self._pylo_self(), run_id, "cancel")
+        request(self._pylo_self(), run_id, "cancel", pipeline, hooks)
 
     def get_pipeline(self, run_id: str) -> PipelineRecord:
         """Return a run's record: status, lineage, times and every node.
@@ -244,7 +265,10 @@ def _run(
     config: Any = None,
     child_of: dict[str, str] | None = None,
     hooks: Sequence[Any] = (),
+    inherit: RunEnvironment | None = None,
+    parent_halt: Callable[[], str | None] | None = None,
 ) -> str:
+    from pylo.pipeline._builder import FINALLY
     from pylo.pipeline._graph import build_graph
     from pylo.pipeline._host import Host
     from pylo.pipeline._run_environment import RunEnvironment
@@ -261,7 +285,7 @@ def _run(
     codec = host.codec
     tasks = [node.node.task for node in graph.nodes]
     if parent_id is None:
-        environment = RunEnvironment.fresh(tasks, config)
+        environment = RunEnvironment.fresh(tasks, config) if inherit is None else inherit.for_child(tasks)
         rows = _fresh_rows(graph)
         values: list[Any] = [None] * len(rows)
         lineage: dict[int, str] = {}
@@ -278,7 +302,10 @@ def _run(
             logger.warning(
                 "resuming pipeline run %s, marked running on host %s: make sure it is not", parent_id, parent.host
             )
-        environment = RunEnvironment.resumed(tasks, parent.options.get("config"), config, parent_id)
+        if inherit is None:
+            environment = RunEnvironment.resumed(tasks, parent.options.get("config"), config, parent_id)
+        else:  # a child run resumed by its parent's resume: the parent's environment, as a new child's
+            environment = inherit.for_child(tasks)
         codec = host.codec_named(parent.codec, parent_id)
         rows, values, lineage = _resumed_rows(host, graph, parent, runs.read_nodes(parent_id), codec)
     now = time.time()
@@ -301,6 +328,8 @@ def _run(
             "shape": graph.shape,
             "lineage": {graph.nodes[index].key: execution_id for index, execution_id in lineage.items()},
             "config": environment.stored_config,
+            # finally_do nodes: a cancel of the run while no coordinator holds it must run them.
+            "finally": [node.key for node in graph.nodes if node.node.handler == FINALLY],
             **({"config_changes": environment.changes} if environment.changes else {}),
             **({"child_of": child_of} if child_of else {}),
         },
@@ -314,6 +343,7 @@ def _run(
                     host, new_id, graph, rows, values, lineage, limit, codec.name, environment,
                     hooks=hooks, name=run.name,
                     parent_trace=None if parent_id is None else parent.options.get("trace"),
+                    parent_halt=parent_halt,
                 )  # fmt: skip
         finally:
             environment.close()
@@ -335,6 +365,7 @@ def _coordinate(
     hooks: Sequence[Any] = (),
     name: str = "",
     parent_trace: Any = None,
+    parent_halt: Callable[[], str | None] | None = None,
 ) -> None:
     from pylo.pipeline._control import CONTROL_SECONDS, cancel_here, forget, reader
     from pylo.pipeline._coordinator import RunCoordinator
@@ -362,12 +393,15 @@ def _coordinate(
         max_parallel=limit,
         codec_name=codec_name,
         on_event=chain(tracer, events),
-        control=lambda in_store: read_control(in_store),
+        # A child run is cancelled with its parent run (a parent's pause lets it end, as a running node).
+        control=lambda in_store: (
+            read_control(in_store) or ("cancel" if parent_halt is not None and parent_halt() == "cancel" else None)
+        ),
         control_seconds=CONTROL_SECONDS,
         execution_prefix=execution_prefix,
         priorities=lambda: _priorities(runs, graph),
         environment=environment,
-        node_context=None if tracer is None else tracer.node_context,
+        node_context=_node_context(graph, tracer, events),
         hooks=tuple(hooks),
     )
     read_control = reader(runs, run_id, coordinator.stop)
@@ -390,6 +424,25 @@ def _coordinate(
         events.run_event("pipeline_status_changed", status.value)
         events.run_event("pipeline_finished", status.value)
         dispatcher.close()
+
+
+def _node_context(graph: Graph, tracer: Any, events: Any) -> Any:
+    """What each node's thread enters around its work: the node's span, and a batch node's input progress."""
+    from pylo.pipeline._builder import BATCH
+
+    batch = set() if events is None else {node.index for node in graph.nodes if node.node.kind == BATCH}
+    if not batch:
+        return None if tracer is None else tracer.node_context
+
+    def context(index: int) -> contextlib.ExitStack:
+        stack = contextlib.ExitStack()
+        if tracer is not None:
+            stack.enter_context(tracer.node_context(index))
+        if index in batch:
+            stack.enter_context(events.progress_context(index))
+        return stack
+
+    return context
 
 
 def _priorities(runs: Any, graph: Graph) -> list[float] | None:
@@ -473,8 +526,7 @@ def _resumed_rows(
             data = rows[index].result
             execution_id = rows[index].execution_id
             if rows[index].state in ("failed", "failed_dependency"):
-                values[index] = _node_record(rows[index], codec).failure  # a recovered failure: its exception
-                values[index] = None if values[index] is None else values[index].exception
+                values[index] = _kept_failure(rows[index], codec)  # a recovered failure: its exception
                 continue
             if data is None and execution_id is not None:
                 values[index] = read_values(host, execution_id)  # a batch node's results
@@ -487,6 +539,22 @@ def _resumed_rows(
                     f"at {host.location}: {type(exc).__name__}: {exc}"
                 ) from exc
     return rows, values, lineage
+
+
+def _kept_failure(row: NodeRow, codec: Codec) -> Any:
+    """A kept failure's value: its exception as the run built it, with the state it carried beside it."""
+    from pylo.pipeline._outcomes import member_exception, unwrap_state, wrap_state
+
+    if row.exc_type is None:
+        return None
+    value = member_exception(row.exc_type, row.message, row.traceback, row.exception, codec)
+    state = None
+    if row.result is not None and row.child_run_id is None:
+        try:
+            state = unwrap_state(codec.decode_value(row.result))[1]
+        except Exception:
+            state = None
+    return wrap_state(value, state)
 
 
 # -- reading ----------------------------------------------------------------------

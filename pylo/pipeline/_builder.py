@@ -444,8 +444,10 @@ def in_parallel(
 
     Args:
         pipelines: The members (pipelines; groups nest). May be empty (value ``[]``).
-        max_parallelism: At most this many of the members' nodes run at once
-            (None: only the run's ``max_parallel`` limits them).
+        max_parallelism: At most this many members run at once, each member
+            a chain from its first node's start to its last node's end
+            (nodes several members need hold no slot); None: only the
+            run's ``max_parallel`` limits them.
         num_stages: Split the members into this many stages whose results
             are joined in order. A group is a value, not a stored node, so
             there is no aggregation state to split: the value is the same

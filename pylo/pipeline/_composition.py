@@ -27,11 +27,19 @@ from typing import TYPE_CHECKING, Any
 from pylo._codec import get_codec
 from pylo.pipeline._builder import BATCH, EXCEPTIONALLY, FINALLY, Pipeline, _Node
 from pylo.pipeline._executors import Outcome, describe_failure
-from pylo.pipeline._outcomes import GroupFailed, check_arguments, combined_error, merge_states
+from pylo.pipeline._outcomes import (
+    GroupFailed,
+    check_arguments,
+    combined_error,
+    member_exception,
+    merge_states,
+    wrap_state,
+)
 
 if TYPE_CHECKING:
     from pylo.pipeline._graph import Graph
     from pylo.pipeline._host import Host
+    from pylo.pipeline._run_environment import RunEnvironment
     from pylo.stores.runs import NodeRow
 
 __all__ = ["ChildStarted", "CompositionRules", "qualified", "stateful_child", "why_not_run"]
@@ -52,6 +60,8 @@ class CompositionRules:
     _run_id: str
     _codec_name: str
     _hooks: tuple[Any, ...]
+    _environment: RunEnvironment | None
+    _max_parallel: int
     halt: str | None
     _started: dict[int, float]
     _outbox: queue.SimpleQueue[Any]
@@ -197,9 +207,42 @@ class CompositionRules:
             record=record,
             codec_name=self._codec_name,
             hooks=self._hooks,
+            environment=self._environment,
+            max_parallel=self._max_parallel,
+            halted=lambda: self.halt,
         )
         self._child_states[index] = state
         return outcome
+
+    def _tolerant_failure(self, index: int) -> None:
+        """A ``return_exceptions`` member failed (or did not run): its exception becomes its value, durably.
+
+        Its row keeps what a resume needs to put the same exception in the
+        same place: for a node that did not run, the exception of what it
+        waited for (type, message, traceback text, the encoded object); and
+        the state it carries, beside it. The value is rebuilt from the row,
+        as a resume rebuilds it.
+        """
+        row = self._rows[index]
+        error = self._errors[index]
+        if row.state == "failed_dependency" and error is not None:
+            from pylo.pipeline._executors import _safe_str
+
+            nodes = self._graph.nodes
+            texts = [self._rows[up].traceback for up in nodes[index].upstream if self._states[up] in _HARD]
+            row = dataclasses.replace(
+                row,
+                exc_type=qualified(error),
+                message=_safe_str(error),
+                traceback="\n".join(text for text in texts if text) or None,
+                exception=get_codec(self._codec_name).encode_exception(error),
+            )
+        state = self._node_states[index]
+        if state is not None:
+            row = dataclasses.replace(row, result=self._encode(wrap_state(None, state)))
+        self._note(index, row)
+        codec = get_codec(self._codec_name)
+        self._values[index] = member_exception(row.exc_type, row.message, row.traceback, row.exception, codec)
 
     def _record_child(self, index: int, started: ChildStarted) -> None:
         """Make the child run findable from its node before the child starts (a resume resumes it)."""

@@ -41,6 +41,7 @@ from pylo.pipeline._builder import BATCH, EXCEPTIONALLY, FINALLY, Pipeline, _Nod
 from pylo.pipeline._composition import ChildStarted, CompositionRules, qualified, stateful_child, why_not_run
 from pylo.pipeline._executors import CallRunner, Outcome, describe_failure
 from pylo.pipeline._graph import Graph
+from pylo.pipeline._group_limits import GroupLimits
 from pylo.pipeline._halting import HaltRules
 from pylo.pipeline._host import Host
 from pylo.pipeline._node_threads import NodeThreads, take_all
@@ -69,7 +70,7 @@ _FINAL = frozenset({_DONE, _FAILED, _FAILED_SOFTLY, _FAILED_DEPENDENCY, _SKIPPED
 _MAX_WAIT = 1.0
 
 
-class RunCoordinator(RunRecording, HaltRules, CompositionRules):
+class RunCoordinator(RunRecording, GroupLimits, HaltRules, CompositionRules):
     """Runs one created run to its end, recording node outcomes by the flush policy.
 
     Args:
@@ -141,8 +142,7 @@ class RunCoordinator(RunRecording, HaltRules, CompositionRules):
         self._waiting = [len(node.upstream) for node in graph.nodes]
         self._ready: collections.deque[int] = collections.deque()
         self._running = 0
-        self._group_running = [0] * len(graph.limits)
-        self._group_waiting: list[collections.deque[int]] = [collections.deque() for _ in graph.limits]
+        self._init_limits(graph)
         self._hard_failures = 0
         self._init_composition(rows)
         self._outbox: queue.SimpleQueue[tuple[int, Outcome]] = queue.SimpleQueue()
@@ -219,6 +219,8 @@ class RunCoordinator(RunRecording, HaltRules, CompositionRules):
                 self._values[index], self._node_states[index] = unwrap_state(self._values[index])
                 if state in _HARD:
                     self._hard_failures += 1
+                if nodes[index].chains:
+                    self._chains_end(index)  # a resume: a chain whose nodes all ended takes no slot
                 for dependent in nodes[index].dependents:
                     self._waiting[dependent] -= 1
         ended: list[int] = []
@@ -228,8 +230,6 @@ class RunCoordinator(RunRecording, HaltRules, CompositionRules):
         self._cascade(ended)
 
     def _dispatch(self) -> None:
-        nodes = self._graph.nodes
-        limits = self._graph.limits
         if self.halt is not None:
             self._dispatch_halted()
             return
@@ -239,18 +239,11 @@ class RunCoordinator(RunRecording, HaltRules, CompositionRules):
                 self._ready.appendleft(index)
                 self.request_halt("pause")
                 return
-            groups = nodes[index].groups
-            blocked = False
-            for group in groups:
-                if self._group_running[group] >= limits[group]:
-                    self._group_waiting[group].append(index)
-                    blocked = True
-                    break
-            if blocked:
-                continue
-            for group in groups:
-                self._group_running[group] += 1
+            if not self._admit(index):
+                continue  # its group's slots are taken: it waits for a chain to end
             self._start(index)
+        if self._graph.limits:
+            self._unstick()
 
     def _next_ready(self) -> int:
         """The ready node to start next: the most urgent by ``priorities``, else the first ready."""
@@ -384,11 +377,6 @@ class RunCoordinator(RunRecording, HaltRules, CompositionRules):
             raise outcome.interrupt
         self._running -= 1
         graph_node = self._graph.nodes[index]
-        for group in graph_node.groups:
-            self._group_running[group] -= 1
-            waiting = self._group_waiting[group]
-            if waiting:
-                self._ready.appendleft(waiting.popleft())
         options = graph_node.node.task.options
         if outcome.stopped:
             self._stopped_part_way(index, outcome)
@@ -419,10 +407,10 @@ class RunCoordinator(RunRecording, HaltRules, CompositionRules):
             self._hard_failures += 1
         if not outcome.ok:
             self._errors[index] = outcome.error
-            if state == _FAILED and graph_node.tolerant:
-                self._values[index] = outcome.error  # in_parallel(return_exceptions=True): a value
         self._states[index] = state
         self._ended_here.add(index)
+        if graph_node.chains:
+            self._chains_end(index)
         row = self._rows[index]
         started_at = self._started.pop(index, None)
         self._note(
@@ -448,6 +436,8 @@ class RunCoordinator(RunRecording, HaltRules, CompositionRules):
                 child_run_id=row.child_run_id,
             ),
         )
+        if state == _FAILED and graph_node.tolerant:
+            self._tolerant_failure(index)  # in_parallel(return_exceptions=True): its exception is a value
         self._outcomes_since_flush += 1
         if self._on_event is not None:
             self._on_event("end", index)
@@ -469,6 +459,8 @@ class RunCoordinator(RunRecording, HaltRules, CompositionRules):
         if self._on_event is not None:
             self._on_event("end", index)
         if state == _CANCELLED:
+            if self._graph.nodes[index].chains:
+                self._chains_end(index)
             ended: list[int] = []
             self._count_down(index, ended)
             self._cascade(ended)
@@ -530,7 +522,11 @@ class RunCoordinator(RunRecording, HaltRules, CompositionRules):
                 ended_row = dataclasses.replace(ended_row, exc_type=qualified(error), message=why_not_run(error))
         self._states[index] = verdict
         self._values[index] = None
+        if self._graph.nodes[index].chains:
+            self._chains_end(index)
         self._note(index, ended_row)
+        if verdict == _FAILED_DEPENDENCY and self._graph.nodes[index].tolerant:
+            self._tolerant_failure(index)
         self._outcomes_since_flush += 1
         if self._on_event is not None:
             self._on_event("end", index)

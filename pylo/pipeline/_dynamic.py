@@ -12,6 +12,12 @@ Order of events, each durable before the next::
         ▼
     the child's result (and, for ``.inline()``, its state) is the node's outcome
 
+A child run inherits what its parent run was given: its hooks, its
+configuration (what ``with_context`` tasks read), its rate-limit buckets
+(one per key for the run and its children) and its ``max_parallel``; a
+cancel of the parent cancels it (the parent's node ends ``cancelled``, and
+a resume of the parent resumes the child).
+
 A resume of the parent finds the node not ``done`` but with a child run and
 its pickled pipeline: it resumes that child (a new child run whose
 ``parent_id`` is the old child) instead of calling the task again, so the
@@ -31,6 +37,7 @@ if TYPE_CHECKING:
     from pylo.pipeline._builder import Pipeline
     from pylo.pipeline._executors import Outcome
     from pylo.pipeline._host import Host
+    from pylo.pipeline._run_environment import RunEnvironment
 
 __all__ = ["MAX_DEPTH", "encode_child", "run_child"]
 
@@ -65,6 +72,9 @@ def run_child(
     record: Callable[[str], None],
     codec_name: str,
     hooks: tuple[Any, ...] = (),
+    environment: RunEnvironment | None = None,
+    max_parallel: int | None = None,
+    halted: Callable[[], str | None] | None = None,
 ) -> tuple[Outcome, Any]:
     """Record, then run (or resume) a child run; its outcome and its final state.
 
@@ -78,6 +88,14 @@ def run_child(
             returns once it is.
         codec_name: The parent's codec.
         hooks: The parent's hooks: the child run's events go to them too.
+        environment: The parent's environment: the child runs with its
+            configuration and shares its rate buckets (None: the child has
+            an empty configuration).
+        max_parallel: The parent's ``max_parallel`` (None: the Pylo's workers).
+        halted: The parent run's halt (``"pause"``, ``"cancel"`` or None): a
+            cancel of the parent cancels the child, whose node then ends
+            ``cancelled`` (``stopped``), resumable: a resume of the parent
+            resumes the child.
 
     Returns:
         The node's outcome (the child's result, or its failure) and the
@@ -110,16 +128,24 @@ def run_child(
                 host.pylo,
                 pipeline,
                 run_id=child_id,
-                max_parallel=None,
+                max_parallel=max_parallel,
                 parent_id=previous_child,
                 child_of={"run": parent_run_id, "node": node_key},
                 hooks=hooks,
+                inherit=environment,
+                parent_halt=halted,
             )
         finally:
             with _LOCK:
                 _DEPTH.pop(child_id, None)
         value, child_state = _result(host.pylo, child_id, with_state=True)
     except Exception as exc:  # the child failed (PipelineFailed), or could not start
+        from pylo.pipeline._errors import PipelineCancelled
+
+        if isinstance(exc, PipelineCancelled) and halted is not None and halted() == "cancel":
+            from pylo.pipeline._executors import Outcome
+
+            return Outcome(ok=False, stopped=True, started=started, ended=time.time()), state
         return describe_failure(exc, codec_name, 1, started), state
     except BaseException as exc:  # the child was interrupted: so is its parent (a resume resumes both)
         from pylo.pipeline._executors import Outcome

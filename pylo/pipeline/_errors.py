@@ -86,12 +86,16 @@ class PipelineControlError(PyloError, ValueError):
         status: The run's status.
     """
 
-    def __init__(self, run_id: str, action: str, status: str) -> None:
+    def __init__(self, run_id: str, action: str, status: str, detail: str | None = None) -> None:
         allowed = "paused" if action == "unpause" else "running or paused"
-        super().__init__(f"cannot {action} pipeline run {run_id!r}: it is {status}, and only a {allowed} run can be")
+        super().__init__(
+            detail or f"cannot {action} pipeline run {run_id!r}: it is {status}, and only a {allowed} run can be"
+        )
         self.run_id = run_id
         self.action = action
         self.status = status
+        #: Set when the run's status allows the action but something is missing (a pipeline to run finally_do).
+        self.detail = detail
 
-    def __reduce__(self) -> tuple[type[PipelineControlError], tuple[str, str, str]]:
-        return (PipelineControlError, (self.run_id, self.action, self.status))
+    def __reduce__(self) -> tuple[type[PipelineControlError], tuple[str, str, str, str | None]]:
+        return (PipelineControlError, (self.run_id, self.action, self.status, self.detail))

@@ -41,8 +41,10 @@ class GraphNode:
     node: _Node
     upstream: tuple[int, ...]
     dependents: list[int] = field(default_factory=list)
-    #: Indices into ``Graph.limits`` of the ``in_parallel`` groups it counts against.
-    groups: tuple[int, ...] = ()
+    #: ``(group, chain)`` pairs: the member chains of limited ``in_parallel``
+    #: groups it belongs to (``group`` indexes ``Graph.limits``, ``chain``
+    #: ``Graph.chain_sizes``).
+    chains: tuple[tuple[int, int], ...] = ()
     #: A last node of an ``in_parallel(return_exceptions=True)`` member: its
     #: failure is a value (the exception) for the nodes that use it.
     tolerant: bool = False
@@ -58,12 +60,14 @@ class Graph:
             ``{"group": [shape, ...]}``.
         limits: ``max_parallelism`` of each limited group.
         index_of: ``id(_Node)`` -> index.
+        chain_sizes: The number of nodes of each member chain of a limited group.
     """
 
     nodes: list[GraphNode]
     shape: dict[str, Any]
     limits: list[int]
     index_of: dict[int, int]
+    chain_sizes: list[int] = field(default_factory=list)
 
     def value_of(self, pipeline: Pipeline, values: Sequence[Any]) -> Any:
         """The value of ``pipeline`` given each node's value (groups give lists)."""
@@ -200,28 +204,60 @@ def build_graph(target: Pipeline | Sequence[Any]) -> Graph:
             )
     index_of = {id(g.node): g.index for g in graph_nodes}
 
-    # 4. Limited groups: every node a member needs counts against the group.
-    limits: list[int] = []
-    membership: dict[int, list[int]] = {}
-    for group in groups.values():
-        number = len(limits)
-        assert group._max_parallelism is not None
-        limits.append(group._max_parallelism)
-        closure: set[int] = set()
-        todo = [index_of[id(n)] for n in group.last_nodes()]
-        while todo:
-            i = todo.pop()
-            if i in closure:
-                continue
-            closure.add(i)
-            todo.extend(graph_nodes[i].upstream)
-        for i in closure:
-            membership.setdefault(i, []).append(number)
-    for i, numbers in membership.items():
-        graph_nodes[i].groups = tuple(numbers)
+    # 4. Limited groups: each member is a chain, made of the nodes only it needs.
+    limits, chain_sizes = _chains(list(groups.values()), graph_nodes, index_of)
 
     shape = _shape(target, index_of, graph_nodes)
-    return Graph(nodes=graph_nodes, shape=shape, limits=limits, index_of=index_of)
+    return Graph(nodes=graph_nodes, shape=shape, limits=limits, index_of=index_of, chain_sizes=chain_sizes)
+
+
+def _chains(groups: list[Pipeline], nodes: list[GraphNode], index_of: dict[int, int]) -> tuple[list[int], list[int]]:
+    """Number the limited groups and their member chains; set each node's ``chains``.
+
+    A member's chain is the nodes it needs (its last nodes and everything
+    upstream of them) that no other member of the group needs. Nodes two
+    members need (a shared prefix, such as the result every member of a
+    ``continue_with`` group receives) belong to no chain of that group, so a
+    chain never waits for a node that only a chain not yet admitted could run.
+
+    Returns:
+        Each group's ``max_parallelism`` and each chain's number of nodes.
+    """
+    limits: list[int] = []
+    sizes: list[int] = []
+    chains_of: dict[int, list[tuple[int, int]]] = {}
+    shared = -1
+    for group in groups:
+        number = len(limits)
+        assert group._max_parallelism is not None and group._members is not None
+        limits.append(group._max_parallelism)
+        owner: dict[int, int] = {}  # node index -> the member that needs it, or ``shared``
+        for place, member in enumerate(group._members):
+            todo = [index_of[id(n)] for n in member.last_nodes()]
+            while todo:
+                i = todo.pop()
+                seen = owner.get(i)
+                if seen is None:
+                    owner[i] = place
+                    todo.extend(nodes[i].upstream)
+                elif seen != place and seen != shared:
+                    # Needed by two members: so is everything upstream of it.
+                    stack = [i]
+                    while stack:
+                        j = stack.pop()
+                        if owner.get(j) != shared:
+                            owner[j] = shared
+                            stack.extend(nodes[j].upstream)
+        first = len(sizes)
+        counts = [0] * len(group._members)
+        for i, place in owner.items():
+            if place != shared:
+                counts[place] += 1
+                chains_of.setdefault(i, []).append((number, first + place))
+        sizes.extend(counts)
+    for i, chains in chains_of.items():
+        nodes[i].chains = tuple(chains)
+    return limits, sizes
 
 
 def _shape(target: Any, index_of: dict[int, int], nodes: list[GraphNode]) -> dict[str, Any]:

@@ -64,7 +64,6 @@ class HaltRules:
     _run_id: str
     _ready: collections.deque[int]
     _group_waiting: list[collections.deque[int]]
-    _group_running: list[int]
     _running: int
     _max_parallel: int
     _hard_failures: int
@@ -76,11 +75,14 @@ class HaltRules:
     halt: str | None
     stop: threading.Event
 
-    # Given by the coordinator (and _note by RunRecording, before this class in its bases).
+    # Given by the coordinator (_note by RunRecording, _admit_anyway by GroupLimits: before this class in its bases).
     def _note(self, index: int, row: NodeRow) -> None:
         raise NotImplementedError
 
     def _start(self, index: int) -> None:
+        raise NotImplementedError
+
+    def _admit_anyway(self, index: int) -> None:
         raise NotImplementedError
 
     def _end_unstarted(self, index: int, verdict: str, ended: list[int]) -> None:
@@ -159,8 +161,7 @@ class HaltRules:
         while self._ready:
             index = self._ready.popleft()
             if self._always_runs(index) and self._running < self._max_parallel:
-                for group in self._graph.nodes[index].groups:  # counted, but no group limit holds it back
-                    self._group_running[group] += 1
+                self._admit_anyway(index)  # counted, but no group limit holds it back
                 self._start(index)
             else:
                 keep.append(index)

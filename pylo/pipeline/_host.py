@@ -134,7 +134,9 @@ class Host:
 
         Results are always stored (they are the node's value). The task's
         own ``retry`` and ``timeout`` apply to each input, else the Pylo's;
-        ``map``'s execution options override the Pylo's. An ``async def``
+        ``map``'s execution options override the Pylo's. The Pylo's
+        ``initializer`` sets up each worker of the execution (except an
+        ``async def`` one for a plain task: threads cannot await it). An ``async def``
         task runs on an event loop, and a plain one on threads when the Pylo
         is an asyncio one. With ``count_attempts`` the retry policy publishes
         each attempt's number to the task's context
@@ -142,6 +144,7 @@ class Host:
         returned shares the store: never close it.
         """
         from pylo.execution import Pylo
+        from pylo.workers._initializer import is_async_callable
 
         pylo = self.pylo
         backend = pylo.backend
@@ -149,6 +152,8 @@ class Host:
         other_kind = backend.runs_coroutines != task.is_async
         if other_kind:
             changes["retry"] = None  # the Pylo's policy is for the other kind of function
+            if not task.is_async and is_async_callable(pylo.options.initializer):
+                changes["initializer"] = None  # thread workers cannot await it
         if task.options.retry is not None:
             changes["retry"] = task.options.retry
         if task.options.timeout is not None:

@@ -111,6 +111,31 @@ def recovered(states: Sequence[str], nodes: Sequence[Any]) -> list[bool]:
     return kept
 
 
+def member_exception(
+    exc_type: str | None, message: str | None, traceback: str | None, encoded: bytes | None, codec: Any
+) -> BaseException:
+    """The exception in a failed ``return_exceptions`` member's place, rebuilt from what its row keeps.
+
+    The running run and a resume both build it this way, so the list holds
+    the same exception (type, message, traceback text) either way: the
+    exception decoded by the run's codec, whose ``__cause__`` is a
+    ``StoredTaskError`` with the recorded traceback text (as
+    ``concurrent.futures`` attaches a worker's traceback); or that
+    ``StoredTaskError`` itself when the exception cannot be rebuilt.
+    """
+    from pylo.errors import StoredTaskError
+
+    text = StoredTaskError(exc_type or "Exception", message or "", traceback or "")
+    if encoded is not None:
+        try:
+            exc = codec.decode_exception(encoded)
+        except Exception:
+            return text
+        exc.__cause__ = text
+        return exc
+    return text
+
+
 # -- state ------------------------------------------------------------------------
 
 #: How a node's result is stored when the node also has a state: one JSON-able mapping.

@@ -178,9 +178,13 @@ def _result(pylo: Pylo, run_id: str, with_state: bool = False) -> Any:
         row = by_key.get(key)
         if row is None:
             raise StoreError(f"pipeline run {run.id!r} in the store at {host.location} has lost node {key!r}")
-        if row.state == "failed":
+        if row.state in ("failed", "failed_dependency"):
             # A completed run keeps a failed sink only as a value: in_parallel(return_exceptions=True).
-            return _node_record(row, codec).failure.exception  # type: ignore[union-attr]
+            from pylo.pipeline._api import _kept_failure
+
+            value, state = unwrap_state(_kept_failure(row, codec))
+            states.append((row.display_name, state))
+            return value
         if row.state != "done" and (row.state != "skipped" or row.result is None):
             return None  # a softly failed or skipped sink (continue_if and exceptionally pass a value on)
         if row.result is None:

@@ -74,6 +74,8 @@ class RunEnvironment:
         self.trace_id = trace_id
         self.run_id = ""
         self._limits: KeyedRateLimits | None = None
+        #: A child run's environment: the parent's, whose bucket directory it shares.
+        self._parent: RunEnvironment | None = None
 
     @staticmethod
     def _rates(tasks: Iterable[Task]) -> dict[str, float]:
@@ -109,6 +111,32 @@ class RunEnvironment:
         resolved, changes = resume_config(stored, config, run_id=parent_id)
         return cls(resolved, rates, changes)
 
+    def for_child(self, tasks: Iterable[Task]) -> RunEnvironment:
+        """A child run's environment: this run's configuration and trace id, and its rate buckets.
+
+        A task that returned a pipeline runs it as a child run; its tasks see
+        what the parent's tasks see (``context.config``), and a rate key the
+        parent uses is the same bucket in the child (one bucket per key for
+        the run and its children). Keys only the child uses get buckets of
+        their own, in the parent's directory.
+
+        Raises:
+            PipelineValidationError: Bad rate limits, or a key the child gives
+                another rate than the parent.
+        """
+        from pylo.errors import PipelineValidationError
+
+        own = self._rates(tasks)
+        for key, rate in own.items():
+            if key in self.rates and self.rates[key] != rate:
+                raise PipelineValidationError(
+                    f"rate key {key!r} is {rate:g}/s in a child run but {self.rates[key]:g}/s in its parent: "
+                    "a key is one bucket for the run and its children; give both the same rate_limit"
+                )
+        child = RunEnvironment(self.config, {**self.rates, **own}, trace_id=self.trace_id)
+        child._parent = self
+        return child
+
     @property
     def stored_config(self) -> dict[str, Any]:
         """The configuration as the run row keeps it: JSON, without secret values."""
@@ -118,7 +146,12 @@ class RunEnvironment:
         """The run starts: make its buckets (only when some task has a rate)."""
         self.run_id = run_id
         if self.rates and self._limits is None:
-            self._limits = KeyedRateLimits.create(self.rates)
+            shared = None if self._parent is None else self._parent._limits
+            if shared is not None:
+                # Not the owner: the parent's close removes the directory.
+                self._limits = KeyedRateLimits(self.rates, shared.directory, burst=shared.burst)
+            else:
+                self._limits = KeyedRateLimits.create(self.rates)
 
     def close(self) -> None:
         """The run ended: remove its buckets."""

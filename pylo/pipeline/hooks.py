@@ -3,7 +3,14 @@
 A hook implements any of these methods, each taking one :class:`PipelineEvent`:
 
 ``pipeline_started``, ``pipeline_status_changed``, ``node_started``,
-``node_retried``, ``node_finished``, ``node_skipped``, ``pipeline_finished``.
+``node_retried``, ``node_progress``, ``node_finished``, ``node_skipped``,
+``pipeline_finished``.
+
+``node_progress`` is a batch node's inputs as its execution goes: when it
+starts (with the inputs a resume found finished), then at most every
+``PROGRESS_SECONDS`` while inputs finish, and once more when it ends, each
+event with ``inputs_done`` (finished or failed) and ``inputs_failed`` out of
+``inputs_total``.
 
 Hooks are called in event order on one thread of their own, fed by the
 coordinator through a queue: a slow hook never stalls the coordinator, its
@@ -16,14 +23,19 @@ reach the other hooks.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import queue
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-__all__ = ["HOOK_METHODS", "HookDispatcher", "PipelineEvent"]
+__all__ = ["HOOK_METHODS", "PROGRESS_SECONDS", "HookDispatcher", "PipelineEvent"]
+
+#: Least time between two ``node_progress`` events of a batch node (but its first and last).
+PROGRESS_SECONDS = 0.1
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +45,7 @@ HOOK_METHODS = (
     "pipeline_status_changed",
     "node_started",
     "node_retried",
+    "node_progress",
     "node_finished",
     "node_skipped",
     "pipeline_finished",
@@ -56,6 +69,10 @@ class PipelineEvent:
         error: ``"Type: message"`` of a failed node, or None.
         trace_id: The run's trace id (hex) when tracing, else None.
         child_run_id: A child run the node started, or None.
+        inputs_done: ``node_progress``: the batch node's inputs that finished
+            (succeeded or failed), those a resume found finished included.
+        inputs_failed: ``node_progress``: of those, the ones that failed.
+        inputs_total: ``node_progress``: the batch node's inputs.
     """
 
     kind: str
@@ -70,6 +87,9 @@ class PipelineEvent:
     error: str | None = None
     trace_id: str | None = None
     child_run_id: str | None = None
+    inputs_done: int | None = None
+    inputs_failed: int | None = None
+    inputs_total: int | None = None
 
 
 class HookDispatcher:
@@ -174,3 +194,56 @@ class RunEvents:
         error = None if row.exc_type is None else f"{row.exc_type}: {row.message or ''}"
         kind = "node_skipped" if row.state == "skipped" or row.started_at is None else "node_finished"
         emit(PipelineEvent(kind, state=row.state, attempt=row.attempts, duration=duration, error=error, **base))
+
+    @contextlib.contextmanager
+    def progress_context(self, index: int) -> Iterator[None]:
+        """In a batch node's thread, around its work: its execution's inputs become ``node_progress`` events."""
+        from pylo._progress import INPUT_PROGRESS
+
+        token = INPUT_PROGRESS.set(_BatchProgress(self, index))
+        try:
+            yield
+        finally:
+            INPUT_PROGRESS.reset(token)
+
+    def progress(self, index: int, done: int, failed: int, total: int) -> None:
+        row = self._rows[index]
+        self._dispatcher.emit(
+            PipelineEvent(
+                "node_progress", self._run_id, "running", node_key=row.key, task_name=row.task_name,
+                display_name=row.display_name, state="running", trace_id=self.trace_id,
+                inputs_done=done, inputs_failed=failed, inputs_total=total,
+            )
+        )  # fmt: skip
+
+
+class _BatchProgress:
+    """An execution's progress (``pylo._progress.InputProgress``) as a batch node's ``node_progress`` events."""
+
+    def __init__(self, events: RunEvents, index: int) -> None:
+        self._events = events
+        self._index = index
+        self._total: int | None = None
+        self._done = self._failed = 0
+        self._told = (-1, -1)
+        self._next = 0.0
+
+    def start(self, execution_id: str, total: int, finished: int) -> None:
+        self._total, self._done = total, finished
+        self._tell(force=True)
+
+    def update(self, finished: int, failed: int) -> None:
+        self._done += finished + failed
+        self._failed += failed
+        self._tell(force=False)
+
+    def close(self) -> None:
+        self._tell(force=True)
+
+    def _tell(self, force: bool) -> None:
+        now = time.monotonic()
+        if self._total is None or (not force and now < self._next) or self._told == (self._done, self._failed):
+            return
+        self._next = now + PROGRESS_SECONDS
+        self._told = (self._done, self._failed)
+        self._events.progress(self._index, self._done, self._failed, self._total)

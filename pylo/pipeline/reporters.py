@@ -5,7 +5,7 @@
 - :class:`PlanReporter`: a hook that prints that plan when the run starts,
   before any node runs.
 - :class:`ProgressReporter`: a hook that shows nodes done out of the total
-  on a tqdm bar (needs ``tqdm``).
+  on a tqdm bar, and batch nodes' inputs on a second one.
 """
 
 from __future__ import annotations
@@ -148,28 +148,50 @@ class PlanReporter:
 
 
 class ProgressReporter:
-    """A hook that shows nodes ended out of the total on a tqdm bar.
+    """A hook that shows a run's progress on tqdm bars: nodes ended out of the total, and batch nodes' inputs.
 
-    A batch node's own inputs are shown by its execution's progress bar
-    when the Pylo has ``progress=True``.
+    The first bar counts the run's nodes as they end. A second bar,
+    ``inputs``, appears with the first batch node that starts: inputs
+    finished (succeeded or failed) out of the inputs of the batch nodes
+    started so far, its own and its child runs', updated as their executions
+    go (``node_progress`` events), with the failed ones in its postfix. A
+    child run's nodes are not counted on the first bar (their number is not
+    known in advance).
 
     Args:
         pipeline: The pipeline being run (for its number of nodes).
-        **tqdm_options: Passed to ``tqdm.tqdm``.
+        **tqdm_options: Passed to ``tqdm.tqdm`` (both bars).
+
+    Attributes:
+        total: The run's nodes.
+        ended: Its nodes ended so far.
+        inputs_done: Batch node inputs finished so far (failed ones included).
+        inputs_failed: Of those, the ones that failed.
+        inputs_total: Inputs of the batch nodes started so far.
     """
 
     def __init__(self, pipeline: Any, **tqdm_options: Any) -> None:
         self.total = len(_vertices(pipeline))
         self.ended = 0
+        self.inputs_done = self.inputs_failed = self.inputs_total = 0
         self._options = tqdm_options
         self._bar: Any = None
+        self._inputs_bar: Any = None
+        self._run_id: str | None = None
+        # (run id, node key) -> (done, failed, total) of each batch node heard of.
+        self._batches: dict[tuple[str, str | None], tuple[int, int, int]] = {}
 
     def pipeline_started(self, event: PipelineEvent) -> None:
+        if self._run_id is not None:
+            return  # a child run's start
         from tqdm import tqdm
 
+        self._run_id = event.run_id
         self._bar = tqdm(total=self.total, desc=f"pipeline {event.run_id}", unit="node", **self._options)
 
     def _ended(self, event: PipelineEvent) -> None:
+        if event.run_id != self._run_id:
+            return
         self.ended += 1
         if self._bar is not None:
             self._bar.update(1)
@@ -177,7 +199,30 @@ class ProgressReporter:
     node_finished = _ended
     node_skipped = _ended
 
+    def node_progress(self, event: PipelineEvent) -> None:
+        self._batches[(event.run_id, event.node_key)] = (
+            event.inputs_done or 0,
+            event.inputs_failed or 0,
+            event.inputs_total or 0,
+        )
+        self.inputs_done = sum(done for done, _, _ in self._batches.values())
+        self.inputs_failed = sum(failed for _, failed, _ in self._batches.values())
+        self.inputs_total = sum(total for _, _, total in self._batches.values())
+        if self._inputs_bar is None:
+            from tqdm import tqdm
+
+            self._inputs_bar = tqdm(total=self.inputs_total, desc="inputs", unit="input", **self._options)
+        bar = self._inputs_bar
+        bar.total = self.inputs_total
+        bar.n = self.inputs_done
+        bar.set_postfix_str(f"failed={self.inputs_failed}", refresh=False)
+        bar.refresh()
+
     def pipeline_finished(self, event: PipelineEvent) -> None:
+        if event.run_id != self._run_id:
+            return
+        if self._inputs_bar is not None:
+            self._inputs_bar.close()
         if self._bar is not None:
             self._bar.set_postfix_str(event.status)
             self._bar.close()

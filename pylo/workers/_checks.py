@@ -50,7 +50,7 @@ def check_kind(task_function: Any, *, coroutines: bool) -> Callable[[Any], Any]:
 
 
 def check_sendable(value: Any, what: str, where: str) -> None:
-    """Refuse a function or retry policy that cannot travel to ``where`` (pickle, then cloudpickle).
+    """Refuse a function, retry policy or initializer that cannot travel to ``where`` (pickle, then cloudpickle).
 
     Raises:
         TypeError: Neither can pickle it; the message says why and what to do.
@@ -58,7 +58,7 @@ def check_sendable(value: Any, what: str, where: str) -> None:
     try:
         dumps(value)
     except TypeError as exc:
-        shown = task_name(value) if what == "task_function" else short_repr(value)
+        shown = task_name(value) if what in ("task_function", "initializer") else short_repr(value)
         raise TypeError(
             f"{what} {shown} cannot be sent to {where}: {exc}. Define it at module level, or make sure "
             "everything it refers to (closure variables, defaults, bound objects; a retry policy's stop, "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pylo._ratelimit import TokenBucket
+from pylo.errors import InitializerFailed
+from pylo.workers._initializer import run_initializer
 from pylo.workers._runner import Abandoned, LaneRunner
 from pylo.workers.base import ChunkResult, RunnerSettings
 
@@ -90,13 +93,47 @@ class _RemoteStop:
 
 
 class _Held:
-    """A job as a worker process keeps it, with the flag its chunks share."""
+    """A job as a worker process keeps it, with the flag its chunks share and its setup."""
 
-    __slots__ = ("job", "stop")
+    __slots__ = ("job", "set_up", "setup_failed", "setup_lock", "stop")
 
     def __init__(self, job: Job) -> None:
         self.job = job
         self.stop = _RemoteStop(job.stop_name)
+        self.setup_lock = threading.Lock()
+        self.set_up = False
+        self.setup_failed: InitializerFailed | None = None
+
+    def initialize(self) -> None:
+        """Run the execution's initializer the first time this process runs one of its chunks.
+
+        Other threads of the process wait for it, so no chunk runs before it.
+
+        Raises:
+            InitializerFailed: It raised, in this chunk or an earlier one.
+        """
+        settings = self.job.settings
+        if settings.initializer is None:
+            return
+        with self.setup_lock:
+            if not self.set_up:
+                self.setup_failed = run_initializer(settings.initializer, settings.initargs, _this_worker())
+                self.set_up = True
+        if self.setup_failed is not None:
+            failed = self.setup_failed
+            raise InitializerFailed(
+                failed.initializer, failed.worker, failed.type_name, failed.error_message, failed.traceback_text
+            )
+
+
+def _this_worker() -> str:
+    """How a failure names this Dask worker process."""
+    try:
+        from distributed import get_worker
+
+        return f"Dask worker {get_worker().address} (process {os.getpid()})"
+    except Exception:  # not in a worker task (tests calling run_chunk directly)
+        return f"Dask worker process {os.getpid()}"
 
 
 _HELD: collections.OrderedDict[str, _Held] = collections.OrderedDict()
@@ -158,12 +195,17 @@ class Inputs:
 
 
 def run_chunk(token: str, lane: int, chunk_id: int, wrapped: Inputs, budget: int) -> ChunkResult:
-    """The Dask task: run one chunk of inputs in a lane runner and describe it."""
+    """The Dask task: run one chunk of inputs in a lane runner and describe it.
+
+    Raises:
+        InitializerFailed: The execution's initializer raised in this process.
+    """
     inputs = wrapped.items
     held = _held_job(token)
     if held is None:  # the execution ended while this task waited for a thread
         return ChunkResult(chunk_id, lane, 0, (), (), None, 0.0)
     job = held.job
+    held.initialize()  # once per process and execution; raises InitializerFailed to the coordinator
     held.stop.bind()
     limiter = None
     if job.rate_per_lane is not None:

@@ -31,12 +31,14 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, overload
 
 from pylo._ratelimit import TokenBucket
+from pylo.workers._initializer import run_initializer
 from pylo.workers._pickling import loads
 from pylo.workers._process_wire import (
     BROKEN,
     CHUNK_STARTED,
     DONE,
     FAILED,
+    INIT_FAILED,
     INPUT_STARTED,
     KEY,
     KEY_SPAN,
@@ -65,6 +67,11 @@ def main(boot: Boot) -> None:
         settings = loads(boot.kit.settings)
     except BaseException as exc:
         _broken(boot, f"worker {boot.lane} could not load the task function: {type(exc).__name__}: {exc}")
+        return
+    # Before the first chunk is read; a process that replaces a dead one runs it again.
+    failed = run_initializer(settings.initializer, settings.initargs, f"worker {boot.lane} (process {os.getpid()})")
+    if failed is not None:
+        _say(boot, (INIT_FAILED, failed))
         return
     try:
         _ChildLane(boot, function, settings).serve()
@@ -107,8 +114,13 @@ def _exit_with_parent() -> None:
 
 
 def _broken(boot: Boot, message: str) -> None:
+    _say(boot, (BROKEN, message))
+
+
+def _say(boot: Boot, message: tuple[Any, ...]) -> None:
+    """Send the parent why this process ends, if it can still hear it."""
     try:
-        write_frame(boot.outbox.fileno(), pickle.dumps((BROKEN, message)))
+        write_frame(boot.outbox.fileno(), pickle.dumps(message))
     except Exception:
         pass  # the parent is gone or the pipe is broken: the exit status must do
 

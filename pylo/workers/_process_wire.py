@@ -20,6 +20,7 @@ Messages from the child, per chunk and in this order, over the lane's pipe
     (RESULT, serial, seq, index, bytes)         as each result is made (store_results)
     (DONE, serial, sent, attempted, interrupt, elapsed)
     (BROKEN, message)                           the worker cannot go on
+    (INIT_FAILED, InitializerFailed)            its initializer raised; it runs nothing
 
 ``seq`` numbers a chunk's FAILED/RESULT messages from 0 and ``sent`` says how
 many there were, so the parent can tell if it missed one (a Ctrl-C landing
@@ -51,6 +52,7 @@ __all__ = [
     "CHUNK_STARTED",
     "DONE",
     "FAILED",
+    "INIT_FAILED",
     "INPUT_STARTED",
     "KEY",
     "KEY_SPAN",
@@ -70,7 +72,7 @@ KEY, INPUT_STARTED, CHUNK_STARTED = 0, 1, 2
 #: Inputs per chunk must stay below this; serials below 2**53 / KEY_SPAN keep KEY exact.
 KEY_SPAN = 1 << 24
 
-FAILED, RESULT, DONE, BROKEN = "failed", "result", "done", "broken"
+FAILED, RESULT, DONE, BROKEN, INIT_FAILED = "failed", "result", "done", "broken", "init-failed"
 
 _HEADER = struct.Struct("!Q")
 

@@ -31,7 +31,6 @@ __all__ = [
     "LaneRunner",
     "LocalLanes",
     "StopFlag",
-    "collect_results",
     "describe_failure",
     "partial_results",
     "qualified_name",
@@ -100,19 +99,6 @@ def take_all(outbox: _Queue[_Message], timeout: float | None) -> list[_Message]:
             return found
 
 
-def collect_results(outbox: _Queue[ChunkResult | BaseException], timeout: float | None) -> list[ChunkResult]:
-    """``Backend.poll`` over a queue of lane results, where a lane's own bug comes as an exception.
-
-    Raises:
-        BaseException: The first exception a lane queued instead of a result.
-    """
-    found = take_all(outbox, timeout)
-    for item in found:
-        if isinstance(item, BaseException):
-            raise item
-    return found  # type: ignore[return-value]  # exceptions were raised above
-
-
 def partial_results(runners: Iterable[BaseLaneRunner]) -> list[ChunkResult]:
     """``Backend.progress`` of lanes in this process: each running chunk that has outcomes."""
     found = []
@@ -131,9 +117,27 @@ class LocalLanes(Lanes):
         self._outbox: queue.SimpleQueue[ChunkResult | BaseException] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._runners: Sequence[BaseLaneRunner] = ()
+        self._setup_failed = threading.Lock()  # taken by the first lane whose initializer raised
+        self._held: list[ChunkResult] = []  # results that came with an error, for the next poll
 
     def poll(self, timeout: float | None) -> list[ChunkResult]:
-        return collect_results(self._outbox, timeout)
+        if self._held:
+            held, self._held = self._held, []
+            return held
+        found = take_all(self._outbox, timeout)
+        results = [item for item in found if not isinstance(item, BaseException)]
+        for item in found:
+            if isinstance(item, BaseException):
+                # The results that came with it are finished work: the coordinator
+                # takes them in from the next poll, while it winds down.
+                self._held = results
+                raise item
+        return results
+
+    def report_setup_failure(self, failed: BaseException) -> None:
+        """Hand the coordinator a lane's initializer failure: the first one only, the others say the same."""
+        if self._setup_failed.acquire(blocking=False):
+            self._outbox.put(failed)
 
     def progress(self) -> list[ChunkResult]:
         return partial_results(self._runners)

@@ -27,6 +27,12 @@ two loops never meet. How chunks flow::
 
 Semantics specific to asyncio:
 
+* ``initializer`` runs once per lane, in the lane's coroutine, before its
+  first chunk; an ``async def`` one is awaited there, a plain one is called
+  on the loop. So a ``ContextVar`` it sets is the lane's own (each lane is
+  a task with a context of its own). A lane whose initializer raised
+  answers its chunks without running them.
+
 * ``timeout`` bounds each input, retries included: the input runs in an
   asyncio task of its own, which is cancelled past the timeout, and the input
   fails with ``TaskTimeout``. A task that swallows the cancellation and goes
@@ -58,8 +64,9 @@ from typing import Any
 
 from pylo._ratelimit import TokenBucket
 from pylo.workers._aiorunner import AsyncLaneRunner
+from pylo.workers._initializer import await_initializer
 from pylo.workers._runner import FailureGate, LocalLanes
-from pylo.workers.base import LocalBackend, RunnerSettings
+from pylo.workers.base import ChunkResult, LocalBackend, RunnerSettings
 
 __all__ = ["AsyncioBackend", "AsyncioLanes"]
 
@@ -112,8 +119,10 @@ class AsyncioLanes(LocalLanes):
         self._handoff: list[tuple[int, _Chunk]] = []
         self._handoff_lock = threading.Lock()
         self._wake_scheduled = False
+        self._settings = RunnerSettings()
 
     def start(self, function: Callable[[Any], Any], lanes: int, settings: RunnerSettings) -> None:
+        self._settings = settings
         gate = None
         if settings.max_failures is not None:
             # Only the loop's thread counts failures: a plain counter, no lock.
@@ -152,7 +161,7 @@ class AsyncioLanes(LocalLanes):
         assert self._finished is not None
         # The loop keeps only weak references to tasks: hold the lanes here.
         self._lane_tasks = [
-            asyncio.create_task(self._lane_main(runner, inbox), name=f"pylo-lane-{number}")
+            asyncio.create_task(self._lane_main(number, runner, inbox), name=f"pylo-lane-{number}")
             for number, (runner, inbox) in enumerate(zip(self._runners, self._inboxes, strict=True))
         ]
         try:
@@ -161,8 +170,13 @@ class AsyncioLanes(LocalLanes):
             self._closing.set()
             await self._cancel_every_task()
 
-    async def _lane_main(self, runner: AsyncLaneRunner, inbox: asyncio.Queue[_Chunk]) -> None:
+    async def _lane_main(self, lane: int, runner: AsyncLaneRunner, inbox: asyncio.Queue[_Chunk]) -> None:
         outbox = self._outbox
+        settings = self._settings
+        # Awaited here, in the lane's own task: a ContextVar it sets is this lane's.
+        failed = await await_initializer(settings.initializer, settings.initargs, f"worker {lane} (a coroutine)")
+        if failed is not None:
+            self.report_setup_failure(failed)
         while True:
             try:
                 chunk_id, inputs, budget = await inbox.get()
@@ -174,6 +188,9 @@ class AsyncioLanes(LocalLanes):
                 task = asyncio.current_task()
                 if task is not None:
                     task.uncancel()
+                continue
+            if failed is not None:  # this lane cannot run inputs: they stay pending
+                outbox.put(ChunkResult(chunk_id, lane, 0, (), (), None, 0.0))
                 continue
             try:
                 result = await runner.run(chunk_id, inputs, budget)

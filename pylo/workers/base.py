@@ -41,6 +41,10 @@ class RunnerSettings:
         rate_limit: Task starts per second across all lanes (None: no
             limit). The backend shares one
             :class:`~pylo._ratelimit.TokenBucket` among its lanes.
+        initializer: Called as ``initializer(*initargs)`` once per worker
+            before its first input (see :mod:`pylo.workers._initializer`),
+            or None.
+        initargs: The initializer's arguments.
     """
 
     store_exceptions: bool = True
@@ -50,6 +54,8 @@ class RunnerSettings:
     max_failures: int | None = None
     timeout: float | None = None
     rate_limit: float | None = None
+    initializer: Callable[..., Any] | None = None
+    initargs: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,14 +200,36 @@ class Backend(abc.ABC):
 
         Raises:
             TypeError: The retry policy is not the tenacity flavour these
-                workers call, or cannot be sent to them.
+                workers call, an ``async def`` initializer for workers that
+                run plain functions, or a retry policy, initializer or
+                initargs that cannot be sent to them.
         """
         from pylo._options import check_retry
-        from pylo.workers._checks import check_sendable
+        from pylo.workers._checks import check_sendable, task_name
+        from pylo.workers._initializer import is_async_callable
 
         check_retry(options.retry, asynchronous=self.runs_coroutines)
-        if options.retry is not None and self.sends_to is not None:
+        if options.initializer is not None and not self.runs_coroutines and is_async_callable(options.initializer):
+            raise TypeError(
+                f"initializer {task_name(options.initializer)} is an async function, but {self.name} workers "
+                "call it as a plain function; make it a plain def (Pylo.local_asyncio awaits async initializers)"
+            )
+        if self.sends_to is None:
+            return
+        if options.retry is not None:
             check_sendable(options.retry, "retry", self.sends_to)
+        if options.initializer is not None:
+            check_sendable(options.initializer, "initializer", self.sends_to)
+            from pylo._codec import short_repr
+            from pylo.workers._pickling import dumps
+
+            try:
+                dumps(options.initargs)
+            except TypeError as exc:
+                raise TypeError(
+                    f"initargs {short_repr(options.initargs)} cannot be sent to {self.sends_to}: {exc}. "
+                    "Pass what describes the resource (a path, a URL, numbers) and open it in the initializer"
+                ) from exc
 
     @abc.abstractmethod
     def new_lanes(self) -> Lanes:

@@ -45,6 +45,11 @@ What each rule of a lane becomes here, and why:
   backend then runs that chunk's inputs one task each, so only an input whose
   own task kills its workers again is recorded as failed with
   ``WorkerCrashed``; the others finish normally.
+* **initializer.** It runs once per Dask worker process and execution, in
+  the thread of the first chunk of the execution that process runs (the
+  other threads of the process wait for it), and not again for its other
+  chunks. A process where it raised answers that chunk and later ones with
+  :class:`~pylo.errors.InitializerFailed`; the first one ends the execution.
 * **progress()** knows nothing (a remote chunk is reported when it ends), so
   a time-based flush waits for chunk ends; the coordinator keeps chunks near
   50 ms of work, so this costs little.
@@ -62,7 +67,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pylo.errors import PyloError, WorkerCrashed
+from pylo.errors import InitializerFailed, PyloError, WorkerCrashed
 from pylo.workers._dask_remote import Inputs, Job, forget_job, job_name, run_chunk
 from pylo.workers._runner import describe_failure, qualified_name
 from pylo.workers.base import Backend, ChunkResult, Lanes, RunnerSettings, TaskFailure
@@ -206,6 +211,7 @@ class DaskLanes(Lanes):
         self._stopping = False
         self._started = False
         self._closed = False
+        self._setup_failed = False  # an initializer failure was reported: one is enough
 
     def start(self, function: Callable[[Any], Any], lanes: int, settings: RunnerSettings) -> None:
         distributed = _import_distributed()
@@ -314,7 +320,13 @@ class DaskLanes(Lanes):
             flight.failures.append((flight.next, self._crashed(outcome)))
             flight.next += 1
             return self._next_one(flight)
-        if not (self._stopping or self._closed):
+        if isinstance(outcome, InitializerFailed):
+            # A worker process that cannot set up runs none of the chunk: its inputs stay pending.
+            if self._error is None and not self._setup_failed:
+                self._error = outcome
+            self._setup_failed = True
+            self._stopping = True
+        elif not (self._stopping or self._closed):
             # Not a task's failure (those are inside the ChunkResult): the
             # cluster lost the chunk, or the task could not even start (pylo
             # or the function's module missing on a worker). The run ends; a

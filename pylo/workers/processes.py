@@ -47,6 +47,7 @@ from pylo.workers._process_wire import (
     CHUNK_STARTED,
     DONE,
     FAILED,
+    INIT_FAILED,
     INPUT_STARTED,
     KEY,
     KEY_SPAN,
@@ -175,6 +176,7 @@ class ProcessLanes(Lanes):
         self._gate: FailureGate | None = None
         self._closed = False
         self._spawned: list[Any] = []  # every Process not yet released, whether or not a lane has it
+        self._setup_failed: set[int] = set()  # lanes whose process's initializer raised
 
     # -- life cycle -------------------------------------------------------------
 
@@ -184,7 +186,7 @@ class ProcessLanes(Lanes):
         try:
             settings_bytes = dumps(settings)
         except TypeError as exc:
-            raise TypeError(f"the retry policy cannot be sent to worker processes: {exc}") from exc
+            raise TypeError(f"the retry policy or initializer cannot be sent to worker processes: {exc}") from exc
         context = self._context
         gate_parts = bucket_parts = None
         if settings.max_failures is not None:
@@ -335,6 +337,12 @@ class ProcessLanes(Lanes):
             self._errors.append(PyloError(message[1]))
             self._closed = True  # a worker that cannot load the task: replacements would not either
             return
+        if tag == INIT_FAILED:
+            if not self._setup_failed:
+                self._errors.append(message[1])  # the first lane's says it for all
+            self._setup_failed.add(lane.number)
+            self._closed = True  # its inputs stay pending; new processes would fail the same way
+            return
         chunk = self._chunk(lane, message[1])
         if chunk is None:
             logger.debug("worker %d: a message about an unknown chunk was ignored: %r", lane.number, message[:3])
@@ -443,7 +451,7 @@ class ProcessLanes(Lanes):
             # the input it was killed in did not time out.
             stale = suspect is not None and suspect != (key, started)
             self._settle(lane, chunk, int(key) % KEY_SPAN, started, chunk_started, suspect is not None, stale, pid, how)
-        elif suspect is None:
+        elif suspect is None and lane.number not in self._setup_failed:
             logger.warning("worker %d: its process (pid %s) %s between chunks; it is replaced", lane.number, pid, how)
         if lane.stillborn >= MAX_STILLBORN:
             self._closed = True

@@ -4,6 +4,10 @@ Right for I/O-bound tasks (network calls, disk, subprocesses) and for tasks
 that release the GIL. Lanes are daemon threads so that a task stuck forever
 can be abandoned instead of keeping the process alive.
 
+Each lane's thread calls the ``initializer`` (if any) before it takes its
+first chunk; a thread whose initializer raised answers its chunks without
+running them, and the first such failure goes to the coordinator.
+
 Timeouts: a thread cannot be killed. With ``timeout`` set, a watchdog
 thread checks each lane's current input; one that runs too long is failed
 with ``TaskTimeout``, its thread is abandoned (left to finish or hang on its
@@ -20,8 +24,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from pylo._ratelimit import TokenBucket
+from pylo.workers._initializer import run_initializer
 from pylo.workers._runner import Abandoned, FailureGate, LaneRunner, LocalLanes
-from pylo.workers.base import LocalBackend, RunnerSettings
+from pylo.workers.base import ChunkResult, LocalBackend, RunnerSettings
 
 __all__ = ["ThreadBackend", "ThreadLanes"]
 
@@ -44,8 +49,10 @@ class ThreadLanes(LocalLanes):
         self._runners: list[LaneRunner] = []
         self._watchdog_done = threading.Event()
         self._make_runner: Callable[[int], LaneRunner] | None = None
+        self._settings = RunnerSettings()
 
     def start(self, function: Callable[[Any], Any], lanes: int, settings: RunnerSettings) -> None:
+        self._settings = settings
         gate = None
         if settings.max_failures is not None:
             gate = FailureGate(settings.max_failures, self._stop, _Count(), threading.Lock())
@@ -69,20 +76,27 @@ class ThreadLanes(LocalLanes):
     def _start_lane(self, lane: int) -> threading.Thread:
         thread = threading.Thread(
             target=self._lane_main,
-            args=(self._runners[lane], self._inboxes[lane]),
+            args=(lane, self._runners[lane], self._inboxes[lane]),
             name=f"pylo-lane-{lane}",
             daemon=True,
         )
         thread.start()
         return thread
 
-    def _lane_main(self, runner: LaneRunner, inbox: _Inbox) -> None:
+    def _lane_main(self, lane: int, runner: LaneRunner, inbox: _Inbox) -> None:
         outbox = self._outbox
+        settings = self._settings
+        failed = run_initializer(settings.initializer, settings.initargs, f"worker {lane} (a thread)")
+        if failed is not None:
+            self.report_setup_failure(failed)
         while True:
             message = inbox.get()
             if message is _STOP:
                 return
             chunk_id, inputs, budget = message
+            if failed is not None:  # this thread cannot run inputs: they stay pending
+                outbox.put(ChunkResult(chunk_id, lane, 0, (), (), None, 0.0))
+                continue
             try:
                 outbox.put(runner.run(chunk_id, inputs, budget))
             except Abandoned:

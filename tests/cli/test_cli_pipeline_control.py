@@ -35,6 +35,17 @@ def flow():
     a = step.send("a").set(task_id="a")
     b = step.send("b", a).set(task_id="b")
     return step.send("c", b).set(task_id="c")
+
+
+@task
+def cleanup(previous):
+    with open("calls.log", "a", encoding="utf-8") as log:
+        log.write("cleanup\\n")
+
+
+def guarded():
+    a = step.send("a").set(task_id="a").wait()
+    return step.send("c", a).set(task_id="c").finally_do(cleanup)
 """
 
 
@@ -120,6 +131,21 @@ def test_cancel_from_another_process(flows: Cli) -> None:
     assert again.stderr == (
         "pylo: error: cannot cancel pipeline run 'doomed': it is cancelled, and only a running or paused run can be\n"
     )
+
+
+def test_cancel_of_a_paused_run_with_finally_do_takes_the_pipeline_and_runs_it(flows: Cli) -> None:
+    paused = flows("pipeline", "run", "flows:guarded", "--run-id", "g")
+    assert paused.returncode == 1 and paused.stdout.startswith("pipeline run g paused"), paused.stdout
+    refused = flows("pipeline", "cancel", "g")
+    assert refused.returncode == 2
+    assert refused.stderr == (
+        "pylo: error: pipeline run g is paused and has a finally_do that the cancel must run: give the "
+        "pipeline it was started with, pylo pipeline cancel g MODULE:ATTR\n"
+    )
+    cancelled = flows("pipeline", "cancel", "g", "flows:guarded")
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert cancelled.stdout == "pipeline run g: cancel requested (it is cancelled)\n"
+    assert calls(flows) == ["a", "cleanup"]
 
 
 def test_control_of_an_unknown_run_is_one_line(flows: Cli) -> None:

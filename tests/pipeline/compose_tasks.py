@@ -195,3 +195,34 @@ def logged_after(previous: str, name: str) -> str:
 
 def pid() -> int:
     return os.getpid()
+
+
+# -- return_exceptions across a resume ------------------------------------------------------
+
+
+def describe(value: Any) -> Any:
+    """An exception as (type, message, whether its recorded traceback shows the raise); else the value."""
+    if isinstance(value, BaseException):
+        text = getattr(value.__cause__, "traceback_text", "")
+        return (type(value).__name__, str(value), "raise ValueError" in text)
+    return value
+
+
+@task
+def fail_after(previous: Any, name: str) -> None:
+    record(name)
+    raise ValueError(f"{name} fails")
+
+
+@task(with_state=True)
+def state_and_values(state: Any, values: list[Any]) -> tuple[Any, Any]:
+    record("state_and_values")
+    if "state_and_values" in BROKEN:
+        raise RuntimeError("not yet")
+    return state, [state, [describe(v) for v in values]]
+
+
+@task
+def logged_describe(values: list[Any]) -> list[Any]:
+    _log_and_maybe_hang("describe")
+    return [describe(v) for v in values]

@@ -85,3 +85,10 @@ def cleanup(previous: Any) -> str:
     with _LOCK:
         RECEIVED.append(previous)
     return "cleaned"
+
+
+@task
+def spawn_gated() -> Any:
+    """Returns a child pipeline: child-gated (gated when a test made its gate), then child-after."""
+    started("parent")
+    return step.send("child-after", step.send("child-gated"))

@@ -114,3 +114,28 @@ def seen_unless_flagged(ctx: TaskContext, path: str) -> dict[str, Any]:
     if os.path.exists(path):
         raise RuntimeError(f"{path} is still there")
     return _seen(ctx, path)
+
+
+# -- child runs (a task that returns a pipeline) -------------------------------------------
+
+
+@task
+def child_of_fails_until_fixed(flag: str) -> Any:
+    """Returns a child pipeline whose context-reading task fails while ``flag`` exists."""
+    return fails_until_fixed.send(flag)
+
+
+@task
+def child_of_rated(count: int) -> Any:
+    """Returns a child batch node on the rate key the parent's nodes use too."""
+    return status_started.map(range(count))
+
+
+@task(with_context=True)
+def seen_max_parallel(ctx: TaskContext, value: Any) -> dict[str, Any]:
+    return {"config": ctx.config.to_dict(), "run_id": ctx.run_id, "value": value}
+
+
+@task
+def child_of_seen(value: Any) -> Any:
+    return seen_max_parallel.send(value)

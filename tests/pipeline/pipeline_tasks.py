@@ -246,3 +246,19 @@ def interrupt(*upstream: Any) -> None:
 @task
 def die(*upstream: Any) -> None:
     os._exit(3)
+
+
+@task
+def logged_cleanup(previous: Any, name: str) -> None:
+    """A finally_do that logs. With ``PYLO_TEST_CRASH=second``, the second one to run (another
+    ``cleanup-`` name is in the log) waits for ``<log>.go``, then SIGKILLs its process."""
+    second = os.environ.get("PYLO_TEST_CRASH") == "second" and any(
+        line.startswith("cleanup-") for line in logged_calls(os.environ["PYLO_TEST_LOG"])
+    )
+    _log_and_maybe_hang(f"cleanup-{name}")
+    if second:
+        go = os.environ["PYLO_TEST_LOG"] + ".go"
+        deadline = time.monotonic() + 60
+        while not os.path.exists(go) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(os.getpid(), 9)

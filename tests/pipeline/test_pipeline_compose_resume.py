@@ -84,6 +84,52 @@ def test_resume_keeps_state_stored_with_done_nodes(make_pylo: MakePylo) -> None:
     assert p.get_pipeline_result(p.resume_pipeline(first, flow())) == {"a": 1}
 
 
+def tolerant_flow() -> Any:
+    """Members: a stateful chain whose second node fails, one failing at once, one that succeeds."""
+    chain = t.remember.send("k", 1).continue_with(t.fail_after, "chain")
+    members = [chain, t.maybe_fail.send("alone"), t.remember.send("j", 2)]
+    group = in_parallel(members, return_exceptions=True)
+    return group.continue_with(t.state_and_values).with_initial(state={})
+
+
+EXPECTED = [
+    {"k": 1, "j": 2},  # the failed chain's state is merged too
+    [("ValueError", "chain fails", True), ("ValueError", "alone is broken", True), 2],
+]
+
+
+def test_resume_after_a_later_failure_keeps_return_exceptions_members_exceptions_and_states(
+    make_pylo: MakePylo,
+) -> None:
+    p = make_pylo()
+    BROKEN.update({"alone", "state_and_values"})
+    first = p.run_pipeline(tolerant_flow())
+    assert p.get_pipeline(first).status is PipelineStatus.FAILED
+    BROKEN.clear()  # "alone" is fixed too: its failure is a value, kept, not run again
+    resumed = p.resume_pipeline(first, tolerant_flow())
+    assert p.get_pipeline_result(resumed) == EXPECTED
+    assert (count("chain"), count("alone"), count("state_and_values")) == (1, 1, 2)
+    BROKEN.add("alone")
+    fresh = p.run_pipeline(tolerant_flow())  # the same values in a run that did not resume
+    assert p.get_pipeline_result(fresh) == EXPECTED
+
+
+def test_a_failed_return_exceptions_sink_is_the_same_exception_after_a_resume(make_pylo: MakePylo) -> None:
+    p = make_pylo()
+
+    def flow() -> Any:
+        return [
+            in_parallel([t.maybe_fail.send("a").continue_with(t.add, 1)], return_exceptions=True),
+            t.maybe_fail.send("later"),
+        ]
+
+    BROKEN.update({"a", "later"})
+    first = p.run_pipeline(flow())
+    BROKEN.clear()
+    [[value], later] = p.get_pipeline_result(p.resume_pipeline(first, flow()))
+    assert t.describe(value) == ("ValueError", "a is broken", True) and later == "later"
+
+
 # -- SIGKILL -------------------------------------------------------------------------------
 
 
@@ -95,7 +141,12 @@ def handled_flow() -> Any:
     return t.logged_fail.send("fail").exceptionally(t.logged_recover).continue_with(t.logged_after, "after")
 
 
-FLOWS = {"dynamic": dynamic_flow, "handled": handled_flow}
+def tolerant_crash_flow() -> Any:
+    members = [t.logged_step.send("ok"), t.logged_fail.send("bad"), t.logged_fail.send("bad2").continue_with(t.add, 1)]
+    return in_parallel(members, return_exceptions=True).continue_with(t.logged_describe)
+
+
+FLOWS = {"dynamic": dynamic_flow, "handled": handled_flow, "tolerant": tolerant_crash_flow}
 
 
 def run_victim(store_dir: str, log_path: str, hang: str, flow: str) -> None:
@@ -153,3 +204,21 @@ def test_sigkill_after_a_recovery_then_resume_keeps_the_recovery(
         resumed = pylo.resume_pipeline("victim", handled_flow())
         assert pylo.get_pipeline_result(resumed) == "recovered: fail fails then after"
     assert logged_calls(log_after) == ["after"]
+
+
+def test_sigkill_after_return_exceptions_members_failed_then_resume_keeps_their_exceptions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store_dir, log_before = kill_when_hanging(tmp_path, "describe", "tolerant")
+    assert sorted(logged_calls(log_before)) == ["bad", "bad2", "describe", "ok"]
+    log_after = str(tmp_path / "after.log")
+    monkeypatch.setenv("PYLO_TEST_LOG", log_after)
+    monkeypatch.delenv("PYLO_TEST_HANG", raising=False)
+    expected = ["ok", ("ValueError", "bad fails", True), ("ValueError", "bad2 fails", True)]
+    with Pylo.local_multithread(store_dir, 2) as pylo:
+        resumed = pylo.resume_pipeline("victim", tolerant_crash_flow())
+        assert pylo.get_pipeline_result(resumed) == expected
+        assert pylo.get_pipeline_result(pylo.run_pipeline(tolerant_crash_flow())) == expected  # as a fresh run
+    calls = logged_calls(log_after)
+    assert calls[0] == "describe"  # the resume: the members did not run again
+    assert sorted(calls[1:4]) == ["bad", "bad2", "ok"] and calls[4:] == ["describe"]  # the fresh run

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 from control_tasks import STARTED, gate, gated_item, step
 
 from pylo import PipelineStatus, Pylo, TaskState
+from pylo.errors import PipelineValidationError
 from pylo.pipeline import in_parallel
 from pylo.pipeline._errors import PipelineCancelled, PipelineControlError, PipelineNotCompleted
 
@@ -211,16 +213,63 @@ def test_cancel_before_a_queued_finally_do_starts_it_still_runs(make_pylo: MakeP
     assert isinstance(received, PipelineCancelled)
 
 
-def test_cancel_while_paused_cannot_run_finally_do(make_pylo: MakePylo) -> None:
-    """A paused run has no coordinator and cancel_pipeline has no pipeline: its finally_do ends cancelled."""
+def test_cancel_while_paused_runs_finally_do_once_given_the_pipeline(make_pylo: MakePylo) -> None:
+    """A paused run has no coordinator: its finally_do runs only if the cancel is given the pipeline."""
     p = make_pylo()
     flow = step.send("b", step.send("a").wait()).finally_do(control_tasks.cleanup)
     run_id = p.run_pipeline(flow)
     assert p.get_pipeline(run_id).status is PipelineStatus.PAUSED
+    with pytest.raises(PipelineControlError, match=r"finally_do \(cleanup-\w+\) must still run: give the pipeline"):
+        p.cancel_pipeline(run_id)
+    assert p.get_pipeline(run_id).status is PipelineStatus.PAUSED  # nothing changed
+    with pytest.raises(PipelineValidationError, match="cancel it with the pipeline it was started with"):
+        p.cancel_pipeline(run_id, abc())
+    p.cancel_pipeline(run_id, flow)  # blocks while the finally_do runs
+    record = p.get_pipeline(run_id)
+    assert record.status is PipelineStatus.CANCELLED
+    assert [n.state for n in record.nodes] == [TaskState.DONE, TaskState.CANCELLED, TaskState.DONE]
+    assert STARTED == ["a", "cleanup"]
+    [received] = control_tasks.RECEIVED
+    assert isinstance(received, PipelineCancelled) and received.run_id == run_id
+    with pytest.raises(PipelineCancelled):
+        p.get_pipeline_result(run_id)
+    with pytest.raises(PipelineControlError, match="it is cancelled"):
+        p.cancel_pipeline(run_id, flow)
+    assert STARTED.count("cleanup") == 1
+
+
+def test_cancel_while_paused_without_finally_do_needs_no_pipeline(make_pylo: MakePylo) -> None:
+    p = make_pylo()
+    run_id = p.run_pipeline(step.send("b", step.send("a").wait()))
     p.cancel_pipeline(run_id)
     record = p.get_pipeline(run_id)
     assert record.status is PipelineStatus.CANCELLED
-    assert [n.state for n in record.nodes] == [TaskState.DONE, TaskState.CANCELLED, TaskState.CANCELLED]
-    assert STARTED == ["a"]
-    with pytest.raises(PipelineCancelled):
-        p.get_pipeline_result(run_id)
+    assert [n.state for n in record.nodes] == [TaskState.DONE, TaskState.CANCELLED]
+
+
+def halt_of(p: Pylo, run_id: str) -> Any:
+    return p.store.runs().get_run(run_id).options.get("halt")
+
+
+def test_cancel_reaches_a_running_child_run_which_a_resume_resumes(make_pylo: MakePylo) -> None:
+    p = make_pylo()
+    reached, opened = gate("child-gated")
+    flow = control_tasks.spawn_gated.send()
+    thread, box = in_background(lambda: p.run_pipeline(flow, run_id="r"))
+    assert reached.wait(WAIT)
+    child = p.get_pipeline("r").nodes[0].child_run_id
+    assert child is not None
+    p.cancel_pipeline("r")
+    deadline = time.monotonic() + WAIT
+    while halt_of(p, child) != "cancel":  # the child took its parent's cancel up: child-after never starts
+        assert time.monotonic() < deadline, "the child run never heard of the cancel"
+        time.sleep(0.01)
+    opened.set()
+    thread.join(WAIT)
+    assert box == ["r"] and "child-after" not in STARTED
+    record = p.get_pipeline("r")
+    assert record.status is PipelineStatus.CANCELLED and record.nodes[0].state is TaskState.CANCELLED
+    assert p.get_pipeline(child).status is PipelineStatus.CANCELLED
+    resumed = p.resume_pipeline("r", flow)  # resumes the child: the parent's task does not run again
+    assert p.get_pipeline_result(resumed) == "child-after"
+    assert STARTED == ["parent", "child-gated", "child-after"]

@@ -132,7 +132,26 @@ def test_disconnected_parts_and_groups_shape_the_result() -> None:
         ]
     }
     assert graph.limits == [1]
-    assert graph.nodes[0].groups == (0,) and graph.nodes[2].groups == ()
+    # Each member is a chain of the group (the empty one has no node); the other sink is in none.
+    assert graph.chain_sizes == [1, 0, 1]
+    assert graph.nodes[0].chains == ((0, 0),) and graph.nodes[1].chains == ((0, 2),) and graph.nodes[2].chains == ()
+
+
+def test_a_node_several_members_need_belongs_to_no_chain_of_their_group() -> None:
+    shared = multiply.send(1, 2)
+    inner = in_parallel([add.send(shared, 1), add.send(shared, 2).continue_with(add, 3)], max_parallelism=1)
+    outer = in_parallel([inner, multiply.send(3, 3)], max_parallelism=1)
+    graph = build_graph(outer)
+    by_name = [(n.node.task.display_name, n.chains) for n in graph.nodes]
+    # shared is needed by both members of inner (no chain there) but only by inner in outer.
+    assert by_name == [
+        ("multiply", ((0, 0),)),
+        ("add", ((0, 0), (1, 2))),
+        ("add", ((0, 0), (1, 3))),
+        ("add", ((0, 0), (1, 3))),
+        ("multiply", ((0, 1),)),
+    ]
+    assert graph.limits == [1, 1] and graph.chain_sizes == [4, 1, 1, 2]
 
 
 def test_bad_run_targets_are_validation_errors() -> None:

@@ -12,7 +12,7 @@ import pytest
 from control_tasks import step
 
 from pylo import Pylo
-from pylo.pipeline import in_parallel
+from pylo.pipeline import in_parallel, task
 from pylo.pipeline._graph import build_graph
 from pylo.pipeline.reporters import STATE_COLOURS, PlanReporter, ProgressReporter, to_dot, to_mermaid, to_text
 
@@ -126,3 +126,75 @@ def test_the_progress_reporter_counts_nodes_ended(make_pylo: MakePylo) -> None:
     make_pylo().run_pipeline(diamond(), hooks=[reporter])
     assert (reporter.ended, reporter.total) == (4, 4)
     assert "4/4" in out.getvalue() and "completed" in out.getvalue()
+
+
+BROKEN_ITEMS: set[int] = set()
+
+
+@task
+def item(x: int) -> int:
+    if x in BROKEN_ITEMS:
+        raise ValueError(f"item {x} is broken")
+    return x
+
+
+@task
+def total_of(values: list[int]) -> int:
+    return sum(values)
+
+
+class Progress:
+    def __init__(self) -> None:
+        self.events: list[tuple[str | None, int | None, int | None, int | None]] = []
+
+    def node_progress(self, event: Any) -> None:
+        self.events.append((event.display_name, event.inputs_done, event.inputs_failed, event.inputs_total))
+
+
+def test_the_progress_reporter_shows_batch_nodes_inputs_as_they_go(make_pylo: MakePylo) -> None:
+    pytest.importorskip("tqdm")
+    out = io.StringIO()
+    flow = [total_of.send(item.map(range(20)).set(display_name="twenty")), item.map(range(10)).set(display_name="ten")]
+    reporter = ProgressReporter(flow, file=out)
+    heard = Progress()
+    make_pylo().run_pipeline(flow, hooks=[reporter, heard])
+    assert (reporter.ended, reporter.total) == (3, 3)
+    assert (reporter.inputs_done, reporter.inputs_failed, reporter.inputs_total) == (30, 0, 30)
+    assert "inputs" in out.getvalue() and "30/30" in out.getvalue()
+    for name, size in (("twenty", 20), ("ten", 10)):
+        mine = [(done, failed, total) for node, done, failed, total in heard.events if node == name]
+        assert mine[0] == (0, 0, size) and mine[-1] == (size, 0, size)  # from the start to the end
+        assert [done for done, _, _ in mine] == sorted({done for done, _, _ in mine})  # as it goes, never back
+
+
+def test_a_resumed_batch_node_reports_the_inputs_it_found_finished(make_pylo: MakePylo) -> None:
+    pytest.importorskip("tqdm")
+    pylo = make_pylo()
+    flow = item.map(range(10)).set(display_name="ten")
+    BROKEN_ITEMS.update({3, 7})
+    try:
+        heard = Progress()
+        first = pylo.run_pipeline(flow, hooks=[heard])
+        assert heard.events[-1] == ("ten", 10, 2, 10)
+    finally:
+        BROKEN_ITEMS.clear()
+    out = io.StringIO()
+    reporter = ProgressReporter(flow, file=out)
+    heard = Progress()
+    pylo.resume_pipeline(first, flow, hooks=[reporter, heard])
+    assert heard.events[0] == ("ten", 8, 0, 10) and heard.events[-1] == ("ten", 10, 0, 10)
+    assert (reporter.inputs_done, reporter.inputs_total) == (10, 10)
+
+
+@task
+def spawner() -> Any:
+    return item.map(range(4))  # a child run with a batch node
+
+
+def test_the_progress_reporter_counts_its_own_nodes_and_its_child_runs_inputs(make_pylo: MakePylo) -> None:
+    pytest.importorskip("tqdm")
+    out = io.StringIO()
+    reporter = ProgressReporter(spawner.send(), file=out)
+    make_pylo().run_pipeline(spawner.send(), hooks=[reporter])
+    assert (reporter.ended, reporter.total) == (1, 1)
+    assert (reporter.inputs_done, reporter.inputs_total) == (4, 4)
