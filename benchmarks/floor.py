@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -47,10 +48,31 @@ def noop(item: object) -> None:
     return None
 
 
+class Span:
+    """Wall and CPU time (every thread of the process) of one contender's run, over the same span.
+
+    Imports and set-up (pylo's and SQLAlchemy's modules, a store's tables,
+    the floor's tables) are outside it for every contender alike.
+    """
+
+    def __enter__(self) -> Span:
+        self.cpu = time.process_time()
+        self.wall = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self.wall
+        self.cpu = time.process_time() - self.cpu
+
+    @property
+    def times(self) -> tuple[float, float]:
+        return self.wall, self.cpu
+
+
 # -- contenders, each run in its own process -----------------------------------
 
 
-def floor(n: int) -> float:
+def floor(n: int) -> tuple[float, float]:
     """The hand-written durable floor: record the inputs, run them, one commit per ~1,000 outcomes."""
     with tempfile.TemporaryDirectory() as directory:
         db = sqlite3.connect(os.path.join(directory, "floor.sqlite"), isolation_level=None)
@@ -58,88 +80,85 @@ def floor(n: int) -> float:
         db.execute("PRAGMA synchronous = NORMAL")
         db.execute("CREATE TABLE execution (id INTEGER PRIMARY KEY, total INTEGER, finished INTEGER)")
         db.execute("CREATE TABLE batch (no INTEGER PRIMARY KEY, payload BLOB, states BLOB)")
-        started = time.perf_counter()
-        inputs = list(range(n))
-        # Record every input before the run, in batches of 1,024.
-        db.execute("BEGIN")
-        db.execute("INSERT INTO execution VALUES (1, ?, 0)", (n,))
-        for no, start in enumerate(range(0, n, BATCH)):
-            chunk = inputs[start : start + BATCH]
-            db.execute("INSERT INTO batch VALUES (?, ?, ?)", (no, pickle.dumps(chunk), bytes(len(chunk))))
-        db.execute("COMMIT")
-        # Run, marking each outcome by its state byte; one commit per 1,000
-        # outcomes writes the states of the batches touched since the last.
-        finished = 0
-        dirty: dict[int, bytearray] = {}
-
-        def commit() -> None:
-            db.execute("BEGIN")
-            db.executemany("UPDATE batch SET states = ? WHERE no = ?", [(bytes(s), no) for no, s in dirty.items()])
-            db.execute("UPDATE execution SET finished = ? WHERE id = 1", (finished,))
-            db.execute("COMMIT")
-            dirty.clear()
-
-        for no in range((n + BATCH - 1) // BATCH):
-            chunk = pickle.loads(db.execute("SELECT payload FROM batch WHERE no = ?", (no,)).fetchone()[0])
-            states = dirty[no] = bytearray(len(chunk))
-            for index, item in enumerate(chunk):
-                noop(item)
-                states[index] = 1
-                finished += 1
-                if finished % COMMIT_EVERY == 0:
-                    commit()
-                    states = dirty[no] = states
-        if dirty:
-            commit()
-        elapsed = time.perf_counter() - started
+        with Span() as span:
+            floor_run(db, n)
         assert db.execute("SELECT finished FROM execution").fetchone()[0] == n
         db.close()
-    return elapsed
+    return span.times
 
 
-def pylo_threads(n: int) -> float:
+def floor_run(db: sqlite3.Connection, n: int) -> None:
+    inputs = list(range(n))
+    # Record every input before the run, in batches of 1,024.
+    db.execute("BEGIN")
+    db.execute("INSERT INTO execution VALUES (1, ?, 0)", (n,))
+    for no, start in enumerate(range(0, n, BATCH)):
+        chunk = inputs[start : start + BATCH]
+        db.execute("INSERT INTO batch VALUES (?, ?, ?)", (no, pickle.dumps(chunk), bytes(len(chunk))))
+    db.execute("COMMIT")
+    # Run, marking each outcome by its state byte; one commit per 1,000
+    # outcomes writes the states of the batches touched since the last.
+    finished = 0
+    dirty: dict[int, bytearray] = {}
+
+    def commit() -> None:
+        db.execute("BEGIN")
+        db.executemany("UPDATE batch SET states = ? WHERE no = ?", [(bytes(s), no) for no, s in dirty.items()])
+        db.execute("UPDATE execution SET finished = ? WHERE id = 1", (finished,))
+        db.execute("COMMIT")
+        dirty.clear()
+
+    for no in range((n + BATCH - 1) // BATCH):
+        chunk = pickle.loads(db.execute("SELECT payload FROM batch WHERE no = ?", (no,)).fetchone()[0])
+        states = dirty[no] = bytearray(len(chunk))
+        for index, item in enumerate(chunk):
+            noop(item)
+            states[index] = 1
+            finished += 1
+            if finished % COMMIT_EVERY == 0:
+                commit()
+                states = dirty[no] = states
+    if dirty:
+        commit()
+
+
+def pylo_threads(n: int) -> tuple[float, float]:
     from pylo import Pylo
 
     with tempfile.TemporaryDirectory() as directory:
         pylo = Pylo.local_multithread(directory, 2)
-        inputs = list(range(n))
-        started = time.perf_counter()
-        execution_id = pylo.start_from_scratch(inputs, noop)
-        elapsed = time.perf_counter() - started
+        with Span() as span:
+            inputs = list(range(n))
+            execution_id = pylo.start_from_scratch(inputs, noop)
         assert pylo.get_execution(execution_id).finished == n
         pylo.close()
-    return elapsed
+    return span.times
 
 
-def thread_pool(n: int) -> float:
-    inputs = list(range(n))
-    started = time.perf_counter()
-    with ThreadPoolExecutor(2) as pool:
-        for _ in pool.map(noop, inputs):
+def thread_pool(n: int) -> tuple[float, float]:
+    with Span() as span, ThreadPoolExecutor(2) as pool:
+        for _ in pool.map(noop, list(range(n))):
             pass
-    return time.perf_counter() - started
+    return span.times
 
 
-def joblib_threads(n: int) -> float:
+def joblib_threads(n: int) -> tuple[float, float]:
     import joblib  # type: ignore[import-untyped]
 
-    inputs = list(range(n))
-    started = time.perf_counter()
-    joblib.Parallel(n_jobs=2, prefer="threads")(joblib.delayed(noop)(item) for item in inputs)
-    return time.perf_counter() - started
+    with Span() as span:
+        joblib.Parallel(n_jobs=2, prefer="threads")(joblib.delayed(noop)(item) for item in list(range(n)))
+    return span.times
 
 
-def mpire_threads(n: int) -> float:
+def mpire_threads(n: int) -> tuple[float, float]:
     import mpire  # type: ignore[import-not-found]
 
-    inputs = list(range(n))
-    started = time.perf_counter()
-    with mpire.WorkerPool(n_jobs=2, start_method="threading") as pool:
-        pool.map(noop, inputs)
-    return time.perf_counter() - started
+    with Span() as span, mpire.WorkerPool(n_jobs=2, start_method="threading") as pool:
+        pool.map(noop, list(range(n)))
+    return span.times
 
 
-CONTENDERS = {
+CONTENDERS: dict[str, Callable[[int], tuple[float, float]]] = {
     "floor": floor,
     "pylo": pylo_threads,
     "ThreadPoolExecutor.map": thread_pool,
@@ -178,9 +197,7 @@ def main() -> None:
     if args.child:
         # CPU time of the whole process (every thread) beside the wall time:
         # on a shared machine it says more than the wall clock.
-        cpu = time.process_time()
-        wall = CONTENDERS[args.child[0]](int(args.child[1]))
-        print(json.dumps([wall, time.process_time() - cpu]))
+        print(json.dumps(CONTENDERS[args.child[0]](int(args.child[1]))))
         return
 
     n = args.n or (100_000 if args.quick else 1_000_000)

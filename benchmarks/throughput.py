@@ -2,7 +2,7 @@
 
 Run from the repository root:
 
-    python benchmarks/throughput.py            # the full set (about a minute)
+    python benchmarks/throughput.py            # the full set (a few minutes)
     python benchmarks/throughput.py --quick    # smaller N, for a smoke check
 
 Every figure is measured in this run, side by side with the alternative a
@@ -42,14 +42,16 @@ def measure_run(n: int, generator: bool) -> dict[str, float]:
 
     with tempfile.TemporaryDirectory() as directory:
         pylo = Pylo.local_multithread(directory, 2)
-        inputs = (i for i in range(n)) if generator else list(range(n))
+        cpu = time.process_time()
         started = time.perf_counter()
+        inputs = (i for i in range(n)) if generator else list(range(n))
         execution_id = pylo.start_from_scratch(inputs, noop)
         elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu
         record = pylo.get_execution(execution_id)
         assert record.finished == n, record
         pylo.close()
-    return {"seconds": elapsed, "peak_rss_mb": peak_rss_kib() / 1024}
+    return {"seconds": elapsed, "cpu": cpu, "peak_rss_mb": peak_rss_kib() / 1024}
 
 
 def peak_rss_kib() -> int:
@@ -132,6 +134,7 @@ def main() -> None:
 
     scale = 10 if args.quick else 1
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, no-op task, 2 workers, default SQLite store")
+    print(f"load average {os.getloadavg()[0]:.2f}")
     print()
 
     n = 200_000 // scale
@@ -162,6 +165,23 @@ def main() -> None:
     resume = in_subprocess("resume", n=large, failures=failures)
     print(f"[4] resume of a {large:,}-input execution with {failures:,} failures (goal: <= 2 s to first task)")
     print(f"    first task after {resume['to_first_task']:.3f} s; whole resume {resume['seconds']:.3f} s")
+    print()
+
+    # Alternated in fresh subprocesses, best of three each: one pair of runs
+    # on a shared machine says little.
+    best: dict[bool, tuple[float, float]] = {}
+    for _ in range(3):
+        for generator in (False, True):
+            run = in_subprocess("run", n=large, generator=generator)
+            wall, cpu = best.get(generator, (run["seconds"], run["cpu"]))
+            best[generator] = (min(wall, run["seconds"]), min(cpu, run["cpu"]))
+    print(f"[5] {large:,} inputs from a generator vs from a list, best of 3 alternating (goal: <= 1.1x)")
+    for generator, label in ((False, "list"), (True, "generator")):
+        print(f"    {label:<10} {best[generator][0]:8.3f} s  (CPU {best[generator][1]:.3f} s)")
+    ratio_wall = best[True][0] / best[False][0]
+    ratio_cpu = best[True][1] / best[False][1]
+    print(f"    generator / list: {ratio_wall:.2f}x wall, {ratio_cpu:.2f}x CPU")
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

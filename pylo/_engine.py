@@ -53,8 +53,6 @@ logger = logging.getLogger(__name__)
 
 #: Inputs in a lane's first chunk, before its speed is known.
 FIRST_CHUNK = 8
-#: A chunk aims to take about this long, so results flow back steadily.
-TARGET_CHUNK_SECONDS = 0.05
 #: Seconds to wait for lanes to hand back partial chunks when interrupted.
 INTERRUPT_GRACE = 2.0
 
@@ -112,7 +110,8 @@ class Coordinator:
         self._outcomes = _Outcomes()
         self._stopping = False
         self._stop_requested = STOP_REQUESTED.get()
-        self._target_chunk_seconds = min(TARGET_CHUNK_SECONDS, options.flush_seconds / 4)
+        # A chunk aims at this much work, so results flow back steadily (set by the lanes when started).
+        self._target_chunk_seconds = min(Lanes.chunk_seconds, options.flush_seconds / 4)
         self._flush_due = time.monotonic() + options.flush_seconds
         self._ended = False  # the final status is durable
 
@@ -135,6 +134,7 @@ class Coordinator:
                 settings = self._options.runner_settings(self._codec)
                 self._running = lanes = self._backend.start(function, len(self._lanes), settings)
                 slots = 1 + lanes.prefetch
+                self._target_chunk_seconds = min(lanes.chunk_seconds, self._options.flush_seconds / 4)
                 self._budgets = Budgets(
                     self._options.max_worker_failures, self._options.max_failures, len(self._lanes), slots
                 )
@@ -318,7 +318,7 @@ class Coordinator:
             self._started().cancel()
 
     def _resize(self, lane: _Lane, result: ChunkResult) -> None:
-        """Aim the lane's next chunk at TARGET_CHUNK_SECONDS of work."""
+        """Aim the lane's next chunk at the lanes' ``chunk_seconds`` of work."""
         per_input = result.elapsed / result.attempted
         wanted = int(self._target_chunk_seconds / per_input) if per_input > 0 else self._max_chunk
         # Grow gradually (a fast first input says little) but shrink at once.

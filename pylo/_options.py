@@ -179,7 +179,9 @@ class RunOptions:
 
     number_of_workers: int
     max_worker_failures: int = 1000
-    task_executions_before_flush: int = 1000
+    # One stored batch (pylo._plan.MAX_BATCH): no chunk is larger than the
+    # flush interval, so with 1,000 every batch ran as chunks of 1,000 and 24.
+    task_executions_before_flush: int = 1024
     flush_seconds: float = DEFAULT_FLUSH_SECONDS
     store_exceptions: bool = True
     store_results: bool = False
@@ -228,7 +230,7 @@ class RunOptions:
         options: Mapping[str, Any],
         number_of_workers: int,
         max_worker_failures: int = 1000,
-        task_executions_before_flush: int = 1000,
+        task_executions_before_flush: int = 1024,
         store_exceptions: bool = True,
     ) -> RunOptions:
         """Options from a constructor's arguments: its ``**options`` and the seed's positional ones.

@@ -53,6 +53,10 @@ TARGET_BATCH_BYTES = 4 << 20
 READ_AHEAD = 16
 #: Batches written per store transaction while recording.
 BATCHES_PER_WRITE = 16
+#: Encoded bytes of a generator's first batches kept in memory while recording,
+#: so its run does not read them back from the store: a bound, whatever the
+#: number of inputs (a million small inputs fit in it, whole).
+KEEP_PAYLOAD_BYTES = 16 << 20
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +148,8 @@ def record_fresh(
 
     batches: list[Batch] = []
     pending_writes: list[BatchRecord] = []
+    kept: dict[int, bytes] = {}
+    keep = 0 if in_memory is not None else KEEP_PAYLOAD_BYTES
     position = 0
     size = FIRST_BATCH
     while True:
@@ -167,6 +173,11 @@ def record_fresh(
             )
         )
         pending_writes.append(BatchRecord(batch_no, position, count, bytes(count), payload))
+        if len(payload) <= keep:
+            kept[batch_no] = payload
+            keep -= len(payload)
+        else:
+            keep = 0  # keep a prefix: the batches the run reaches first
         if len(pending_writes) >= BATCHES_PER_WRITE:
             store.add_batches(record.id, pending_writes)
             pending_writes = []
@@ -180,7 +191,7 @@ def record_fresh(
         record.id,
         Flush(states={}, failures=(), results=(), total=position, finished=0, failed=0, inputs_complete=True),
     )
-    return Plan(batches=batches, reader=PayloadReader(store, record.id, codec), total=position)
+    return Plan(batches=batches, reader=PayloadReader(store, record.id, codec, kept=kept), total=position)
 
 
 def create_resumed(
@@ -222,16 +233,29 @@ class PayloadReader:
     bytes wait in memory, and each is decoded when its turn comes.
     """
 
-    def __init__(self, store: Store, execution_id: str, codec: Codec, source: str | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        execution_id: str,
+        codec: Codec,
+        source: str | None = None,
+        *,
+        kept: dict[int, bytes] | None = None,
+    ) -> None:
         self._store = store
         self._execution_id = execution_id
         self._source = source or execution_id
         self._codec = codec
+        # Payloads still in memory from recording them (each used once), then those read ahead.
+        self._kept = kept or {}
         self._fetched: dict[int, bytes] = {}
 
     def load(self, batches: Sequence[Batch], index: int) -> Sequence[Any]:
         """Decoded inputs of ``batches[index]``."""
         batch_no = batches[index].batch_no
+        payload = self._kept.pop(batch_no, None)
+        if payload is not None:
+            return self._decode(batch_no, payload)
         if batch_no not in self._fetched:
             wanted = [batch_no]
             for later in batches[index + 1 :]:
@@ -240,7 +264,9 @@ class PayloadReader:
                 if PENDING in later.states:
                     wanted.append(later.batch_no)
             self._fetched = dict(self._store.read_payloads(self._execution_id, wanted))
-        payload = self._fetched.pop(batch_no, None)
+        return self._decode(batch_no, self._fetched.pop(batch_no, None))
+
+    def _decode(self, batch_no: int, payload: bytes | None) -> Sequence[Any]:
         # Name the execution that holds the inputs: a resume reads its parent's.
         where = f"batch {batch_no} of execution {self._source!r} in the store at {self._store.location}"
         if payload is None:

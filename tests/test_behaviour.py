@@ -301,6 +301,21 @@ def test_generator_inputs_are_recorded_and_resumable(make_pylo: MakePylo) -> Non
     assert pylo.get_execution(execution_id).total == 3000
 
 
+def test_a_long_generator_runs_from_memory_first_then_from_the_store(
+    make_pylo: MakePylo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its first batches' encoded inputs are kept from recording them, up to a
+    # bound; the later ones are read back from the store. Both reach the task.
+    from pylo import _plan
+
+    monkeypatch.setattr(_plan, "KEEP_PAYLOAD_BYTES", 3_000)
+    pylo = make_pylo(number_of_workers=1)
+    task = Recorder()
+    execution_id = pylo.start_from_scratch((f"input {n}" for n in range(5000)), task)
+    assert task.calls == [f"input {n}" for n in range(5000)]
+    assert pylo.get_state(execution_id) == ([f"input {n}" for n in range(5000)], [])
+
+
 def test_set_inputs_work(make_pylo: MakePylo) -> None:
     pylo = make_pylo()
     inputs = {f"s{i}" for i in range(700)}
@@ -444,6 +459,16 @@ def test_outcomes_are_flushed_every_n_outcomes(make_pylo: MakePylo, store_dir: A
     # With a flush per outcome, the store trails the task by at most the
     # chunks a lane has queued (one running, one prefetched).
     assert all(seen[i] >= i - 2 for i in range(40)), seen
+
+
+def test_the_default_flush_interval_is_one_stored_batch(make_pylo: MakePylo) -> None:
+    # A chunk never holds more outcomes than a flush, nor spans two batches:
+    # a smaller default (it was 1,000) cut every batch into two chunks.
+    from pylo._plan import MAX_BATCH
+
+    pylo = make_pylo(number_of_workers=1)
+    execution_id = pylo.start_from_scratch(range(3), noop)
+    assert pylo.get_execution(execution_id).options["task_executions_before_flush"] == MAX_BATCH == 1024
 
 
 def test_outcomes_are_flushed_every_flush_seconds(make_pylo: MakePylo) -> None:

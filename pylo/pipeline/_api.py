@@ -455,17 +455,12 @@ def _fresh_rows(graph: Graph) -> list[NodeRow]:
     from pylo.stores.runs import NodeRow
 
     nodes = graph.nodes
-    return [
-        NodeRow(
-            key=node.key,
-            seq=node.index,
-            task_name=node.node.task.name,
-            display_name=node.node.task.display_name,
-            kind=node.node.kind,
-            upstream=tuple(nodes[up].key for up in node.upstream),
-        )
-        for node in nodes
-    ]
+    rows = []
+    for node in nodes:
+        task = node.node.task
+        upstream = tuple([nodes[up].key for up in node.upstream]) if node.upstream else ()
+        rows.append(NodeRow(node.key, node.index, task.name, task.display_name, node.node.kind, upstream))
+    return rows
 
 
 def _resumed_rows(

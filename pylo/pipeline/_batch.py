@@ -28,6 +28,9 @@ __all__ = ["AsyncBoundCall", "BoundCall", "batch_execution_id", "read_values", "
 
 _MAX_ID = 128
 
+#: Workers that call the function in this process: it is never pickled, so it need not travel as its Task.
+_IN_PROCESS = frozenset({"threads", "asyncio"})
+
 
 def batch_execution_id(run_id: str, key: str) -> str:
     """The id of the execution a batch node runs in run ``run_id`` (valid execution-id characters)."""
@@ -106,7 +109,11 @@ def run_batch(
     """
     started = time.time()
     pylo = host.batch_pylo(task, map_options, count_attempts=count_attempts)
-    function = (AsyncBoundCall if task.is_async else BoundCall)(task, args, kwargs, call)
+    function: Callable[..., Any]
+    if not args and not kwargs and call is None and pylo.backend.name in _IN_PROCESS:
+        function = task.function  # nothing to bind and nothing pickled: no wrapper's frame per input
+    else:
+        function = (AsyncBoundCall if task.is_async else BoundCall)(task, args, kwargs, call)
     try:
         with host.stop_on(stop):
             if _past_fits(host, past_execution_id, inputs):

@@ -128,17 +128,22 @@ class _Node:
         return f"<node {self.task.display_name} #{self.ordinal}>"
 
 
+#: Values that are never a pipeline nor hold one: skipped without a look (a batch node's inputs are often these).
+_ATOMS = frozenset({int, float, str, bytes, bool, type(None)})
+
+
 def _find_pipelines(value: Any, found: list[Pipeline]) -> None:
     """Collect pipelines in ``value``, looking inside lists, tuples and dicts."""
     stack = [value]
+    atoms = _ATOMS
     while stack:
         item = stack.pop()
         if isinstance(item, Pipeline):
             found.append(item)
         elif isinstance(item, (list, tuple)):
-            stack.extend(reversed(item))
+            stack.extend([member for member in reversed(item) if type(member) not in atoms])
         elif isinstance(item, dict):
-            stack.extend(reversed(list(item.values())))
+            stack.extend([member for member in reversed(list(item.values())) if type(member) not in atoms])
     # The stack reverses twice, so found is in argument order.
 
 
@@ -430,7 +435,9 @@ def map_pipeline(
                 f"{type(inputs).__name__} {short_repr(inputs)}"
             )
         # A description may run more than once (a resume): keep the inputs, not an iterator.
-        inputs = list(inputs)
+        # A range or a tuple already is that, and an execution plans a range without listing it.
+        if not isinstance(inputs, (range, tuple)):
+            inputs = list(inputs)
     return Pipeline(_Node(task, BATCH, args, dict(kwargs), inputs=inputs, map_options=_check_map_options(options)))
 
 

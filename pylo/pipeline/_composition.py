@@ -226,14 +226,14 @@ class CompositionRules:
         row = self._rows[index]
         error = self._errors[index]
         if row.state == "failed_dependency" and error is not None:
-            from pylo.pipeline._executors import _safe_str
+            from pylo._tracebacks import safe_str
 
             nodes = self._graph.nodes
             texts = [self._rows[up].traceback for up in nodes[index].upstream if self._states[up] in _HARD]
             row = dataclasses.replace(
                 row,
                 exc_type=qualified(error),
-                message=_safe_str(error),
+                message=safe_str(error),
                 traceback="\n".join(text for text in texts if text) or None,
                 exception=get_codec(self._codec_name).encode_exception(error),
             )

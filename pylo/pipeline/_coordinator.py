@@ -46,7 +46,8 @@ from pylo.pipeline._halting import HaltRules
 from pylo.pipeline._host import Host
 from pylo.pipeline._node_threads import NodeThreads, take_all
 from pylo.pipeline._outcomes import unwrap_state, wrap_state
-from pylo.pipeline._recording import RunRecording, with_state
+from pylo.pipeline._priority import ReadyByPriority
+from pylo.pipeline._recording import RunRecording, next_version, with_state
 from pylo.pipeline._records import PipelineStatus, TaskState
 from pylo.pipeline._run_environment import RunEnvironment
 from pylo.stores.runs import NodeRow, RunStore
@@ -247,17 +248,12 @@ class RunCoordinator(RunRecording, GroupLimits, HaltRules, CompositionRules):
 
     def _next_ready(self) -> int:
         """The ready node to start next: the most urgent by ``priorities``, else the first ready."""
-        ready = self._ready
-        if self._priority_source is not None and len(ready) > self._max_parallel - self._running:
+        if self._priority_source is not None and len(self._ready) > self._max_parallel - self._running:
             self._priorities = self._priority_source()  # statistics are read once, when they matter
             self._priority_source = None
-        priorities = self._priorities
-        if priorities is None or len(ready) == 1:
-            return ready.popleft()
-        best = max(range(len(ready)), key=lambda place: (priorities[ready[place]], -ready[place]))
-        index = ready[best]
-        del ready[best]
-        return index
+            if self._priorities is not None:
+                self._ready = ReadyByPriority(self._ready, self._priorities)
+        return self._ready.popleft()
 
     def _start(self, index: int) -> None:
         node = self._graph.nodes[index].node
@@ -291,9 +287,10 @@ class RunCoordinator(RunRecording, GroupLimits, HaltRules, CompositionRules):
             def value_of(pipeline: Pipeline) -> Any:
                 return graph.value_of(pipeline, values)
 
-            args = substitute(node.args, value_of)
-            kwargs = substitute(node.kwargs, value_of)
-            inputs = substitute(node.inputs, value_of)
+            # Only what holds something: a chain's node has one argument, no keywords, no inputs.
+            args = substitute(node.args, value_of) if node.args else node.args
+            kwargs = substitute(node.kwargs, value_of) if node.kwargs else node.kwargs
+            inputs = None if node.inputs is None else substitute(node.inputs, value_of)
         if node.spread_first and args and isinstance(args[0], tuple):
             args = (*args[0], *args[1:])
         return args, kwargs, inputs
@@ -415,25 +412,19 @@ class RunCoordinator(RunRecording, GroupLimits, HaltRules, CompositionRules):
         started_at = self._started.pop(index, None)
         self._note(
             index,
-            NodeRow(
-                key=row.key,
-                seq=row.seq,
-                task_name=row.task_name,
-                display_name=row.display_name,
-                kind=row.kind,
-                upstream=row.upstream,
-                state=state,
-                attempts=outcome.attempts,
-                started_at=outcome.started if started_at is None else started_at,
-                ended_at=outcome.ended,
+            next_version(
+                row,
+                state,
+                outcome.attempts,
+                outcome.started if started_at is None else started_at,
+                outcome.ended,
                 # A failed child run's node keeps its pickled pipeline: a resume resumes that child.
-                result=outcome.encoded if outcome.ok else (row.result if row.child_run_id else None),
-                exc_type=outcome.exc_type,
-                message=outcome.message,
-                traceback=outcome.traceback,
-                exception=outcome.exception,
-                execution_id=outcome.execution_id or row.execution_id,
-                child_run_id=row.child_run_id,
+                outcome.encoded if outcome.ok else (row.result if row.child_run_id else None),
+                outcome.exc_type,
+                outcome.message,
+                outcome.traceback,
+                outcome.exception,
+                outcome.execution_id or row.execution_id,
             ),
         )
         if state == _FAILED and graph_node.tolerant:

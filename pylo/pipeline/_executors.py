@@ -17,12 +17,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pylo._codec import get_codec, short_repr
+from pylo._tracebacks import exception_text, qualified_name, safe_str
 from pylo.errors import ResultSerializationError, TaskTimeout, WorkerCrashed
 
 if TYPE_CHECKING:
@@ -69,31 +69,15 @@ class Outcome:
     stopped: bool = False
 
 
-def _qualified_name(kind: type) -> str:
-    module = getattr(kind, "__module__", None)
-    name = getattr(kind, "__qualname__", None) or kind.__name__
-    return str(name) if module in (None, "builtins") else f"{module}.{name}"
-
-
-def _safe_str(exc: BaseException) -> str:
-    try:
-        return str(exc)
-    except Exception as str_exc:  # a hostile __str__ must not lose the failure
-        return f"<str() of the exception raised {type(str_exc).__name__}>"
-
-
 def describe_failure(exc: BaseException, codec_name: str, attempts: int, started: float, **extra: Any) -> Outcome:
     """An Outcome for a call that raised ``exc``."""
-    try:
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    except Exception:
-        text = f"{_qualified_name(type(exc))}: {_safe_str(exc)}\n"
+    text = exception_text(exc)
     encoded = get_codec(codec_name).encode_exception(exc)
     exc.__traceback__ = None  # frames pin every local of the failed call
     return Outcome(
         ok=False,
-        exc_type=_qualified_name(type(exc)),
-        message=_safe_str(exc),
+        exc_type=qualified_name(type(exc)),
+        message=safe_str(exc),
         traceback=text,
         exception=encoded,
         error=exc,
@@ -136,7 +120,7 @@ def finish_call(value: Any, codec_name: str, attempts: int, started: float) -> O
     except Exception as exc:
         problem = ResultSerializationError(
             f"the task returned {type(value).__qualname__} {short_repr(value)}, which cannot be stored with "
-            f"the {codec.name} codec: {_safe_str(exc)}"
+            f"the {codec.name} codec: {safe_str(exc)}"
         )
         return describe_failure(problem, codec_name, attempts, started)
     return Outcome(ok=True, value=value, encoded=encoded, attempts=attempts, started=started, ended=time.time())

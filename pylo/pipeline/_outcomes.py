@@ -12,6 +12,7 @@ no ``in_parallel(return_exceptions=True)`` turned into a value).
 from __future__ import annotations
 
 import inspect
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -49,18 +50,62 @@ def combined_error(failures: Sequence[tuple[str, BaseException]]) -> BaseExcepti
     return GroupFailed(failures)
 
 
-def check_arguments(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> PipelineValidationError | None:
-    """The problem with calling ``task(*args, **kwargs)``, found before the call; None when it fits."""
+#: Per task function, per number of leading parameters left out: its signature and positional bounds.
+_SIGNATURES: weakref.WeakKeyDictionary[Any, dict[int, tuple[inspect.Signature, tuple[int, int] | None]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _signature_of(function: Any, skip: int) -> tuple[inspect.Signature, tuple[int, int] | None] | None:
+    """``function``'s signature without its first ``skip`` positional parameter, and the bounds of a plain call.
+
+    The bounds are ``(required, most)`` positional arguments when a call
+    with positional arguments only binds exactly when their number is
+    between them (no keyword-only parameter without a default; ``most`` is
+    -1 with ``*args``), else None. Found once per function (weakly kept):
+    ``inspect.signature`` costs more than a no-op node's whole call.
+    """
     try:
-        signature = inspect.signature(task.function)
+        found = _SIGNATURES.get(function)
+    except TypeError:  # not weakly referable: found every time
+        found = None
+    if found is not None and skip in found:
+        return found[skip]
+    try:
+        signature = inspect.signature(function)
     except (TypeError, ValueError):  # builtins without a signature: let the call tell
         return None
-    # A with_context task gets its TaskContext first, when it is called: not counted here.
-    skip = 1 if getattr(task.options, "with_context", False) else 0
     if skip:
         parameters = list(signature.parameters.values())
         if parameters and parameters[0].kind in (parameters[0].POSITIONAL_ONLY, parameters[0].POSITIONAL_OR_KEYWORD):
             signature = signature.replace(parameters=parameters[1:])
+    bounds: tuple[int, int] | None = None
+    kept = signature.parameters.values()
+    if not any(p.kind is p.KEYWORD_ONLY and p.default is p.empty for p in kept):
+        positional = [p for p in kept if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        required = sum(p.default is p.empty for p in positional)
+        varargs = any(p.kind is p.VAR_POSITIONAL for p in kept)
+        bounds = (required, -1 if varargs else len(positional))
+    entry = (signature, bounds)
+    try:
+        _SIGNATURES.setdefault(function, {})[skip] = entry
+    except TypeError:
+        pass
+    return entry
+
+
+def check_arguments(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> PipelineValidationError | None:
+    """The problem with calling ``task(*args, **kwargs)``, found before the call; None when it fits."""
+    # A with_context task gets its TaskContext first, when it is called: not counted here.
+    skip = 1 if getattr(task.options, "with_context", False) else 0
+    entry = _signature_of(task.function, skip)
+    if entry is None:
+        return None
+    signature, bounds = entry
+    if bounds is not None and not kwargs:  # the common case, without binding
+        required, most = bounds
+        if required <= len(args) and (most < 0 or len(args) <= most):
+            return None
     try:
         signature.bind(*args, **kwargs)
     except TypeError as exc:

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from pylo.pipeline._graph import Graph
     from pylo.stores.runs import RunStore
 
-__all__ = ["RunRecording", "with_state"]
+__all__ = ["RunRecording", "next_version", "with_state"]
 
 _RUNNING = "running"
 
@@ -70,18 +70,30 @@ def with_state(row: NodeRow, state: str, started_at: float | None, ended_at: flo
 
     A node that started a child run keeps it, and its pickled pipeline, so a resume resumes the child.
     """
-    return NodeRow(
-        row.key,
-        row.seq,
-        row.task_name,
-        row.display_name,
-        row.kind,
-        row.upstream,
-        state,
-        row.attempts,
-        started_at,
-        ended_at,
-        result=row.result if row.child_run_id else None,
-        execution_id=row.execution_id,
-        child_run_id=row.child_run_id,
+    result = row.result if row.child_run_id else None
+    return next_version(
+        row, state, row.attempts, started_at, ended_at, result, None, None, None, None, row.execution_id
     )
+
+
+def next_version(
+    row: NodeRow,
+    state: str,
+    attempts: int,
+    started_at: float | None,
+    ended_at: float | None,
+    result: bytes | None,
+    exc_type: str | None,
+    message: str | None,
+    traceback: str | None,
+    exception: bytes | None,
+    execution_id: str | None,
+) -> NodeRow:
+    """``row`` with what a run changes; what ``create_run`` fixed (key, seq, names, kind, upstream) kept.
+
+    Built by position: made once per node, where keywords and ``dataclasses.replace`` cost more.
+    """
+    return NodeRow(
+        row.key, row.seq, row.task_name, row.display_name, row.kind, row.upstream, state, attempts,
+        started_at, ended_at, result, exc_type, message, traceback, exception, execution_id, row.child_run_id,
+    )  # fmt: skip

@@ -19,6 +19,7 @@ them, and reading takes their absence as "nothing recorded".
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
 from itertools import islice
 from typing import Any
@@ -207,11 +208,19 @@ def on_sqlite_connect(dbapi_connection: Any, connection_record: Any, *, may_writ
 
 
 def on_sqlite_begin(conn: Connection) -> None:
-    """Start SQLite transactions: IMMEDIATE for writes, deferred for reads."""
-    if conn.get_execution_options().get(WRITE_OPTION):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-    else:
-        conn.exec_driver_sql("BEGIN")
+    """Start SQLite transactions: IMMEDIATE for writes, deferred for reads.
+
+    Sent to the driver's connection directly: through SQLAlchemy's execute,
+    this one statement cost a third of a small flush. Its errors (a lock
+    held too long, say) are wrapped as SQLAlchemy's own, as an execute would.
+    """
+    statement = "BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE_OPTION) else "BEGIN"
+    driver = conn.connection.driver_connection
+    assert driver is not None, "a connection being begun is open"
+    try:
+        driver.execute(statement)
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance(statement, None, exc, sqlite3.Error) from exc
 
 
 def chunks(values: Iterable[int], size: int) -> Iterator[list[int]]:

@@ -66,9 +66,14 @@ class RunRow:
     options: Mapping[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a run makes two of these per node (created, then ended), and a
+# frozen dataclass's __init__ costs several times a plain one's (each field
+# goes through object.__setattr__), as much as a no-op node's whole call.
+# Treated as immutable all the same: a change is a new row (dataclasses.replace),
+# never an assignment, since the coordinator's pending update shares its rows.
+@dataclass(slots=True, unsafe_hash=True)
 class NodeRow:
-    """One node (task call) of a run, as kept by a store.
+    """One node (task call) of a run, as kept by a store; never changed in place (make a new one).
 
     Attributes:
         key: The node's key, unique within its run and stable across runs of

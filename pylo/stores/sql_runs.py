@@ -22,15 +22,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.sql.compiler import SQLCompiler
 
 from pylo.errors import PipelineExists, PipelineNotFound, StoreError
 from pylo.stores import _sqlschema
@@ -43,8 +42,9 @@ from pylo.stores._run_rows import (
     node_problem,
     run_problem,
 )
+from pylo.stores._sqlraw import Raw, compiled
 from pylo.stores._sqlschema import SCHEMA_LOCK_KEY
-from pylo.stores.runs import NodeRow, RunRow, RunStore, RunUpdate
+from pylo.stores.runs import CONTROL_ACTIONS, NodeRow, RunRow, RunStore, RunUpdate
 from pylo.stores.sql import SQLStore
 
 __all__ = ["SqlRunStore"]
@@ -116,18 +116,29 @@ _MUTABLE = (
     "child_run_id",
 )
 
-# Built once: SQLAlchemy caches the compiled form per engine, and
+# Built once; compiled once per kind of database (pylo.stores._sqlraw), and
 # record_run sends all of an update's nodes through it in one executemany.
 _update_node = (
     _nodes.update()
     .where(_nodes.c.run_id == sa.bindparam("n_run_id"), _nodes.c.key == sa.bindparam("n_key"))
     .values({name: sa.bindparam(f"n_{name}") for name in _MUTABLE})
 )
+#: The update's parameters, in the order :func:`_mutable_values` gives them (then run id, key).
+_UPDATE_PARAMS = (*(f"n_{name}" for name in _MUTABLE), "n_run_id", "n_key")
 
 _WITHOUT_BLOBS = [column for column in _nodes.c if column.name not in ("result", "exception")]
 
 _insert_node = _nodes.insert()
-_NODE_COLUMNS = [column.name for column in _nodes.c]
+_NODE_COLUMNS = tuple(column.name for column in _nodes.c)
+
+#: How each node statement is built, by the name it is compiled under.
+_BUILDERS: dict[str, Any] = {
+    "pylo_nodes.insert": lambda: (_insert_node, list(_NODE_COLUMNS)),
+    "pylo_nodes.update": lambda: (_update_node, None),
+    "pylo_nodes.select": lambda: (_select_nodes(True), None),
+    "pylo_nodes.select-without-blobs": lambda: (_select_nodes(False), None),
+    "pylo_runs.options": lambda: (sa.select(_runs.c.options).where(_runs.c.id == sa.bindparam("o_id")), None),
+}
 
 
 def _select_nodes(results: bool) -> sa.Select[Any]:
@@ -135,35 +146,50 @@ def _select_nodes(results: bool) -> sa.Select[Any]:
     return sa.select(*columns).where(_nodes.c.run_id == sa.bindparam("s_run_id")).order_by(_nodes.c.seq)
 
 
-@dataclass(frozen=True, slots=True)
-class _Raw:
-    """A statement compiled once for one database, run through the driver with plain values.
+def _driver_rows(raw: Raw, names: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[Any]:
+    """Rows of values given in ``names`` order, as the driver's ``executemany`` takes them for ``raw``.
 
-    A run's nodes are many rows of plain values (text, numbers, bytes) that
-    every driver takes as they are, so SQLAlchemy's per-row parameter and
-    result processing, most of the cost of a 10,000-node run's writes and
-    reads, is skipped; the statement, its paramstyle and its errors (still
-    wrapped as SQLAlchemy's) stay SQLAlchemy's.
+    Built as tuples, not as a dict per row: for a 10,000-node run the rows
+    are most of the store's own work.
     """
-
-    sql: str
-    names: tuple[str, ...] | None  # parameter order when the paramstyle is positional
-
-    @classmethod
-    def compile(cls, statement: sa.ClauseElement, dialect: sa.Dialect, column_keys: list[str] | None = None) -> _Raw:
-        compiled = statement.compile(dialect=dialect, column_keys=column_keys)
-        assert isinstance(compiled, SQLCompiler)
-        return cls(str(compiled), tuple(compiled.positiontup or ()) if compiled.positional else None)
-
-    def params(self, rows: list[dict[str, Any]]) -> list[Any]:
-        if self.names is None:
-            return rows
-        names = self.names
-        return [tuple([row[name] for name in names]) for row in rows]
+    if raw.names is None:  # a named paramstyle
+        return [dict(zip(names, row, strict=True)) for row in rows]
+    if raw.names == names:
+        return rows
+    order = [names.index(name) for name in raw.names]
+    return [tuple([row[i] for i in order]) for row in rows]
 
 
-#: Compiled node statements by (statement, dialect name, driver, paramstyle).
-_COMPILED: dict[tuple[str, str, str, str], _Raw] = {}
+#: Keys that json.dumps writes as they are, between quotes (what graph keys are made of).
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def _keys_json(keys: tuple[str, ...]) -> str:
+    """``json.dumps(list(keys))``, without the encoder for the plain keys a graph gives (one per edge)."""
+    if not keys:
+        return "[]"
+    if all(_PLAIN_KEY.fullmatch(key) for key in keys):
+        return '["' + '", "'.join(keys) + '"]'
+    return json.dumps(list(keys))
+
+
+def _mutable_values(node: NodeRow, postgres: bool) -> tuple[Any, ...]:
+    """The values of a node's ``_MUTABLE`` columns, in that order, as the driver takes them."""
+    text = _sqlschema.storable_text
+    started_at, ended_at, result, exception = node.started_at, node.ended_at, node.result, node.exception
+    return (
+        node.state,
+        node.attempts,
+        None if started_at is None else float(started_at),
+        None if ended_at is None else float(ended_at),
+        None if result is None else bytes(result),
+        None if node.exc_type is None else text(node.exc_type, postgres=postgres),
+        None if node.message is None else text(node.message, postgres=postgres),
+        None if node.traceback is None else text(node.traceback, postgres=postgres),
+        None if exception is None else bytes(exception),
+        node.execution_id,
+        node.child_run_id,
+    )
 
 
 class SqlRunStore(RunStore):
@@ -216,50 +242,19 @@ class SqlRunStore(RunStore):
             _metadata.create_all(conn, checkfirst=True)
             logger.debug("created the pipeline tables in %s", self.location)
 
-    def _raw(self, name: str) -> _Raw:
-        """A node statement compiled for this database, once per kind of database in a process.
+    def _raw(self, name: str) -> Raw:
+        """A statement compiled for this database, once per kind of database in a process.
 
         Compiling costs milliseconds; opening a store to read its executions
         (or a run's row) should not pay for statements it never runs.
         """
-        dialect = self._dialect
-        cache_key = (name, dialect.name, dialect.driver, dialect.paramstyle)
-        raw = _COMPILED.get(cache_key)
-        if raw is None:
-            if name == "insert":
-                raw = _Raw.compile(_insert_node, dialect, _NODE_COLUMNS)
-            elif name == "update":
-                raw = _Raw.compile(_update_node, dialect)
-            else:
-                raw = _Raw.compile(_select_nodes(name == "select"), dialect)
-            _COMPILED[cache_key] = raw
-        return raw
+        return compiled(name, self._dialect, _BUILDERS[name])
 
     def _not_found(self, run_id: str) -> PipelineNotFound:
         return PipelineNotFound(run_id, self.location)
 
     def _damaged(self, run_id: str, problem: str) -> StoreError:
         return StoreError(f"pipeline run {run_id!r} in the store at {self.location} is damaged: {problem}")
-
-    def _node_values(self, node: NodeRow) -> dict[str, Any]:
-        postgres = self._store._is_postgres
-
-        def text(value: str | None) -> str | None:
-            return _sqlschema.storable_text(value, postgres=postgres)
-
-        return {
-            "state": node.state,
-            "attempts": node.attempts,
-            "started_at": None if node.started_at is None else float(node.started_at),
-            "ended_at": None if node.ended_at is None else float(node.ended_at),
-            "result": None if node.result is None else bytes(node.result),
-            "exc_type": text(node.exc_type),
-            "message": text(node.message),
-            "traceback": text(node.traceback),
-            "exception": None if node.exception is None else bytes(node.exception),
-            "execution_id": node.execution_id,
-            "child_run_id": node.child_run_id,
-        }
 
     def _run_from_row(self, row: sa.Row[Any]) -> RunRow:
         try:
@@ -293,7 +288,7 @@ class SqlRunStore(RunStore):
                 (_, key, seq, task_name, display_name, kind, upstream_text, state, attempts, started_at, ended_at,
                  exc_type, message, traceback, execution_id, child_run_id) = row  # fmt: skip
                 result = exception = None
-            upstream = json.loads(upstream_text)
+            upstream = [] if upstream_text == "[]" else json.loads(upstream_text)
             if not isinstance(upstream, list):
                 raise TypeError(f"the upstream keys of node {key!r} are not a JSON list")
             node = NodeRow(
@@ -351,17 +346,20 @@ class SqlRunStore(RunStore):
             "host": run.host,
             "options": dump_options(run.id, run.options, owner="pipeline run"),
         }
+        postgres = self._store._is_postgres
+        text = _sqlschema.storable_text
+        # Tuples in _NODE_COLUMNS order (_MUTABLE is its tail).
         node_rows = [
-            {
-                "run_id": run.id,
-                "key": node.key,
-                "seq": node.seq,
-                "task_name": node.task_name,
-                "display_name": _sqlschema.storable_text(node.display_name, postgres=self._store._is_postgres),
-                "kind": node.kind,
-                "upstream": json.dumps(list(node.upstream)),
-                **self._node_values(node),
-            }
+            (
+                run.id,
+                node.key,
+                node.seq,
+                node.task_name,
+                text(node.display_name, postgres=postgres),
+                node.kind,
+                _keys_json(node.upstream),
+                *_mutable_values(node, postgres),
+            )
             for node in nodes
         ]
         store = self._store
@@ -371,8 +369,8 @@ class SqlRunStore(RunStore):
                     self._create_tables(conn)
                     conn.execute(_runs.insert(), row)
                     if node_rows:
-                        insert = self._raw("insert")
-                        conn.exec_driver_sql(insert.sql, insert.params(node_rows))
+                        insert = self._raw("pylo_nodes.insert")
+                        conn.exec_driver_sql(insert.sql, _driver_rows(insert, _NODE_COLUMNS, node_rows))
             except IntegrityError as exc:
                 # The primary key decides, inside the database, which of two
                 # racing creators wins; any other integrity error is re-raised.
@@ -405,14 +403,8 @@ class SqlRunStore(RunStore):
         if update.ended_at is not None:
             values["ended_at"] = float(update.ended_at)
         changed = last_change_per_key(update.nodes)
-        params = [
-            {
-                "n_run_id": run_id,
-                "n_key": node.key,
-                **{f"n_{name}": value for name, value in self._node_values(node).items()},
-            }
-            for node in changed
-        ]
+        postgres = self._store._is_postgres
+        params = [(*_mutable_values(node, postgres), run_id, node.key) for node in changed]
         store = self._store
         with store._guard(f"record an update of pipeline run {run_id!r}"), store._write() as conn:
             if not self._has_tables(conn):
@@ -432,8 +424,8 @@ class SqlRunStore(RunStore):
             if updated.rowcount == 0:
                 raise self._not_found(run_id)
             if params:
-                statement = self._raw("update")
-                result = conn.exec_driver_sql(statement.sql, statement.params(params))
+                statement = self._raw("pylo_nodes.update")
+                result = conn.exec_driver_sql(statement.sql, _driver_rows(statement, _UPDATE_PARAMS, params))
                 if result.rowcount != len(params):
                     self._raise_unknown_keys(conn, run_id, changed)
 
@@ -462,6 +454,34 @@ class SqlRunStore(RunStore):
         if row is None:
             raise self._not_found(run_id)
         return self._run_from_row(row)
+
+    def read_control(self, run_id: str) -> str | None:
+        """See :meth:`RunStore.read_control`: the run's options text only, parsed only when it has a request.
+
+        A running coordinator reads this several times a second, and a large
+        run's options hold its result's shape (a key per node); parsing that
+        each time cost more than the nodes it was read between.
+
+        Raises:
+            PipelineNotFound: No such run.
+            StoreError: The database cannot be read or the options are damaged.
+        """
+        store = self._store
+        select = self._raw("pylo_runs.options")
+        with store._guard(f"read the control request of pipeline run {run_id!r}"), store._read() as conn:
+            row = None
+            if self._has_tables(conn):
+                row = conn.exec_driver_sql(select.sql, select.one({"o_id": run_id})).first()
+        if row is None:
+            raise self._not_found(run_id)
+        text = row[0]
+        if '"control"' not in text:  # dump_options writes the key as this JSON string, when there is one
+            return None
+        try:
+            action = load_options(text).get("control")
+        except ValueError as exc:
+            raise self._damaged(run_id, f"its options cannot be read ({exc})") from exc
+        return action if action in CONTROL_ACTIONS else None
 
     def list_runs(self) -> list[RunRow]:
         """See :meth:`RunStore.list_runs`.
@@ -522,12 +542,12 @@ class SqlRunStore(RunStore):
             StoreError: The database cannot be read or a row is damaged.
         """
         store = self._store
-        select = self._raw("select" if results else "select-without-blobs")
+        select = self._raw("pylo_nodes.select" if results else "pylo_nodes.select-without-blobs")
         with store._guard(f"read the nodes of pipeline run {run_id!r}"), store._read() as conn:
             exists = self._has_tables(conn) and (
                 conn.execute(sa.select(_runs.c.id).where(_runs.c.id == run_id)).first() is not None
             )
             if not exists:
                 raise self._not_found(run_id)
-            rows = conn.exec_driver_sql(select.sql, select.params([{"s_run_id": run_id}])[0]).all()
+            rows = conn.exec_driver_sql(select.sql, select.one({"s_run_id": run_id})).all()
         return [self._node_from_row(run_id, row, results) for row in rows]

@@ -29,11 +29,11 @@ import functools
 import inspect
 import json
 import sys
-import traceback
 from collections.abc import Callable
 from typing import Any
 
 from pylo._codec import short_repr
+from pylo._tracebacks import exception_text, qualified_name, safe_str
 from pylo.errors import InitializerFailed
 from pylo.workers._checks import task_name
 
@@ -125,18 +125,9 @@ def describe_initializer(initializer: Any, initargs: tuple[Any, ...]) -> dict[st
 
 
 def _failed(initializer: Callable[..., Any], worker: str, exc: Exception) -> InitializerFailed:
-    tb = exc.__traceback__
     # The first frame is this module's call of the initializer: noise to the user.
-    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
-        tb = tb.tb_next
-    try:
-        text = "".join(traceback.format_exception(type(exc), exc, tb))
-        message = str(exc)
-    except Exception:  # a hostile __str__ must not hide the failure
-        text = message = f"<the {type(exc).__qualname__} raised cannot be shown>"
-    module = type(exc).__module__
-    type_name = type(exc).__qualname__ if module == "builtins" else f"{module}.{type(exc).__qualname__}"
-    failed = InitializerFailed(task_name(initializer), worker, type_name, message, text)
+    text = exception_text(exc, frozenset({__file__}))
+    failed = InitializerFailed(task_name(initializer), worker, qualified_name(type(exc)), safe_str(exc), text)
     failed.__cause__ = exc
     exc.__traceback__ = None  # frames pin the initializer's locals in memory
     return failed

@@ -15,12 +15,12 @@ from __future__ import annotations
 import queue
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from pylo._codec import get_codec
 from pylo._ratelimit import TokenBucket
+from pylo._tracebacks import exception_text, qualified_name, refresh_sources, safe_str
 from pylo.errors import ResultSerializationError, TaskTimeout
 from pylo.workers.base import ChunkResult, Lanes, RunnerSettings, TaskFailure
 
@@ -146,33 +146,6 @@ class LocalLanes(Lanes):
         self._stop.set()
 
 
-def qualified_name(kind: type) -> str:
-    """``module.QualName`` of a type, without the module for builtins."""
-    module = getattr(kind, "__module__", None)
-    name = getattr(kind, "__qualname__", None) or getattr(kind, "__name__", repr(kind))
-    if module in (None, "builtins"):
-        return str(name)
-    return f"{module}.{name}"
-
-
-def _safe_str(exc: BaseException) -> str:
-    try:
-        return str(exc)
-    except Exception as str_exc:  # a hostile __str__ must not lose the failure
-        return f"<str() of the exception raised {type(str_exc).__name__}>"
-
-
-def _safe_traceback(exc: BaseException, quiet_files: frozenset[str]) -> str:
-    tb = exc.__traceback__
-    # The first frames are the runner's call of the task: noise to the user.
-    while tb is not None and tb.tb_frame.f_code.co_filename in quiet_files:
-        tb = tb.tb_next
-    try:
-        return "".join(traceback.format_exception(type(exc), exc, tb))
-    except Exception:
-        return f"{qualified_name(type(exc))}: {_safe_str(exc)}\n"
-
-
 def describe_failure(
     exc: BaseException,
     attempts: int,
@@ -188,13 +161,13 @@ def describe_failure(
     now = time.time()
     if not settings.store_exceptions:
         return TaskFailure(None, None, None, None, attempts, now)
-    text = _safe_traceback(exc, quiet_files)
+    text = exception_text(exc, quiet_files)
     encoded = get_codec(settings.codec_name).encode_exception(exc)
     # Drop frames now: they pin every local of the failed call in memory.
     exc.__traceback__ = None
     return TaskFailure(
         exc_type=qualified_name(type(exc)),
-        message=_safe_str(exc),
+        message=safe_str(exc),
         traceback=text,
         exception=encoded,
         attempts=attempts,
@@ -232,6 +205,7 @@ class BaseLaneRunner:
         # Each lane retries with its own copy: tenacity keeps per-call state.
         self._retry = settings.retry.copy() if settings.retry is not None else None
         self._live: _Live | None = None  # the chunk running, for progress()
+        refresh_sources(settings)  # source files edited since the last run are read again for tracebacks
         self._opened = _Live(-1, 0.0, [], [], 0)  # the chunk opened last
 
     def _outcome(self, live: _Live, index: int, failure: TaskFailure | None, value: Any) -> bool:
@@ -286,7 +260,7 @@ class BaseLaneRunner:
             return self.failure(
                 ResultSerializationError(
                     f"the task returned {type(value).__qualname__}, which cannot be "
-                    f"stored with the {self._codec.name} codec: {_safe_str(exc)}"
+                    f"stored with the {self._codec.name} codec: {safe_str(exc)}"
                 ),
                 1,
             )

@@ -199,6 +199,10 @@ class DaskLanes(Lanes):
     # the cluster's threads). Each chunk carries the budget the coordinator
     # gave it: remote tasks keep no lane state.
     prefetch = 1
+    # Each chunk is a task of the cluster: its scheduling, transfer and
+    # gathering cost tens of milliseconds, more on a busy machine, which
+    # chunks of 50 ms of work would pay every few inputs.
+    chunk_seconds = 0.25
 
     def __init__(self, client: Any) -> None:
         self._client = client

@@ -10,11 +10,13 @@ from typing import Any
 import control_tasks
 import pytest
 from control_tasks import STARTED, step
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pylo import Pylo
 from pylo.pipeline._api import _fresh_rows
 from pylo.pipeline._graph import build_graph
-from pylo.pipeline._priority import remaining_paths
+from pylo.pipeline._priority import ReadyByPriority, remaining_paths
 from pylo.stores.runs import RunRow
 
 MakePylo = Callable[..., Pylo]
@@ -88,3 +90,34 @@ def test_statistics_come_from_the_most_recent_runs_only(make_pylo: MakePylo) -> 
         record_past_run(p, f"b-new{number}", {"short": 1.0})
     assert runs.node_durations(["short"], recent=3) == {"short": [1.0, 1.0, 1.0]}
     assert sorted(runs.node_durations(["short", "l1"], recent=10)["short"]) == [1.0, 1.0, 1.0, 100.0]
+
+
+@given(
+    st.lists(st.sampled_from([0.0, 1.0, 2.5, 7.0]), min_size=1, max_size=30),
+    st.lists(st.sampled_from(["append", "appendleft", "extendleft", "popleft"]), max_size=60),
+)
+def test_ready_nodes_start_most_urgent_first_ties_in_graph_order(priorities: list[float], steps: list[str]) -> None:
+    """The heap the coordinator uses once it has priorities picks as a scan of every ready node would."""
+    initial = list(range(0, len(priorities), 2))
+    ready = ReadyByPriority(initial, priorities)
+    scanned = list(initial)
+    waiting = [index for index in range(len(priorities)) if index not in initial]
+    for action in steps:
+        if action == "popleft":
+            if not scanned:
+                assert not ready
+                continue
+            best = max(scanned, key=lambda index: (priorities[index], -index))
+            scanned.remove(best)
+            assert ready.popleft() == best
+        elif action == "extendleft":  # a group's waiting nodes, put back at once
+            more = [waiting.pop() for _ in range(min(2, len(waiting)))]
+            ready.extendleft(reversed(more))
+            scanned.extend(more)
+        elif waiting:
+            index = waiting.pop()
+            getattr(ready, action)(index)
+            scanned.append(index)
+        assert len(ready) == len(scanned)
+        assert sorted(ready) == sorted(scanned)
+        assert all(index in ready for index in scanned)
