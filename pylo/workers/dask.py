@@ -14,7 +14,8 @@ Flow of one execution::
     Dask worker process: _dask_remote.run_chunk
         fetch the job from the Variable once per process (LRU cache)
         LaneRunner over the chunk; a watched thread when there is a timeout;
-        stop flag = Event "pylo-stop-<token>", read at most every 0.1 s
+        stop flag: set by cancel() on every worker (client.run), and
+        Event "pylo-stop-<token>" read once per process, with the job
                  │
                  ▼ ChunkResult (or an error: KilledWorker, cancelled, bug)
     client event loop: _collect gathers it ──► SimpleQueue ──► poll()
@@ -68,7 +69,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pylo.errors import InitializerFailed, PyloError, WorkerCrashed
-from pylo.workers._dask_remote import Inputs, Job, forget_job, job_name, run_chunk
+from pylo.workers._dask_remote import Inputs, Job, forget_job, job_name, run_chunk, stop_job
 from pylo.workers._runner import describe_failure, qualified_name
 from pylo.workers.base import Backend, ChunkResult, Lanes, RunnerSettings, TaskFailure
 
@@ -403,6 +404,9 @@ class DaskLanes(Lanes):
             # Running chunks stop before their next input; chunks still queued
             # stop before their first one and report nothing attempted.
             Event(f"pylo-stop-{self._token}", client=self._client).set()
+            # Pushed to the processes running chunks now: they stop before
+            # their next input without polling the scheduler.
+            self._client.run(stop_job, self._token, wait=False, on_error="ignore")
         except Exception:
             logger.warning("could not signal the Dask workers to stop", exc_info=True)
 
