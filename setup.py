@@ -40,6 +40,8 @@ setup(
         "test": [
             "pytest>=7.4",
             "pytest-timeout>=2.2",
+            # The suite runs on two worker processes (addopts: -n 2).
+            "pytest-xdist>=3.5",
             "hypothesis>=6.80",
             "psutil>=5.9",
             "ruff>=0.5",

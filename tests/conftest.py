@@ -52,3 +52,16 @@ def make_pylo(store_dir: Path, store_arg: str) -> Iterator[Callable[..., Pylo]]:
     yield make
     for pylo in made:
         pylo.close()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that start or use a Dask cluster all run in one xdist worker.
+
+    Two clusters starting at once on a small machine can miss the
+    cluster's start timeout; one worker runs them one after another and
+    shares the session's cluster, as a plain run does.
+    """
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        if "dask" in item.nodeid.lower() or any("dask" in name for name in fixtures):
+            item.add_marker(pytest.mark.xdist_group("dask"))
