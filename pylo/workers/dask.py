@@ -52,8 +52,9 @@ What each rule of a lane becomes here, and why:
   chunks. A process where it raised answers that chunk and later ones with
   :class:`~pylo.errors.InitializerFailed`; the first one ends the execution.
 * **progress()** knows nothing (a remote chunk is reported when it ends), so
-  a time-based flush waits for chunk ends; the coordinator keeps chunks near
-  50 ms of work, so this costs little.
+  a time-based flush waits for chunk ends; Dask chunks aim at 250 ms of work
+  (``chunk_seconds``), so outcomes become durable up to that much later
+  than on local workers.
 """
 
 from __future__ import annotations
