@@ -14,7 +14,8 @@ Flow of one execution::
     Dask worker process: _dask_remote.run_chunk
         fetch the job from the Variable once per process (LRU cache)
         LaneRunner over the chunk; a watched thread when there is a timeout;
-        stop flag = Event "pylo-stop-<token>", read at most every 0.1 s
+        stop flag: set by cancel() on every worker (client.run), and
+        Event "pylo-stop-<token>" read once per process, with the job
                  │
                  ▼ ChunkResult (or an error: KilledWorker, cancelled, bug)
     client event loop: _collect gathers it ──► SimpleQueue ──► poll()
@@ -51,8 +52,9 @@ What each rule of a lane becomes here, and why:
   chunks. A process where it raised answers that chunk and later ones with
   :class:`~pylo.errors.InitializerFailed`; the first one ends the execution.
 * **progress()** knows nothing (a remote chunk is reported when it ends), so
-  a time-based flush waits for chunk ends; the coordinator keeps chunks near
-  50 ms of work, so this costs little.
+  a time-based flush waits for chunk ends; Dask chunks aim at 250 ms of work
+  (``chunk_seconds``), so outcomes become durable up to that much later
+  than on local workers.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pylo.errors import InitializerFailed, PyloError, WorkerCrashed
-from pylo.workers._dask_remote import Inputs, Job, forget_job, job_name, run_chunk
+from pylo.workers._dask_remote import Inputs, Job, forget_job, job_name, run_chunk, stop_job
 from pylo.workers._runner import describe_failure, qualified_name
 from pylo.workers.base import Backend, ChunkResult, Lanes, RunnerSettings, TaskFailure
 
@@ -403,6 +405,9 @@ class DaskLanes(Lanes):
             # Running chunks stop before their next input; chunks still queued
             # stop before their first one and report nothing attempted.
             Event(f"pylo-stop-{self._token}", client=self._client).set()
+            # Pushed to the processes running chunks now: they stop before
+            # their next input without polling the scheduler.
+            self._client.run(stop_job, self._token, wait=False, on_error="ignore")
         except Exception:
             logger.warning("could not signal the Dask workers to stop", exc_info=True)
 

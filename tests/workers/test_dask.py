@@ -129,7 +129,7 @@ def test_max_failures_holds_across_the_cluster(make: Callable[..., Pylo]) -> Non
 
 def test_reaching_max_failures_stops_running_chunks_at_their_next_input(make: Callable[..., Pylo]) -> None:
     # Worker 0 fails input 0 at once; worker 1's first chunk (inputs 8-15)
-    # would take 4 s, but the stop event ends it after its current input.
+    # would take 4 s, but the stop pushed to the workers ends it after its current input.
     pylo = make(2, max_failures=1)
     execution_id = pylo.start_from_scratch(range(40), partial(slow_but_zero_fails, 0.5))
     record = pylo.get_execution(execution_id)
