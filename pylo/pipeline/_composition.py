@@ -25,6 +25,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from pylo._codec import get_codec
+from pylo._tracebacks import qualified_name, safe_str
 from pylo.pipeline._builder import BATCH, EXCEPTIONALLY, FINALLY, Pipeline, _Node
 from pylo.pipeline._executors import Outcome, describe_failure
 from pylo.pipeline._outcomes import (
@@ -226,8 +227,6 @@ class CompositionRules:
         row = self._rows[index]
         error = self._errors[index]
         if row.state == "failed_dependency" and error is not None:
-            from pylo._tracebacks import safe_str
-
             nodes = self._graph.nodes
             texts = [self._rows[up].traceback for up in nodes[index].upstream if self._states[up] in _HARD]
             row = dataclasses.replace(
@@ -255,8 +254,8 @@ class CompositionRules:
 
 
 def qualified(error: BaseException) -> str:
-    kind = type(error)
-    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    """The stored type name of ``error``: ``module.QualName``, bare for builtins."""
+    return qualified_name(type(error))
 
 
 def why_not_run(error: BaseException) -> str:
