@@ -44,13 +44,14 @@ from pylo.pipeline._graph import Graph
 from pylo.pipeline._group_limits import GroupLimits
 from pylo.pipeline._halting import HaltRules
 from pylo.pipeline._host import Host
-from pylo.pipeline._node_threads import NodeThreads, take_all
+from pylo.pipeline._node_threads import NodeThreads
 from pylo.pipeline._outcomes import unwrap_state, wrap_state
 from pylo.pipeline._priority import ReadyByPriority
 from pylo.pipeline._recording import RunRecording, next_version, with_state
 from pylo.pipeline._records import PipelineStatus, TaskState
 from pylo.pipeline._run_environment import RunEnvironment
 from pylo.stores.runs import NodeRow, RunStore
+from pylo.workers._runner import take_all
 
 __all__ = ["RunCoordinator"]
 

@@ -1,7 +1,8 @@
 """The run coordinator's node threads, and how it takes the outcomes they deliver.
 
 A running node occupies one thread; its outcome goes to the coordinator's
-outbox, which the coordinator drains in one go (:func:`take_all`) at each
+outbox, which the coordinator drains in one go
+(:func:`pylo.workers._runner.take_all`, as the engine drains its lanes) at each
 wake. The threads are the process's, shared by its runs: a thread left idle
 by one run takes the next run's node at once, where starting a thread costs
 a run of one node (a batch node) a good part of what it adds to its
@@ -18,7 +19,7 @@ from typing import Any
 
 from pylo.pipeline._executors import Outcome
 
-__all__ = ["IDLE_SECONDS", "NodeThreads", "take_all"]
+__all__ = ["IDLE_SECONDS", "NodeThreads"]
 
 #: How long a node thread waits for another node before it ends.
 IDLE_SECONDS = 2.0
@@ -78,17 +79,3 @@ class NodeThreads:
 
     def stop(self) -> None:
         """Nothing to do: each thread goes back to wait for other nodes once its current node ends."""
-
-
-def take_all(outbox: queue.SimpleQueue[tuple[int, Outcome]], timeout: float) -> list[tuple[int, Outcome]]:
-    """Wait up to ``timeout`` seconds for one outcome, then take every waiting one."""
-    try:
-        first = outbox.get(timeout=timeout) if timeout > 0 else outbox.get_nowait()
-    except queue.Empty:
-        return []
-    found = [first]
-    while True:
-        try:
-            found.append(outbox.get_nowait())
-        except queue.Empty:
-            return found

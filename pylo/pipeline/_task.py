@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, overload
 
 from pylo._codec import short_repr
+from pylo.workers._checks import task_name
 
 if TYPE_CHECKING:
     from pylo.pipeline._builder import Pipeline
@@ -190,15 +191,6 @@ def _check_environment(options: TaskOptions) -> None:
         )
 
 
-def _qualified_name(function: Callable[..., Any]) -> str:
-    target = function
-    while isinstance(target, functools.partial):
-        target = target.func
-    module = getattr(target, "__module__", None) or "?"
-    qualname = getattr(target, "__qualname__", None) or type(target).__qualname__
-    return f"{module}:{qualname}"
-
-
 def _is_async(function: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
         getattr(function, "__call__", None)  # noqa: B004 - callable objects with an async __call__
@@ -227,7 +219,7 @@ class Task:
             raise TypeError(f"task needs a callable, got {type(function).__name__} {short_repr(function)}")
         self.function = function
         self.options = options or TaskOptions()
-        self.name = _qualified_name(function)
+        self.name = task_name(function)
         self.is_async = _is_async(function)
         if self.options.retry is not None:
             from tenacity import AsyncRetrying
