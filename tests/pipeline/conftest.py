@@ -1,4 +1,4 @@
-"""Pipeline tests: a clean call log for every test, and a Dask cluster for the modules that ask."""
+"""Pipeline tests: clean call logs and gates for every test, and a Dask cluster for the modules that ask."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import importlib.util
 from collections.abc import Iterator
 from typing import Any
 
+import control_tasks
 import pipeline_tasks
 import pytest
 
@@ -14,7 +15,11 @@ import pytest
 @pytest.fixture(autouse=True)
 def clean_calls() -> Iterator[None]:
     pipeline_tasks.reset()
+    control_tasks.reset()
     yield
+    for event in list(control_tasks.GATES.values()):
+        event.set()  # never leave a node thread waiting
+    control_tasks.reset()
     pipeline_tasks.reset()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import control_tasks
@@ -18,15 +18,6 @@ from pylo.pipeline._errors import PipelineCancelled, PipelineControlError, Pipel
 
 MakePylo = Callable[..., Pylo]
 WAIT = 30
-
-
-@pytest.fixture(autouse=True)
-def clean() -> Iterator[None]:
-    control_tasks.reset()
-    yield
-    for event in list(control_tasks.GATES.values()):
-        event.set()  # never leave a node thread waiting
-    control_tasks.reset()
 
 
 def in_background(function: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import control_tasks
 import pytest
@@ -15,13 +15,6 @@ from pylo import PipelineStatus, Pylo, TaskState
 from pylo.pipeline.hooks import HOOK_METHODS, PipelineEvent
 
 MakePylo = Callable[..., Pylo]
-
-
-@pytest.fixture(autouse=True)
-def clean() -> Iterator[None]:
-    control_tasks.reset()
-    yield
-    control_tasks.reset()
 
 
 class Recorder:

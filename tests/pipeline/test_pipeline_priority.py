@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import control_tasks
-import pytest
 from control_tasks import STARTED, step
 from hypothesis import given
 from hypothesis import strategies as st
@@ -20,13 +18,6 @@ from pylo.pipeline._priority import ReadyByPriority, remaining_paths
 from pylo.stores.runs import RunRow
 
 MakePylo = Callable[..., Pylo]
-
-
-@pytest.fixture(autouse=True)
-def clean() -> Iterator[None]:
-    control_tasks.reset()
-    yield
-    control_tasks.reset()
 
 
 def flow() -> list[Any]:

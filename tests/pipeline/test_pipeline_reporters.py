@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import control_tasks
@@ -17,13 +17,6 @@ from pylo.pipeline._graph import build_graph
 from pylo.pipeline.reporters import STATE_COLOURS, PlanReporter, ProgressReporter, to_dot, to_mermaid, to_text
 
 MakePylo = Callable[..., Pylo]
-
-
-@pytest.fixture(autouse=True)
-def clean() -> Iterator[None]:
-    control_tasks.reset()
-    yield
-    control_tasks.reset()
 
 
 def diamond() -> Any:
