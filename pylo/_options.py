@@ -14,6 +14,7 @@ the backend: :meth:`pylo.workers.base.Backend.check_options`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -25,7 +26,16 @@ from pylo._retry_spec import describe_retry
 from pylo.workers._initializer import check_initializer, describe_initializer
 from pylo.workers.base import RunnerSettings
 
-__all__ = ["MAX_SECONDS", "RunOptionArgs", "RunOptions", "check_execution_id", "check_int", "check_seconds"]
+__all__ = [
+    "MAX_SECONDS",
+    "RunOptionArgs",
+    "RunOptions",
+    "check_bool",
+    "check_execution_id",
+    "check_int",
+    "check_seconds",
+    "check_seconds_at_least",
+]
 
 #: Longest ``flush_seconds`` or ``timeout``: one week. Waits this long still
 #: fit every timeout the backends pass to the system (poll(2) takes at most
@@ -67,6 +77,20 @@ def check_seconds(name: str, value: Any) -> float:
     return float(value)
 
 
+def check_seconds_at_least(name: str, value: Any, minimum: float) -> float:
+    """``value`` as a float if it is a finite number of seconds ``>= minimum``.
+
+    Raises:
+        TypeError: Not a number.
+        ValueError: Not finite, or below ``minimum``.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds >= {minimum:g}, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value) or value < minimum:
+        raise ValueError(f"{name} must be a finite number of seconds >= {minimum:g}, got {value}")
+    return float(value)
+
+
 def check_bool(name: str, value: Any) -> bool:
     """``value`` if it is True or False.
 
@@ -74,7 +98,7 @@ def check_bool(name: str, value: Any) -> bool:
         TypeError: Anything else.
     """
     if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {short_repr(value)}")
     return value
 
 

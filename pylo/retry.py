@@ -59,6 +59,8 @@ from tenacity import (
 )
 from tenacity.wait import wait_base
 
+from pylo._options import check_seconds_at_least
+
 if TYPE_CHECKING:
     from tenacity import RetryCallState
 
@@ -248,14 +250,6 @@ class wait_retry_after(wait_base):  # lower case like tenacity's own wait strate
         return self.fallback(retry_state)
 
 
-def _check_number(name: str, value: Any, minimum: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds >= {minimum:g}, got {type(value).__name__} {value!r}")
-    if not math.isfinite(value) or value < minimum:
-        raise ValueError(f"{name} must be a finite number of seconds >= {minimum:g}, got {value}")
-    return float(value)
-
-
 def _check_statuses(statuses: Any) -> frozenset[int]:
     if isinstance(statuses, (str, bytes, int)) or not isinstance(statuses, Iterable):
         raise TypeError(
@@ -356,11 +350,11 @@ def http_retry(
         raise TypeError(f"attempts must be an int >= 1, got {type(attempts).__name__} {attempts!r}")
     if attempts < 1:
         raise ValueError(f"attempts must be >= 1, got {attempts}")
-    initial = _check_number("initial", initial, 0)
-    maximum = _check_number("maximum", maximum, 0)
+    initial = check_seconds_at_least("initial", initial, 0)
+    maximum = check_seconds_at_least("maximum", maximum, 0)
     if maximum < initial:
         raise ValueError(f"maximum must be >= initial ({initial:g}), got {maximum:g}")
-    max_retry_after = _check_number("max_retry_after", max_retry_after, 0)
+    max_retry_after = check_seconds_at_least("max_retry_after", max_retry_after, 0)
     statuses = _check_statuses(retry_statuses)
     if not isinstance(asynchronous, bool):
         raise TypeError(f"asynchronous must be True or False, got {type(asynchronous).__name__} {asynchronous!r}")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, overload
 
 from pylo._codec import short_repr
+from pylo._options import check_bool, check_seconds_at_least
 from pylo.workers._checks import task_name
 
 if TYPE_CHECKING:
@@ -43,12 +44,6 @@ MAP_OPTIONS = frozenset(
 
 #: Options docs/pipelines.md names that later releases add (none left).
 _NOT_YET: frozenset[str] = frozenset()
-
-
-def _check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {short_repr(value)}")
-    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,12 +112,12 @@ class TaskOptions:
                 raise TypeError(f"timeout must be a number of seconds > 0, got {type(value).__name__} {value!r}")
             if not value > 0 or value == float("inf"):
                 raise ValueError(f"timeout must be a finite number of seconds > 0, got {value}")
-        _check_bool("fail_softly", self.fail_softly)
-        _check_bool("propagate_soft_failures", self.propagate_soft_failures)
-        _check_bool("skippable", self.skippable)
-        _check_bool("is_fruitful", self.is_fruitful)
-        _check_bool("with_state", self.with_state)
-        _check_bool("wait", self.wait)
+        check_bool("fail_softly", self.fail_softly)
+        check_bool("propagate_soft_failures", self.propagate_soft_failures)
+        check_bool("skippable", self.skippable)
+        check_bool("is_fruitful", self.is_fruitful)
+        check_bool("with_state", self.with_state)
+        check_bool("wait", self.wait)
         if self.fail_softly and self.skippable:
             raise ValueError(
                 "fail_softly and skippable cannot both be True: a raise either fails the node softly "
@@ -167,18 +162,14 @@ class TaskOptions:
 
 def _check_environment(options: TaskOptions) -> None:
     """Validate the task-environment options (context, resource wait, rate limit)."""
-    _check_bool("with_context", options.with_context)
+    check_bool("with_context", options.with_context)
     if options.wait_for is not None and not callable(options.wait_for):
         raise TypeError(
             "wait_for must be a callable returning true when the resource is ready, "
             f"got {type(options.wait_for).__name__} {short_repr(options.wait_for)}"
         )
     if options.wait_timeout is not None:
-        value = options.wait_timeout
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"wait_timeout must be a number of seconds >= 0, got {type(value).__name__} {value!r}")
-        if not value >= 0 or value == float("inf"):
-            raise ValueError(f"wait_timeout must be a finite number of seconds >= 0, got {value}")
+        check_seconds_at_least("wait_timeout", options.wait_timeout, 0)
         if options.wait_for is None:
             raise ValueError("wait_timeout needs wait_for: give the probe to wait for too")
     if options.rate_limit is not None:
