@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import control_tasks
 import pytest
-from control_tasks import STARTED, gate, gated_item, step
+from control_tasks import STARTED, gate, gated_item, in_background, step, until
 
 from pylo import PipelineStatus, Pylo, TaskState
 from pylo.errors import PipelineValidationError
@@ -18,20 +17,6 @@ from pylo.pipeline._errors import PipelineCancelled, PipelineControlError, Pipel
 
 MakePylo = Callable[..., Pylo]
 WAIT = 30
-
-
-def in_background(function: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
-    box: list[Any] = []
-
-    def target() -> None:
-        try:
-            box.append(function())
-        except BaseException as exc:  # pragma: no cover - shown by the assertion
-            box.append(exc)
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    return thread, box
 
 
 def abc() -> Any:
@@ -69,6 +54,9 @@ def test_cancel_while_running_ends_what_did_not_start_cancelled(make_pylo: MakeP
     thread, box = in_background(lambda: p.run_pipeline(abc(), run_id="r"))
     assert reached.wait(WAIT)
     p.cancel_pipeline("r")
+    runs = p.store.runs()
+    # Taken up while b, alone, still runs (on the coordinator's own thread: its keeper looks).
+    assert until(lambda: runs.get_run("r").options.get("halt") == "cancel")
     opened.set()
     thread.join(WAIT)
     assert box == ["r"]
