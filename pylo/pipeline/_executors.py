@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from pylo._codec import get_codec, short_repr
 from pylo._tracebacks import exception_text, qualified_name, safe_str
 from pylo.errors import ResultSerializationError, TaskTimeout, WorkerCrashed
+from pylo.pipeline._builder import Pipeline
 
 if TYPE_CHECKING:
     from pylo.pipeline._task import Task
@@ -103,8 +104,6 @@ def _unwrap_retry_error(exc: BaseException) -> BaseException:
 
 
 def finish_call(value: Any, codec_name: str, attempts: int, started: float) -> Outcome:
-    from pylo.pipeline._builder import Pipeline
-
     if isinstance(value, Pipeline):
         from pylo.pipeline._dynamic import encode_child
 
