@@ -4,6 +4,7 @@ Run from the repository root (Dask is optional: ``pip install ".[dask]"``):
 
     python benchmarks/pipelines.py            # 10,000 nodes, best of 3
     python benchmarks/pipelines.py --quick    # 1,000 nodes, a smoke check
+    python benchmarks/pipelines.py --no-dask  # without Dask's minute-long chain
 
 Two graphs of no-op task calls, so that only the machinery is measured:
 
@@ -267,6 +268,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--pairs", type=int, default=15, help="alternated runs of the batch node and its execution")
     parser.add_argument("--quick", action="store_true", help="1,000 nodes and inputs, 2 repeats, 3 pairs")
+    parser.add_argument("--no-dask", action="store_true", help="leave Dask out (its chain alone takes a minute)")
     args = parser.parse_args()
     if args.quick:
         args.nodes, args.inputs, args.repeat, args.pairs = 1_000, 1_000, 2, 3
@@ -295,13 +297,13 @@ def main() -> None:
     ):
         pool, pool_cpu = best(args.repeat, lambda graph=graph: run_thread_pool(graph))
         # Once: dask.delayed takes seconds per graph of this size.
-        dask_time, _ = best(1, lambda graph=graph: run_dask(graph))
+        dask_time, _ = (None, None) if args.no_dask else best(1, lambda graph=graph: run_dask(graph))
         pylo_time, pylo_cpu = best(args.repeat, lambda make=make: run_pylo(make))
         described = min(describe(make) for _ in range(args.repeat))
         assert pool is not None and pylo_time is not None and pool_cpu and pylo_cpu is not None
         print(f"{name}:")
         print(f"  ThreadPoolExecutor  {per_node(pool, count)}   CPU {pool_cpu / count * 1e6:6.1f} µs/node")
-        print(f"  dask.delayed        {per_node(dask_time, count)}")
+        print(f"  dask.delayed        {'    (left out)' if args.no_dask else per_node(dask_time, count)}")
         print(f"  pylo (durable)      {per_node(pylo_time, count)}   CPU {pylo_cpu / count * 1e6:6.1f} µs/node")
         print(f"  pylo / thread pool: {pylo_time / pool:.2f}x   (goal <= 4x); in CPU time {pylo_cpu / pool_cpu:.2f}x")
         if dask_time is not None:
