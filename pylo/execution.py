@@ -32,7 +32,7 @@ from pylo._plan import Plan, create_resumed, new_record, record_fresh
 from pylo._reader import Failure
 from pylo._running import process_is_gone as _process_is_gone
 from pylo._running import run_execution
-from pylo.errors import DamagedExecutions, ExecutionNotResumable
+from pylo.errors import DamagedExecutions, ExecutionExists, ExecutionNotResumable
 from pylo.pipeline._api import PipelineMethods
 from pylo.stores.base import ExecutionRecord, ExecutionStatus, Store
 from pylo.workers._checks import task_name as _task_name
@@ -185,10 +185,14 @@ class Pylo(Constructors, PipelineMethods):
         record = new_record(new_id, _task_name(function), self._codec, self._options)
         record = dataclasses.replace(record, labels=checked_labels, options=self._recorded_options(record))
 
-        if execution_id is not None:
-            _deleting.replace_unrecorded(self._store, new_id)
-
         def prepare() -> Plan:
+            try:
+                return record_fresh(self._store, record, inputs, self._codec)
+            except ExecutionExists:
+                # Only a given id can be taken. Looked at on a clash, not before every start: a
+                # read first cost a batch node of a pipeline (its id is given) a third of what it added.
+                if execution_id is None or not _deleting.replace_unrecorded(self._store, new_id):
+                    raise
             return record_fresh(self._store, record, inputs, self._codec)
 
         run_execution(self._store, self._backend, self._options, new_id, prepare, function, self._codec)
