@@ -189,8 +189,8 @@ class Pylo(Constructors, PipelineMethods):
             try:
                 return record_fresh(self._store, record, inputs, self._codec)
             except ExecutionExists:
-                # Only a given id can be taken. Looked at on a clash, not before every start: a
-                # read first cost a batch node of a pipeline (its id is given) a third of what it added.
+                # Only a given id can be taken. Looked at on a clash, not before every start: a read
+                # first cost every batch node of a pipeline (its id is always given) a transaction.
                 if execution_id is None or not _deleting.replace_unrecorded(self._store, new_id):
                     raise
             return record_fresh(self._store, record, inputs, self._codec)
