@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 __all__ = ["LoneNode"]
 
 #: Shortest and longest sleep of the keeper between two looks at the clocks.
-_MIN_NAP = 0.005
+_MIN_NAP = 0.02  # a look the coordinator is due to make itself is not retried in a busy loop
 _MAX_NAP = 1.0
 
 
