@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pylo._codec import get_codec, short_repr
-from pylo._tracebacks import exception_text, qualified_name, safe_str
+from pylo._tracebacks import describe_exception, safe_str
 from pylo.errors import ResultSerializationError, TaskTimeout, WorkerCrashed
 
 if TYPE_CHECKING:
@@ -71,13 +71,11 @@ class Outcome:
 
 def describe_failure(exc: BaseException, codec_name: str, attempts: int, started: float, **extra: Any) -> Outcome:
     """An Outcome for a call that raised ``exc``."""
-    text = exception_text(exc)
-    encoded = get_codec(codec_name).encode_exception(exc)
-    exc.__traceback__ = None  # frames pin every local of the failed call
+    exc_type, message, text, encoded = describe_exception(exc, get_codec(codec_name))
     return Outcome(
         ok=False,
-        exc_type=qualified_name(type(exc)),
-        message=safe_str(exc),
+        exc_type=exc_type,
+        message=message,
         traceback=text,
         exception=encoded,
         error=exc,
