@@ -83,7 +83,9 @@ def stop_reason(record: ExecutionRecord, interrupt: Interrupt | None = None) -> 
         if not record.inputs_complete:
             return StopReason("aborted", "its inputs could not be read; nothing ran")
         return StopReason(
-            "aborted", "pylo could not go on (a worker initializer raised, or the store refused a write): see the error"
+            "aborted",
+            "pylo could not go on (a worker initializer raised, the Dask cluster lost a chunk or had no "
+            "workers, or the store refused a write): see the error",
         )
     if status is ExecutionStatus.CRASHED:
         return StopReason("crashed", "its process died without a word (killed, or out of memory)")
