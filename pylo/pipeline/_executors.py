@@ -253,7 +253,7 @@ class CallRunner:
     Args:
         kind: ``"threads"``, ``"processes"``, ``"asyncio"`` or ``"dask"``.
         workers: Size of the process pool (processes).
-        backend_options: The Pylo's worker options (start method, Dask client).
+        backend_options: The Pylo's worker options (start method; Dask client and no_workers_timeout).
         codec_name: The run's codec.
     """
 
@@ -290,10 +290,13 @@ class CallRunner:
         if self._kind == "processes":
             return self._call_remote(self._process_pool().submit, sent, retry, timeout, args, kwargs)
         if self._kind == "dask":
-            client = self._options["client"]
+            from pylo.workers._dask_watchdog import WatchedFuture
+
+            client, no_workers_timeout = self._options["client"], self._options["no_workers_timeout"]
 
             def submit(fn: Callable[..., Any], *fn_args: Any) -> Any:
-                return client.submit(fn, *fn_args, pure=False)
+                # A cluster left with no workers fails the node instead of holding it for ever.
+                return WatchedFuture(client, client.submit(fn, *fn_args, pure=False), no_workers_timeout)
 
             return self._call_remote(submit, sent, retry, timeout, args, kwargs)
         return execute_call(function, retry, timeout, args, kwargs, self._codec_name)

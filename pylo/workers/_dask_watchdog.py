@@ -9,6 +9,10 @@ has, from the client's event loop (never from the coordinator's thread),
 and tells its owner once the cluster has had none for ``timeout`` seconds
 in a row; a worker seen in between starts the count again.
 
+An execution's lanes raise what :func:`no_workers_error` says from their
+``poll``; a pipeline's call node on Dask waits for its task through
+:class:`WatchedFuture`, and fails with it.
+
 The default, :data:`NO_WORKERS_TIMEOUT`, is long enough for a nanny to
 replace a worker (or an autoscaler to add one) and short enough that a
 cluster that lost them all is noticed.
@@ -19,11 +23,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["CHECK_SECONDS", "NO_WORKERS_TIMEOUT", "NoWorkersWatchdog"]
+from pylo.errors import PyloError
+
+__all__ = ["CHECK_SECONDS", "NO_WORKERS_TIMEOUT", "NoWorkersWatchdog", "WatchedFuture", "no_workers_error"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,3 +96,57 @@ class NoWorkersWatchdog:
         except Exception:
             logger.debug("could not count the workers of the Dask cluster", exc_info=True)
             return None
+
+
+def no_workers_error(client: Any, seconds: float, timeout: float, stopped: str) -> PyloError:
+    """The error that says the cluster has had no workers too long, what ``stopped``, and what to do."""
+    return PyloError(
+        f"the Dask cluster at {client.scheduler.address} has had no workers for {seconds:.0f} s "
+        f"(no_workers_timeout={timeout:g}): {stopped}. Start workers (a Dask nanny does not restart a "
+        "worker that dies while it starts) and resume, or give Pylo.dask(..., no_workers_timeout=None) "
+        "to wait for workers however long it takes"
+    )
+
+
+class WatchedFuture:
+    """A ``distributed`` future whose :meth:`result` gives up when the cluster has had no workers too long.
+
+    Args:
+        client: The client the future belongs to.
+        future: The future of one task.
+        timeout: ``no_workers_timeout`` (None: wait for ever, as ``future.result()`` does).
+    """
+
+    def __init__(self, client: Any, future: Any, timeout: float | None) -> None:
+        self._client = client
+        self._future = future
+        self._timeout = timeout
+
+    def result(self) -> Any:
+        """The task's result.
+
+        Raises:
+            PyloError: The cluster has had no workers for ``timeout`` seconds (the task is cancelled).
+            Exception: What the task's future raised.
+        """
+        if self._timeout is None:
+            return self._future.result()
+        expired = threading.Event()
+        waited = [0.0]
+
+        def expire(seconds: float) -> None:
+            waited[0] = seconds
+            expired.set()
+
+        watchdog = NoWorkersWatchdog(self._client, self._timeout, expire)
+        watchdog.start()
+        try:
+            while True:
+                try:
+                    return self._future.result(timeout=CHECK_SECONDS)
+                except asyncio.TimeoutError:
+                    if expired.is_set():
+                        self._future.cancel()
+                        raise no_workers_error(self._client, waited[0], self._timeout, "the node failed") from None
+        finally:
+            watchdog.stop()

@@ -78,7 +78,7 @@ from typing import Any
 
 from pylo.errors import InitializerFailed, PyloError, WorkerCrashed
 from pylo.workers._dask_remote import Inputs, Job, forget_job, job_name, run_chunk, stop_job
-from pylo.workers._dask_watchdog import NO_WORKERS_TIMEOUT, NoWorkersWatchdog
+from pylo.workers._dask_watchdog import NO_WORKERS_TIMEOUT, NoWorkersWatchdog, no_workers_error
 from pylo.workers._runner import describe_failure, qualified_name
 from pylo.workers.base import Backend, ChunkResult, Lanes, RunnerSettings, TaskFailure
 
@@ -258,15 +258,10 @@ class DaskLanes(Lanes):
 
     def _without_workers(self, seconds: float) -> None:
         """On the client's event loop: the cluster has had no workers too long; poll raises it."""
-        address = self._client.scheduler.address
-        logger.warning("the Dask cluster at %s has had no workers for %.0f s: stopping the execution", address, seconds)
-        self._no_workers = PyloError(
-            f"the Dask cluster at {address} has had no workers for {seconds:.0f} s "
-            f"(no_workers_timeout={self._no_workers_timeout:g}): the execution stopped with its outcomes "
-            "so far recorded. Start workers (a Dask nanny does not restart a worker that dies while it "
-            "starts) and resume the execution, or give Pylo.dask(..., no_workers_timeout=None) to wait "
-            "for workers however long it takes"
-        )
+        assert self._no_workers_timeout is not None, "the watchdog runs only with a timeout"
+        logger.warning("the Dask cluster has had no workers for %.0f s: stopping the execution", seconds)
+        stopped = "the execution stopped with its outcomes so far recorded"
+        self._no_workers = no_workers_error(self._client, seconds, self._no_workers_timeout, stopped)
         self._done.put((None, None, None))
 
     def submit(self, lane: int, chunk_id: int, inputs: Sequence[Any], budget: int) -> None:
