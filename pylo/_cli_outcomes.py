@@ -31,9 +31,20 @@ _STATE_NAMES = {PENDING: "pending", FINISHED: "finished", FAILED: "failed"}
 
 
 def matches_type(exception_type: str | None, name: str) -> bool:
-    """``--type NAME``: the qualified type name, or its last part (``HTTPError``)."""
-    kind = exception_type or ""
+    """``--type NAME``: the qualified type name, or its last part (``HTTPError``).
+
+    Built-in types are stored bare (``TimeoutError``, as tracebacks print
+    them), so ``builtins.TimeoutError`` names them too, and either spelling
+    matches a type stored either way.
+    """
+    kind = _unprefixed(exception_type or "")
+    name = _unprefixed(name)
     return kind == name or kind.endswith("." + name)
+
+
+def _unprefixed(type_name: str) -> str:
+    """A type name without the ``builtins.`` module that Python leaves implicit."""
+    return type_name.removeprefix("builtins.")
 
 
 def failure_rows(store: Store, record: ExecutionRecord, type_name: str | None) -> dict[int, FailureRow]:

@@ -28,6 +28,24 @@ def test_failed_inputs_of_one_exception_type(cli: Cli) -> None:
     )
 
 
+def test_a_builtin_exception_type_is_matched_with_or_without_its_module(cli: Cli) -> None:
+    # Built-in types are stored bare (TimeoutError); builtins.TimeoutError names them as well.
+    assert cli("run", "tasks:work", "--inputs", "numbers.txt", "--id", "job").returncode == 1
+    inputs = cli("inputs", "job", "--failed", "--type", "builtins.TimeoutError")
+    assert inputs.stdout.split() == ["25", "50", "75", "100"], inputs.stderr
+    failures = json.loads(cli("failures", "job", "--type", "builtins.TimeoutError", "--json").stdout)
+    assert [(group["exception_type"], group["count"]) for group in failures["groups"]] == [("TimeoutError", 4)]
+    rows = cli("inputs", "job", "--outcomes", "--json", "--failed", "--type", "builtins.TimeoutError").stdout
+    assert [json.loads(row)["position"] for row in rows.splitlines()] == [24, 49, 74, 99]
+    assert cli("inputs", "job", "--failed", "--type", "builtins.KeyError").stdout == ""
+    for bad in ("", "TimeoutError."):
+        assert cli.error("failures", "job", "--type", bad) == (
+            "pylo: error: argument --type: must be an exception type: its name (TimeoutError) or its "
+            f"qualified name (builtins.TimeoutError, requests.exceptions.HTTPError), got {bad!r} "
+            "(see `pylo failures --help`)"
+        )
+
+
 def test_outcomes_of_every_input_as_csv_and_json(cli: Cli) -> None:
     # One worker stops at the third failure (input 23): 20 finished, 3 failed, 77 pending.
     run = cli("run", "tasks:work", "--inputs", "numbers.txt", "--workers", "1", "--max-failures", "3", "--id", "cut")
