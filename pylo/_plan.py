@@ -29,6 +29,7 @@ from typing import Any
 
 from pylo._codec import Codec
 from pylo._options import RunOptions
+from pylo._stops import Stop
 from pylo.errors import StoreError
 from pylo.stores.base import (
     FAILED,
@@ -336,8 +337,8 @@ class Scheduler:
         return False
 
 
-def record_end(store: Store, execution_id: str, status: ExecutionStatus) -> None:
-    """Mark an execution ended, with the counts of its last good flush, writing no outcomes.
+def record_end(store: Store, execution_id: str, status: ExecutionStatus, stop: Stop | None = None) -> None:
+    """Mark an execution ended (and why, when it ended early), with the counts of its last good flush.
 
     For runs that end where no full flush is possible: recording the inputs
     failed, or the final flush itself failed (a full disk, say). This small
@@ -358,6 +359,8 @@ def record_end(store: Store, execution_id: str, status: ExecutionStatus) -> None
                 failed=stored.failed,
                 status=status,
                 ended_at=time.time(),
+                stop_reason=None if stop is None else stop.code,
+                stop_detail=None if stop is None else stop.detail,
             ),
         )
     except BaseException:
