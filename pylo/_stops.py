@@ -114,7 +114,7 @@ def ended_by(exc: BaseException, *, before_running: bool = False) -> Stop:
     if isinstance(exc, Terminated):
         return Stop(INTERRUPTED, "SIGTERM")
     if isinstance(exc, KeyboardInterrupt):
-        return Stop(INTERRUPTED, "Ctrl-C (KeyboardInterrupt)")
+        return Stop(INTERRUPTED, "Ctrl-C")  # what raises KeyboardInterrupt
     if isinstance(exc, SystemExit):
         return Stop(INTERRUPTED, f"SystemExit({exc.code!r})" if exc.code is not None else "SystemExit")
     return Stop(INTERRUPTED, _bounded(_described(exc)))
