@@ -57,7 +57,7 @@ CODES = frozenset({MAX_FAILURES, MAX_WORKER_FAILURES, STOP_REQUESTED, INTERRUPTE
 #: The derived detail of an interrupt recorded by a pylo that did not say which.
 UNRECORDED_INTERRUPT = "an interrupt (Ctrl-C, SIGTERM or an exit; which one was not recorded)"
 
-#: Longest detail kept: an exception's message can be a page long; its failure record keeps it whole.
+#: Longest detail kept: an exception's message can be a page long (the error raised to the caller has it all).
 _MAX_DETAIL = 500
 
 
@@ -80,7 +80,7 @@ def stopped(code: str | None, failed: int, max_failures: int | None, max_worker_
         code: :data:`MAX_FAILURES` or :data:`STOP_REQUESTED` when one of
             those ended the feeding of inputs, None when it ran dry because
             every worker's budget was spent.
-        failed: Failed inputs at the end (inherited ones included).
+        failed: Its failed inputs at the end (a resume inherits none).
         max_failures: The execution's budget, or None.
         max_worker_failures: Each worker's budget.
     """
@@ -116,7 +116,7 @@ def ended_by(exc: BaseException, *, before_running: bool = False) -> Stop:
     if isinstance(exc, KeyboardInterrupt):
         return Stop(INTERRUPTED, "Ctrl-C")  # what raises KeyboardInterrupt
     if isinstance(exc, SystemExit):
-        return Stop(INTERRUPTED, f"SystemExit({exc.code!r})" if exc.code is not None else "SystemExit")
+        return Stop(INTERRUPTED, _bounded(f"SystemExit({exc.code!r})") if exc.code is not None else "SystemExit")
     return Stop(INTERRUPTED, _bounded(_described(exc)))
 
 
