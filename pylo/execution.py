@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from pylo import _claims, _deleting, _reader
+from pylo import _claims, _deleting, _reader, _stops
 from pylo._codec import Codec, get_codec, short_repr
 from pylo._constructors import Constructors
 from pylo._labels import check_labels
@@ -326,8 +326,8 @@ class Pylo(Constructors, PipelineMethods):
     @staticmethod
     def _observed(record: ExecutionRecord) -> ExecutionRecord:
         if _process_is_gone(record):
-            return dataclasses.replace(record, status=ExecutionStatus.CRASHED)
-        return record
+            record = dataclasses.replace(record, status=ExecutionStatus.CRASHED)
+        return _stops.observed(record)  # crashed, or recorded by a pylo that kept no stop reasons
 
     def get_state(self, execution_id: str) -> tuple[list[Any], list[Any]]:
         """Return ``(finished, unfinished)`` inputs, each list in input order.

@@ -10,7 +10,7 @@ import control_tasks
 import pytest
 from control_tasks import STARTED, gate, gated_item, in_background, step, until
 
-from pylo import PipelineStatus, Pylo, TaskState
+from pylo import ExecutionStatus, PipelineStatus, Pylo, TaskState
 from pylo.errors import PipelineValidationError
 from pylo.pipeline import in_parallel
 from pylo.pipeline._errors import PipelineCancelled, PipelineControlError, PipelineNotCompleted
@@ -110,6 +110,8 @@ def test_a_paused_batch_node_stops_taking_inputs_and_resumes_only_the_rest(make_
     assert [n.state for n in record.nodes] == [TaskState.PENDING, TaskState.PENDING]
     ran_before = [name for name in STARTED if name.startswith("item")]
     assert len(ran_before) < 40
+    (batch,) = p.list_executions()  # the batch node's execution says why it stopped
+    assert (batch.status, batch.stop_reason) == (ExecutionStatus.STOPPED, "stop_requested")
 
     control_tasks.WAIT_AT.clear()
     try:
