@@ -19,7 +19,8 @@ node, takes the coordinator's desk (a lock the coordinator holds at all
 other times) and does what the coordinator's loop would do. The desk makes
 the two one writer at a time. The keeper tries the desk without blocking
 and is never woken per node, so leaving and retaking the desk cost no
-hand-off. A run is watched from its first lone node to its end.
+hand-off. A run is watched from its first lone node to its end; the
+keeper is made by the first run watched and joined when the last ends.
 
 A node runs here only when nothing else could use the time and the rest of
 its work needs no coordinator: threads workers, no event loop running in
@@ -54,36 +55,55 @@ __all__ = ["LoneNode"]
 #: Shortest and longest sleep of the keeper between two looks at the clocks.
 _MIN_NAP = 0.02  # a look the coordinator is due to make itself is not retried in a busy loop
 _MAX_NAP = 1.0
+#: How long the end of the last run waits for the keeper to end (it is woken: at once, unless in a flush).
+_JOIN_SECONDS = 5.0
 
 
 class _Keeper:
-    """The process's keeper thread (made on first use): tends the watched runs whose coordinator is away."""
+    """The process's keeper thread, while runs watch it: tends those whose coordinator is away.
+
+    Made by the first run that has a lone node, it ends, and is joined, when
+    the last run it watches ends, as node threads are: no thread of pylo's
+    outlives the runs (a process that forks next is single-threaded again).
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._watched: set[LoneNode] = set()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._stop: threading.Event | None = None  # the current thread's
 
     def watch(self, run: LoneNode) -> None:
         with self._lock:
             self._watched.add(run)
             if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="pylo-keeper", daemon=True)
+                self._stop = threading.Event()
+                self._thread = threading.Thread(target=self._loop, args=(self._stop,), name="pylo-keeper", daemon=True)
                 self._thread.start()
-        self._wake.set()  # a keeper asleep with nothing to watch looks at the clocks again
+        self._wake.set()  # the keeper looks at the clocks again, this run's among them
 
     def unwatch(self, run: LoneNode) -> None:
         with self._lock:
             self._watched.discard(run)
+            if self._watched or self._thread is None or self._stop is None:
+                return
+            thread, stop = self._thread, self._stop
+            self._thread = self._stop = None  # a run that comes next makes a keeper of its own
+        stop.set()
+        self._wake.set()
+        if thread is not threading.current_thread():
+            thread.join(_JOIN_SECONDS)
 
-    def _loop(self) -> None:
-        while True:
+    def _loop(self, stop: threading.Event) -> None:
+        while not stop.is_set():
             with self._lock:
                 watched = list(self._watched)
             nap = min((run._nap() for run in watched), default=_MAX_NAP)
             self._wake.wait(min(_MAX_NAP, max(_MIN_NAP, nap)))
             self._wake.clear()
+            if stop.is_set():
+                return
             for run in watched:
                 run._try_tend()
 

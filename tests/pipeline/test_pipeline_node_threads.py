@@ -1,4 +1,4 @@
-"""A run's node threads end with it: once ``run_pipeline`` returns, no pylo node thread is alive.
+"""A run's node threads end with it: once ``run_pipeline`` returns, no pylo node (or keeper) thread is alive.
 
 (A process that forks after a run must not be multi-threaded: Python 3.12
 warns about ``os.fork()`` there, and a child forked while a thread held a
@@ -47,8 +47,9 @@ _earlier: set[threading.Thread] = set()
 
 
 def node_threads() -> list[threading.Thread]:
-    """pylo's node threads alive now, but for those of earlier tests' runs."""
-    return [t for t in threading.enumerate() if t.name.startswith("pylo-node-") and t not in _earlier]
+    """pylo's node threads (and keeper) alive now, but for those of earlier tests' runs."""
+    mine = ("pylo-node-", "pylo-keeper")
+    return [t for t in threading.enumerate() if t.name.startswith(mine) and t not in _earlier]
 
 
 @pytest.fixture
@@ -84,7 +85,8 @@ def test_a_run_that_ends_while_another_runs_leaves_it_its_threads(pylo: Pylo) ->
     other: dict[str, str] = {}
 
     def run_slow() -> None:
-        other["run_id"] = pylo.run_pipeline(slow.send("slow").continue_with(echo))
+        # Two nodes at once, so they run on node threads (a lone node runs on the run's own thread).
+        other["run_id"] = pylo.run_pipeline(in_parallel([slow.send("slow"), echo.send("beside")]))
 
     runner = threading.Thread(target=run_slow)
     runner.start()
@@ -96,5 +98,5 @@ def test_a_run_that_ends_while_another_runs_leaves_it_its_threads(pylo: Pylo) ->
     finally:
         _release_slow.set()
         runner.join(30)
-    assert pylo.get_pipeline_result(other["run_id"]) == "slow"
+    assert pylo.get_pipeline_result(other["run_id"]) == ["slow", "beside"]
     assert node_threads() == []
