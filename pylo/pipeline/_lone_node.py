@@ -78,9 +78,10 @@ class _Keeper:
         with self._lock:
             self._watched.add(run)
             if self._thread is None:
-                self._stop = threading.Event()
-                self._thread = threading.Thread(target=self._loop, args=(self._stop,), name="pylo-keeper", daemon=True)
-                self._thread.start()
+                stop = threading.Event()
+                thread = threading.Thread(target=self._loop, args=(stop,), name="pylo-keeper", daemon=True)
+                thread.start()  # noted once started: a thread that could not start is never joined
+                self._thread, self._stop = thread, stop
         self._wake.set()  # the keeper looks at the clocks again, this run's among them
 
     def unwatch(self, run: LoneNode) -> None:
