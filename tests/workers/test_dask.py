@@ -343,7 +343,7 @@ def test_a_cluster_left_without_workers_stops_the_execution_resumable(
         timeout=120,
         check=False,
     )
-    assert "aborted (PyloError: the Dask cluster at" in shown.stdout and "had no workers" in shown.stdout, shown
+    assert "aborted (pylo.errors.PyloError: the Dask cluster at" in shown.stdout and "had no workers" in shown.stdout, shown
     resumed = pylo.start_from_past_execution("no-workers", square)
     assert pylo.get_state(resumed) == (list(range(20)), [])
 
