@@ -343,7 +343,8 @@ def test_a_cluster_left_without_workers_stops_the_execution_resumable(
         timeout=120,
         check=False,
     )
-    assert "aborted (pylo.errors.PyloError: the Dask cluster at" in shown.stdout and "had no workers" in shown.stdout, shown
+    status = next(line for line in shown.stdout.splitlines() if line.startswith("status"))
+    assert "aborted (pylo.errors.PyloError: the Dask cluster at" in status and "had no workers" in status, shown
     resumed = pylo.start_from_past_execution("no-workers", square)
     assert pylo.get_state(resumed) == (list(range(20)), [])
 
