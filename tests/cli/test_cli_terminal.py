@@ -97,7 +97,7 @@ def test_ctrl_c_saves_the_execution_and_says_how_to_resume(cli: Cli) -> None:
     assert "resume:  pylo resume cut\r\n" in stopped.output
     assert "Traceback" not in stopped.output
     shown = cli("show", "cut").stdout
-    assert re.search(r"^status +interrupted$", shown, re.M)
+    assert re.search(r"^status +interrupted \(Ctrl-C\)$", shown, re.M)  # the run recorded why
     counted = re.search(r"^inputs +200: (\d+) finished", shown, re.M)
     assert counted is not None
     finished = int(counted.group(1))
