@@ -89,6 +89,9 @@ class ChunkResult:
             ``KeyboardInterrupt`` or ``SystemExit``) raised by the task at
             index ``attempted``; the coordinator re-raises it.
         elapsed: Seconds the lane spent on the chunk.
+        cpu: CPU seconds of the thread that ran the chunk, for lanes that
+            report it (Dask: chunks are then sized by CPU time, see
+            :mod:`pylo._sizing`), else None.
     """
 
     chunk_id: int
@@ -98,6 +101,7 @@ class ChunkResult:
     results: Sequence[tuple[int, bytes]]
     interrupt: BaseException | None
     elapsed: float
+    cpu: float | None = None
 
 
 class Lanes(abc.ABC):
