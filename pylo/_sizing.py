@@ -53,6 +53,7 @@ class ChunkSizer:
         if result.cpu is not None:
             # Whichever binds first: the CPU aim, or the wall-clock bound.
             per_input = max(result.cpu / result.attempted, per_input / WALL_STRETCH)
-        wanted = int(self._target / per_input) if per_input > 0 else self._max_chunk
+        # Compared before dividing: a per-input time of (nearly) zero means "as large as allowed".
+        wanted = self._max_chunk if per_input * self._max_chunk <= self._target else int(self._target / per_input)
         # Grow gradually but shrink at once.
         return max(1, min(wanted, size * GROWTH, self._max_chunk))

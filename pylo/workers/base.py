@@ -115,8 +115,10 @@ class Lanes(abc.ABC):
     #: Chunks the coordinator may keep queued per lane beyond the running one.
     prefetch: int = 1
     #: Seconds of task work a chunk aims at once a lane's speed is known (the
-    #: coordinator keeps it within a quarter of ``flush_seconds``). Lanes whose
-    #: every chunk pays a round trip through a scheduler aim higher.
+    #: coordinator keeps it within a quarter of ``flush_seconds``): wall time,
+    #: or CPU time for lanes that report it in ``ChunkResult.cpu`` (see
+    #: :mod:`pylo._sizing`). Lanes whose every chunk pays a round trip through
+    #: a scheduler aim higher.
     chunk_seconds: float = 0.05
 
     @abc.abstractmethod
