@@ -114,8 +114,8 @@ class Coordinator:
         self._options = options
         self._codec = codec
         self._on_progress = on_progress
-        self._scheduler = Scheduler(plan)
         self._max_chunk = min(MAX_BATCH, options.task_executions_before_flush)
+        self._scheduler = Scheduler(plan, self._max_chunk)
         # No more lanes than inputs to run: 20,000 workers for 2 inputs start 2.
         lanes = max(1, min(options.number_of_workers, plan.total - plan.finished))
         self._lanes = [_Lane(n, chunk_size=min(FIRST_CHUNK, self._max_chunk)) for n in range(lanes)]

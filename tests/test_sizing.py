@@ -1,13 +1,16 @@
-"""How many inputs a lane's next chunk holds (pylo._sizing), from what its last chunk reported.
+"""How many inputs a lane's next chunk holds (pylo._sizing), and how the scheduler cuts it (pylo._plan).
 
 The figures are the ones a lane would report; nothing here waits or times anything.
 """
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pylo._plan import Batch, Plan, Scheduler
 from pylo._sizing import GROWTH, WALL_STRETCH, ChunkSizer
 from pylo.workers.base import ChunkResult
 
@@ -85,3 +88,56 @@ def test_the_next_chunk_is_between_one_input_and_the_largest_allowed(
     cpu = None if cpu_share is None else elapsed * cpu_share
     following = sizer.next_size(size, reported(attempted, elapsed, cpu))
     assert 1 <= following <= min(MAX_CHUNK, size * GROWTH)
+
+
+# -- cutting chunks of the sizes asked (pylo._plan.Scheduler) ----------------------
+
+
+def plan_of(batch_sizes: list[int]) -> Plan:
+    batches, first = [], 0
+    for number, size in enumerate(batch_sizes):
+        batches.append(Batch(number, first, bytearray(size), inputs=list(range(first, first + size))))
+        first += size
+    return Plan(batches=batches, reader=None, total=first)  # every batch has its inputs in memory: no reader
+
+
+def test_the_short_rest_of_a_batch_joins_the_chunk_before_it() -> None:
+    scheduler = Scheduler(plan_of([1024]), most=1024)
+    taken = [len(scheduler.take(250)[1]) for _ in range(4)]
+    # Alone, the last 24 inputs would cost a chunk (on Dask, a round trip) of their own.
+    assert taken == [250, 250, 250, 274]
+    assert scheduler.take(250) is None
+
+
+def test_a_rest_of_half_a_chunk_or_more_is_a_chunk_of_its_own() -> None:
+    scheduler = Scheduler(plan_of([1024]), most=1024)
+    assert [len(scheduler.take(400)[1]) for _ in range(3)] == [400, 400, 224]
+
+
+def test_a_chunk_holds_no_more_than_a_flush_even_with_the_rest_of_its_batch() -> None:
+    scheduler = Scheduler(plan_of([1024]), most=500)
+    assert [len(scheduler.take(480)[1]) for _ in range(3)] == [480, 480, 64]
+
+
+@given(
+    batch_sizes=st.lists(st.integers(1, 300), min_size=1, max_size=6),
+    sizes=st.lists(st.integers(1, 400), min_size=1, max_size=20),
+    most=st.integers(1, 400),
+)
+def test_chunks_cover_every_input_once_in_order_within_their_batch(
+    batch_sizes: list[int], sizes: list[int], most: int
+) -> None:
+    scheduler = Scheduler(plan_of(batch_sizes), most=most)
+    seen: list[int] = []
+    for turn in itertools.count():
+        size = min(sizes[turn % len(sizes)], most)  # the coordinator never asks for more than a flush
+        taken = scheduler.take(size)
+        if taken is None:
+            break
+        chunk, inputs = taken
+        assert 1 <= len(inputs) <= most
+        assert len(inputs) < size + max(1, size // 2)
+        first = chunk.batch.first_position
+        assert list(inputs) == [first + offset for offset in chunk.offsets]
+        seen.extend(inputs)
+    assert seen == list(range(sum(batch_sizes)))
