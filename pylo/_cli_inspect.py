@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from typing import Any, TextIO
 
+from pylo import _stops
 from pylo._cli_common import (
     CliError,
     StoreChoice,
@@ -114,7 +115,7 @@ def _options(record: ExecutionRecord) -> str:
 def _status(record: ExecutionRecord) -> str:
     """The status, and why it stopped when the status alone does not say."""
     reason = stop_reason(record)
-    if reason is None or reason.code == "interrupted":
+    if reason is None or reason.detail == _stops.UNRECORDED_INTERRUPT:
         return str(record.status)
     return f"{record.status} ({reason.detail})"
 

@@ -3,17 +3,17 @@
 The summary is text for people (counts, failures by type, the commands to
 see the failures and to resume) or, with ``--json-summary``, one JSON
 document for scripts. Both say why an execution that did not complete
-ended: the reason is read back from the record (status, counts and the
-options it ran with), by the rules the engine stops by, so ``pylo show``
-can say it too for any execution, whoever ran it.
+ended: the reason its run recorded with its end (see ``pylo._stops``), so
+``pylo show`` can say it too for any execution, whoever ran it.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import re
 from typing import Any, TextIO
 
+from pylo import _stops
 from pylo._cli_common import (
     StoreChoice,
     count_types,
@@ -23,71 +23,41 @@ from pylo._cli_common import (
     record_json,
     run_seconds,
 )
+from pylo._stops import Stop
 from pylo.errors import PyloError
 from pylo.execution import Pylo
 from pylo.stores.base import ExecutionRecord, ExecutionStatus
 
-__all__ = ["Interrupt", "StopReason", "print_summary", "stop_json", "stop_reason", "summary_json"]
+__all__ = ["Interrupt", "print_summary", "stop_json", "stop_reason", "summary_json"]
 
 #: What interrupted a run, when the command knows: ``"ctrl-c"`` or ``"sigterm"``.
 Interrupt = str
 
 
-@dataclass(frozen=True, slots=True)
-class StopReason:
-    """Why an execution ended before every input was attempted.
-
-    Attributes:
-        code: ``max_failures``, ``max_worker_failures``, ``stop_requested``,
-            ``interrupted``, ``aborted`` or ``crashed`` (documented in
-            docs/cli.md: scripts may rely on them).
-        detail: The same in words, naming the command line's flags.
-    """
-
-    code: str
-    detail: str
+#: Options as the recorded details name them, and the flags that set them.
+_FLAGS = re.compile(r"\b(max_failures|max_worker_failures)=")
+#: What the command saw interrupt a run, in words.
+_INTERRUPTS = {"ctrl-c": "Ctrl-C", "sigterm": "SIGTERM"}
 
 
-def stop_reason(record: ExecutionRecord, interrupt: Interrupt | None = None) -> StopReason | None:
-    """Why ``record`` stopped early, or None when it completed, still runs or never started.
+def stop_reason(record: ExecutionRecord, interrupt: Interrupt | None = None) -> Stop | None:
+    """Why ``record`` stopped early, in the command line's words; None when it completed, runs or never started.
 
-    A ``stopped`` execution stopped on a failure budget: ``max_failures``
-    once the failures it saw reached it, else every worker's
-    ``max_worker_failures`` (a worker whose budget is spent takes no more
-    inputs); a stop requested by a pipeline is what remains.
+    The reason is the one its run recorded with its end (``Pylo``'s readers
+    derive one for a crashed execution, and for one recorded by a pylo that
+    kept none); the options it names become the flags that set them.
 
     Args:
-        record: The execution.
-        interrupt: What the command saw interrupt the run, when it did.
+        record: The execution, as ``Pylo`` reads it.
+        interrupt: What the command saw interrupt the run, when it did:
+            it names an interrupt the record could not.
     """
-    status = record.status
-    failed = record.failed
-    if status is ExecutionStatus.STOPPED:
-        limit = record.options.get("max_failures")
-        if isinstance(limit, int) and failed >= limit:
-            return StopReason(
-                "max_failures",
-                f"{format_count(failed)} failure{'s' if failed != 1 else ''} reached --max-failures {limit}",
-            )
-        per_worker = record.options.get("max_worker_failures")
-        if isinstance(per_worker, int) and failed >= per_worker:
-            return StopReason(
-                "max_worker_failures",
-                f"every worker reached --max-worker-failures {per_worker}, with {format_count(failed)} failures in all",
-            )
-        return StopReason("stop_requested", "a stop was requested (its pipeline run was stopping)")
-    if status is ExecutionStatus.INTERRUPTED:
-        said = {"ctrl-c": "Ctrl-C", "sigterm": "SIGTERM"}
-        return StopReason("interrupted", said.get(interrupt or "", "an interrupt (Ctrl-C, SIGTERM or an exit)"))
-    if status is ExecutionStatus.ABORTED:
-        if not record.inputs_complete:
-            return StopReason("aborted", "its inputs could not be read; nothing ran")
-        return StopReason(
-            "aborted", "pylo could not go on (a worker initializer raised, or the store refused a write): see the error"
-        )
-    if status is ExecutionStatus.CRASHED:
-        return StopReason("crashed", "its process died without a word (killed, or out of memory)")
-    return None
+    if record.stop_reason is None:
+        return None
+    detail = record.stop_detail or record.stop_reason
+    if detail == _stops.UNRECORDED_INTERRUPT:
+        detail = _INTERRUPTS.get(interrupt or "", detail)
+    return Stop(record.stop_reason, _FLAGS.sub(lambda found: "--" + found[1].replace("_", "-") + " ", detail))
 
 
 def stop_json(record: ExecutionRecord, interrupt: Interrupt | None = None) -> dict[str, str | None]:

@@ -16,7 +16,7 @@ import os
 from typing import Any, Self, Unpack
 
 from pylo._codec import short_repr
-from pylo._options import RunOptionArgs, RunOptions, check_int
+from pylo._options import RunOptionArgs, RunOptions, check_int, check_seconds
 from pylo.stores import is_store_url, open_store
 from pylo.stores.base import Store
 from pylo.workers.base import Backend
@@ -197,6 +197,8 @@ class Constructors:
         max_worker_failures: int = 1000,
         task_executions_before_flush: int = 1024,
         store_exceptions: bool = True,
+        *,
+        no_workers_timeout: float | None = 300.0,  # NO_WORKERS_TIMEOUT (pylo/workers/_dask_watchdog.py)
         **options: Unpack[RunOptionArgs],
     ) -> Self:
         """Run tasks as chunks on a Dask cluster; snapshots stay with this process.
@@ -210,6 +212,11 @@ class Constructors:
                 cluster workers never need access to it.
             number_of_workers: Lanes (each with its own inputs and failure
                 budget); None means one per thread of the cluster's workers.
+            no_workers_timeout: Seconds an execution waits while the cluster
+                has no workers at all (a Dask nanny does not restart a worker
+                that dies while it starts) before it stops ``aborted``, its
+                outcomes kept, with a :class:`~pylo.errors.PyloError` naming
+                the scheduler; at most a week. None waits for ever.
 
         The other options are those of :meth:`local_multithread`. Requires
         ``pip install ".[dask]"`` from a checkout of pylo.
@@ -225,7 +232,9 @@ class Constructors:
 
         if number_of_workers is not None:
             check_int("number_of_workers", number_of_workers, 1)
-        backend = DaskBackend(client)
+        if no_workers_timeout is not None:
+            no_workers_timeout = check_seconds("no_workers_timeout", no_workers_timeout)
+        backend = DaskBackend(client, no_workers_timeout)
         try:
             lanes = backend.default_lanes() if number_of_workers is None else number_of_workers
             chosen = RunOptions.make(

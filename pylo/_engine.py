@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pylo import _stops
 from pylo._budgets import Budgets
 from pylo._codec import Codec
 from pylo._options import RunOptions
@@ -126,6 +127,7 @@ class Coordinator:
         self._next_chunk_id = 0
         self._outcomes = _Outcomes()
         self._stopping = False
+        self._stop_code: str | None = None  # what stopped the feeding of inputs, when something did (_stops)
         self._stop_requested = STOP_REQUESTED.get()
         self._sizer: ChunkSizer | None = None  # made when the lanes start: they say how much work a chunk aims at
         self._flush_due = time.monotonic() + options.flush_seconds
@@ -157,7 +159,7 @@ class Coordinator:
                 self._loop()
                 lanes.shutdown(wait=True)
             status = ExecutionStatus.COMPLETED if self._pending() == 0 else ExecutionStatus.STOPPED
-            self._flush(status=status, ended_at=time.time())
+            self._flush(status=status, ended_at=time.time(), stop=self._stopped_by(status))
         except BaseException as exc:
             if not self._ended:  # an interrupt after the final flush changes nothing
                 self._end_early(exc)
@@ -171,7 +173,7 @@ class Coordinator:
         while True:
             if stop is not None and not self._stopping and stop.is_set():
                 logger.info("execution %s stopping: a stop was requested", self._id)
-                self._stopping = True
+                self._stopping, self._stop_code = True, _stops.STOP_REQUESTED
                 lanes.cancel()
             if not self._stopping:
                 self._feed()
@@ -332,7 +334,7 @@ class Coordinator:
             )
         if budgets.reached and not self._stopping:
             logger.info("execution %s stopping: %d failed inputs (max_failures)", self._id, budgets.failed)
-            self._stopping = True
+            self._stopping, self._stop_code = True, _stops.MAX_FAILURES
             self._started().cancel()
 
     def _resize(self, lane: _Lane, result: ChunkResult) -> None:
@@ -349,6 +351,7 @@ class Coordinator:
         *,
         status: ExecutionStatus | None = None,
         ended_at: float | None = None,
+        stop: _stops.Stop | None = None,
     ) -> None:
         outcomes = self._outcomes
         batches = self._plan.batches
@@ -362,6 +365,8 @@ class Coordinator:
             failed=self._plan.failed,
             status=status,
             ended_at=ended_at,
+            stop_reason=None if stop is None else stop.code,
+            stop_detail=None if stop is None else stop.detail,
         )
         # Handed over before the write: an interrupt just after the store
         # committed must not make the outcomes look unwritten.
@@ -375,6 +380,13 @@ class Coordinator:
         self._flush_due = time.monotonic() + self._options.flush_seconds
 
     # -- ending early -----------------------------------------------------
+
+    def _stopped_by(self, status: ExecutionStatus) -> _stops.Stop | None:
+        """Why a run that ended ``stopped`` stopped: what ended the feeding, else every worker's budget."""
+        if status is not ExecutionStatus.STOPPED:
+            return None
+        options = self._options
+        return _stops.stopped(self._stop_code, self._plan.failed, options.max_failures, options.max_worker_failures)
 
     def _end_early(self, exc: BaseException) -> None:
         """Save what can be saved after ``exc`` cut the run short."""
@@ -397,11 +409,12 @@ class Coordinator:
                 logger.debug("stopping the lanes of execution %s was cut short", self._id, exc_info=True)
         interrupted = not isinstance(exc, Exception)
         status = ExecutionStatus.INTERRUPTED if interrupted else ExecutionStatus.ABORTED
+        stop = _stops.ended_by(exc)
         try:
-            self._flush(status=status, ended_at=time.time())
+            self._flush(status=status, ended_at=time.time(), stop=stop)
         except BaseException:
             logger.error("could not save the last outcomes of execution %s", self._id, exc_info=True)
-            record_end(self._store, self._id, status)
+            record_end(self._store, self._id, status, stop)
         self._ended = True
 
     def _apply_quietly(self, result: ChunkResult) -> None:

@@ -29,6 +29,7 @@ from typing import Any
 
 from pylo._codec import Codec
 from pylo._options import RunOptions
+from pylo._stops import Stop
 from pylo.errors import StoreError
 from pylo.stores.base import (
     FAILED,
@@ -353,29 +354,35 @@ class Scheduler:
         return False
 
 
-def record_end(store: Store, execution_id: str, status: ExecutionStatus) -> None:
-    """Mark an execution ended, with the counts of its last good flush, writing no outcomes.
+def record_end(store: Store, execution_id: str, status: ExecutionStatus, stop: Stop | None = None) -> None:
+    """Mark an execution ended (and why, when it ended early), with the counts of its last good flush.
 
     For runs that end where no full flush is possible: recording the inputs
     failed, or the final flush itself failed (a full disk, say). This small
     write may still succeed, so the execution does not look ``running``
-    forever to readers on other hosts. Failing here is only logged: the
-    caller is already raising the error that matters.
+    forever to readers on other hosts; should the stop reason make it fail
+    (a SQL store may have to create its table), the status goes alone.
+    Failing here is only logged: the caller is already raising the error
+    that matters.
     """
-    try:
-        stored = store.get_execution(execution_id)
-        store.record_flush(
-            execution_id,
-            Flush(
-                states={},
-                failures=(),
-                results=(),
-                total=stored.total,
-                finished=stored.finished,
-                failed=stored.failed,
-                status=status,
-                ended_at=time.time(),
-            ),
-        )
-    except BaseException:
-        logger.error("could not record the end of execution %s", execution_id, exc_info=True)
+    for reason in (stop, None) if stop is not None else (None,):
+        try:
+            stored = store.get_execution(execution_id)
+            store.record_flush(
+                execution_id,
+                Flush(
+                    states={},
+                    failures=(),
+                    results=(),
+                    total=stored.total,
+                    finished=stored.finished,
+                    failed=stored.failed,
+                    status=status,
+                    ended_at=time.time(),
+                    stop_reason=None if reason is None else reason.code,
+                    stop_detail=None if reason is None else reason.detail,
+                ),
+            )
+            return
+        except BaseException:
+            logger.error("could not record the end of execution %s", execution_id, exc_info=True)

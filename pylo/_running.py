@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from pylo import _engine
+from pylo import _engine, _stops
 from pylo._codec import Codec
 from pylo._liveness import pid_is_gone
 from pylo._options import RunOptions
@@ -57,7 +57,7 @@ def process_is_gone(record: ExecutionRecord) -> bool:
 
 @contextlib.contextmanager
 def _sigterm_as_system_exit() -> Iterator[None]:
-    """Turn SIGTERM into SystemExit(143) while an execution runs.
+    """Turn SIGTERM into SystemExit(143) (``_stops.Terminated``, which records it as SIGTERM) while an execution runs.
 
     Python's default for SIGTERM kills the process on the spot, losing the
     outcomes since the last flush and leaving the execution marked running.
@@ -74,7 +74,7 @@ def _sigterm_as_system_exit() -> Iterator[None]:
         return
 
     def on_sigterm(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
+        raise _stops.Terminated(128 + signum)
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
@@ -126,7 +126,7 @@ def run_execution(
                 # The coordinator records the end of what it ran; this covers the moments
                 # before (or an interrupt cutting its own ending short).
                 if coordinator is None or not coordinator.ended:
-                    _mark_ended(store, execution_id, exc)
+                    _mark_ended(store, execution_id, exc, before_running=coordinator is None)
                 raise
     finally:
         if bar is not None:
@@ -145,7 +145,7 @@ def _both(first: Callable[[int, int], None], second: Callable[[int, int], None])
     return both
 
 
-def _mark_ended(store: Store, execution_id: str, exc: BaseException) -> None:
+def _mark_ended(store: Store, execution_id: str, exc: BaseException, *, before_running: bool) -> None:
     """Give an execution a final status when it ended before its coordinator could (or while it did)."""
     from pylo.errors import ExecutionExists
 
@@ -156,4 +156,4 @@ def _mark_ended(store: Store, execution_id: str, exc: BaseException) -> None:
     except BaseException:
         return  # never created
     status = ExecutionStatus.ABORTED if isinstance(exc, Exception) else ExecutionStatus.INTERRUPTED
-    record_end(store, execution_id, status)
+    record_end(store, execution_id, status, _stops.ended_by(exc, before_running=before_running))

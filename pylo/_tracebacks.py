@@ -23,9 +23,9 @@ import builtins
 import linecache
 import traceback
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
-__all__ = ["exception_text", "qualified_name", "refresh_sources", "safe_str"]
+__all__ = ["Described", "describe_exception", "exception_text", "qualified_name", "refresh_sources", "safe_str"]
 
 #: Repeated frames shown before the rest are folded, as the standard formatter does.
 _RECURSIVE_CUTOFF = 3
@@ -70,6 +70,36 @@ def safe_str(exc: BaseException) -> str:
         return str(exc)
     except Exception as str_exc:
         return f"<str() of the exception raised {type(str_exc).__name__}>"
+
+
+class _EncodesExceptions(Protocol):
+    def encode_exception(self, exc: BaseException) -> bytes | None: ...
+
+
+class Described(NamedTuple):
+    """What a failure record keeps of an exception (a tuple: made once per failed input)."""
+
+    exc_type: str
+    message: str
+    traceback: str
+    exception: bytes | None
+
+
+def describe_exception(
+    exc: BaseException, codec: _EncodesExceptions, quiet_files: frozenset[str] = frozenset()
+) -> Described:
+    """Type name, message, traceback text and encoded object of ``exc``, for a failure record.
+
+    The one recipe for every failure record (a lane's input, a pipeline's
+    task call): the traceback is written and the exception encoded while its
+    frames are there, then the frames are dropped, since they pin every
+    local of the failed call in memory. Frames of ``quiet_files`` leading
+    the traceback are left out (see :func:`exception_text`).
+    """
+    text = exception_text(exc, quiet_files)
+    encoded = codec.encode_exception(exc)
+    exc.__traceback__ = None
+    return Described(qualified_name(type(exc)), safe_str(exc), text, encoded)
 
 
 def exception_text(exc: BaseException, quiet_files: frozenset[str] = frozenset()) -> str:

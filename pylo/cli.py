@@ -75,6 +75,17 @@ def _execution_id(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc).replace("ID ", "", 1)) from None
 
 
+def _type_name(text: str) -> str:
+    # As pylo stores it: dotted identifiers, "<locals>" for a class made in a function.
+    parts = text.split(".")
+    if not all(part.isidentifier() or part == "<locals>" for part in parts) or text == "builtins":
+        raise argparse.ArgumentTypeError(
+            f"must be an exception type: its name (TimeoutError) or its qualified name "
+            f"(builtins.TimeoutError, requests.exceptions.HTTPError), got {text!r}"
+        )
+    return text
+
+
 def _label(text: str) -> tuple[str, str]:
     key, equals, value = text.partition("=")
     if not equals:
@@ -221,7 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     failures = command("failures", "failures grouped by exception type and message")
     failures.add_argument("execution_id", metavar="ID", help="an execution id, or last for the newest")
     failures.add_argument("--traceback", action="store_true", help="print a traceback for each group")
-    failures.add_argument("--type", metavar="NAME", help="only exceptions of this type (ValueError, mod.MyError)")
+    failures.add_argument(
+        "--type", type=_type_name, metavar="NAME", help="only exceptions of this type (ValueError, mod.MyError)"
+    )
     failures.add_argument("--json", action="store_true", help="one JSON object: groups and failures (docs/cli.md)")
 
     inputs = command("inputs", "print an execution's inputs, one per line")
@@ -229,7 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     states = inputs.add_mutually_exclusive_group()
     for state in ("unfinished", "finished", "failed"):
         states.add_argument(f"--{state}", dest="state", action="store_const", const=state, help=f"only {state} inputs")
-    inputs.add_argument("--type", metavar="NAME", help="with --failed: only failures of this exception type")
+    inputs.add_argument(
+        "--type", type=_type_name, metavar="NAME", help="with --failed: only failures of this exception type"
+    )
     inputs.add_argument("--json", action="store_true", help="print each input as JSON")
     inputs.add_argument("--results", action="store_true", help="finished inputs with their results (--store-results)")
     inputs.add_argument(

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from pylo import _claims, _deleting, _reader
+from pylo import _claims, _deleting, _reader, _stops
 from pylo._codec import Codec, get_codec, short_repr
 from pylo._constructors import Constructors
 from pylo._labels import check_labels
@@ -32,7 +32,7 @@ from pylo._plan import Plan, create_resumed, new_record, record_fresh
 from pylo._reader import Failure
 from pylo._running import process_is_gone as _process_is_gone
 from pylo._running import run_execution
-from pylo.errors import DamagedExecutions, ExecutionNotResumable
+from pylo.errors import DamagedExecutions, ExecutionExists, ExecutionNotResumable
 from pylo.pipeline._api import PipelineMethods
 from pylo.stores.base import ExecutionRecord, ExecutionStatus, Store
 from pylo.workers._checks import task_name as _task_name
@@ -185,10 +185,14 @@ class Pylo(Constructors, PipelineMethods):
         record = new_record(new_id, _task_name(function), self._codec, self._options)
         record = dataclasses.replace(record, labels=checked_labels, options=self._recorded_options(record))
 
-        if execution_id is not None:
-            _deleting.replace_unrecorded(self._store, new_id)
-
         def prepare() -> Plan:
+            try:
+                return record_fresh(self._store, record, inputs, self._codec)
+            except ExecutionExists:
+                # Only a given id can be taken. Looked at on a clash, not before every start: a read
+                # first cost every batch node of a pipeline (its id is always given) a transaction.
+                if execution_id is None or not _deleting.replace_unrecorded(self._store, new_id):
+                    raise
             return record_fresh(self._store, record, inputs, self._codec)
 
         run_execution(self._store, self._backend, self._options, new_id, prepare, function, self._codec)
@@ -322,8 +326,8 @@ class Pylo(Constructors, PipelineMethods):
     @staticmethod
     def _observed(record: ExecutionRecord) -> ExecutionRecord:
         if _process_is_gone(record):
-            return dataclasses.replace(record, status=ExecutionStatus.CRASHED)
-        return record
+            record = dataclasses.replace(record, status=ExecutionStatus.CRASHED)
+        return _stops.observed(record)  # crashed, or recorded by a pylo that kept no stop reasons
 
     def get_state(self, execution_id: str) -> tuple[list[Any], list[Any]]:
         """Return ``(finished, unfinished)`` inputs, each list in input order.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import compileall
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import pytest
 from pg_server import fresh_schema, postgres_url
 
+import pylo as pylo_package
 from pylo import Pylo
 
 __all__ = ["postgres_url"]  # a fixture: importing it here makes it visible to every test
@@ -54,12 +56,26 @@ def make_pylo(store_dir: Path, store_arg: str) -> Iterator[Callable[..., Pylo]]:
         pylo.close()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Compile pylo's modules to bytecode once, before any test starts a ``pylo`` process.
+
+    Many tests run the real ``pylo`` command in a subprocess. Where
+    ``PYTHONDONTWRITEBYTECODE`` is set, no process writes bytecode, so each
+    of them would compile pylo's modules from source again (a third of a
+    second per process on a small machine). ``compileall`` writes it
+    whatever that variable says, and skips modules already up to date.
+    """
+    if hasattr(config, "workerinput"):
+        return  # an xdist worker: the controlling process compiled them
+    compileall.compile_dir(Path(pylo_package.__file__).parent, quiet=2)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that start or use a Dask cluster all run in one xdist worker.
 
     Two clusters starting at once on a small machine can miss the
-    cluster's start timeout; one worker runs them one after another and
-    shares the session's cluster, as a plain run does.
+    cluster's start timeout; one worker runs them one after another (each
+    module, or package, starts its own cluster and shares it among its tests).
     """
     for item in items:
         fixtures = getattr(item, "fixturenames", ())

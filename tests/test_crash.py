@@ -53,6 +53,8 @@ def test_sigkill_mid_run_loses_nothing_and_resume_finishes_the_rest(tmp_path: Pa
     pylo = Pylo.local_multithread(store_dir, 2, store=store_name)
     (record,) = pylo.list_executions()
     assert record.status is ExecutionStatus.CRASHED
+    assert record.stop_reason == "crashed"  # derived on read, as the status is: the process said nothing
+    assert pylo.store.get_execution("victim").stop_reason is None
     finished, unfinished = pylo.get_state("victim")
     # Every input exactly once, in input order.
     assert sorted(finished + unfinished) == list(range(N_INPUTS))

@@ -107,6 +107,9 @@ def test_a_signal_saves_outcomes_stops_workers_and_allows_resume(tmp_path: Path,
     pylo = Pylo.local_multithread(store, 2, progress=False)
     record = pylo.get_execution("victim")
     assert record.status is ExecutionStatus.INTERRUPTED
+    # What interrupted it is recorded with its end.
+    said = "Ctrl-C" if how == "ctrl-c" else "SIGTERM"
+    assert (record.stop_reason, record.stop_detail) == ("interrupted", said)
     finished, unfinished = pylo.get_state("victim")
     assert sorted(finished + unfinished) == list(range(20000))
     assert set(finished) <= set(ran(log)) and len(finished) > 0

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from pylo._tracebacks import exception_text, refresh_sources
+from pylo._tracebacks import describe_exception, exception_text, refresh_sources
 
 
 def _deep(levels: int) -> None:
@@ -134,3 +134,38 @@ def test_the_lanes_of_one_run_read_a_source_file_once(tmp_path: Path) -> None:
     assert "'one'" in edit_and_fail("def task():\n    raise ValueError('two, longer')\n")
     refresh_sources(second_run)
     assert "'two, longer'" in edit_and_fail("def task():\n    raise ValueError('two, longer')\n")
+
+
+def test_a_failure_record_keeps_type_message_every_frame_and_the_object() -> None:
+    from pylo._codec import get_codec
+
+    with pytest.raises(KeyError) as caught:
+        _caused()
+    error = caught.value
+    described = describe_exception(error, get_codec("pickle"))
+    assert described.exc_type == "KeyError" and described.message == "'missing'"
+    # File, line, function and source line of every frame, causes included.
+    for function, source in [
+        ("_caused", "_deep(2)"),
+        ("_deep", "_deep(levels - 1)"),
+        ("_deep", 'raise ValueError("bad'),
+    ]:
+        assert f", in {function}\n    {source}" in described.traceback
+    assert f'File "{__file__}"' in described.traceback
+    assert "The above exception was the direct cause" in described.traceback
+    assert described.exception is not None and repr(get_codec("pickle").decode_exception(described.exception)) == repr(
+        error
+    )
+    assert error.__traceback__ is None  # its frames would pin every local of the failed call
+
+
+def test_a_failure_record_leaves_out_the_quiet_frames_and_keeps_what_cannot_be_encoded() -> None:
+    from pylo._codec import get_codec
+
+    with pytest.raises(_HostileStr) as caught:
+        _hostile()
+    described = describe_exception(caught.value, get_codec("json"), frozenset({__file__}))
+    assert described.exc_type == f"{__name__}._HostileStr"
+    assert described.message == "<str() of the exception raised TypeError>"
+    assert "in _hostile" not in described.traceback  # this file's frames lead the traceback: left out
+    assert described.exception is None  # the json codec keeps no exception objects

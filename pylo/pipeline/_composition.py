@@ -122,6 +122,9 @@ class CompositionRules:
         graph_node = self._graph.nodes[index]
         if graph_node.node.initial is not None:
             return graph_node.node.initial[0]
+        states = self._node_states
+        if all(states[up] is None for up in graph_node.upstream):
+            return None  # the common case: nothing to merge, no names to find
         nodes = self._graph.nodes
         # A batch node carries no state (it is many calls): what follows it starts without its state.
         return merge_states(

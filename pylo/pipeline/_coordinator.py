@@ -6,6 +6,7 @@ Data flow of one run::
         │  in-degree counters; nodes whose counter is 0 are ready
         ▼
     ready deque ──(at most max_parallel running; in_parallel limits)──► node pool
+        │                                             │ (a lone node: this thread)
         │                                             │ a thread per running node:
         │                                             │ a call (threads, processes,
         │                                             │ Dask, event loop) or a
@@ -18,10 +19,13 @@ Data flow of one run::
     changed NodeRows, in order ──(every N outcomes or T seconds, and at the end)──► RunStore.record_run
 
 Only the coordinator's thread touches the store, the counters and the rows,
-so they need no locks. A node starts only after every node it waits for has
-an outcome applied, and rows are written in the order outcomes were applied,
-so the store never holds a ``done`` node whose upstream nodes are not
-``done`` (a resume can trust every ``done`` it reads).
+so they need no locks; but while a lone node runs on the coordinator's own
+thread (:mod:`pylo.pipeline._lone_node`), the process's keeper thread may
+flush and look for requests in its stead, holding the coordinator's desk.
+A node starts only after every node it waits for has an outcome applied,
+and rows are written in the order outcomes were applied, so the store
+never holds a ``done`` node whose upstream nodes are not ``done`` (a resume
+can trust every ``done`` it reads).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from pylo.pipeline._graph import Graph
 from pylo.pipeline._group_limits import GroupLimits
 from pylo.pipeline._halting import HaltRules
 from pylo.pipeline._host import Host
+from pylo.pipeline._lone_node import LoneNode
 from pylo.pipeline._node_threads import NodeThreads
 from pylo.pipeline._outcomes import unwrap_state, wrap_state
 from pylo.pipeline._priority import ReadyByPriority
@@ -72,7 +77,7 @@ _FINAL = frozenset({_DONE, _FAILED, _FAILED_SOFTLY, _FAILED_DEPENDENCY, _SKIPPED
 _MAX_WAIT = 1.0
 
 
-class RunCoordinator(RunRecording, GroupLimits, HaltRules, CompositionRules):
+class RunCoordinator(RunRecording, GroupLimits, HaltRules, CompositionRules, LoneNode):
     """Runs one created run to its end, recording node outcomes by the flush policy.
 
     Args:
@@ -177,6 +182,7 @@ class RunCoordinator(RunRecording, GroupLimits, HaltRules, CompositionRules):
         #: Set on a pause or cancel: running batch nodes stop taking inputs.
         self.stop = threading.Event()
         self._ended_here: set[int] = set()
+        self._init_lone_node(host.kind)
 
     # -- the loop -----------------------------------------------------------
 
@@ -215,6 +221,8 @@ class RunCoordinator(RunRecording, GroupLimits, HaltRules, CompositionRules):
         except BaseException:
             self._stop_early()
             raise
+        finally:
+            self._close_desk()
         self._pool.stop()
         self._calls.close()
         return status
@@ -238,10 +246,8 @@ class RunCoordinator(RunRecording, GroupLimits, HaltRules, CompositionRules):
         self._cascade(ended)
 
     def _dispatch(self) -> None:
-        if self.halt is not None:
-            self._dispatch_halted()
-            return
-        while self._ready and self._running < self._max_parallel:
+        # halt is looked at each turn: the keeper may take up a request while a lone node runs here.
+        while self.halt is None and self._ready and self._running < self._max_parallel:
             index = self._next_ready()
             if self._waits_for_a_pause(index):
                 self._ready.appendleft(index)
@@ -250,7 +256,9 @@ class RunCoordinator(RunRecording, GroupLimits, HaltRules, CompositionRules):
             if not self._admit(index):
                 continue  # its group's slots are taken: it waits for a chain to end
             self._start(index)
-        if self._graph.limits:
+        if self.halt is not None:
+            self._dispatch_halted()
+        elif self._graph.limits:
             self._unstick()
 
     def _next_ready(self) -> int:
@@ -282,7 +290,11 @@ class RunCoordinator(RunRecording, GroupLimits, HaltRules, CompositionRules):
             return
         if early is not None:
             args = early
-        self._pool.submit((index, node, args, kwargs, inputs, execution_id))
+        job = (index, node, args, kwargs, inputs, execution_id)
+        if self._runs_here(index, node):
+            self._run_here(job)  # nothing else to run: no hand-off to a node thread and back
+        else:
+            self._pool.submit(job)
 
     def _arguments(self, node: _Node) -> tuple[tuple[Any, ...], dict[str, Any], Any]:
         if not node.deps:
@@ -310,15 +322,24 @@ class RunCoordinator(RunRecording, GroupLimits, HaltRules, CompositionRules):
         kwargs: dict[str, Any],
         inputs: Any,
         execution_id: str | None,
+        called: Outcome | None = None,
+        here: bool = False,
     ) -> Outcome:
-        """In a node thread: run the node to its outcome."""
+        """In a node thread (or, ``here``, the coordinator's): run the node to its outcome.
+
+        ``called``: the outcome of the call, made on the coordinator's thread
+        (what is left is its child run). ``here``: a call that returns a
+        pipeline returns at once, its child run not started.
+        """
         task = node.task
         context = contextlib.nullcontext() if self._node_context is None else self._node_context(index)
         try:
             with context:
-                return self._run_node(index, node, task, args, kwargs, inputs, execution_id)
-        except BaseException as exc:  # a bug of ours: fail the node, never lose it
+                return self._run_node(index, node, task, args, kwargs, inputs, execution_id, called, here)
+        except Exception as exc:  # a bug of ours: fail the node, never lose it
             return describe_failure(exc, self._codec_name, 1, time.time())
+        except BaseException as exc:  # Ctrl-C on the coordinator's thread: the run is interrupted
+            return Outcome(ok=False, interrupt=exc, started=time.time(), ended=time.time())
 
     def _run_node(
         self,
@@ -329,6 +350,8 @@ class RunCoordinator(RunRecording, GroupLimits, HaltRules, CompositionRules):
         kwargs: dict[str, Any],
         inputs: Any,
         execution_id: str | None,
+        called: Outcome | None = None,
+        here: bool = False,
     ) -> Outcome:
         environment = self._environment
         key = self._graph.nodes[index].key
@@ -362,16 +385,20 @@ class RunCoordinator(RunRecording, GroupLimits, HaltRules, CompositionRules):
                 if past is not None:
                     previous_child, payload = past
                     outcome = Outcome(ok=True, child=payload, attempts=0)
+                elif called is not None:
+                    outcome = called
                 else:
                     prepared = None if environment is None else environment.call(task, key)
                     outcome = self._calls.call(task, args, kwargs, prepared)
                 state = self._node_states[index]
                 if outcome.ok and task.options.with_state and outcome.child is None:
                     outcome, state = stateful_child(outcome, state)
-                if outcome.ok and outcome.child is not None:
+                if outcome.ok and outcome.child is not None and not here:
                     outcome = self._run_child(index, outcome.child, previous_child, state)
-        except BaseException as exc:  # a bug of ours: fail the node, never lose it
+        except Exception as exc:  # a bug of ours: fail the node, never lose it
             outcome = describe_failure(exc, self._codec_name, 1, time.time())
+        except BaseException as exc:  # Ctrl-C on the coordinator's thread: the run is interrupted
+            outcome = Outcome(ok=False, interrupt=exc, started=time.time(), ended=time.time())
         return outcome
 
     # -- applying outcomes ------------------------------------------------------

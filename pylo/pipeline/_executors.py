@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pylo._codec import get_codec, short_repr
-from pylo._tracebacks import exception_text, qualified_name, safe_str
+from pylo._tracebacks import describe_exception, safe_str
 from pylo.errors import ResultSerializationError, TaskTimeout, WorkerCrashed
+from pylo.pipeline._builder import Pipeline
 
 if TYPE_CHECKING:
     from pylo.pipeline._task import Task
@@ -71,13 +72,11 @@ class Outcome:
 
 def describe_failure(exc: BaseException, codec_name: str, attempts: int, started: float, **extra: Any) -> Outcome:
     """An Outcome for a call that raised ``exc``."""
-    text = exception_text(exc)
-    encoded = get_codec(codec_name).encode_exception(exc)
-    exc.__traceback__ = None  # frames pin every local of the failed call
+    exc_type, message, text, encoded = describe_exception(exc, get_codec(codec_name))
     return Outcome(
         ok=False,
-        exc_type=qualified_name(type(exc)),
-        message=safe_str(exc),
+        exc_type=exc_type,
+        message=message,
         traceback=text,
         exception=encoded,
         error=exc,
@@ -103,8 +102,6 @@ def _unwrap_retry_error(exc: BaseException) -> BaseException:
 
 
 def finish_call(value: Any, codec_name: str, attempts: int, started: float) -> Outcome:
-    from pylo.pipeline._builder import Pipeline
-
     if isinstance(value, Pipeline):
         from pylo.pipeline._dynamic import encode_child
 
@@ -255,7 +252,7 @@ class CallRunner:
     Args:
         kind: ``"threads"``, ``"processes"``, ``"asyncio"`` or ``"dask"``.
         workers: Size of the process pool (processes).
-        backend_options: The Pylo's worker options (start method, Dask client).
+        backend_options: The Pylo's worker options (start method; Dask client and no_workers_timeout).
         codec_name: The run's codec.
     """
 
@@ -292,10 +289,13 @@ class CallRunner:
         if self._kind == "processes":
             return self._call_remote(self._process_pool().submit, sent, retry, timeout, args, kwargs)
         if self._kind == "dask":
-            client = self._options["client"]
+            from pylo.workers._dask_watchdog import WatchedFuture
+
+            client, no_workers_timeout = self._options["client"], self._options["no_workers_timeout"]
 
             def submit(fn: Callable[..., Any], *fn_args: Any) -> Any:
-                return client.submit(fn, *fn_args, pure=False)
+                # A cluster left with no workers fails the node instead of holding it for ever.
+                return WatchedFuture(client, client.submit(fn, *fn_args, pure=False), no_workers_timeout)
 
             return self._call_remote(submit, sent, retry, timeout, args, kwargs)
         return execute_call(function, retry, timeout, args, kwargs, self._codec_name)

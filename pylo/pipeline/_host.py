@@ -60,6 +60,7 @@ class Host:
         self.backend_options: dict[str, Any] = {}
         if self.kind == "dask":
             self.backend_options["client"] = backend.client  # type: ignore[attr-defined]
+            self.backend_options["no_workers_timeout"] = backend.no_workers_timeout  # type: ignore[attr-defined]
         elif self.kind == "processes":
             self.backend_options["start_method"] = backend.start_method  # type: ignore[attr-defined]
 

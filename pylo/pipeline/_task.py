@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, overload
 
 from pylo._codec import short_repr
-from pylo._options import check_bool, check_seconds_at_least
+from pylo._options import check_bool, check_seconds, check_seconds_at_least
 from pylo.workers._checks import task_name
 
 if TYPE_CHECKING:
@@ -107,11 +107,7 @@ class TaskOptions:
                     f"got {type(self.retry).__name__} {short_repr(self.retry)}"
                 )
         if self.timeout is not None:
-            value = self.timeout
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"timeout must be a number of seconds > 0, got {type(value).__name__} {value!r}")
-            if not value > 0 or value == float("inf"):
-                raise ValueError(f"timeout must be a finite number of seconds > 0, got {value}")
+            check_seconds("timeout", self.timeout)
         check_bool("fail_softly", self.fail_softly)
         check_bool("propagate_soft_failures", self.propagate_soft_failures)
         check_bool("skippable", self.skippable)

@@ -124,10 +124,20 @@ def check_flush(execution_id: str, flush: Flush) -> None:
     """Reject a flush that asks for something a store never records.
 
     Raises:
-        ValueError: The flush sets the derived ``CRASHED`` status.
+        ValueError: The flush sets the derived ``CRASHED`` status, a stop
+            reason without a status, or a stop detail without a reason.
     """
     if flush.status is not None and ExecutionStatus(flush.status) is ExecutionStatus.CRASHED:
         raise ValueError(f"execution {execution_id!r}: status 'crashed' is derived on read and never written")
+    if flush.stop_reason is not None and flush.status is None:
+        raise ValueError(
+            f"execution {execution_id!r}: a stop reason ({flush.stop_reason!r}) is recorded with the status it "
+            "explains; the flush sets none"
+        )
+    if flush.stop_detail is not None and flush.stop_reason is None:
+        raise ValueError(
+            f"execution {execution_id!r}: a stop detail needs a stop reason, got only {flush.stop_detail!r}"
+        )
 
 
 def record_fields(record: ExecutionRecord) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The on-disk format of the file store: log frames, their schemas, ``execution.json``.
+"""The on-disk format of the file store's logs: frames and their schemas (``execution.json``: ``_filerecord``).
 
 Every log frame is ``magic (4 bytes) | body length (u64) | CRC32 of the
 body (u32) | body``, little-endian. Nothing is pickled: bodies are
@@ -17,7 +17,10 @@ body (u32) | body``, little-endian. Nothing is pickled: bodies are
   and status after the flush, and the shape of each state, failure and
   result; the raw bytes follow in that order. Its ``chunks`` (absent from
   frames written before they were kept) lists ``[first position, last
-  position, worker]`` per chunk of outcomes (see :mod:`pylo.stores._filechunks`).
+  position, worker]`` per chunk of outcomes (see :mod:`pylo.stores._filechunks`);
+  its ``stop_reason`` and ``stop_detail`` (absent when there is none, and
+  from frames written before they were kept) say why the execution ended
+  early.
 
 Readers here raise :class:`~pylo.errors.StoreError` naming the store and the
 file; the store (``files.py``) decides what to read and when.
@@ -39,7 +42,8 @@ from typing import Any, BinaryIO
 from urllib.parse import quote
 
 from pylo.errors import StoreError
-from pylo.stores._common import counts_problem, record_fields
+from pylo.stores._common import counts_problem
+from pylo.stores._filerecord import stop_fields, stop_of
 from pylo.stores.base import FORMAT_VERSION, BatchRecord, ChunkRow, ExecutionRecord, ExecutionStatus, FailureRow
 
 __all__ = [
@@ -65,11 +69,8 @@ __all__ = [
     "encode_batches",
     "encode_flush",
     "frame",
-    "get_field",
     "outcomes",
     "read_payload",
-    "record_from_json",
-    "record_to_json",
     "scan_inputs",
     "write_atomically",
 ]
@@ -230,70 +231,6 @@ def check_marker(root: Path, *, create: bool) -> None:
         )
 
 
-# -- execution.json -------------------------------------------------------------
-
-
-def record_to_json(record: ExecutionRecord, inputs_end: int, outcomes_end: int) -> bytes:
-    document: dict[str, Any] = {
-        **record_fields(record),
-        "options": dict(record.options),
-        # Log offsets covered by the counts above (see files.py).
-        "inputs_end": inputs_end,
-        "outcomes_end": outcomes_end,
-    }
-    if record.labels:  # absent in stores written before labels
-        document["labels"] = dict(record.labels)
-    return json.dumps(document, indent=1).encode()
-
-
-def get_field(document: Mapping[str, Any], key: str, kind: type | tuple[type, ...], *, optional: bool = False) -> Any:
-    """``document[key]``, checked to be of ``kind``; raises TypeError or KeyError when it is not."""
-    value = document[key]
-    if value is None and optional:
-        return None
-    # bool is an int to isinstance; a flag is never a count and vice versa.
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, (int, float))):
-        raise TypeError(f"{key!r} is {value!r}")
-    return value
-
-
-def _labels(document: Mapping[str, Any]) -> dict[str, str]:
-    labels = document.get("labels") or {}
-    if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
-        raise TypeError(f"'labels' is {labels!r}")
-    return labels
-
-
-def record_from_json(data: bytes) -> tuple[ExecutionRecord, int, int]:
-    """Parse ``execution.json``; raises ValueError, TypeError or KeyError when damaged."""
-    document = json.loads(data)
-    if not isinstance(document, dict):
-        raise TypeError("not a JSON object")
-    record = ExecutionRecord(
-        id=get_field(document, "id", str),
-        parent_id=get_field(document, "parent_id", str, optional=True),
-        input_source=get_field(document, "input_source", str),
-        status=ExecutionStatus(get_field(document, "status", str)),
-        created_at=float(get_field(document, "created_at", (int, float))),
-        updated_at=float(get_field(document, "updated_at", (int, float))),
-        ended_at=get_field(document, "ended_at", (int, float), optional=True),
-        task_name=get_field(document, "task_name", str),
-        codec=get_field(document, "codec", str),
-        total=get_field(document, "total", int),
-        finished=get_field(document, "finished", int),
-        failed=get_field(document, "failed", int),
-        inputs_complete=get_field(document, "inputs_complete", bool),
-        pid=get_field(document, "pid", int, optional=True),
-        host=get_field(document, "host", str, optional=True),
-        options=get_field(document, "options", dict),
-        labels=_labels(document),
-    )
-    problem = counts_problem(record.total, record.finished, record.failed)
-    if problem is not None:
-        raise ValueError(problem)
-    return record, get_field(document, "inputs_end", int), get_field(document, "outcomes_end", int)
-
-
 # -- frames ---------------------------------------------------------------------
 
 
@@ -354,6 +291,7 @@ def encode_flush(
         "inputs_complete": record.inputs_complete,
         "updated_at": record.updated_at,
         "inputs_end": inputs_end,
+        **stop_fields(record),
     }
     blobs: list[bytes] = []
     states = []
@@ -394,8 +332,11 @@ def record_after_flush(
         problem = counts_problem(int(header["total"]), int(header["finished"]), int(header["failed"]))
         if problem is not None:
             raise ValueError(problem)
+        stop_reason, stop_detail = stop_of(header)
         return dataclasses.replace(
             record,
+            stop_reason=stop_reason,
+            stop_detail=stop_detail,
             total=int(header["total"]),
             finished=int(header["finished"]),
             failed=int(header["failed"]),

@@ -21,7 +21,7 @@ import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from pylo.stores import _filelog
+from pylo.stores import _filelog, _filerecord
 from pylo.stores._common import make_private_dirs
 from pylo.stores.base import Claim
 
@@ -62,10 +62,10 @@ def _read_claim(location: str, path: Path, execution_id: str) -> Claim | None:
         document = json.loads(data)
         return Claim(
             execution_id,
-            _filelog.get_field(document, "claimant", str),
-            _filelog.get_field(document, "pid", int),
-            _filelog.get_field(document, "host", str),
-            float(_filelog.get_field(document, "claimed_at", (int, float))),
+            _filerecord.get_field(document, "claimant", str),
+            _filerecord.get_field(document, "pid", int),
+            _filerecord.get_field(document, "host", str),
+            float(_filerecord.get_field(document, "claimed_at", (int, float))),
         )
     except (ValueError, TypeError, KeyError) as exc:
         raise _filelog.damaged(location, path, f"cannot be read as a claim ({type(exc).__name__}: {exc})") from exc

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from pylo.errors import ExecutionInUse
-from pylo.stores._sqlschema import BATCHES, CHUNKS, CLAIMS, EXECUTIONS, FAILURES, LABELS, RESULTS
+from pylo.stores._sqlschema import BATCHES, CHUNKS, CLAIMS, EXECUTIONS, FAILURES, LABELS, RESULTS, STOPS
 
 __all__ = ["SQLDeleteMixin"]
 
@@ -60,7 +60,7 @@ class SQLDeleteMixin:
             # Rows that point at the execution first (foreign keys), the execution last.
             for table in (BATCHES, FAILURES, RESULTS):
                 conn.execute(table.delete().where(table.c.execution_id == execution_id))
-            for table in (LABELS, CLAIMS, CHUNKS):
+            for table in (LABELS, CLAIMS, CHUNKS, STOPS):
                 if self._has_table(conn, table):  # optional tables, absent from older stores
                     conn.execute(table.delete().where(table.c.execution_id == execution_id))
             conn.execute(EXECUTIONS.delete().where(EXECUTIONS.c.id == execution_id))

@@ -13,8 +13,9 @@ about a thousand rows::
     pylo_labels(execution_id, key PK, value)       labels, indexed by (key, value)
     pylo_chunks(execution_id, first_position PK,  which worker ran each run
                 last_position, worker)             of positions (one per chunk)
+    pylo_stops(execution_id PK, code, detail)      why an execution ended early
 
-The last three came after format version 1; a store without them is a
+The last four came after format version 1; a store without them is a
 version 1 store all the same. They are created by the first write that needs
 them, and reading takes their absence as "nothing recorded".
 """
@@ -159,6 +160,14 @@ CHUNKS = sa.Table(
     sa.Column("worker", sa.Integer, nullable=False),
 )
 
+STOPS = sa.Table(
+    "pylo_stops",
+    METADATA,
+    sa.Column("execution_id", _ID, primary_key=True),
+    sa.Column("code", sa.String(32), nullable=False),
+    sa.Column("detail", sa.Text, nullable=True),
+)
+
 #: Tables every pylo store has had since format version 1.
 REQUIRED_TABLES = frozenset({"pylo_meta", "pylo_executions", "pylo_batches", "pylo_failures", "pylo_results"})
 
@@ -298,8 +307,10 @@ def storable_text(text: str | None, *, postgres: bool) -> str | None:
     return text
 
 
-def record_from_row(row: sa.Row[Any], location: str, labels: Mapping[str, str]) -> ExecutionRecord:
-    """The record of a ``pylo_executions`` row; StoreError naming it when it is damaged."""
+def record_from_row(
+    row: sa.Row[Any], location: str, labels: Mapping[str, str], stop: tuple[str, str | None] | None = None
+) -> ExecutionRecord:
+    """The record of a ``pylo_executions`` row, with its labels and stop; StoreError naming it when it is damaged."""
     try:
         record = ExecutionRecord(
             id=row.id,
@@ -319,6 +330,8 @@ def record_from_row(row: sa.Row[Any], location: str, labels: Mapping[str, str]) 
             host=row.host,
             options=load_options(row.options),
             labels=dict(labels),
+            stop_reason=None if stop is None else stop[0],
+            stop_detail=None if stop is None else stop[1],
         )
         problem = counts_problem(record.total, record.finished, record.failed)
         if problem is not None:

@@ -120,6 +120,15 @@ class ExecutionRecord:
         labels: The user's ``str -> str`` labels (``start_*(labels=...)``),
             for finding executions with ``list_executions(labels=...)``.
             Empty for executions of stores written before labels existed.
+        stop_reason: Why it ended before every input was attempted, as
+            recorded with its final status: ``max_failures``,
+            ``max_worker_failures``, ``stop_requested``, ``interrupted``
+            or ``aborted``; None while it runs, once it completed, and in
+            stores written before reasons were kept. (``Pylo``'s readers
+            also give the derived ``crashed``, and a reason read from the
+            status, counts and options where none was recorded.)
+        stop_detail: The same in words (``3 failures reached
+            max_failures=3``, ``SIGTERM``, the initializer's error), or None.
     """
 
     id: str
@@ -139,6 +148,8 @@ class ExecutionRecord:
     host: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     labels: Mapping[str, str] = field(default_factory=dict)
+    stop_reason: str | None = None
+    stop_detail: str | None = None
 
     @property
     def pending(self) -> int:
@@ -244,6 +255,12 @@ class Flush:
         ended_at: The end time to record along with a final status, or None.
         inputs_complete: True to record that every input is now recorded.
         chunks: Which worker ran the positions given outcomes by this flush.
+        stop_reason: With a final ``status``: why the execution ended
+            before every input was attempted (see
+            :attr:`ExecutionRecord.stop_reason`), or None. A flush that
+            sets a status replaces the recorded reason and detail with its
+            own (None included); one that sets none keeps them.
+        stop_detail: The same in words, or None.
     """
 
     states: Mapping[int, bytes]
@@ -256,6 +273,8 @@ class Flush:
     ended_at: float | None = None
     inputs_complete: bool = False
     chunks: Sequence[ChunkRow] = ()
+    stop_reason: str | None = None
+    stop_detail: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,7 +340,8 @@ class Store(abc.ABC):
     def record_flush(self, execution_id: str, flush: Flush) -> None:
         """Apply one flush atomically: states, failures, results, counts, status.
 
-        Also sets ``updated_at`` to now. After a crash at any point, a reader
+        A flush that sets a status also sets the stop reason and detail
+        (``Flush.stop_reason``), None included. Also sets ``updated_at`` to now. After a crash at any point, a reader
         sees either all of the flush or none of it.
 
         Raises:

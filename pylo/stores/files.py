@@ -8,8 +8,8 @@ Layout under the root directory::
     executions/<id>/outcomes.log    one frame per flush, append-only
 
 ``<id>`` is the execution id, percent-encoded where it is not a safe file
-name. The format of the logs and of ``execution.json`` is
-:mod:`pylo.stores._filelog`; this module is the store built on them.
+name. The logs' format is :mod:`pylo.stores._filelog`, ``execution.json``'s
+:mod:`pylo.stores._filerecord`; this module is the store built on them.
 
 Commit points are appends. Appending a frame commits a write; rewriting
 ``execution.json`` afterwards only caches the counts, along with the log
@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 from pylo.errors import DamagedExecutions, ExecutionExists, ExecutionNotFound, StoreError
-from pylo.stores import _filelog, _filemeta
+from pylo.stores import _filelog, _filemeta, _filerecord
 from pylo.stores._common import (
     batches_problem,
     check_batches,
@@ -176,7 +176,7 @@ class FileStore(FileDeleteMixin, FileChunksMixin, Store):
         except OSError as exc:
             raise StoreError(f"cannot read {path}: {exc}") from exc
         try:
-            record, inputs_end, outcomes_end = _filelog.record_from_json(data)
+            record, inputs_end, outcomes_end = _filerecord.record_from_json(data)
         except (ValueError, TypeError, KeyError) as exc:
             raise self._damaged(path, f"cannot be read as an execution record ({type(exc).__name__}: {exc})") from exc
         if record.id != execution_id:
@@ -270,7 +270,7 @@ class FileStore(FileDeleteMixin, FileChunksMixin, Store):
     def _save_record(self, directory: Path, writer: _Writer) -> None:
         record = writer.record
         _filelog.write_atomically(
-            directory / _RECORD, _filelog.record_to_json(record, writer.inputs_end, writer.outcomes_end)
+            directory / _RECORD, _filerecord.record_to_json(record, writer.inputs_end, writer.outcomes_end)
         )
 
     def create_execution(self, record: ExecutionRecord) -> None:
@@ -297,7 +297,7 @@ class FileStore(FileDeleteMixin, FileChunksMixin, Store):
                     os.close(os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
                 _filemeta.index_labels(self.root, directory.name, record.labels)
                 # Last: execution.json is what makes the execution visible.
-                _filelog.write_atomically(directory / _RECORD, _filelog.record_to_json(record, 0, 0))
+                _filelog.write_atomically(directory / _RECORD, _filerecord.record_to_json(record, 0, 0))
             except BaseException:
                 # Give the id back rather than leave a directory that claims
                 # it but holds no execution.
@@ -353,6 +353,8 @@ class FileStore(FileDeleteMixin, FileChunksMixin, Store):
                 inputs_complete=old.inputs_complete or flush.inputs_complete,
                 updated_at=time.time(),
             )
+            if flush.status is not None:  # a final status comes with its stop reason, or none
+                record = dataclasses.replace(record, stop_reason=flush.stop_reason, stop_detail=flush.stop_detail)
             data = _filelog.encode_flush(
                 record, writer.inputs_end, flush.states, flush.failures, flush.results, flush.chunks
             )

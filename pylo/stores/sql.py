@@ -2,8 +2,10 @@
 
 SQLite is the default (one file, :meth:`SQLStore.sqlite`); any SQLAlchemy URL
 works, PostgreSQL included. The tables are in :mod:`pylo.stores._sqlschema`,
-claims and labels in :mod:`pylo.stores._sqlmeta`, deleting in
-:mod:`pylo.stores._sqldelete`, runs in :mod:`pylo.stores.sql_runs`.
+claims and labels in :mod:`pylo.stores._sqlmeta`, stop reasons in
+:mod:`pylo.stores._sqlstops`, reading results in
+:mod:`pylo.stores._sqlresults`, deleting in :mod:`pylo.stores._sqldelete`,
+runs in :mod:`pylo.stores.sql_runs`.
 
 Every write is one transaction. On SQLite those transactions start with
 ``BEGIN IMMEDIATE`` so that writers queue on the busy timeout instead of
@@ -39,6 +41,7 @@ from pylo.stores._sqlchunks import SQLChunksMixin
 from pylo.stores._sqldelete import SQLDeleteMixin
 from pylo.stores._sqlitefile import create_sqlite_file, sqlite_url
 from pylo.stores._sqlmeta import SQLMetaMixin
+from pylo.stores._sqlresults import SQLResultsMixin
 from pylo.stores._sqlschema import (
     BATCHES,
     EXECUTIONS,
@@ -48,10 +51,10 @@ from pylo.stores._sqlschema import (
     META,
     METADATA,
     REQUIRED_TABLES,
-    RESULTS,
     SCHEMA_LOCK_KEY,
     WRITE_OPTION,
 )
+from pylo.stores._sqlstops import SQLStopsMixin
 from pylo.stores.base import FORMAT_VERSION, BatchRecord, ExecutionRecord, ExecutionStatus, FailureRow, Flush, Store
 from pylo.stores.runs import RunStore
 
@@ -60,7 +63,7 @@ __all__ = ["FORMAT_NAME", "SQLStore"]
 logger = logging.getLogger(__name__)
 
 
-class SQLStore(SQLMetaMixin, SQLDeleteMixin, SQLChunksMixin, Store):
+class SQLStore(SQLMetaMixin, SQLStopsMixin, SQLResultsMixin, SQLDeleteMixin, SQLChunksMixin, Store):
     """Executions in a SQL database (SQLite, PostgreSQL, any SQLAlchemy URL).
 
     Safe to share between threads; any number of processes may open the same
@@ -349,6 +352,8 @@ class SQLStore(SQLMetaMixin, SQLDeleteMixin, SQLChunksMixin, Store):
                 )
             if updated.rowcount == 0:
                 raise self._not_found(execution_id)
+            if flush.status is not None:
+                self._write_stop(conn, execution_id, flush)
             if flush.states:
                 states = _sqlraw.compiled("states", dialect, _sqlschema.states_statement)
                 conn.exec_driver_sql(
@@ -407,9 +412,10 @@ class SQLStore(SQLMetaMixin, SQLDeleteMixin, SQLChunksMixin, Store):
         with self._guard(f"read execution {execution_id!r}"), self._read() as conn:
             row = conn.execute(sa.select(EXECUTIONS).where(EXECUTIONS.c.id == execution_id)).first()
             labels = self._labels_of(conn, [execution_id])
+            stops = self._stops_of(conn, [execution_id])
         if row is None:
             raise self._not_found(execution_id)
-        return _sqlschema.record_from_row(row, self.location, labels.get(execution_id, {}))
+        return _sqlschema.record_from_row(row, self.location, labels.get(execution_id, {}), stops.get(execution_id))
 
     def list_executions(self, *, labels: Mapping[str, str] | None = None) -> list[ExecutionRecord]:
         """See :meth:`Store.list_executions`.
@@ -429,12 +435,16 @@ class SQLStore(SQLMetaMixin, SQLDeleteMixin, SQLChunksMixin, Store):
                 labelled = sa.select(LABELS.c.execution_id).where(LABELS.c.key == key, LABELS.c.value == value)
                 query = query.where(EXECUTIONS.c.id.in_(labelled))
             rows = conn.execute(query).all()
-            found = self._labels_of(conn, [str(row.id) for row in rows] if labels else None)
+            ids = [str(row.id) for row in rows] if labels else None
+            found, stops = self._labels_of(conn, ids), self._stops_of(conn, ids)
         records = []
         damaged: dict[str, StoreError] = {}
         for row in rows:
             try:
-                records.append(_sqlschema.record_from_row(row, self.location, found.get(str(row.id), {})))
+                execution_id = str(row.id)
+                records.append(
+                    _sqlschema.record_from_row(row, self.location, found.get(execution_id, {}), stops.get(execution_id))
+                )
             except StoreError as exc:  # one damaged row must not hide the others
                 damaged[str(row.id)] = exc
         if damaged:
@@ -552,36 +562,6 @@ class SQLStore(SQLMetaMixin, SQLDeleteMixin, SQLChunksMixin, Store):
             )
             for row in rows
         ]
-
-    def read_results(self, execution_id: str) -> Iterator[tuple[int, bytes]]:
-        """See :meth:`Store.read_results`.
-
-        Results are read in pages by position, each page its own short
-        transaction, so a slow consumer holds no connection or snapshot.
-
-        Raises:
-            ExecutionNotFound: No such execution (raised before returning).
-            StoreError: The database cannot be read.
-        """
-        with self._guard(f"read the results of execution {execution_id!r}"), self._read() as conn:
-            self._input_source(conn, execution_id)
-        return self._results(execution_id)
-
-    def _results(self, execution_id: str) -> Iterator[tuple[int, bytes]]:
-        after = -1
-        while True:
-            with self._guard(f"read the results of execution {execution_id!r}"), self._read() as conn:
-                page = conn.execute(
-                    sa.select(RESULTS.c.position, RESULTS.c.value)
-                    .where(RESULTS.c.execution_id == execution_id, RESULTS.c.position > after)
-                    .order_by(RESULTS.c.position)
-                    .limit(_sqlschema.RESULT_PAGE)
-                ).all()
-            for position, value in page:
-                yield int(position), bytes(value)
-            if len(page) < _sqlschema.RESULT_PAGE:
-                return
-            after = int(page[-1].position)
 
     def _open_runs(self) -> RunStore:
         """See :meth:`Store.runs`: runs live in this database, tables made by the first run."""

@@ -20,7 +20,7 @@ from typing import Any, Protocol, TypeVar
 
 from pylo._codec import get_codec
 from pylo._ratelimit import TokenBucket
-from pylo._tracebacks import exception_text, qualified_name, refresh_sources, safe_str
+from pylo._tracebacks import describe_exception, qualified_name, refresh_sources, safe_str
 from pylo.errors import ResultSerializationError, TaskTimeout
 from pylo.workers.base import ChunkResult, Lanes, RunnerSettings, TaskFailure
 
@@ -161,18 +161,8 @@ def describe_failure(
     now = time.time()
     if not settings.store_exceptions:
         return TaskFailure(None, None, None, None, attempts, now)
-    text = exception_text(exc, quiet_files)
-    encoded = get_codec(settings.codec_name).encode_exception(exc)
-    # Drop frames now: they pin every local of the failed call in memory.
-    exc.__traceback__ = None
-    return TaskFailure(
-        exc_type=qualified_name(type(exc)),
-        message=safe_str(exc),
-        traceback=text,
-        exception=encoded,
-        attempts=attempts,
-        failed_at=now,
-    )
+    exc_type, message, text, encoded = describe_exception(exc, get_codec(settings.codec_name), quiet_files)
+    return TaskFailure(exc_type, message, text, encoded, attempts, now)
 
 
 class BaseLaneRunner:

@@ -51,6 +51,13 @@ What each rule of a lane becomes here, and why:
   other threads of the process wait for it), and not again for its other
   chunks. A process where it raised answers that chunk and later ones with
   :class:`~pylo.errors.InitializerFailed`; the first one ends the execution.
+* **No workers.** A nanny does not start again a worker that died while
+  it was starting, so a cluster can be left with none, and its scheduler
+  keeps the chunks queued for ever. A watchdog (``_dask_watchdog``) counts
+  the workers from the client's event loop; once there have been none for
+  ``no_workers_timeout`` seconds, ``poll`` raises a :class:`PyloError`
+  naming the scheduler and the option, and the execution ends ``aborted``
+  like any other error, its outcomes kept and resumable.
 * **progress()** knows nothing (a remote chunk is reported when it ends), so
   a time-based flush waits for chunk ends; Dask chunks aim at 250 ms of work
   (``chunk_seconds``) counted in the CPU time of the worker thread, within
@@ -72,6 +79,7 @@ from typing import Any
 
 from pylo.errors import InitializerFailed, PyloError, WorkerCrashed
 from pylo.workers._dask_remote import Inputs, Job, forget_job, job_name, run_chunk, stop_job
+from pylo.workers._dask_watchdog import NO_WORKERS_TIMEOUT, NoWorkersWatchdog, no_workers_error
 from pylo.workers._runner import describe_failure, qualified_name
 from pylo.workers.base import Backend, ChunkResult, Lanes, RunnerSettings, TaskFailure
 
@@ -131,6 +139,9 @@ class DaskBackend(Backend):
         client: A ``distributed.Client`` (used as it is, never closed by
             pylo), or the address of a Dask scheduler (a client is made, and
             closed by :meth:`release`); see :meth:`resolve_client`.
+        no_workers_timeout: Seconds an execution waits while the cluster
+            has no workers before it stops (None: it waits for ever).
+            Checked by ``Pylo.dask``.
 
     Raises:
         ImportError: dask or distributed is not installed; says what to install.
@@ -141,11 +152,12 @@ class DaskBackend(Backend):
     name = "dask"
     sends_to = "Dask workers"
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, no_workers_timeout: float | None = NO_WORKERS_TIMEOUT) -> None:
         self.client = self.resolve_client(client)
+        self.no_workers_timeout = no_workers_timeout
 
     def new_lanes(self) -> DaskLanes:
-        return DaskLanes(self.client)
+        return DaskLanes(self.client, self.no_workers_timeout)
 
     def release(self) -> None:
         """Close the client if it was made from an address; one passed in is left alone."""
@@ -208,13 +220,17 @@ class DaskLanes(Lanes):
     # time: run_chunk reports the CPU time of the thread that ran the chunk.
     chunk_seconds = 0.25
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, no_workers_timeout: float | None = None) -> None:
         self._client = client
         self._token = uuid.uuid4().hex
         self._settings = RunnerSettings()
         self._flights: dict[int, _Flight] = {}
-        self._done: queue.SimpleQueue[tuple[_Flight, Any, Any]] = queue.SimpleQueue()
+        # A chunk's outcome, or (None, None, None) to wake poll when the watchdog fires.
+        self._done: queue.SimpleQueue[tuple[_Flight | None, Any, Any]] = queue.SimpleQueue()
         self._error: BaseException | None = None
+        self._no_workers_timeout = no_workers_timeout
+        self._watchdog: NoWorkersWatchdog | None = None
+        self._no_workers: PyloError | None = None  # set by the watchdog, raised by poll
         self._ready: list[ChunkResult] = []  # results held back while an error is raised
         self._stopping = False
         self._started = False
@@ -238,6 +254,17 @@ class DaskLanes(Lanes):
         # fetches it once, so a large closure does not travel with every chunk.
         distributed.Variable(job_name(self._token), client=self._client).set(cloudpickle.dumps(job))
         self._started = True
+        if self._no_workers_timeout is not None:
+            self._watchdog = NoWorkersWatchdog(self._client, self._no_workers_timeout, self._without_workers)
+            self._watchdog.start()
+
+    def _without_workers(self, seconds: float) -> None:
+        """On the client's event loop: the cluster has had no workers too long; poll raises it."""
+        assert self._no_workers_timeout is not None, "the watchdog runs only with a timeout"
+        logger.warning("the Dask cluster has had no workers for %.0f s: stopping the execution", seconds)
+        stopped = "the execution stopped with its outcomes so far recorded"
+        self._no_workers = no_workers_error(self._client, seconds, self._no_workers_timeout, stopped)
+        self._done.put((None, None, None))
 
     def submit(self, lane: int, chunk_id: int, inputs: Sequence[Any], budget: int) -> None:
         flight = _Flight(lane, chunk_id, inputs, budget, time.perf_counter())
@@ -285,9 +312,15 @@ class DaskLanes(Lanes):
                     break
             results = []
             for flight, future, outcome in found:
+                if flight is None:
+                    continue  # the watchdog's wake-up: looked at below
                 result = self._settle(flight, future, outcome)
                 if result is not None:
                     results.append(result)
+            if self._no_workers is not None and self._error is None:
+                # Even while stopping: the chunks out will not come back without workers.
+                self._error, self._no_workers = self._no_workers, None
+                self._stopping = True
             if self._error is not None:
                 # Raised first; the results gathered with it come out of the
                 # next poll, which the coordinator makes while it winds down.
@@ -418,6 +451,8 @@ class DaskLanes(Lanes):
             return
         self._closed = True
         self._stopping = True
+        if self._watchdog is not None:
+            self._watchdog.stop()
         if not self._started:
             return
         futures = [flight.future for flight in self._flights.values() if flight.future is not None]

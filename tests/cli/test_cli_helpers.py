@@ -30,6 +30,7 @@ from pylo._cli_common import (
     normalize_message,
     recorded_retry,
 )
+from pylo._cli_outcomes import matches_type
 from pylo._cli_run import InputLineError, build_retry, read_inputs
 from pylo._options import RunOptions
 from pylo._progress import ProgressBar
@@ -274,3 +275,15 @@ def test_progress_bars_add_no_handler_where_the_pylo_logger_has_none() -> None:
     bar = ProgressBar("a", 10)
     assert logger.handlers == before  # records keep going to the application's handlers, once
     bar.close()
+
+
+_IDENTIFIER = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True)
+
+
+@given(module=st.lists(_IDENTIFIER, max_size=3), name=_IDENTIFIER)
+def test_type_names_match_with_or_without_the_builtins_module(module: list[str], name: str) -> None:
+    stored = ".".join([*module, name])  # as pylo stores it: builtins bare, others qualified
+    for asked in (stored, name, f"builtins.{stored}" if not module else stored):
+        assert matches_type(stored, asked)
+        assert matches_type(f"builtins.{stored}", asked)  # stored the other way: the same answer
+    assert not matches_type(stored, f"{name}x")

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+from pathlib import Path
 
 from cli_kit import RECORD_KEYS, Cli
+
+#: A SQLite store written before stop reasons were recorded (see its README).
+BEFORE_STOP_REASONS = Path(__file__).resolve().parent.parent / "stores" / "before_stop_reasons" / "sqlite"
 
 # Prints as it works: with --json-summary that must not reach stdout.
 CHATTY = """
@@ -49,6 +54,21 @@ def test_the_summary_says_every_worker_spent_its_failure_budget(cli: Cli) -> Non
     )
     listed = json.loads(cli("list", "--json").stdout)
     assert [record["stop_reason"] for record in listed] == ["max_worker_failures"]
+
+
+def test_show_says_why_executions_recorded_before_stop_reasons_stopped(cli: Cli) -> None:
+    shutil.copytree(BEFORE_STOP_REASONS, cli.cwd / ".pylo")
+    shown = cli("show", "capped")
+    assert re.search(r"^status +stopped \(2 failures reached --max-failures 2\)$", shown.stdout, re.M), shown.stdout
+    assert re.search(r"^status +interrupted$", cli("show", "cut").stdout, re.M)  # which interrupt is not known
+    listed = {record["id"]: record for record in json.loads(cli("list", "--json").stdout)}
+    assert [listed[i]["stop_reason"] for i in ("capped", "spent", "cut", "unready")] == [
+        "max_failures",
+        "max_worker_failures",
+        "interrupted",
+        "aborted",
+    ]
+    assert listed["spent"]["stop_detail"] == "every worker reached --max-worker-failures 1, with 2 failures in all"
 
 
 def test_json_summary_is_the_only_thing_on_stdout_for_run_and_resume(cli: Cli) -> None:

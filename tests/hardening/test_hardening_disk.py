@@ -55,6 +55,7 @@ def test_a_write_that_fails_stops_the_run_and_the_last_good_flush_resumes(tmp_pa
         # The full final flush cannot be written, but the status-only write
         # that follows it is small enough to fit: readers elsewhere see the end.
         assert record.status is ExecutionStatus.ABORTED
+        assert record.stop_reason == "aborted" and (record.stop_detail or "").startswith("the store failed: ")
         finished, unfinished = pylo.get_state("full")
         assert sorted(finished + unfinished) == INPUTS
         assert finished == sorted(finished)

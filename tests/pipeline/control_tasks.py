@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 from pylo.pipeline import task
@@ -19,6 +21,31 @@ BROKEN: set[str] = set()
 ATTEMPTS: dict[str, int] = {}
 #: What each ``cleanup`` call received (the previous result or exception).
 RECEIVED: list[Any] = []
+
+
+def in_background(function: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    """Start ``function`` on a thread; the list gets what it returned or raised."""
+    box: list[Any] = []
+
+    def target() -> None:
+        try:
+            box.append(function())
+        except BaseException as exc:  # pragma: no cover - shown by the assertion
+            box.append(exc)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    return thread, box
+
+
+def until(check: Callable[[], bool], seconds: float = 30) -> bool:
+    """Look (at the store) until ``check`` holds, as a run writes from its own threads; False after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def reset() -> None:

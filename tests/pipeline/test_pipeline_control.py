@@ -2,36 +2,21 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import control_tasks
 import pytest
-from control_tasks import STARTED, gate, gated_item, step
+from control_tasks import STARTED, gate, gated_item, in_background, step, until
 
-from pylo import PipelineStatus, Pylo, TaskState
+from pylo import ExecutionStatus, PipelineStatus, Pylo, TaskState
 from pylo.errors import PipelineValidationError
 from pylo.pipeline import in_parallel
 from pylo.pipeline._errors import PipelineCancelled, PipelineControlError, PipelineNotCompleted
 
 MakePylo = Callable[..., Pylo]
 WAIT = 30
-
-
-def in_background(function: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
-    box: list[Any] = []
-
-    def target() -> None:
-        try:
-            box.append(function())
-        except BaseException as exc:  # pragma: no cover - shown by the assertion
-            box.append(exc)
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    return thread, box
 
 
 def abc() -> Any:
@@ -69,6 +54,9 @@ def test_cancel_while_running_ends_what_did_not_start_cancelled(make_pylo: MakeP
     thread, box = in_background(lambda: p.run_pipeline(abc(), run_id="r"))
     assert reached.wait(WAIT)
     p.cancel_pipeline("r")
+    runs = p.store.runs()
+    # Taken up while b, alone, still runs (on the coordinator's own thread: its keeper looks).
+    assert until(lambda: runs.get_run("r").options.get("halt") == "cancel")
     opened.set()
     thread.join(WAIT)
     assert box == ["r"]
@@ -122,6 +110,8 @@ def test_a_paused_batch_node_stops_taking_inputs_and_resumes_only_the_rest(make_
     assert [n.state for n in record.nodes] == [TaskState.PENDING, TaskState.PENDING]
     ran_before = [name for name in STARTED if name.startswith("item")]
     assert len(ran_before) < 40
+    (batch,) = p.list_executions()  # the batch node's execution says why it stopped
+    assert (batch.status, batch.stop_reason) == (ExecutionStatus.STOPPED, "stop_requested")
 
     control_tasks.WAIT_AT.clear()
     try:

@@ -41,6 +41,26 @@ def test_task_options_are_validated_where_they_enter() -> None:
         task(retry=3)
 
 
+@pytest.mark.parametrize(
+    ("timeout", "error", "message"),
+    [
+        (0, ValueError, "timeout must be a finite number of seconds > 0, got 0"),
+        (float("nan"), ValueError, "timeout must be a finite number of seconds > 0, got nan"),
+        (float("inf"), ValueError, "timeout must be a finite number of seconds > 0, got inf"),
+        (1e10, ValueError, r"timeout must be at most 604800 seconds \(one week\), got 1e\+10"),
+        ("30", TypeError, "timeout must be a number of seconds > 0, got str '30'"),
+        (True, TypeError, "timeout must be a number of seconds > 0, got bool True"),
+    ],
+)
+def test_a_task_timeout_is_checked_like_the_run_options(timeout: object, error: type, message: str) -> None:
+    # The run options' rule, week cap included, on @task and on .set alike.
+    with pytest.raises(error, match=message):
+        task(timeout=timeout)
+    with pytest.raises(error, match=message):
+        multiply.send(1, 2).set(timeout=timeout)
+    assert task(timeout=7 * 24 * 3600)(lambda: None).options.timeout == 7 * 24 * 3600
+
+
 def test_set_returns_a_new_pipeline_and_leaves_the_old_one() -> None:
     p = multiply.send(1, 2)
     q = p.set(fail_softly=True)

@@ -74,6 +74,27 @@ def test_nodes_and_batches_run_on_a_dask_cluster(dask_client: Any, tmp_path: Pat
         assert worker_pid != os.getpid() and value == 90
 
 
+def test_nodes_fail_on_a_dask_cluster_left_without_workers_and_a_resume_runs_them(
+    dask_client: Any, tmp_path: Path
+) -> None:
+    from distributed import Client, LocalCluster
+
+    flow = [pid_of.send(), total.send(scaled.map(range(10), 2))]
+    with (
+        LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as empty,
+        Client(empty, set_as_default=False) as idle,
+        Pylo.dask(idle, tmp_path / "store", 2, progress=False, no_workers_timeout=0.5) as pylo,
+    ):
+        run_id = pylo.run_pipeline(flow)
+        call, batch, _ = pylo.get_pipeline(run_id).nodes  # the batch node's execution was aborted
+    for node in (call, batch):
+        assert node.state is TaskState.FAILED and node.failure is not None
+        assert f"the Dask cluster at {empty.scheduler_address} has had no workers" in node.failure.message
+    with Pylo.dask(dask_client, tmp_path / "store", 2, progress=False) as pylo:
+        worker_pid, value = pylo.get_pipeline_result(pylo.resume_pipeline(run_id, flow))
+        assert worker_pid != os.getpid() and value == 90
+
+
 def test_a_worker_process_that_dies_fails_only_its_node(process_pylo: Pylo) -> None:
     from pipeline_tasks import die
 

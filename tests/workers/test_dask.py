@@ -8,7 +8,9 @@ waits (with a timeout) for two workers before it begins.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import itertools
+import logging
 import os
 import subprocess
 import sys
@@ -46,6 +48,7 @@ from dask_tasks import (
 )
 
 from pylo import ExecutionStatus, Pylo, PyloError
+from pylo.workers._dask_watchdog import NO_WORKERS_TIMEOUT
 from pylo.workers.base import ChunkResult, RunnerSettings
 from pylo.workers.dask import DaskBackend
 
@@ -306,6 +309,98 @@ def test_a_function_the_workers_cannot_import_aborts_with_a_clear_error(
     assert "installed on every Dask worker" in str(raised.value)
     record = pylo.get_execution("unimportable")
     assert record.status is ExecutionStatus.ABORTED and record.pending == 50
+
+
+# -- a cluster with no workers ---------------------------------------------------
+
+
+@pytest.fixture
+def empty_cluster(cluster: Any) -> Iterator[Any]:
+    """A scheduler with no workers (in this process), beside the module's cluster (which restores copyreg)."""
+    from distributed import LocalCluster
+
+    local = LocalCluster(n_workers=0, processes=False, dashboard_address=":0")
+    yield local
+    local.close()
+
+
+class _Said(logging.Handler):
+    """Sets an event when a log record's message contains ``words``."""
+
+    def __init__(self, words: str) -> None:
+        super().__init__()
+        self.words = words
+        self.said = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.words in record.getMessage():
+            self.said.set()
+
+
+def test_a_cluster_left_without_workers_stops_the_execution_resumable(
+    make: Callable[..., Pylo], empty_cluster: Any, tmp_path: Path
+) -> None:
+    from distributed import Client
+
+    said = r"has had no workers for \d+ s \(no_workers_timeout=0\.5\)"
+    with (
+        Client(empty_cluster, set_as_default=False) as idle,
+        Pylo.dask(idle, tmp_path / "store", 2, progress=False, no_workers_timeout=0.5) as pylo,
+        pytest.raises(PyloError, match=said) as raised,
+    ):
+        pylo.start_from_scratch(range(20), square, execution_id="no-workers")
+    assert f"the Dask cluster at {empty_cluster.scheduler_address} " in str(raised.value)
+    assert "Pylo.dask(..., no_workers_timeout=None)" in str(raised.value)
+    pylo = make(2)  # the same store, on a cluster with workers
+    record = pylo.get_execution("no-workers")
+    assert record.status is ExecutionStatus.ABORTED and (record.pending, record.total) == (20, 20)
+    shown = subprocess.run(
+        [sys.executable, "-m", "pylo", "show", "no-workers", "--store", str(tmp_path / "store")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    status = next(line for line in shown.stdout.splitlines() if line.startswith("status"))
+    assert "aborted (pylo.errors.PyloError: the Dask cluster at" in status and "had no workers" in status, shown
+    resumed = pylo.start_from_past_execution("no-workers", square)
+    assert pylo.get_state(resumed) == (list(range(20)), [])
+
+
+def test_workers_that_join_before_the_timeout_run_the_execution(empty_cluster: Any, tmp_path: Path) -> None:
+    from distributed import Client
+
+    waiting = _Said("has no workers")
+    logging.getLogger("pylo.workers._dask_watchdog").addHandler(waiting)
+    try:
+        with (
+            Client(empty_cluster, set_as_default=False) as idle,
+            Pylo.dask(idle, tmp_path / "store", 1, progress=False, no_workers_timeout=120) as pylo,
+        ):
+            ran: dict[str, str] = {}
+            runner = threading.Thread(target=lambda: ran.update(id=pylo.start_from_scratch(range(10), square)))
+            runner.start()
+            assert waiting.said.wait(60)  # the watchdog saw no workers
+            empty_cluster.scale(1)
+            runner.join(120)
+            assert pylo.get_state(ran["id"]) == (list(range(10)), [])
+    finally:
+        logging.getLogger("pylo.workers._dask_watchdog").removeHandler(waiting)
+
+
+def test_no_workers_timeout_is_checked_where_it_is_given(client: Any, tmp_path: Path) -> None:
+    for value, error, message in [
+        (0, ValueError, "no_workers_timeout must be a finite number of seconds > 0, got 0"),
+        (1e10, ValueError, r"no_workers_timeout must be at most 604800 seconds \(one week\), got 1e\+10"),
+        ("5m", TypeError, "no_workers_timeout must be a number of seconds > 0, got str '5m'"),
+    ]:
+        with pytest.raises(error, match=message):
+            Pylo.dask(client, tmp_path / "store", no_workers_timeout=value)
+    assert not (tmp_path / "store").exists()  # refused before the store was opened
+    with Pylo.dask(client, tmp_path / "store", no_workers_timeout=None) as waits_for_ever:
+        assert waits_for_ever.backend.no_workers_timeout is None  # type: ignore[attr-defined]
+    default = inspect.signature(Pylo.dask).parameters["no_workers_timeout"].default
+    assert default == NO_WORKERS_TIMEOUT == 300.0
 
 
 # -- the client and the function -------------------------------------------------
