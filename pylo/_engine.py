@@ -36,6 +36,7 @@ from pylo._budgets import Budgets
 from pylo._codec import Codec
 from pylo._options import RunOptions
 from pylo._plan import MAX_BATCH, Chunk, Plan, Scheduler, record_end
+from pylo._sizing import ChunkSizer
 from pylo.errors import StoreError
 from pylo.stores.base import FAILED, FINISHED, ChunkRow, ExecutionStatus, FailureRow, Flush, Store
 from pylo.workers.base import Backend, ChunkResult, Lanes
@@ -114,8 +115,8 @@ class Coordinator:
         self._options = options
         self._codec = codec
         self._on_progress = on_progress
-        self._scheduler = Scheduler(plan)
         self._max_chunk = min(MAX_BATCH, options.task_executions_before_flush)
+        self._scheduler = Scheduler(plan, self._max_chunk)
         # No more lanes than inputs to run: 20,000 workers for 2 inputs start 2.
         lanes = max(1, min(options.number_of_workers, plan.total - plan.finished))
         self._lanes = [_Lane(n, chunk_size=min(FIRST_CHUNK, self._max_chunk)) for n in range(lanes)]
@@ -128,8 +129,7 @@ class Coordinator:
         self._stopping = False
         self._stop_code: str | None = None  # what stopped the feeding of inputs, when something did (_stops)
         self._stop_requested = STOP_REQUESTED.get()
-        # A chunk aims at this much work, so results flow back steadily (set by the lanes when started).
-        self._target_chunk_seconds = min(Lanes.chunk_seconds, options.flush_seconds / 4)
+        self._sizer: ChunkSizer | None = None  # made when the lanes start: they say how much work a chunk aims at
         self._flush_due = time.monotonic() + options.flush_seconds
         self._ended = False  # the final status is durable
 
@@ -152,7 +152,7 @@ class Coordinator:
                 settings = self._options.runner_settings(self._codec)
                 self._running = lanes = self._backend.start(function, len(self._lanes), settings)
                 slots = 1 + lanes.prefetch
-                self._target_chunk_seconds = min(lanes.chunk_seconds, self._options.flush_seconds / 4)
+                self._sizer = ChunkSizer(lanes.chunk_seconds, self._options.flush_seconds, self._max_chunk)
                 self._budgets = Budgets(
                     self._options.max_worker_failures, self._options.max_failures, len(self._lanes), slots
                 )
@@ -339,10 +339,8 @@ class Coordinator:
 
     def _resize(self, lane: _Lane, result: ChunkResult) -> None:
         """Aim the lane's next chunk at the lanes' ``chunk_seconds`` of work."""
-        per_input = result.elapsed / result.attempted
-        wanted = int(self._target_chunk_seconds / per_input) if per_input > 0 else self._max_chunk
-        # Grow gradually (a fast first input says little) but shrink at once.
-        lane.chunk_size = max(1, min(wanted, lane.chunk_size * 8, self._max_chunk))
+        assert self._sizer is not None, "made when the lanes start, before any chunk reports"
+        lane.chunk_size = self._sizer.next_size(lane.chunk_size, result)
 
     def _pending(self) -> int:
         plan = self._plan

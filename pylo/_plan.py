@@ -279,10 +279,16 @@ class PayloadReader:
 
 
 class Scheduler:
-    """Cuts pending inputs into chunks, batch by batch, in position order."""
+    """Cuts pending inputs into chunks, batch by batch, in position order.
 
-    def __init__(self, plan: Plan) -> None:
+    Args:
+        plan: The execution's plan.
+        most: The most inputs a chunk may hold (a flush's worth at most).
+    """
+
+    def __init__(self, plan: Plan, most: int = MAX_BATCH) -> None:
         self._plan = plan
+        self._most = most
         self._next_batch = 0
         self._returned: collections.deque[tuple[Chunk, Sequence[Any]]] = collections.deque()
         self._batch: Batch | None = None
@@ -295,7 +301,12 @@ class Scheduler:
         self._returned.append((chunk, inputs))
 
     def take(self, size: int) -> tuple[Chunk, Sequence[Any]] | None:
-        """Next chunk of at most ``size`` pending inputs, or None when none are left."""
+        """Next chunk of ``size`` pending inputs, or None when none are left.
+
+        A chunk never spans two batches; when what would be left of its
+        batch is shorter than half of ``size``, it joins the chunk (which
+        still holds at most ``most`` inputs).
+        """
         if self._returned:
             return self._returned.popleft()
         while self._cursor >= len(self._offsets):
@@ -303,7 +314,13 @@ class Scheduler:
                 return None
         assert self._batch is not None
         start = self._cursor
-        stop = min(start + size, len(self._offsets))
+        end = len(self._offsets)
+        stop = min(start + size, end)
+        if end - stop < size // 2 and end - start <= self._most:
+            # The rest of the batch joins this chunk: alone it would be a
+            # chunk of a few inputs paying a whole chunk's cost (a round trip
+            # through the scheduler on Dask).
+            stop = end
         self._cursor = stop
         offsets = self._offsets[start:stop]
         if isinstance(offsets, range):

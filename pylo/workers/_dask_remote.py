@@ -10,6 +10,7 @@ See :mod:`pylo.workers.dask` for the flow and the rules.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import threading
@@ -228,8 +229,15 @@ def run_chunk(token: str, lane: int, chunk_id: int, wrapped: Inputs, budget: int
     timeout = job.settings.timeout
     runner = LaneRunner(job.function, lane, job.settings, held.stop, None, limiter, watched=timeout is not None)
     if timeout is None:
-        return runner.run(chunk_id, inputs, budget)
+        return _timed(runner, chunk_id, inputs, budget)
     return _run_watched(runner, chunk_id, inputs, budget, timeout)
+
+
+def _timed(runner: LaneRunner, chunk_id: int, inputs: Sequence[Any], budget: int) -> ChunkResult:
+    """Run the chunk in this thread; its result carries the thread's CPU time, which sizes the next chunk."""
+    started = time.thread_time()
+    result = runner.run(chunk_id, inputs, budget)
+    return dataclasses.replace(result, cpu=time.thread_time() - started)
 
 
 def _run_watched(runner: LaneRunner, chunk_id: int, inputs: Sequence[Any], budget: int, timeout: float) -> ChunkResult:
@@ -244,7 +252,7 @@ def _run_watched(runner: LaneRunner, chunk_id: int, inputs: Sequence[Any], budge
 
     def target() -> None:
         try:
-            box.append(runner.run(chunk_id, inputs, budget))
+            box.append(_timed(runner, chunk_id, inputs, budget))
         except Abandoned:
             pass  # the chunk was reported with this input timed out
         except BaseException as exc:  # a bug in pylo: hand it to the Dask task

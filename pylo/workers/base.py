@@ -89,6 +89,9 @@ class ChunkResult:
             ``KeyboardInterrupt`` or ``SystemExit``) raised by the task at
             index ``attempted``; the coordinator re-raises it.
         elapsed: Seconds the lane spent on the chunk.
+        cpu: CPU seconds of the thread that ran the chunk, for lanes that
+            report it (Dask: chunks are then sized by CPU time, see
+            :mod:`pylo._sizing`), else None.
     """
 
     chunk_id: int
@@ -98,6 +101,7 @@ class ChunkResult:
     results: Sequence[tuple[int, bytes]]
     interrupt: BaseException | None
     elapsed: float
+    cpu: float | None = None
 
 
 class Lanes(abc.ABC):
@@ -111,8 +115,10 @@ class Lanes(abc.ABC):
     #: Chunks the coordinator may keep queued per lane beyond the running one.
     prefetch: int = 1
     #: Seconds of task work a chunk aims at once a lane's speed is known (the
-    #: coordinator keeps it within a quarter of ``flush_seconds``). Lanes whose
-    #: every chunk pays a round trip through a scheduler aim higher.
+    #: coordinator keeps it within a quarter of ``flush_seconds``): wall time,
+    #: or CPU time for lanes that report it in ``ChunkResult.cpu`` (see
+    #: :mod:`pylo._sizing`). Lanes whose every chunk pays a round trip through
+    #: a scheduler aim higher.
     chunk_seconds: float = 0.05
 
     @abc.abstractmethod

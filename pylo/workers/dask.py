@@ -60,8 +60,9 @@ What each rule of a lane becomes here, and why:
   like any other error, its outcomes kept and resumable.
 * **progress()** knows nothing (a remote chunk is reported when it ends), so
   a time-based flush waits for chunk ends; Dask chunks aim at 250 ms of work
-  (``chunk_seconds``), so outcomes become durable up to that much later
-  than on local workers.
+  (``chunk_seconds``) counted in the CPU time of the worker thread, within
+  four times that on the wall clock (see :mod:`pylo._sizing`), so outcomes
+  become durable up to that much later than on local workers.
 """
 
 from __future__ import annotations
@@ -215,7 +216,8 @@ class DaskLanes(Lanes):
     prefetch = 1
     # Each chunk is a task of the cluster: its scheduling, transfer and
     # gathering cost tens of milliseconds, more on a busy machine, which
-    # chunks of 50 ms of work would pay every few inputs.
+    # chunks of 50 ms of work would pay every few inputs. Counted in CPU
+    # time: run_chunk reports the CPU time of the thread that ran the chunk.
     chunk_seconds = 0.25
 
     def __init__(self, client: Any, no_workers_timeout: float | None = None) -> None:

@@ -49,6 +49,7 @@ from dask_tasks import (
 
 from pylo import ExecutionStatus, Pylo, PyloError
 from pylo.workers._dask_watchdog import NO_WORKERS_TIMEOUT
+from pylo.workers.base import ChunkResult, RunnerSettings
 from pylo.workers.dask import DaskBackend
 
 REPO = Path(__file__).resolve().parents[2]
@@ -93,6 +94,23 @@ def test_one_lane_per_worker_thread_by_default(make: Callable[..., Pylo]) -> Non
     assert "workers=2" in repr(pylo)
     execution_id = pylo.start_from_scratch(range(100), noop)
     assert pylo.get_state(execution_id) == (list(range(100)), [])
+
+
+def test_each_chunk_reports_the_cpu_time_of_the_thread_that_ran_it(client: Any) -> None:
+    # The coordinator sizes Dask chunks by it (pylo._sizing): a busy machine
+    # stretches each input's wall time, not its CPU time.
+    client.wait_for_workers(2, timeout=60)
+    lanes = DaskBackend(client).start(square, 1, RunnerSettings())
+    try:
+        lanes.submit(0, 0, [1, 2, 3], 3)
+        results: list[ChunkResult] = []
+        while not results:
+            results = lanes.poll(60)
+    finally:
+        lanes.shutdown(wait=True)
+    [result] = results
+    assert result.attempted == 3
+    assert result.cpu is not None and result.cpu >= 0
 
 
 def test_each_lane_stops_after_its_own_budget(make: Callable[..., Pylo]) -> None:
