@@ -78,16 +78,19 @@ def check_seconds(name: str, value: Any) -> float:
 
 
 def check_seconds_at_least(name: str, value: Any, minimum: float) -> float:
-    """``value`` as a float if it is a finite number of seconds ``>= minimum``.
+    """``value`` as a float if it is a finite number of seconds in ``[minimum, MAX_SECONDS]``.
 
     Raises:
         TypeError: Not a number.
-        ValueError: Not finite, or below ``minimum``.
+        ValueError: Not finite, below ``minimum``, or above MAX_SECONDS (a
+            wait that long is a mistake, and waits on threads refuse it).
     """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of seconds >= {minimum:g}, got {type(value).__name__} {value!r}")
     if not math.isfinite(value) or value < minimum:
         raise ValueError(f"{name} must be a finite number of seconds >= {minimum:g}, got {value}")
+    if value > MAX_SECONDS:
+        raise ValueError(f"{name} must be at most {MAX_SECONDS} seconds (one week), got {value:g}")
     return float(value)
 
 

@@ -425,6 +425,7 @@ def test_custom_statuses_replace_the_defaults() -> None:
         ({"maximum": float("inf")}, ValueError, "maximum must be a finite number of seconds >= 0, got inf"),
         ({"initial": 10, "maximum": 5}, ValueError, "maximum must be >= initial (10), got 5"),
         ({"max_retry_after": float("nan")}, ValueError, "max_retry_after must be a finite number of seconds >= 0"),
+        ({"maximum": 604_801}, ValueError, "maximum must be at most 604800 seconds (one week), got 604801"),
         ({"retry_statuses": 503}, TypeError, "retry_statuses must be a collection of HTTP statuses such as"),
         ({"retry_statuses": {"503"}}, TypeError, "retry_statuses must hold int statuses, got str '503'"),
         ({"retry_statuses": {200}}, ValueError, "retry_statuses must hold error statuses from 400 to 599, got 200"),

@@ -342,6 +342,7 @@ def test_two_rates_for_one_key_fail_before_the_run_exists(make_pylo: Callable[..
         ({"wait_for": 3}, TypeError, "wait_for must be a callable returning true when the resource is ready"),
         ({"wait_for": Probe(), "wait_timeout": -1}, ValueError, "wait_timeout must be a finite number of seconds"),
         ({"wait_for": Probe(), "wait_timeout": "1"}, TypeError, "wait_timeout must be a number of seconds >= 0"),
+        ({"wait_for": Probe(), "wait_timeout": 1e10}, ValueError, "wait_timeout must be at most 604800 seconds"),
         ({"wait_timeout": 5}, ValueError, "wait_timeout needs wait_for: give the probe to wait for too"),
         ({"rate_limit": "fast"}, ValueError, "rate_limit 'fast' is not a rate"),
         ({"rate_limit": 0}, ValueError, "rate_limit must be > 0 task starts per second, got 0"),
