@@ -128,6 +128,7 @@ class Coordinator:
         self._outcomes = _Outcomes()
         self._stopping = False
         self._stop_code: str | None = None  # what stopped the feeding of inputs, when something did (_stops)
+        self._raised_by_task: BaseException | None = None  # a task's KeyboardInterrupt or SystemExit, raised here
         self._stop_requested = STOP_REQUESTED.get()
         self._sizer: ChunkSizer | None = None  # made when the lanes start: they say how much work a chunk aims at
         self._flush_due = time.monotonic() + options.flush_seconds
@@ -267,6 +268,7 @@ class Coordinator:
                     Chunk(chunk.batch, chunk.offsets[result.attempted :]), inputs[result.attempted :]
                 )
         if result.interrupt is not None:
+            self._raised_by_task = result.interrupt
             raise result.interrupt
 
     def _record(self, chunk: Chunk, result: ChunkResult) -> None:
@@ -409,7 +411,7 @@ class Coordinator:
                 logger.debug("stopping the lanes of execution %s was cut short", self._id, exc_info=True)
         interrupted = not isinstance(exc, Exception)
         status = ExecutionStatus.INTERRUPTED if interrupted else ExecutionStatus.ABORTED
-        stop = _stops.ended_by(exc)
+        stop = _stops.ended_by(exc, by_task=exc is self._raised_by_task)
         try:
             self._flush(status=status, ended_at=time.time(), stop=stop)
         except BaseException:

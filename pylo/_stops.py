@@ -94,14 +94,19 @@ def stopped(code: str | None, failed: int, max_failures: int | None, max_worker_
     )
 
 
-def ended_by(exc: BaseException, *, before_running: bool = False) -> Stop:
+def ended_by(exc: BaseException, *, before_running: bool = False, by_task: bool = False) -> Stop:
     """Why an execution that ``exc`` cut short ended: ``interrupted`` or ``aborted``.
 
     Args:
         exc: What ended it.
         before_running: It came before any input ran (while the inputs
             were recorded, or the workers made ready).
+        by_task: A task raised it (workers never see a Ctrl-C or SIGTERM:
+            the coordinator's thread takes them, and worker processes
+            ignore them), so it is named as the task's, not as a signal.
     """
+    if by_task and not isinstance(exc, Exception):
+        return Stop(INTERRUPTED, _bounded(f"the task raised {_described(exc)}"))
     if isinstance(exc, Exception):
         if isinstance(exc, InitializerFailed):
             said = f"the initializer {exc.initializer} failed in {exc.worker}: {exc.type_name}: {exc.error_message}"
