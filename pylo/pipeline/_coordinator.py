@@ -199,11 +199,7 @@ class RunCoordinator(RunRecording, GroupLimits, HaltRules, CompositionRules, Lon
             self._look_at_control(force=not self._fresh)
             self._dispatch()
             while self._running:
-                timeout = _MAX_WAIT
-                if self._changed or self._unwritten_starts:
-                    timeout = min(timeout, max(0.0, self._last_flush + self._flush_seconds - time.monotonic()))
-                if self._control is not None and self.halt is None:
-                    timeout = min(timeout, max(0.0, self._next_control - time.monotonic()))
+                timeout = min(_MAX_WAIT, self._seconds_until_due(idle=_MAX_WAIT))
                 for index, outcome in take_all(self._outbox, timeout):
                     if isinstance(outcome, ChildStarted):
                         self._record_child(index, outcome)
@@ -211,10 +207,7 @@ class RunCoordinator(RunRecording, GroupLimits, HaltRules, CompositionRules, Lon
                         self._complete(index, outcome)
                 self._look_at_control()
                 self._dispatch()
-                if self._outcomes_since_flush >= self._flush_every or (
-                    (self._changed or self._unwritten_starts)
-                    and time.monotonic() - self._last_flush >= self._flush_seconds
-                ):
+                if self._outcomes_since_flush >= self._flush_every or self._flush_due_by_time():
                     self._flush()
             status = self._final_status()
             self._flush(status=status.value, ended_at=None if status is PipelineStatus.PAUSED else time.time())
@@ -226,6 +219,14 @@ class RunCoordinator(RunRecording, GroupLimits, HaltRules, CompositionRules, Lon
         self._pool.stop()
         self._calls.close()
         return status
+
+    def _seconds_until_due(self, idle: float) -> float:
+        """Seconds until a flush by time or a look for control requests is due (0: now); ``idle`` when neither waits."""
+        now = time.monotonic()
+        wait = self._last_flush + self._flush_seconds - now if self._changed or self._unwritten_starts else idle
+        if self._control is not None and self.halt is None:
+            wait = min(wait, self._next_control - now)
+        return max(0.0, wait)
 
     def _seed(self) -> None:
         """Count down the nodes already final (copied ``done``), then queue what can start."""
@@ -336,10 +337,15 @@ class RunCoordinator(RunRecording, GroupLimits, HaltRules, CompositionRules, Lon
         try:
             with context:
                 return self._run_node(index, node, task, args, kwargs, inputs, execution_id, called, here)
-        except Exception as exc:  # a bug of ours: fail the node, never lose it
+        except BaseException as exc:
+            return self._caught(exc)
+
+    def _caught(self, exc: BaseException) -> Outcome:
+        """The outcome of a node around which ``exc`` was caught: never lost, never a crash of the run."""
+        if isinstance(exc, Exception):  # a bug of ours: fail the node
             return describe_failure(exc, self._codec_name, 1, time.time())
-        except BaseException as exc:  # Ctrl-C on the coordinator's thread: the run is interrupted
-            return Outcome(ok=False, interrupt=exc, started=time.time(), ended=time.time())
+        now = time.time()  # Ctrl-C on the coordinator's thread (a lone node): the run is interrupted
+        return Outcome(ok=False, interrupt=exc, started=now, ended=now)
 
     def _run_node(
         self,
@@ -395,10 +401,8 @@ class RunCoordinator(RunRecording, GroupLimits, HaltRules, CompositionRules, Lon
                     outcome, state = stateful_child(outcome, state)
                 if outcome.ok and outcome.child is not None and not here:
                     outcome = self._run_child(index, outcome.child, previous_child, state)
-        except Exception as exc:  # a bug of ours: fail the node, never lose it
-            outcome = describe_failure(exc, self._codec_name, 1, time.time())
-        except BaseException as exc:  # Ctrl-C on the coordinator's thread: the run is interrupted
-            outcome = Outcome(ok=False, interrupt=exc, started=time.time(), ended=time.time())
+        except BaseException as exc:
+            outcome = self._caught(exc)
         return outcome
 
     # -- applying outcomes ------------------------------------------------------

@@ -37,7 +37,6 @@ import asyncio
 import contextvars
 import os
 import threading
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -130,15 +129,11 @@ class LoneNode:
     _pool: NodeThreads
     _environment: RunEnvironment | None
     _past_children: dict[int, Any]
-    _changed: dict[str, Any]
-    _unwritten_starts: int
-    _last_flush: float
     _flush_seconds: float
-    _control: Any
-    _next_control: float
-    halt: str | None
     _work: Callable[..., Outcome]
     _flush: Callable[..., None]
+    _flush_due_by_time: Callable[[], bool]
+    _seconds_until_due: Callable[..., float]
     _look_at_control: Callable[..., None]
 
     def _init_lone_node(self, kind: str) -> None:
@@ -187,13 +182,7 @@ class LoneNode:
 
     def _nap(self) -> float:
         """Seconds until a flush or a look in the store could be due (read without the desk: a hint)."""
-        now = time.monotonic()
-        nap = self._flush_seconds
-        if self._changed or self._unwritten_starts:
-            nap = self._last_flush + self._flush_seconds - now
-        if self._control is not None and self.halt is None:
-            nap = min(nap, self._next_control - now)
-        return nap
+        return self._seconds_until_due(idle=self._flush_seconds)
 
     def _try_tend(self) -> None:
         """On the keeper's thread: if the coordinator is away in a node, do what its loop does by the clocks."""
@@ -203,7 +192,7 @@ class LoneNode:
         try:
             if self._desk_closed or self._keeper_error is not None:
                 return
-            if (self._changed or self._unwritten_starts) and time.monotonic() - self._last_flush >= self._flush_seconds:
+            if self._flush_due_by_time():
                 self._flush()
             self._look_at_control()
         except BaseException as exc:  # the coordinator's loop would have raised it: so does the coordinator

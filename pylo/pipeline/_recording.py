@@ -42,6 +42,13 @@ class RunRecording:
     _unwritten_starts: int
     _outcomes_since_flush: int
     _last_flush: float
+    _flush_seconds: float
+
+    def _flush_due_by_time(self) -> bool:
+        """True when rows wait to be written and ``flush_seconds`` have passed since the last flush."""
+        return (
+            bool(self._changed or self._unwritten_starts) and time.monotonic() - self._last_flush >= self._flush_seconds
+        )
 
     def _note(self, index: int, row: NodeRow) -> None:
         self._rows[index] = row
