@@ -9,8 +9,8 @@ reads unchanged.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -21,8 +21,8 @@ from pylo.stores.base import Claim
 
 __all__ = ["SQLMetaMixin"]
 
-#: Executions per query when their labels are read.
-_LABEL_PAGE = 500
+#: Executions per query when rows of some executions (labels, stop reasons) are read.
+_ID_PAGE = 500
 
 
 class SQLMetaMixin:
@@ -140,16 +140,21 @@ class SQLMetaMixin:
     def _labels_of(self, conn: Connection, ids: Iterable[str] | None) -> dict[str, dict[str, str]]:
         """``id -> labels`` of the given executions (of all when ``ids`` is None)."""
         found: dict[str, dict[str, str]] = {}
-        if not self._has_table(conn, LABELS):
-            return found
-        query = sa.select(LABELS.c.execution_id, LABELS.c.key, LABELS.c.value)
-        pages = [None] if ids is None else _pages(list(ids))
-        for page in pages:
-            selected = query if page is None else query.where(LABELS.c.execution_id.in_(page))
-            for execution_id, key, value in conn.execute(selected):
-                found.setdefault(str(execution_id), {})[str(key)] = str(value)
+        for execution_id, key, value in self._rows_of_executions(conn, LABELS, ids):
+            found.setdefault(str(execution_id), {})[str(key)] = str(value)
         return found
+
+    def _rows_of_executions(self, conn: Connection, table: sa.Table, ids: Iterable[str] | None) -> Iterator[Any]:
+        """The rows of ``table`` (one keyed by ``execution_id``) of the given executions, of all when ``ids`` is None.
+
+        ``table`` is an optional one: a store that does not have it has no rows.
+        """
+        if not self._has_table(conn, table):
+            return
+        query = sa.select(table)
+        for page in [None] if ids is None else _pages(list(ids)):
+            yield from conn.execute(query if page is None else query.where(table.c.execution_id.in_(page)))
 
 
 def _pages(ids: list[str]) -> list[list[str] | None]:
-    return [ids[start : start + _LABEL_PAGE] for start in range(0, len(ids), _LABEL_PAGE)]
+    return [ids[start : start + _ID_PAGE] for start in range(0, len(ids), _ID_PAGE)]

@@ -11,8 +11,8 @@ before it opens, reads and resumes unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -21,9 +21,6 @@ from pylo.stores._sqlschema import STOPS, storable_text
 from pylo.stores.base import Flush
 
 __all__ = ["SQLStopsMixin"]
-
-#: Executions per query when their stop reasons are read.
-_PAGE = 500
 
 
 class SQLStopsMixin:
@@ -34,6 +31,9 @@ class SQLStopsMixin:
 
         def _has_table(self, conn: Connection, table: sa.Table) -> bool: ...
         def _ensure_table(self, conn: Connection, table: sa.Table) -> None: ...
+        def _rows_of_executions(
+            self, conn: Connection, table: sa.Table, ids: Iterable[str] | None
+        ) -> Iterator[Any]: ...
 
     def _write_stop(self, conn: Connection, execution_id: str, flush: Flush) -> None:
         """Replace the execution's stop reason with the flush's (none included), in its transaction.
@@ -59,16 +59,6 @@ class SQLStopsMixin:
     def _stops_of(self, conn: Connection, ids: Iterable[str] | None) -> dict[str, tuple[str, str | None]]:
         """``id -> (reason, detail)`` of the given executions (of all when ``ids`` is None) that have one."""
         found: dict[str, tuple[str, str | None]] = {}
-        if not self._has_table(conn, STOPS):
-            return found
-        query = sa.select(STOPS.c.execution_id, STOPS.c.code, STOPS.c.detail)
-        if ids is None:
-            pages: list[list[str] | None] = [None]
-        else:
-            listed = list(ids)
-            pages = [listed[start : start + _PAGE] for start in range(0, len(listed), _PAGE)]
-        for page in pages:
-            selected = query if page is None else query.where(STOPS.c.execution_id.in_(page))
-            for execution_id, code, detail in conn.execute(selected):
-                found[str(execution_id)] = (str(code), None if detail is None else str(detail))
+        for execution_id, code, detail in self._rows_of_executions(conn, STOPS, ids):
+            found[str(execution_id)] = (str(code), None if detail is None else str(detail))
         return found
