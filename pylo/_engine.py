@@ -41,7 +41,7 @@ from pylo.errors import StoreError
 from pylo.stores.base import FAILED, FINISHED, ChunkRow, ExecutionStatus, FailureRow, Flush, Store
 from pylo.workers.base import Backend, ChunkResult, Lanes
 
-__all__ = ["STOP_REQUESTED", "Coordinator"]
+__all__ = ["ALARM", "STOP_REQUESTED", "Coordinator"]
 
 #: An event that, once set, makes an execution started in this context stop
 #: taking inputs: its running chunks end, it flushes and ends ``stopped``
@@ -49,6 +49,16 @@ __all__ = ["STOP_REQUESTED", "Coordinator"]
 #: it to pause or cancel a batch node (through ``pylo.pipeline._host``).
 STOP_REQUESTED: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar(
     "pylo_stop_requested", default=None
+)
+
+#: A one-shot alarm ``(at, ring)`` for an execution started in this context:
+#: its loop calls ``ring()`` once, at its first wake at or after
+#: ``time.monotonic()`` reaches ``at``, and until then waits no later than
+#: ``at``. A batch node that runs on its pipeline coordinator's own thread
+#: sets it, so that only a node still running by then starts the thread
+#: that keeps the run's clocks (see ``pylo.pipeline._lone_node``).
+ALARM: contextvars.ContextVar[tuple[float, Callable[[], None]] | None] = contextvars.ContextVar(
+    "pylo_alarm", default=None
 )
 
 logger = logging.getLogger(__name__)
@@ -130,6 +140,7 @@ class Coordinator:
         self._stop_code: str | None = None  # what stopped the feeding of inputs, when something did (_stops)
         self._raised_by_task: BaseException | None = None  # a task's KeyboardInterrupt or SystemExit, raised here
         self._stop_requested = STOP_REQUESTED.get()
+        self._alarm = ALARM.get()
         self._sizer: ChunkSizer | None = None  # made when the lanes start: they say how much work a chunk aims at
         self._flush_due = time.monotonic() + options.flush_seconds
         self._ended = False  # the final status is durable
@@ -182,8 +193,11 @@ class Coordinator:
                 return
             # Wake at least every flush_seconds, even with nothing reported:
             # lanes deep in a long chunk have outcomes to collect.
+            wait = self._flush_due - time.monotonic()
+            if self._alarm is not None:
+                wait = self._ring_or_wait(wait)
             interrupt: BaseException | None = None
-            for result in lanes.poll(max(0.0, self._flush_due - time.monotonic())):
+            for result in lanes.poll(max(0.0, wait)):
                 try:
                     self._apply(result)
                 except BaseException as exc:
@@ -200,6 +214,17 @@ class Coordinator:
                 for partial in lanes.progress():
                     self._apply(partial, final=False)
                 self._flush()
+
+    def _ring_or_wait(self, wait: float) -> float:
+        """Ring the alarm if it is due (once); else the wait shortened to end no later than it."""
+        assert self._alarm is not None
+        at, ring = self._alarm
+        left = at - time.monotonic()
+        if left > 0:
+            return min(wait, left)
+        self._alarm = None
+        ring()
+        return wait
 
     @property
     def ended(self) -> bool:

@@ -128,6 +128,7 @@ def run_batch(
     call: Callable[..., Any] | None = None,
     count_attempts: bool = False,
     stop: threading.Event | None = None,
+    alarm: tuple[float, Callable[[], None]] | None = None,
 ) -> Outcome:
     """Run (or resume) a batch node's execution; its value is the list of results in input order.
 
@@ -140,6 +141,8 @@ def run_batch(
 
     Once ``stop`` is set (a pause or cancel), the execution stops taking
     inputs and the outcome is ``stopped``: the execution is resumable.
+    ``alarm``: rung once by the execution's loop when its time comes (see
+    ``pylo._engine.ALARM``).
     """
     started = time.time()
     pylo = host.batch_pylo(task, map_options, count_attempts=count_attempts)
@@ -152,7 +155,7 @@ def run_batch(
     token = INPUT_PROGRESS.set(tally)
     try:
         try:
-            with host.stop_on(stop):
+            with host.stop_on(stop, alarm):
                 if _past_fits(host, past_execution_id, inputs):
                     assert past_execution_id is not None
                     pylo.start_from_past_execution(past_execution_id, function, execution_id=execution_id)

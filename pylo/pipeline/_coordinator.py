@@ -384,6 +384,7 @@ class RunCoordinator(RunRecording, GroupLimits, HaltRules, CompositionRules, Lon
                     call=None if environment is None else environment.batch_call(task, key),
                     count_attempts=task.options.with_context,
                     stop=self.stop,
+                    alarm=self._alarm if here else None,
                 )
             else:
                 past = self._past_children.get(index)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from pylo._codec import Codec, get_codec
@@ -110,17 +110,23 @@ class Host:
 
     @staticmethod
     @contextlib.contextmanager
-    def stop_on(event: threading.Event | None) -> Iterator[None]:
-        """Executions started inside stop taking inputs once ``event`` is set (resumable, ``stopped``)."""
-        if event is None:
+    def stop_on(event: threading.Event | None, alarm: tuple[float, Callable[[], None]] | None = None) -> Iterator[None]:
+        """Executions started inside stop taking inputs once ``event`` is set (resumable, ``stopped``).
+
+        ``alarm``: ``(at, ring)``, rung once by their loop when
+        ``time.monotonic()`` passes ``at`` (see ``pylo._engine.ALARM``).
+        """
+        if event is None and alarm is None:
             yield
             return
-        from pylo._engine import STOP_REQUESTED
+        from pylo._engine import ALARM, STOP_REQUESTED
 
         token = STOP_REQUESTED.set(event)
+        alarm_token = ALARM.set(alarm)
         try:
             yield
         finally:
+            ALARM.reset(alarm_token)
             STOP_REQUESTED.reset(token)
 
     def find_execution(self, execution_id: str) -> ExecutionRecord | None:

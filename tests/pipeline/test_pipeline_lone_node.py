@@ -12,13 +12,32 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from control_tasks import STARTED, gate, in_background, step, until
+from control_tasks import STARTED, gate, gated_item, in_background, step, until
 
 from pylo import PipelineStatus, Pylo, TaskState
 from pylo.pipeline import task
 
 MakePylo = Callable[..., Pylo]
 WAIT = 30
+
+
+def test_a_lone_batch_node_that_lasts_has_its_running_row_flushed_while_it_runs(make_pylo: MakePylo) -> None:
+    # No keeper is started for a batch node at first: its execution rings when
+    # a clock could be due, and from then on the keeper flushes as for a call.
+    p = make_pylo(flush_seconds=0.05)
+    reached, opened = gate("item")
+    thread, box = in_background(lambda: p.run_pipeline(gated_item.map(range(8)), run_id="r"))
+    assert reached.wait(WAIT)
+
+    def running() -> bool:
+        (node,) = p.get_pipeline("r").nodes
+        return node.state is TaskState.RUNNING and node.execution_id is not None
+
+    assert until(running)  # input 5 still at its gate
+    opened.set()
+    thread.join(WAIT)
+    assert box == ["r"]
+    assert p.get_pipeline_result("r") == [x * 10 for x in range(8)]
 
 
 def test_while_a_lone_node_runs_what_ended_before_it_and_its_running_row_are_flushed(make_pylo: MakePylo) -> None:
