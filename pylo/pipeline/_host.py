@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,12 @@ if TYPE_CHECKING:
 __all__ = ["Host"]
 
 _KINDS = ("threads", "processes", "asyncio", "dask")
+
+#: Batch Pylos already made, per Pylo they derive from: ``{(task kind and options, count_attempts): Pylo}``.
+_BATCH_PYLOS: weakref.WeakKeyDictionary[Pylo, dict[Any, Pylo]] = weakref.WeakKeyDictionary()
+#: Variants kept per Pylo; more (options made afresh per run) start the cache again.
+_MAX_VARIANTS = 64
+_BATCH_PYLOS_LOCK = threading.Lock()
 
 
 class Host:
@@ -149,7 +156,32 @@ class Host:
         each attempt's number to the task's context
         (:func:`~pylo.pipeline._context.counting_attempts`). The Pylo
         returned shares the store: never close it.
+
+        A Pylo is never changed once made, so the one for a kind of task and
+        options is made once and kept with the Pylo it derives from (making
+        it validates every option: a fifth of what a short batch node added
+        to its execution).
         """
+        pylo = self.pylo
+        key: Any = None
+        made = None
+        with _BATCH_PYLOS_LOCK:
+            try:
+                key = (task.is_async, task.options.retry, task.options.timeout, frozenset(map_options.items()))
+                made = _BATCH_PYLOS.get(pylo, {}).get((key, count_attempts))
+            except TypeError:  # an option that cannot be a key (an unhashable policy): made each time
+                key = None
+        if made is None:
+            made = self._make_batch_pylo(task, map_options, count_attempts)
+            if key is not None:
+                with _BATCH_PYLOS_LOCK:
+                    variants = _BATCH_PYLOS.setdefault(pylo, {})
+                    if len(variants) >= _MAX_VARIANTS:
+                        variants.clear()
+                    variants[(key, count_attempts)] = made
+        return made
+
+    def _make_batch_pylo(self, task: Task, map_options: Mapping[str, Any], count_attempts: bool) -> Pylo:
         from pylo.execution import Pylo
         from pylo.workers._initializer import is_async_callable
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from pylo.errors import DamagedExecutions, ExecutionExists, ExecutionNotFound, StoreError
 from pylo.stores import _sqlraw, _sqlschema
@@ -186,6 +186,40 @@ class SQLStore(SQLMetaMixin, SQLStopsMixin, SQLResultsMixin, SQLDeleteMixin, SQL
                 conn = conn.execution_options(**{WRITE_OPTION: True})
             with conn.begin():
                 yield conn
+
+    @contextlib.contextmanager
+    def _driver_write(self) -> Iterator[Any]:
+        """A write transaction on the driver's own connection from SQLAlchemy's pool; yields its cursor.
+
+        For the smallest hot writes (a pipeline run's creation and updates),
+        where a SQLAlchemy ``Connection`` and its transaction cost more than
+        the database's work: statements are still compiled by SQLAlchemy
+        (:mod:`pylo.stores._sqlraw`), the connection is the pool's (set up
+        by the same ``connect`` hook), and the driver's errors are wrapped
+        as SQLAlchemy's own, so :meth:`_guard` and ``IntegrityError`` see
+        what they would see through a ``Connection``.
+        """
+        dbapi_error = self._engine.dialect.loaded_dbapi.Error
+        raw = self._engine.raw_connection()
+        try:
+            driver = raw.driver_connection
+            assert driver is not None, "a connection just checked out of the pool is open"
+            cursor = driver.cursor()
+            try:
+                if self._is_sqlite:
+                    cursor.execute("BEGIN IMMEDIATE")  # as _write's: writers queue on the busy timeout
+                yield cursor
+                driver.commit()
+            except dbapi_error as exc:
+                _rollback_quietly(driver)
+                raise DBAPIError.instance(None, None, exc, dbapi_error) from exc
+            except BaseException:
+                _rollback_quietly(driver)
+                raise
+            finally:
+                cursor.close()
+        finally:
+            raw.close()  # back to the pool
 
     def _ensure_schema(self) -> None:
         """Validate the database and create pylo's tables if they are missing.
@@ -572,3 +606,15 @@ class SQLStore(SQLMetaMixin, SQLStopsMixin, SQLResultsMixin, SQLDeleteMixin, SQL
     def close(self) -> None:
         """Close the database connections."""
         self._engine.dispose()
+
+
+def _rollback_quietly(driver: Any) -> None:
+    """Roll back a driver connection whose transaction failed; a failure to do so changes nothing.
+
+    The error that failed the transaction is the one to report; the pool
+    resets (or discards) the connection on its return anyway.
+    """
+    try:
+        driver.rollback()
+    except Exception:  # the connection may be broken already
+        logger.debug("rollback after a failed write failed too", exc_info=True)

@@ -5,7 +5,11 @@ Two tables next to the executions' (:mod:`pylo.stores.sql`)::
     pylo_runs(id PK, parent_id, name, status, ..., options JSON)
     pylo_nodes(run_id, key PK, seq, task_name, ..., upstream JSON,
                state, attempts, ..., result, exception, execution_id, ...)
-               index (run_id, seq)
+
+A run's nodes are read whole, found by the primary key's leading ``run_id``
+and sorted by ``seq`` as they are read. Stores made before that keep an
+index on ``(run_id, seq)``; new ones have none, as every node's creation
+wrote one index page more for an order that a sort of one run's rows gives.
 
 They are created by the first :meth:`SqlRunStore.create_run`, in its own
 transaction, and never by a read: a store written before pipelines existed
@@ -97,8 +101,7 @@ _nodes = sa.Table(
     sa.Column("exception", sa.LargeBinary, nullable=True),
     sa.Column("execution_id", _ID, nullable=True),
     sa.Column("child_run_id", _ID, nullable=True),
-    # read_nodes returns a run's nodes in seq order.
-    sa.Index("ix_pylo_nodes_seq", "run_id", "seq"),
+    # No index on (run_id, seq): see the module docstring.
 )
 
 #: Columns a RunUpdate may change; the others are fixed by create_run.
@@ -158,6 +161,10 @@ _BUILDERS: dict[str, Any] = {
 def _select_nodes(results: bool) -> sa.Select[Any]:
     columns = list(_nodes.c) if results else _WITHOUT_BLOBS
     return sa.select(*columns).where(_nodes.c.run_id == sa.bindparam("s_run_id")).order_by(_nodes.c.seq)
+
+
+class _UnknownKeys(Exception):
+    """An update named a node the run does not have: its transaction rolls back, then the keys are named."""
 
 
 def _driver_rows(raw: Raw, names: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[Any]:
@@ -377,15 +384,21 @@ class SqlRunStore(RunStore):
             for node in nodes
         ]
         store = self._store
+        insert_run = self._raw("pylo_runs.insert")
+        insert = self._raw("pylo_nodes.insert")
         with store._guard(f"create pipeline run {run.id!r}"):
             try:
-                with store._write() as conn:
-                    self._create_tables(conn)
-                    insert_run = self._raw("pylo_runs.insert")
-                    conn.exec_driver_sql(insert_run.sql, insert_run.one(row))
-                    if node_rows:
-                        insert = self._raw("pylo_nodes.insert")
-                        conn.exec_driver_sql(insert.sql, _driver_rows(insert, _NODE_COLUMNS, node_rows))
+                if self._tables_seen:  # every run of a store but its first: on the driver's connection
+                    with store._driver_write() as cursor:
+                        cursor.execute(insert_run.sql, insert_run.one(row))
+                        if node_rows:
+                            cursor.executemany(insert.sql, _driver_rows(insert, _NODE_COLUMNS, node_rows))
+                else:
+                    with store._write() as conn:
+                        self._create_tables(conn)
+                        conn.exec_driver_sql(insert_run.sql, insert_run.one(row))
+                        if node_rows:
+                            conn.exec_driver_sql(insert.sql, _driver_rows(insert, _NODE_COLUMNS, node_rows))
             except IntegrityError as exc:
                 # The primary key decides, inside the database, which of two
                 # racing creators wins; any other integrity error is re-raised.
@@ -421,6 +434,9 @@ class SqlRunStore(RunStore):
         postgres = self._store._is_postgres
         params = [(*_mutable_values(node, postgres), run_id, node.key) for node in changed]
         store = self._store
+        if update.options is None and self._tables_seen:
+            self._record_on_driver(run_id, values, changed, params)
+            return
         with store._guard(f"record an update of pipeline run {run_id!r}"), store._write() as conn:
             if not self._has_tables(conn):
                 raise self._not_found(run_id)
@@ -452,6 +468,37 @@ class SqlRunStore(RunStore):
                 statement = self._raw("pylo_nodes.update")
                 result = conn.exec_driver_sql(statement.sql, _driver_rows(statement, _UPDATE_PARAMS, params))
                 if result.rowcount != len(params):
+                    self._raise_unknown_keys(conn, run_id, changed)
+
+    def _record_on_driver(
+        self, run_id: str, values: dict[str, Any], changed: Sequence[NodeRow], params: list[tuple[Any, ...]]
+    ) -> None:
+        """:meth:`record_run` of an update without options (each flush of a coordinator), on the driver connection."""
+        store = self._store
+        run_update = self._raw("pylo_runs.update")
+        row = {
+            "u_id": run_id,
+            "u_updated_at": values["updated_at"],
+            "u_status": values.get("status"),
+            "u_ended_at": values.get("ended_at"),
+        }
+        unknown_keys = False
+        with store._guard(f"record an update of pipeline run {run_id!r}"):
+            try:
+                with store._driver_write() as cursor:
+                    # The run row first: it doubles as the existence check.
+                    cursor.execute(run_update.sql, run_update.one(row))
+                    if cursor.rowcount == 0:
+                        raise self._not_found(run_id)
+                    if params:
+                        statement = self._raw("pylo_nodes.update")
+                        cursor.executemany(statement.sql, _driver_rows(statement, _UPDATE_PARAMS, params))
+                        if cursor.rowcount != len(params):
+                            raise _UnknownKeys
+            except _UnknownKeys:
+                unknown_keys = True  # rolled back: name them from a read
+            if unknown_keys:
+                with store._read() as conn:
                     self._raise_unknown_keys(conn, run_id, changed)
 
     def _raise_unknown_keys(self, conn: Connection, run_id: str, changed: Sequence[NodeRow]) -> None:

@@ -7,6 +7,7 @@ end check what is specific to one store: how it refuses damage, its files.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import multiprocessing
@@ -16,7 +17,7 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -497,23 +498,47 @@ def test_a_store_kind_without_runs_says_so() -> None:
 # -- SQL: what is specific -------------------------------------------------------------
 
 
-def test_sql_record_run_sends_its_nodes_in_one_executemany(tmp_path: Path) -> None:
+class _RecordingCursor:
+    """A driver cursor that notes each statement's verb and whether it went through ``executemany``."""
+
+    def __init__(self, cursor: Any, statements: list[tuple[str, bool]]) -> None:
+        self._cursor = cursor
+        self._statements = statements
+
+    def execute(self, sql: str, parameters: Any = ()) -> Any:
+        self._statements.append((sql.split()[0], False))
+        return self._cursor.execute(sql, parameters)
+
+    def executemany(self, sql: str, rows: Any) -> Any:
+        self._statements.append((sql.split()[0], True))
+        return self._cursor.executemany(sql, rows)
+
+    @property
+    def rowcount(self) -> int:
+        return int(self._cursor.rowcount)
+
+
+def test_sql_record_run_sends_its_nodes_in_one_executemany(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = SQLStore.sqlite(tmp_path / "pylo.sqlite")
     runs = store.runs()
     runs.create_run(make_run("r"), chain(50))
     statements: list[tuple[str, bool]] = []
+    driver_write = store._driver_write
 
-    def seen(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
-        statements.append((statement.split()[0], executemany))
+    @contextlib.contextmanager
+    def recording() -> Iterator[Any]:
+        with driver_write() as cursor:
+            yield _RecordingCursor(cursor, statements)
 
-    sa.event.listen(store._engine, "before_cursor_execute", seen)
+    monkeypatch.setattr(store, "_driver_write", recording)
     try:
         runs.record_run("r", RunUpdate(nodes=[done(node) for node in chain(50)], status="completed"))
     finally:
-        sa.event.remove(store._engine, "before_cursor_execute", seen)
         store.close()
     writes = [entry for entry in statements if entry[0] in ("UPDATE", "INSERT", "DELETE")]
     assert writes == [("UPDATE", False), ("UPDATE", True)], statements
+    with SQLStore.sqlite(tmp_path / "pylo.sqlite") as reopened:
+        assert {node.state for node in reopened.runs().read_nodes("r")} == {"done"}
 
 
 def _damage_sqlite(path: Path, statement: str) -> None:
