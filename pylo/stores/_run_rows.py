@@ -48,8 +48,8 @@ def _check_state(run_id: str, node: NodeRow) -> None:
         raise ValueError(f"node {node.key!r} of pipeline run {run_id!r} has negative attempts ({node.attempts})")
 
 
-def check_new_run(run: RunRow, nodes: Sequence[NodeRow]) -> None:
-    """Reject a run that a store could not keep, before anything is written.
+def check_new_run(run: RunRow, nodes: Sequence[NodeRow]) -> str:
+    """Reject a run that a store could not keep, before anything is written; return its options as JSON text.
 
     Raises:
         ValueError: Two nodes share a key or a ``seq``; a key is empty or
@@ -61,7 +61,7 @@ def check_new_run(run: RunRow, nodes: Sequence[NodeRow]) -> None:
     if not run.id:
         raise ValueError("pipeline run id must not be empty")
     _check_status(run.id, run.status)
-    dump_options(run.id, run.options, owner="pipeline run")
+    options = dump_options(run.id, run.options, owner="pipeline run")
     keys: set[str] = set()
     seqs: set[int] = set()
     for node in nodes:
@@ -80,6 +80,7 @@ def check_new_run(run: RunRow, nodes: Sequence[NodeRow]) -> None:
         _check_state(run.id, node)
         keys.add(node.key)
         seqs.add(node.seq)
+    return options
 
 
 def check_update(run_id: str, update: RunUpdate) -> None:

@@ -353,7 +353,7 @@ class SqlRunStore(RunStore):
             TypeError: ``run.options`` is not JSON-serializable.
             StoreError: The database cannot be written.
         """
-        check_new_run(run, nodes)
+        options = check_new_run(run, nodes)
         row = {
             "id": run.id,
             "parent_id": run.parent_id,
@@ -365,7 +365,7 @@ class SqlRunStore(RunStore):
             "codec": run.codec,
             "pid": run.pid,
             "host": run.host,
-            "options": dump_options(run.id, run.options, owner="pipeline run"),
+            "options": options,
         }
         postgres = self._store._is_postgres
         text = _sqlschema.storable_text
