@@ -11,13 +11,11 @@ rows recorded".
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from pylo.stores import _sqlraw, _sqlschema
 from pylo.stores._sqlschema import CHUNKS
 from pylo.stores.base import ChunkRow, ExecutionRecord
 
@@ -25,35 +23,14 @@ __all__ = ["SQLChunksMixin"]
 
 
 class SQLChunksMixin:
-    """:meth:`~pylo.stores.base.Store.read_chunks` and the chunk rows of a flush, for ``SQLStore``."""
+    """:meth:`~pylo.stores.base.Store.read_chunks` for ``SQLStore`` (its flushes write the rows)."""
 
     if TYPE_CHECKING:  # provided by SQLStore and SQLMetaMixin
-        _engine: sa.Engine
 
         def _guard(self, action: str) -> contextlib.AbstractContextManager[None]: ...
         def _read(self) -> contextlib.AbstractContextManager[Connection]: ...
         def _has_table(self, conn: Connection, table: sa.Table) -> bool: ...
-        def _ensure_table(self, conn: Connection, table: sa.Table) -> None: ...
         def get_execution(self, execution_id: str) -> ExecutionRecord: ...
-
-    def _write_chunks(self, conn: Connection, execution_id: str, rows: Sequence[ChunkRow]) -> None:
-        """Insert a flush's chunk rows inside its write transaction."""
-        self._ensure_table(conn, CHUNKS)
-        insert = _sqlraw.compiled("chunks", self._engine.dialect, _sqlschema.chunks_statement)
-        conn.exec_driver_sql(
-            insert.sql,
-            insert.params(
-                [
-                    {
-                        "execution_id": execution_id,
-                        "first_position": row.first_position,
-                        "last_position": row.last_position,
-                        "worker": row.worker,
-                    }
-                    for row in rows
-                ]
-            ),
-        )
 
     def read_chunks(self, execution_id: str) -> list[ChunkRow]:
         """See :meth:`Store.read_chunks`.

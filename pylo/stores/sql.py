@@ -44,6 +44,7 @@ from pylo.stores._sqlmeta import SQLMetaMixin
 from pylo.stores._sqlresults import SQLResultsMixin
 from pylo.stores._sqlschema import (
     BATCHES,
+    CHUNKS,
     EXECUTIONS,
     FAILURES,
     FORMAT_NAME,
@@ -338,6 +339,12 @@ class SQLStore(SQLMetaMixin, SQLStopsMixin, SQLResultsMixin, SQLDeleteMixin, SQL
     def record_flush(self, execution_id: str, flush: Flush) -> None:
         """See :meth:`Store.record_flush`.
 
+        Most flushes change counts, states and rows only: they run on the
+        driver's own connection (:meth:`_driver_write`), every statement
+        compiled once. A flush that sets the status, the end or
+        ``inputs_complete`` (a handful per execution), or the first to meet
+        a table this store may predate, goes through SQLAlchemy.
+
         Raises:
             ExecutionNotFound: No such execution.
             StoreError: A failure or result position is already recorded, or
@@ -346,93 +353,106 @@ class SQLStore(SQLMetaMixin, SQLStopsMixin, SQLResultsMixin, SQLDeleteMixin, SQL
         """
         check_flush(execution_id, flush)
         now = time.time()
-        dialect = self._engine.dialect
-        # Most flushes change counts only; one that sets the status, the end
-        # or inputs_complete (a handful per execution) goes through
-        # SQLAlchemy as built here.
         final = flush.status is not None or flush.ended_at is not None or flush.inputs_complete
-        if final:
-            values: dict[str, Any] = {
-                "total": flush.total,
-                "finished": flush.finished,
-                "failed": flush.failed,
-                "updated_at": now,
-            }
-            if flush.status is not None:
-                values["status"] = ExecutionStatus(flush.status).value
-            if flush.ended_at is not None:
-                values["ended_at"] = float(flush.ended_at)
-            if flush.inputs_complete:
-                values["inputs_complete"] = True
-        counts = _sqlraw.compiled("counts", dialect, _sqlschema.counts_statement)
+        statements = self._flush_statements(execution_id, flush)
+        with self._guard(f"record a flush of execution {execution_id!r}"):
+            if not final and (not flush.chunks or CHUNKS.name in self._tables):
+                with self._driver_write() as cursor:
+                    # The execution row first: it doubles as the existence check, and
+                    # an exception inside the transaction rolls everything back.
+                    counts = _sqlraw.compiled("counts", self._engine.dialect, _sqlschema.counts_statement)
+                    cursor.execute(counts.sql, counts.one(self._counts_row(execution_id, flush, now)))
+                    if cursor.rowcount == 0:
+                        raise self._not_found(execution_id)
+                    for raw, rows in statements:
+                        cursor.executemany(raw.sql, rows)
+                return
+            with self._write() as conn:
+                if final:
+                    values: dict[str, Any] = {
+                        "total": flush.total,
+                        "finished": flush.finished,
+                        "failed": flush.failed,
+                        "updated_at": now,
+                    }
+                    if flush.status is not None:
+                        values["status"] = ExecutionStatus(flush.status).value
+                    if flush.ended_at is not None:
+                        values["ended_at"] = float(flush.ended_at)
+                    if flush.inputs_complete:
+                        values["inputs_complete"] = True
+                    updated = conn.execute(EXECUTIONS.update().where(EXECUTIONS.c.id == execution_id).values(**values))
+                else:
+                    counts = _sqlraw.compiled("counts", self._engine.dialect, _sqlschema.counts_statement)
+                    updated = conn.exec_driver_sql(counts.sql, counts.one(self._counts_row(execution_id, flush, now)))
+                if updated.rowcount == 0:
+                    raise self._not_found(execution_id)
+                if flush.status is not None:
+                    self._write_stop(conn, execution_id, flush)
+                if flush.chunks:
+                    self._ensure_table(conn, CHUNKS)
+                for raw, rows in statements:
+                    conn.exec_driver_sql(raw.sql, rows)
+
+    @staticmethod
+    def _counts_row(execution_id: str, flush: Flush, now: float) -> dict[str, Any]:
+        return {
+            "x_id": execution_id,
+            "x_total": flush.total,
+            "x_finished": flush.finished,
+            "x_failed": flush.failed,
+            "x_updated_at": now,
+        }
+
+    def _flush_statements(self, execution_id: str, flush: Flush) -> list[tuple[_sqlraw.Raw, list[Any]]]:
+        """A flush's statements after the execution row's, each with its rows as the driver's executemany takes them."""
+        dialect = self._engine.dialect
         postgres = self._is_postgres
-        with self._guard(f"record a flush of execution {execution_id!r}"), self._write() as conn:
-            # The execution row first: it doubles as the existence check, and
-            # an exception inside the transaction rolls everything back.
-            if final:
-                updated = conn.execute(EXECUTIONS.update().where(EXECUTIONS.c.id == execution_id).values(**values))
-            else:
-                updated = conn.exec_driver_sql(
-                    counts.sql,
-                    counts.one(
-                        {
-                            "x_id": execution_id,
-                            "x_total": flush.total,
-                            "x_finished": flush.finished,
-                            "x_failed": flush.failed,
-                            "x_updated_at": now,
-                        }
-                    ),
-                )
-            if updated.rowcount == 0:
-                raise self._not_found(execution_id)
-            if flush.status is not None:
-                self._write_stop(conn, execution_id, flush)
-            if flush.states:
-                states = _sqlraw.compiled("states", dialect, _sqlschema.states_statement)
-                conn.exec_driver_sql(
-                    states.sql,
-                    states.params(
-                        [
-                            {"b_execution_id": execution_id, "b_batch_no": batch_no, "b_states": bytes(data)}
-                            for batch_no, data in flush.states.items()
-                        ]
-                    ),
-                )
-            if flush.failures:
-                insert = _sqlraw.compiled("failures", dialect, _sqlschema.failures_statement)
-                conn.exec_driver_sql(
-                    insert.sql,
-                    insert.params(
-                        [
-                            {
-                                "execution_id": execution_id,
-                                "position": row.position,
-                                "exc_type": _sqlschema.storable_text(postgres=postgres, text=row.exc_type),
-                                "message": _sqlschema.storable_text(postgres=postgres, text=row.message),
-                                "traceback": _sqlschema.storable_text(postgres=postgres, text=row.traceback),
-                                "exception": None if row.exception is None else bytes(row.exception),
-                                "attempts": row.attempts,
-                                "worker": row.worker,
-                                "failed_at": float(row.failed_at),
-                            }
-                            for row in flush.failures
-                        ]
-                    ),
-                )
-            if flush.results:
-                insert = _sqlraw.compiled("results", dialect, _sqlschema.results_statement)
-                conn.exec_driver_sql(
-                    insert.sql,
-                    insert.params(
-                        [
-                            {"execution_id": execution_id, "position": position, "value": bytes(value)}
-                            for position, value in flush.results
-                        ]
-                    ),
-                )
-            if flush.chunks:
-                self._write_chunks(conn, execution_id, flush.chunks)
+        statements: list[tuple[_sqlraw.Raw, list[Any]]] = []
+        if flush.states:
+            states = _sqlraw.compiled("states", dialect, _sqlschema.states_statement)
+            rows = [
+                {"b_execution_id": execution_id, "b_batch_no": batch_no, "b_states": bytes(data)}
+                for batch_no, data in flush.states.items()
+            ]
+            statements.append((states, states.params(rows)))
+        if flush.failures:
+            failures = _sqlraw.compiled("failures", dialect, _sqlschema.failures_statement)
+            rows = [
+                {
+                    "execution_id": execution_id,
+                    "position": row.position,
+                    "exc_type": _sqlschema.storable_text(postgres=postgres, text=row.exc_type),
+                    "message": _sqlschema.storable_text(postgres=postgres, text=row.message),
+                    "traceback": _sqlschema.storable_text(postgres=postgres, text=row.traceback),
+                    "exception": None if row.exception is None else bytes(row.exception),
+                    "attempts": row.attempts,
+                    "worker": row.worker,
+                    "failed_at": float(row.failed_at),
+                }
+                for row in flush.failures
+            ]
+            statements.append((failures, failures.params(rows)))
+        if flush.results:
+            results = _sqlraw.compiled("results", dialect, _sqlschema.results_statement)
+            rows = [
+                {"execution_id": execution_id, "position": position, "value": bytes(value)}
+                for position, value in flush.results
+            ]
+            statements.append((results, results.params(rows)))
+        if flush.chunks:
+            chunks = _sqlraw.compiled("chunks", dialect, _sqlschema.chunks_statement)
+            rows = [
+                {
+                    "execution_id": execution_id,
+                    "first_position": row.first_position,
+                    "last_position": row.last_position,
+                    "worker": row.worker,
+                }
+                for row in flush.chunks
+            ]
+            statements.append((chunks, chunks.params(rows)))
+        return statements
 
     # -- reads -----------------------------------------------------------------
 
