@@ -20,7 +20,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -409,49 +409,59 @@ class SQLStore(SQLMetaMixin, SQLStopsMixin, SQLResultsMixin, SQLDeleteMixin, SQL
         dialect = self._engine.dialect
         postgres = self._is_postgres
         statements: list[tuple[_sqlraw.Raw, list[Any]]] = []
+
+        def add(name: str, build: Callable[[], Any], rows: list[dict[str, Any]]) -> None:
+            raw = _sqlraw.compiled(name, dialect, build)
+            statements.append((raw, raw.params(rows)))
+
         if flush.states:
-            states = _sqlraw.compiled("states", dialect, _sqlschema.states_statement)
-            rows = [
-                {"b_execution_id": execution_id, "b_batch_no": batch_no, "b_states": bytes(data)}
-                for batch_no, data in flush.states.items()
-            ]
-            statements.append((states, states.params(rows)))
+            add(
+                "states",
+                _sqlschema.states_statement,
+                [
+                    {"b_execution_id": execution_id, "b_batch_no": batch_no, "b_states": bytes(data)}
+                    for batch_no, data in flush.states.items()
+                ],
+            )
         if flush.failures:
-            failures = _sqlraw.compiled("failures", dialect, _sqlschema.failures_statement)
-            rows = [
-                {
-                    "execution_id": execution_id,
-                    "position": row.position,
-                    "exc_type": _sqlschema.storable_text(postgres=postgres, text=row.exc_type),
-                    "message": _sqlschema.storable_text(postgres=postgres, text=row.message),
-                    "traceback": _sqlschema.storable_text(postgres=postgres, text=row.traceback),
-                    "exception": None if row.exception is None else bytes(row.exception),
-                    "attempts": row.attempts,
-                    "worker": row.worker,
-                    "failed_at": float(row.failed_at),
-                }
-                for row in flush.failures
-            ]
-            statements.append((failures, failures.params(rows)))
+            add(
+                "failures",
+                _sqlschema.failures_statement,
+                [
+                    {
+                        "execution_id": execution_id,
+                        "position": row.position,
+                        "exc_type": _sqlschema.storable_text(postgres=postgres, text=row.exc_type),
+                        "message": _sqlschema.storable_text(postgres=postgres, text=row.message),
+                        "traceback": _sqlschema.storable_text(postgres=postgres, text=row.traceback),
+                        "exception": None if row.exception is None else bytes(row.exception),
+                        "attempts": row.attempts,
+                        "worker": row.worker,
+                        "failed_at": float(row.failed_at),
+                    }
+                    for row in flush.failures
+                ],
+            )
         if flush.results:
-            results = _sqlraw.compiled("results", dialect, _sqlschema.results_statement)
-            rows = [
-                {"execution_id": execution_id, "position": position, "value": bytes(value)}
-                for position, value in flush.results
-            ]
-            statements.append((results, results.params(rows)))
+            add(
+                "results",
+                _sqlschema.results_statement,
+                [{"execution_id": execution_id, "position": at, "value": bytes(value)} for at, value in flush.results],
+            )
         if flush.chunks:
-            chunks = _sqlraw.compiled("chunks", dialect, _sqlschema.chunks_statement)
-            rows = [
-                {
-                    "execution_id": execution_id,
-                    "first_position": row.first_position,
-                    "last_position": row.last_position,
-                    "worker": row.worker,
-                }
-                for row in flush.chunks
-            ]
-            statements.append((chunks, chunks.params(rows)))
+            add(
+                "chunks",
+                _sqlschema.chunks_statement,
+                [
+                    {
+                        "execution_id": execution_id,
+                        "first_position": row.first_position,
+                        "last_position": row.last_position,
+                        "worker": row.worker,
+                    }
+                    for row in flush.chunks
+                ],
+            )
         return statements
 
     # -- reads -----------------------------------------------------------------
