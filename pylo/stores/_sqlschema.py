@@ -227,6 +227,34 @@ def on_sqlite_connect(dbapi_connection: Any, connection_record: Any, *, may_writ
         cursor.close()
 
 
+def on_postgres_connect(dbapi_connection: Any, connection_record: Any) -> None:
+    """Configure every new PostgreSQL connection: values too large to keep inline compressed with LZ4.
+
+    A batch of inputs, a result or a node's value above about 2 kB is
+    compressed by the server as it is written. PostgreSQL's default method,
+    pglz, took about 0.6 ms a row for a kilobyte-sized batch of pickled
+    numbers, which made recording a million inputs take a second; LZ4
+    compresses as well for this data in a tenth of the time. Set for this
+    session only, for the values pylo writes; a server without LZ4
+    (before PostgreSQL 14, or built without it) keeps its default.
+    """
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("SET default_toast_compression = 'lz4'")
+        dbapi_connection.commit()
+    except Exception:  # the server has no LZ4: its own default stays
+        dbapi_connection.rollback()
+    finally:
+        cursor.close()
+
+
+def driver_has_pipelines(engine: sa.Engine) -> bool:
+    """Whether the engine's PostgreSQL driver can pipeline statements (psycopg 3 on libpq 14 or later)."""
+    dbapi = engine.dialect.loaded_dbapi
+    pipeline = getattr(dbapi, "Pipeline", None)
+    return pipeline is not None and bool(pipeline.is_supported())
+
+
 def on_sqlite_begin(conn: Connection) -> None:
     """Start SQLite transactions: IMMEDIATE for writes, deferred for reads.
 

@@ -63,6 +63,10 @@ __all__ = ["FORMAT_NAME", "SQLStore"]
 
 logger = logging.getLogger(__name__)
 
+#: A statement for :meth:`SQLStore._driver_write`: its SQL, its parameters as
+#: the driver takes them, and whether they are many rows (``executemany``).
+DriverStatement = tuple[str, Any, bool]
+
 
 class SQLStore(SQLMetaMixin, SQLStopsMixin, SQLResultsMixin, SQLDeleteMixin, SQLChunksMixin, Store):
     """Executions in a SQL database (SQLite, PostgreSQL, any SQLAlchemy URL).
@@ -117,6 +121,10 @@ class SQLStore(SQLMetaMixin, SQLStopsMixin, SQLResultsMixin, SQLDeleteMixin, SQL
         if self._is_sqlite:
             sa.event.listen(self._engine, "connect", functools.partial(_sqlschema.on_sqlite_connect, may_write=create))
             sa.event.listen(self._engine, "begin", _sqlschema.on_sqlite_begin)
+        elif self._is_postgres:
+            sa.event.listen(self._engine, "connect", _sqlschema.on_postgres_connect)
+        #: Whether the driver can send several statements in one round trip (psycopg 3 with libpq 14+).
+        self._pipelines = self._is_postgres and _sqlschema.driver_has_pipelines(self._engine)
         try:
             self._ensure_schema()
         except BaseException:
@@ -188,37 +196,51 @@ class SQLStore(SQLMetaMixin, SQLStopsMixin, SQLResultsMixin, SQLDeleteMixin, SQL
             with conn.begin():
                 yield conn
 
-    @contextlib.contextmanager
-    def _driver_write(self) -> Iterator[Any]:
-        """A write transaction on the driver's own connection from SQLAlchemy's pool; yields its cursor.
+    def _driver_write(
+        self, statements: Sequence[DriverStatement], check: Callable[[list[int]], None] | None = None
+    ) -> None:
+        """Run ``statements`` in one write transaction on the driver's own connection from SQLAlchemy's pool.
 
-        For the smallest hot writes (a pipeline run's creation and updates),
-        where a SQLAlchemy ``Connection`` and its transaction cost more than
-        the database's work: statements are still compiled by SQLAlchemy
-        (:mod:`pylo.stores._sqlraw`), the connection is the pool's (set up
-        by the same ``connect`` hook), and the driver's errors are wrapped
-        as SQLAlchemy's own, so :meth:`_guard` and ``IntegrityError`` see
-        what they would see through a ``Connection``.
+        For the small hot writes (an execution's flushes, a pipeline run's
+        creation and updates), where a SQLAlchemy ``Connection`` and its
+        transaction cost more than the database's work. Each statement is
+        ``(sql, parameters, many)``: compiled by SQLAlchemy once
+        (:mod:`pylo.stores._sqlraw`), run with the driver's ``execute`` or,
+        when ``many``, its ``executemany``. ``check`` gets each statement's
+        row count before the commit; what it raises rolls the transaction
+        back. The connection is the pool's (set up by the same ``connect``
+        hooks), and the driver's errors are wrapped as SQLAlchemy's own, so
+        :meth:`_guard` and ``IntegrityError`` see what they would see
+        through a ``Connection``.
+
+        On PostgreSQL the statements go in one round trip (psycopg's
+        pipeline mode), the commit in a second; in turn they took five.
         """
         dbapi_error = self._engine.dialect.loaded_dbapi.Error
         raw = self._engine.raw_connection()
         try:
             driver = raw.driver_connection
             assert driver is not None, "a connection just checked out of the pool is open"
-            cursor = driver.cursor()
+            counts: list[int] = []
             try:
-                if self._is_sqlite:
-                    cursor.execute("BEGIN IMMEDIATE")  # as _write's: writers queue on the busy timeout
-                yield cursor
+                if self._pipelines:
+                    _pipelined(driver, statements, counts)
+                else:
+                    _in_turn(driver, statements, "BEGIN IMMEDIATE" if self._is_sqlite else None, counts)
+                if check is not None:
+                    check(counts)
                 driver.commit()
             except dbapi_error as exc:
                 _rollback_quietly(driver)
+                if check is not None and counts[:1] == [0]:
+                    # Pipelined, a later statement failed (a row for a missing
+                    # execution breaks its foreign key): the first one's count
+                    # tells the existence check what it would have seen in turn.
+                    check(counts)
                 raise DBAPIError.instance(None, None, exc, dbapi_error) from exc
             except BaseException:
                 _rollback_quietly(driver)
                 raise
-            finally:
-                cursor.close()
         finally:
             raw.close()  # back to the pool
 
@@ -327,14 +349,18 @@ class SQLStore(SQLMetaMixin, SQLStopsMixin, SQLResultsMixin, SQLDeleteMixin, SQL
             for batch in batches
         ]
         added = sum(batch.size for batch in batches)
-        with self._guard(f"add batches to execution {execution_id!r}"), self._write() as conn:
-            updated = conn.exec_driver_sql(
-                grow.sql, grow.one({"x_id": execution_id, "x_added": added, "x_updated_at": time.time()})
-            )
-            if updated.rowcount == 0:
+        statements: list[DriverStatement] = [
+            (grow.sql, grow.one({"x_id": execution_id, "x_added": added, "x_updated_at": time.time()}), False)
+        ]
+        if rows:
+            statements.append((insert.sql, insert.params(rows), True))
+
+        def check(rowcounts: list[int]) -> None:
+            if rowcounts[0] == 0:  # the execution row doubles as the existence check
                 raise self._not_found(execution_id)
-            if rows:
-                conn.exec_driver_sql(insert.sql, insert.params(rows))
+
+        with self._guard(f"add batches to execution {execution_id!r}"):
+            self._driver_write(statements, check)
 
     def record_flush(self, execution_id: str, flush: Flush) -> None:
         """See :meth:`Store.record_flush`.
@@ -357,15 +383,19 @@ class SQLStore(SQLMetaMixin, SQLStopsMixin, SQLResultsMixin, SQLDeleteMixin, SQL
         statements = self._flush_statements(execution_id, flush)
         with self._guard(f"record a flush of execution {execution_id!r}"):
             if not final and (not flush.chunks or CHUNKS.name in self._tables):
-                with self._driver_write() as cursor:
-                    # The execution row first: it doubles as the existence check, and
-                    # an exception inside the transaction rolls everything back.
-                    counts = _sqlraw.compiled("counts", self._engine.dialect, _sqlschema.counts_statement)
-                    cursor.execute(counts.sql, counts.one(self._counts_row(execution_id, flush, now)))
-                    if cursor.rowcount == 0:
+                counts = _sqlraw.compiled("counts", self._engine.dialect, _sqlschema.counts_statement)
+
+                def check(rowcounts: list[int]) -> None:
+                    if rowcounts[0] == 0:  # the execution row doubles as the existence check
                         raise self._not_found(execution_id)
-                    for raw, rows in statements:
-                        cursor.executemany(raw.sql, rows)
+
+                self._driver_write(
+                    [
+                        (counts.sql, counts.one(self._counts_row(execution_id, flush, now)), False),
+                        *[(raw.sql, rows, True) for raw, rows in statements],
+                    ],
+                    check,
+                )
                 return
             with self._write() as conn:
                 if final:
@@ -648,3 +678,40 @@ def _rollback_quietly(driver: Any) -> None:
         driver.rollback()
     except Exception:  # the connection may be broken already
         logger.debug("rollback after a failed write failed too", exc_info=True)
+
+
+def _in_turn(driver: Any, statements: Sequence[DriverStatement], begin: str | None, counts: list[int]) -> None:
+    """Run the statements one after the other on one cursor, appending each one's row count to ``counts``."""
+    cursor = driver.cursor()
+    try:
+        if begin is not None:
+            cursor.execute(begin)  # SQLite: as _write's, writers queue on the busy timeout
+        for sql, parameters, many in statements:
+            if many:
+                cursor.executemany(sql, parameters)
+            else:
+                cursor.execute(sql, parameters)
+            counts.append(cursor.rowcount)
+    finally:
+        cursor.close()
+
+
+def _pipelined(driver: Any, statements: Sequence[DriverStatement], counts: list[int]) -> None:
+    """Send the statements in one round trip (psycopg's pipeline mode), then append their row counts to ``counts``.
+
+    Each statement has a cursor of its own, so that each count is kept:
+    none is known until the pipeline's end. When one fails, the counts of
+    those before it are still appended (-1 for the others).
+    """
+    cursors = [driver.cursor() for _ in statements]
+    try:
+        with driver.pipeline():
+            for cursor, (sql, parameters, many) in zip(cursors, statements, strict=True):
+                if many:
+                    cursor.executemany(sql, parameters)
+                else:
+                    cursor.execute(sql, parameters)
+    finally:
+        counts.extend(cursor.rowcount for cursor in cursors)
+        for cursor in cursors:
+            cursor.close()

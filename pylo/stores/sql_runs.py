@@ -49,7 +49,7 @@ from pylo.stores._run_rows import (
 from pylo.stores._sqlraw import Raw, compiled
 from pylo.stores._sqlschema import SCHEMA_LOCK_KEY
 from pylo.stores.runs import CONTROL_ACTIONS, NodeRow, RunRow, RunStore, RunUpdate
-from pylo.stores.sql import SQLStore
+from pylo.stores.sql import DriverStatement, SQLStore
 
 __all__ = ["SqlRunStore"]
 
@@ -389,10 +389,10 @@ class SqlRunStore(RunStore):
         with store._guard(f"create pipeline run {run.id!r}"):
             try:
                 if self._tables_seen:  # every run of a store but its first: on the driver's connection
-                    with store._driver_write() as cursor:
-                        cursor.execute(insert_run.sql, insert_run.one(row))
-                        if node_rows:
-                            cursor.executemany(insert.sql, _driver_rows(insert, _NODE_COLUMNS, node_rows))
+                    statements: list[DriverStatement] = [(insert_run.sql, insert_run.one(row), False)]
+                    if node_rows:
+                        statements.append((insert.sql, _driver_rows(insert, _NODE_COLUMNS, node_rows), True))
+                    store._driver_write(statements)
                 else:
                     with store._write() as conn:
                         self._create_tables(conn)
@@ -482,19 +482,21 @@ class SqlRunStore(RunStore):
             "u_status": values.get("status"),
             "u_ended_at": values.get("ended_at"),
         }
+        statements: list[DriverStatement] = [(run_update.sql, run_update.one(row), False)]
+        if params:
+            statement = self._raw("pylo_nodes.update")
+            statements.append((statement.sql, _driver_rows(statement, _UPDATE_PARAMS, params), True))
+
+        def check(rowcounts: list[int]) -> None:
+            if rowcounts[0] == 0:  # the run row doubles as the existence check
+                raise self._not_found(run_id)
+            if params and rowcounts[1] != len(params):
+                raise _UnknownKeys
+
         unknown_keys = False
         with store._guard(f"record an update of pipeline run {run_id!r}"):
             try:
-                with store._driver_write() as cursor:
-                    # The run row first: it doubles as the existence check.
-                    cursor.execute(run_update.sql, run_update.one(row))
-                    if cursor.rowcount == 0:
-                        raise self._not_found(run_id)
-                    if params:
-                        statement = self._raw("pylo_nodes.update")
-                        cursor.executemany(statement.sql, _driver_rows(statement, _UPDATE_PARAMS, params))
-                        if cursor.rowcount != len(params):
-                            raise _UnknownKeys
+                store._driver_write(statements, check)
             except _UnknownKeys:
                 unknown_keys = True  # rolled back: name them from a read
             if unknown_keys:

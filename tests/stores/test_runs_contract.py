@@ -7,7 +7,6 @@ end check what is specific to one store: how it refuses damage, its files.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import multiprocessing
@@ -17,7 +16,7 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -498,26 +497,6 @@ def test_a_store_kind_without_runs_says_so() -> None:
 # -- SQL: what is specific -------------------------------------------------------------
 
 
-class _RecordingCursor:
-    """A driver cursor that notes each statement's verb and whether it went through ``executemany``."""
-
-    def __init__(self, cursor: Any, statements: list[tuple[str, bool]]) -> None:
-        self._cursor = cursor
-        self._statements = statements
-
-    def execute(self, sql: str, parameters: Any = ()) -> Any:
-        self._statements.append((sql.split()[0], False))
-        return self._cursor.execute(sql, parameters)
-
-    def executemany(self, sql: str, rows: Any) -> Any:
-        self._statements.append((sql.split()[0], True))
-        return self._cursor.executemany(sql, rows)
-
-    @property
-    def rowcount(self) -> int:
-        return int(self._cursor.rowcount)
-
-
 def test_sql_record_run_sends_its_nodes_in_one_executemany(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = SQLStore.sqlite(tmp_path / "pylo.sqlite")
     runs = store.runs()
@@ -525,10 +504,9 @@ def test_sql_record_run_sends_its_nodes_in_one_executemany(tmp_path: Path, monke
     statements: list[tuple[str, bool]] = []
     driver_write = store._driver_write
 
-    @contextlib.contextmanager
-    def recording() -> Iterator[Any]:
-        with driver_write() as cursor:
-            yield _RecordingCursor(cursor, statements)
+    def recording(sent: Any, check: Any = None) -> None:
+        statements.extend((sql.split()[0], many) for sql, _, many in sent)
+        driver_write(sent, check)
 
     monkeypatch.setattr(store, "_driver_write", recording)
     try:
