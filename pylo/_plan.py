@@ -52,8 +52,12 @@ FIRST_BATCH = 64
 TARGET_BATCH_BYTES = 4 << 20
 #: Batches whose inputs one query reads back from the store.
 READ_AHEAD = 16
-#: Batches written per store transaction while recording.
-BATCHES_PER_WRITE = 16
+#: Most batches written per store transaction while recording (one statement's rows).
+BATCHES_PER_WRITE = 256
+#: Most encoded bytes of inputs held for one transaction while recording: a
+#: few of the largest batches (sixteen of them, as before, could hold 64 MB),
+#: or a quarter of a million small inputs (which took 62 commits).
+WRITE_BYTES = 16 << 20
 #: Encoded bytes of a generator's first batches kept in memory while recording,
 #: so its run does not read them back from the store: a bound, whatever the
 #: number of inputs (a million small inputs fit in it, whole).
@@ -149,6 +153,7 @@ def record_fresh(
 
     batches: list[Batch] = []
     pending_writes: list[BatchRecord] = []
+    pending_bytes = 0
     kept: dict[int, bytes] = {}
     keep = 0 if in_memory is not None else KEEP_PAYLOAD_BYTES
     position = 0
@@ -174,14 +179,16 @@ def record_fresh(
             )
         )
         pending_writes.append(BatchRecord(batch_no, position, count, bytes(count), payload))
+        pending_bytes += len(payload)
         if len(payload) <= keep:
             kept[batch_no] = payload
             keep -= len(payload)
         else:
             keep = 0  # keep a prefix: the batches the run reaches first
-        if len(pending_writes) >= BATCHES_PER_WRITE:
+        if len(pending_writes) >= BATCHES_PER_WRITE or pending_bytes >= WRITE_BYTES:
             store.add_batches(record.id, pending_writes)
             pending_writes = []
+            pending_bytes = 0
         position += count
         # Aim each batch at TARGET_BATCH_BYTES, given the average input size so far.
         average = max(1.0, len(payload) / count)
@@ -212,7 +219,7 @@ def create_resumed(
         pending_writes.append(BatchRecord(stored.batch_no, stored.first_position, stored.size, states))
         total += stored.size
         finished += states.count(FINISHED)
-        if len(pending_writes) >= BATCHES_PER_WRITE * 8:  # no payloads: rows are small
+        if len(pending_writes) >= BATCHES_PER_WRITE:  # no payloads: rows are small
             store.add_batches(record.id, pending_writes)
             pending_writes = []
     if pending_writes:
