@@ -74,10 +74,12 @@ class Async:
 def lanes_seen(log: str, before: frozenset[int], item: Any) -> None:
     """Record how many lanes the backend running this task has started, where it can be seen.
 
-    Thread lanes are threads named ``pylo-lane-N``; asyncio lanes are tasks
-    with those names; process lanes are the worker processes of this one's
-    parent that were not there ``before`` the run. Dask lanes start nothing
-    of their own.
+    Thread lanes are threads named ``pylo-lane-N`` that were not there
+    ``before`` the run (``before`` holds thread idents too: an earlier
+    test's execution that was interrupted may leave a lane finishing a task
+    it could not stop); asyncio lanes are tasks with those names; process
+    lanes are the worker processes of this one's parent that were not there
+    ``before`` the run. Dask lanes start nothing of their own.
     """
     import asyncio
     import multiprocessing
@@ -85,7 +87,9 @@ def lanes_seen(log: str, before: frozenset[int], item: Any) -> None:
 
     import psutil
 
-    threads = sum(thread.name.startswith("pylo-lane-") for thread in threading.enumerate())
+    threads = sum(
+        thread.name.startswith("pylo-lane-") and thread.ident not in before for thread in threading.enumerate()
+    )
     try:
         coroutines = sum(task.get_name().startswith("pylo-lane-") for task in asyncio.all_tasks())
     except RuntimeError:  # no running loop: not on asyncio

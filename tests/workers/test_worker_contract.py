@@ -142,7 +142,9 @@ def test_no_more_lanes_start_than_there_are_inputs(workers: Workers, tmp_path: P
     # Many workers for two inputs: two lanes, however many workers were asked for.
     log = str(tmp_path / "lanes.log")
     pylo = workers.make(12)
-    before = frozenset(process.pid for process in psutil.Process().children())
+    before = frozenset(process.pid for process in psutil.Process().children()) | frozenset(
+        thread.ident for thread in threading.enumerate() if thread.ident is not None
+    )
     execution_id = pylo.start_from_scratch([0, 1], workers.task(lanes_seen, log, before))
     assert pylo.get_state(execution_id) == ([0, 1], [])
     assert len(calls(log)) == 2
