@@ -6,9 +6,11 @@ every driver takes as they are. Building and compiling the statement for
 every flush, and SQLAlchemy's per-row parameter processing, cost more than
 the database's own work; here the statement is built and compiled by
 SQLAlchemy once, for one dialect, and its text and parameter order are kept.
-``Connection.exec_driver_sql`` then runs it (one row, or many rows through
-the driver's ``executemany``), inside SQLAlchemy's transaction, with errors
-still wrapped as SQLAlchemy's own.
+The driver runs it (one row, or many rows through its ``executemany``):
+through ``Connection.exec_driver_sql`` inside SQLAlchemy's transaction, or,
+for the hottest writes, on the driver's own connection from SQLAlchemy's
+pool (``SQLStore._driver_write``); either way errors are wrapped as
+SQLAlchemy's own.
 """
 
 from __future__ import annotations
