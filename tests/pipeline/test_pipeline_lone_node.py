@@ -9,13 +9,15 @@ see test_pipeline_control.py); a task may still run an event loop of its own.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from control_tasks import STARTED, gate, gated_item, in_background, step, until
 
 from pylo import PipelineStatus, Pylo, TaskState
-from pylo.pipeline import task
+from pylo.pipeline import _lone_node, task
 
 MakePylo = Callable[..., Pylo]
 WAIT = 30
@@ -38,6 +40,40 @@ def test_a_lone_batch_node_that_lasts_has_its_running_row_flushed_while_it_runs(
     thread.join(WAIT)
     assert box == ["r"]
     assert p.get_pipeline_result("r") == [x * 10 for x in range(8)]
+
+
+#: Set once a lone batch node's execution rang its alarm (see the test below).
+ALARM_RUNG = threading.Event()
+
+
+@task
+def waits_for_the_alarm(x: int) -> int:
+    if x == 3:
+        assert ALARM_RUNG.wait(WAIT), "the batch node's execution never rang its alarm"
+    return x
+
+
+def test_a_keeper_that_cannot_start_interrupts_the_run_with_its_error_once_the_node_ends(
+    make_pylo: MakePylo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The alarm starts the keeper from inside the execution's loop: a failure
+    # there must not fail the execution, but end the run as the keeper's own
+    # errors do, once the node is back (the execution finished its inputs).
+    ALARM_RUNG.clear()
+
+    def refuse(run: Any) -> None:
+        ALARM_RUNG.set()
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(_lone_node._KEEPER, "watch", refuse)
+    p = make_pylo(flush_seconds=0.05)
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        p.run_pipeline(waits_for_the_alarm.map(range(8)), run_id="r")
+    record = p.get_pipeline("r")
+    assert record.status is PipelineStatus.INTERRUPTED
+    assert [node.state for node in record.nodes] == [TaskState.PENDING]
+    (execution,) = [e for e in p.list_executions() if e.id.startswith("r.")]
+    assert (execution.finished, execution.failed) == (8, 0)
 
 
 def test_while_a_lone_node_runs_what_ended_before_it_and_its_running_row_are_flushed(make_pylo: MakePylo) -> None:
