@@ -380,8 +380,8 @@ class SQLStore(SQLMetaMixin, SQLStopsMixin, SQLResultsMixin, SQLDeleteMixin, SQL
         check_flush(execution_id, flush)
         now = time.time()
         final = flush.status is not None or flush.ended_at is not None or flush.inputs_complete
-        statements = self._flush_statements(execution_id, flush)
         with self._guard(f"record a flush of execution {execution_id!r}"):
+            statements = self._flush_statements(execution_id, flush)
             if not final and (not flush.chunks or CHUNKS.name in self._tables):
                 counts = _sqlraw.compiled("counts", self._engine.dialect, _sqlschema.counts_statement)
 
