@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 
 import control_tasks
@@ -129,19 +128,27 @@ def test_a_hook_that_raises_cancels_the_run_and_its_error_is_recorded(make_pylo:
     gate_reached, gate_open = control_tasks.gate("b")
     others = Recorder()
 
+    finished = threading.Event()
+
     def open_gate_after_cancel() -> None:
         # b runs while the hook's error cancels the run: let it end once the cancel is recorded.
-        gate_reached.wait(30)
+        # The cancel may also come before b starts; then the run ends without this thread,
+        # which must not outlive the test (its store, a PostgreSQL schema, is dropped after it).
         runs = p.store.runs()
-        for _ in range(3000):
-            if runs.read_control("h") == "cancel":
+        while not finished.is_set():
+            if gate_reached.is_set() and runs.read_control("h") == "cancel":
                 break
-            time.sleep(0.01)
+            finished.wait(0.01)
         gate_open.set()
 
-    threading.Thread(target=open_gate_after_cancel, daemon=True).start()
+    helper = threading.Thread(target=open_gate_after_cancel, daemon=True)
+    helper.start()
     flow = step.send("c", step.send("b", step.send("a")))
-    run_id = p.run_pipeline(flow, hooks=[Broken(), others], max_parallel=1, run_id="h")
+    try:
+        run_id = p.run_pipeline(flow, hooks=[Broken(), others], max_parallel=1, run_id="h")
+    finally:
+        finished.set()
+        helper.join(30)
     record = p.get_pipeline(run_id)
     assert record.status is PipelineStatus.CANCELLED
     assert record.nodes[-1].state is TaskState.CANCELLED
