@@ -354,13 +354,8 @@ class SQLStore(SQLMetaMixin, SQLStopsMixin, SQLResultsMixin, SQLDeleteMixin, SQL
         ]
         if rows:
             statements.append((insert.sql, insert.params(rows), True))
-
-        def check(rowcounts: list[int]) -> None:
-            if rowcounts[0] == 0:  # the execution row doubles as the existence check
-                raise self._not_found(execution_id)
-
         with self._guard(f"add batches to execution {execution_id!r}"):
-            self._driver_write(statements, check)
+            self._driver_write(statements, self._exists_check(execution_id))
 
     def record_flush(self, execution_id: str, flush: Flush) -> None:
         """See :meth:`Store.record_flush`.
@@ -384,17 +379,12 @@ class SQLStore(SQLMetaMixin, SQLStopsMixin, SQLResultsMixin, SQLDeleteMixin, SQL
             statements = self._flush_statements(execution_id, flush)
             if not final and (not flush.chunks or CHUNKS.name in self._tables):
                 counts = _sqlraw.compiled("counts", self._engine.dialect, _sqlschema.counts_statement)
-
-                def check(rowcounts: list[int]) -> None:
-                    if rowcounts[0] == 0:  # the execution row doubles as the existence check
-                        raise self._not_found(execution_id)
-
                 self._driver_write(
                     [
                         (counts.sql, counts.one(self._counts_row(execution_id, flush, now)), False),
                         *[(raw.sql, rows, True) for raw, rows in statements],
                     ],
-                    check,
+                    self._exists_check(execution_id),
                 )
                 return
             with self._write() as conn:
@@ -423,6 +413,15 @@ class SQLStore(SQLMetaMixin, SQLStopsMixin, SQLResultsMixin, SQLDeleteMixin, SQL
                     self._ensure_table(conn, CHUNKS)
                 for raw, rows in statements:
                     conn.exec_driver_sql(raw.sql, rows)
+
+    def _exists_check(self, execution_id: str) -> Callable[[list[int]], None]:
+        """A :meth:`_driver_write` check: the first statement updates the execution row; 0 rows means none."""
+
+        def check(rowcounts: list[int]) -> None:
+            if rowcounts[0] == 0:
+                raise self._not_found(execution_id)
+
+        return check
 
     @staticmethod
     def _counts_row(execution_id: str, flush: Flush, now: float) -> dict[str, Any]:

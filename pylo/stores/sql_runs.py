@@ -450,18 +450,9 @@ class SqlRunStore(RunStore):
                     raise self._damaged(run_id, f"its options cannot be read ({exc})") from exc
                 values["options"] = dump_options(run_id, merged, owner="pipeline run")
             # The run row first: it doubles as the existence check, and an
-            # exception inside the transaction rolls everything back.
-            if update.options is None:  # every flush: compiled once, not built and looked up in a cache
-                statement = self._raw("pylo_runs.update")
-                row = {
-                    "u_id": run_id,
-                    "u_updated_at": values["updated_at"],
-                    "u_status": values.get("status"),
-                    "u_ended_at": values.get("ended_at"),
-                }
-                updated = conn.exec_driver_sql(statement.sql, statement.one(row))
-            else:
-                updated = conn.execute(_runs.update().where(_runs.c.id == run_id).values(**values))
+            # exception inside the transaction rolls everything back. (Flushes
+            # of a store whose tables were seen go through _record_on_driver.)
+            updated = conn.execute(_runs.update().where(_runs.c.id == run_id).values(**values))
             if updated.rowcount == 0:
                 raise self._not_found(run_id)
             if params:
