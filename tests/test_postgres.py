@@ -8,6 +8,7 @@ fixture ``postgres_url``, which skips, saying why, when no server can be had.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -23,8 +24,10 @@ import pytest
 import sqlalchemy as sa
 from pg_server import fresh_schema
 
-from pylo import ExecutionStatus, Pylo
+from pylo import ExecutionNotFound, ExecutionStatus, Pylo
+from pylo.stores import _sqlmessage
 from pylo.stores._sqlschema import on_postgres_connect
+from pylo.stores.base import FINISHED, PENDING, BatchRecord, ChunkRow, ExecutionRecord, FailureRow, Flush
 from pylo.stores.sql import SQLStore
 
 SPAWN = multiprocessing.get_context("spawn")
@@ -326,3 +329,129 @@ def test_a_server_without_lz4_keeps_its_own_compression_and_the_connection_opens
     connection = _ServerWithoutLz4()
     on_postgres_connect(connection, None)
     assert connection.calls == ["SET default_toast_compression = 'lz4'", "rollback", "close"]
+
+
+# -- small flushes in one message (pylo.stores._sqlmessage) ---------------------------------
+
+
+def _new_execution(store: SQLStore, execution_id: str) -> None:
+    """A running execution of 8 recorded inputs, in one batch."""
+    now = time.time()
+    running = ExecutionStatus.RUNNING
+    store.create_execution(ExecutionRecord(execution_id, None, execution_id, running, now, now, None, "t:w", "pickle"))
+    store.add_batches(execution_id, [BatchRecord(0, 0, 8, bytes([PENDING]) * 8, b"inputs")])
+
+
+def _warm(store: SQLStore, execution_id: str) -> None:
+    """Two flushes: the first creates pylo_chunks and the second notes it, as any execution's first flushes do."""
+    store.record_flush(execution_id, _small_flush(1))
+    store.record_flush(execution_id, _small_flush(2))
+
+
+def _small_flush(finished: int) -> Flush:
+    """Inputs ``[0, finished)`` finished by worker 0: counts, a batch's states and a chunk row."""
+    states = bytes([FINISHED]) * finished + bytes([PENDING]) * (8 - finished)
+    return Flush(
+        states={0: states}, failures=[], results=[], total=8, finished=finished, failed=0,
+        chunks=[ChunkRow(finished - 1, finished - 1, 0)],
+    )  # fmt: skip
+
+
+def _prepared_here(store: SQLStore) -> set[str]:
+    """The names pylo prepared on the pool's connection (the only one a test on one thread uses)."""
+    with _pooled(store) as raw:
+        return raw.info.setdefault("pylo_prepared", set())
+
+
+@contextlib.contextmanager
+def _pooled(store: SQLStore) -> Iterator[Any]:
+    """The pool's connection, given back at the end."""
+    raw = store._engine.raw_connection()
+    try:
+        yield raw
+    finally:
+        raw.close()
+
+
+def test_a_small_flush_goes_in_one_message_and_the_connection_goes_back_to_transactions(store_url: str) -> None:
+    with SQLStore(store_url) as store:
+        _new_execution(store, "e")
+        _warm(store, "e")
+        assert _prepared_here(store) == set()
+        assert _sqlmessage.fits(_small_flush(3))
+        for finished in range(3, 6):
+            store.record_flush("e", _small_flush(finished))
+        assert len(_prepared_here(store)) == 3  # counts, states, chunk: prepared once, executed three times
+        record = store.get_execution("e")
+        assert (record.finished, record.failed) == (5, 0)
+        assert [batch.states for batch in store.read_batches("e")] == [bytes([FINISHED]) * 5 + bytes([PENDING]) * 3]
+        assert [row.last_position for row in store.read_chunks("e")] == [0, 1, 2, 3, 4]
+        with _pooled(store) as raw:
+            assert raw.driver_connection.autocommit is False  # SQLAlchemy's transactions work as before
+
+
+def test_a_small_flush_of_a_missing_execution_writes_nothing(store_url: str) -> None:
+    # The check of the counts comes after the commit in one message: every
+    # statement must write nothing on its own, pylo_chunks' row included.
+    with SQLStore(store_url) as store:
+        _new_execution(store, "e")
+        _warm(store, "e")
+        with pytest.raises(ExecutionNotFound):
+            store.record_flush("missing", _small_flush(3))
+        assert len(_prepared_here(store)) == 3  # it went in one message
+        with store._engine.connect() as conn:
+            rows = conn.exec_driver_sql("SELECT execution_id, last_position FROM pylo_chunks ORDER BY 1, 2").all()
+        assert [tuple(row) for row in rows] == [("e", 0), ("e", 1)]
+
+
+def test_a_session_that_lost_its_prepared_statements_writes_anyway_and_prepares_again(store_url: str) -> None:
+    # As behind a pooler that hands out another session: EXECUTE fails, nothing
+    # is written, the flush runs again the usual way, and the next prepares anew.
+    with SQLStore(store_url) as store:
+        _new_execution(store, "e")
+        _warm(store, "e")
+        store.record_flush("e", _small_flush(3))
+        assert len(_prepared_here(store)) == 3
+        with store._engine.connect() as conn:
+            conn.exec_driver_sql("DEALLOCATE ALL")
+            conn.commit()
+        store.record_flush("e", _small_flush(4))
+        assert _prepared_here(store) == set()
+        store.record_flush("e", _small_flush(5))
+        assert len(_prepared_here(store)) == 3
+        _prepared_here(store).clear()  # forgotten here, still in the session: "already exists" is fine
+        store.record_flush("e", _small_flush(6))
+        assert len(_prepared_here(store)) == 3
+        assert store.get_execution("e").finished == 6
+        assert [row.last_position for row in store.read_chunks("e")] == [0, 1, 2, 3, 4, 5]
+
+
+def test_a_flush_with_failures_or_many_rows_is_pipelined_as_before(store_url: str) -> None:
+    failure = FailureRow(2, "builtins.ValueError", "bad", "Traceback ...", None, 1, 0, time.time())
+    with_failure = Flush(
+        states={0: bytes([FINISHED]) * 2 + bytes([2]) + bytes([PENDING]) * 5},
+        failures=[failure], results=[], total=8, finished=2, failed=1,
+    )  # fmt: skip
+    many_chunks = Flush(
+        states={0: bytes([FINISHED]) * 8}, failures=[], results=[], total=8, finished=8, failed=0,
+        chunks=[ChunkRow(position, position, 0) for position in range(8)],
+    )  # fmt: skip
+    assert not _sqlmessage.fits(with_failure) and not _sqlmessage.fits(many_chunks)
+    with SQLStore(store_url) as store:
+        _new_execution(store, "e")
+        _warm(store, "e")
+        store.record_flush("e", with_failure)
+        _new_execution(store, "f")
+        store.record_flush("f", many_chunks)
+        assert _prepared_here(store) == set()
+        assert store.get_execution("e").failed == 1 and store.get_execution("f").finished == 8
+        assert len(store.read_chunks("f")) == 8
+
+
+def test_prepared_statements_number_named_values_once_each_in_order() -> None:
+    statement = _sqlmessage._Prepared("UPDATE t SET a = %(a)s::INTEGER, b = %(b)s WHERE id = %(id)s AND a < %(a)s")
+    numbered = "UPDATE t SET a = $1::INTEGER, b = $2 WHERE id = $3 AND a < $1"
+    assert statement.prepare == f"PREPARE {statement.name} AS {numbered}"
+    assert statement.names == ("a", "b", "id")
+    assert statement.execute == f"EXECUTE {statement.name}(%s, %s, %s)"
+    assert statement.name.startswith("pylo_") and statement.name != _sqlmessage._Prepared("SELECT 1").name

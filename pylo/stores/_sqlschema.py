@@ -448,6 +448,14 @@ def chunks_statement() -> tuple[sa.ClauseElement, list[str]]:
     return CHUNKS.insert(), [column.name for column in CHUNKS.c]
 
 
+def guarded_chunks_statement() -> tuple[sa.ClauseElement, None]:
+    """A chunk row inserted only when its execution exists: ``pylo_chunks`` has no foreign key to refuse it."""
+    values = sa.select(*[sa.bindparam(column.name, type_=column.type) for column in CHUNKS.c]).where(
+        sa.exists().where(EXECUTIONS.c.id == sa.bindparam("execution_id"))
+    )
+    return CHUNKS.insert().from_select([column.name for column in CHUNKS.c], values), None
+
+
 #: Batches per query when payloads are read: bounds memory (payloads can be
 #: large) while keeping the number of round trips low.
 PAYLOAD_GROUP = 32

@@ -29,7 +29,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from pylo.errors import DamagedExecutions, ExecutionExists, ExecutionNotFound, StoreError
-from pylo.stores import _sqlraw, _sqlschema
+from pylo.stores import _sqlmessage, _sqlraw, _sqlschema
 from pylo.stores._common import (
     batches_problem,
     check_batches,
@@ -197,7 +197,11 @@ class SQLStore(SQLMetaMixin, SQLStopsMixin, SQLResultsMixin, SQLDeleteMixin, SQL
                 yield conn
 
     def _driver_write(
-        self, statements: Sequence[DriverStatement], check: Callable[[list[int]], None] | None = None
+        self,
+        statements: Sequence[DriverStatement],
+        check: Callable[[list[int]], None] | None = None,
+        *,
+        one_message: bool = False,
     ) -> None:
         """Run ``statements`` in one write transaction on the driver's own connection from SQLAlchemy's pool.
 
@@ -215,6 +219,18 @@ class SQLStore(SQLMetaMixin, SQLStopsMixin, SQLResultsMixin, SQLDeleteMixin, SQL
 
         On PostgreSQL the statements go in one round trip (psycopg's
         pipeline mode), the commit in a second; in turn they took five.
+
+        ``one_message``, on PostgreSQL: the caller's promise that the
+        statements write nothing when ``check`` would fail (updates that then
+        match no row, inserts that a foreign key or a guard refuses), so the
+        transaction may commit before ``check`` sees the counts. They then go
+        as one message, their values bound by psycopg on this side, run by
+        the server as one implicit transaction and committed with it: one
+        round trip and one wait, where a pipeline waits three or four times
+        (each wait lets the task threads take the interpreter, which the
+        coordinator must get back). A failure there has written nothing, and
+        the statements run again the usual way, so its error is the one they
+        give. See :mod:`pylo.stores._sqlmessage`.
         """
         dbapi_error = self._engine.dialect.loaded_dbapi.Error
         raw = self._engine.raw_connection()
@@ -222,6 +238,10 @@ class SQLStore(SQLMetaMixin, SQLStopsMixin, SQLResultsMixin, SQLDeleteMixin, SQL
             driver = raw.driver_connection
             assert driver is not None, "a connection just checked out of the pool is open"
             counts: list[int] = []
+            if one_message and self._pipelines and _sqlmessage.write(raw, statements, counts, dbapi_error):
+                if check is not None:
+                    check(counts)  # nothing was written if it fails
+                return
             try:
                 if self._pipelines:
                     _pipelined(driver, statements, counts)
@@ -376,8 +396,12 @@ class SQLStore(SQLMetaMixin, SQLStopsMixin, SQLResultsMixin, SQLDeleteMixin, SQL
         now = time.time()
         final = flush.status is not None or flush.ended_at is not None or flush.inputs_complete
         with self._guard(f"record a flush of execution {execution_id!r}"):
-            statements = self._flush_statements(execution_id, flush)
-            if not final and (not flush.chunks or CHUNKS.name in self._tables):
+            driver_path = not final and (not flush.chunks or CHUNKS.name in self._tables)
+            # One message (PostgreSQL): every statement after the counts' writes
+            # nothing for a missing execution (foreign keys; chunks are guarded).
+            one_message = driver_path and self._pipelines and _sqlmessage.fits(flush)
+            statements = self._flush_statements(execution_id, flush, guarded_chunks=one_message)
+            if driver_path:
                 counts = _sqlraw.compiled("counts", self._engine.dialect, _sqlschema.counts_statement)
                 self._driver_write(
                     [
@@ -385,6 +409,7 @@ class SQLStore(SQLMetaMixin, SQLStopsMixin, SQLResultsMixin, SQLDeleteMixin, SQL
                         *[(raw.sql, rows, True) for raw, rows in statements],
                     ],
                     self._exists_check(execution_id),
+                    one_message=one_message,
                 )
                 return
             with self._write() as conn:
@@ -433,8 +458,14 @@ class SQLStore(SQLMetaMixin, SQLStopsMixin, SQLResultsMixin, SQLDeleteMixin, SQL
             "x_updated_at": now,
         }
 
-    def _flush_statements(self, execution_id: str, flush: Flush) -> list[tuple[_sqlraw.Raw, list[Any]]]:
-        """A flush's statements after the execution row's, each with its rows as the driver's executemany takes them."""
+    def _flush_statements(
+        self, execution_id: str, flush: Flush, *, guarded_chunks: bool = False
+    ) -> list[tuple[_sqlraw.Raw, list[Any]]]:
+        """A flush's statements after the execution row's, each with its rows as the driver's executemany takes them.
+
+        ``guarded_chunks``: chunk rows are inserted only if the execution
+        exists (``pylo_chunks`` has no foreign key to refuse them).
+        """
         dialect = self._engine.dialect
         postgres = self._is_postgres
         statements: list[tuple[_sqlraw.Raw, list[Any]]] = []
@@ -479,8 +510,8 @@ class SQLStore(SQLMetaMixin, SQLStopsMixin, SQLResultsMixin, SQLDeleteMixin, SQL
             )
         if flush.chunks:
             add(
-                "chunks",
-                _sqlschema.chunks_statement,
+                "guarded_chunks" if guarded_chunks else "chunks",
+                _sqlschema.guarded_chunks_statement if guarded_chunks else _sqlschema.chunks_statement,
                 [
                     {
                         "execution_id": execution_id,
