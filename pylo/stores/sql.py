@@ -373,7 +373,7 @@ class SQLStore(SQLMetaMixin, SQLStopsMixin, SQLResultsMixin, SQLDeleteMixin, SQL
             (grow.sql, grow.one({"x_id": execution_id, "x_added": added, "x_updated_at": time.time()}), False)
         ]
         if rows:
-            statements.append((insert.sql, insert.params(rows), True))
+            statements.extend(_sqlraw.statements_for(insert, insert.params(rows)))
         with self._guard(f"add batches to execution {execution_id!r}"):
             self._driver_write(statements, self._exists_check(execution_id))
 
@@ -406,7 +406,7 @@ class SQLStore(SQLMetaMixin, SQLStopsMixin, SQLResultsMixin, SQLDeleteMixin, SQL
                 self._driver_write(
                     [
                         (counts.sql, counts.one(self._counts_row(execution_id, flush, now)), False),
-                        *[(raw.sql, rows, True) for raw, rows in statements],
+                        *[statement for raw, rows in statements for statement in _sqlraw.statements_for(raw, rows)],
                     ],
                     self._exists_check(execution_id),
                     one_message=one_message,
@@ -437,7 +437,8 @@ class SQLStore(SQLMetaMixin, SQLStopsMixin, SQLResultsMixin, SQLDeleteMixin, SQL
                 if flush.chunks:
                     self._ensure_table(conn, CHUNKS)
                 for raw, rows in statements:
-                    conn.exec_driver_sql(raw.sql, rows)
+                    for sql, parameters, many in _sqlraw.statements_for(raw, rows):
+                        conn.exec_driver_sql(sql, parameters if many else tuple(parameters))
 
     def _exists_check(self, execution_id: str) -> Callable[[list[int]], None]:
         """A :meth:`_driver_write` check: the first statement updates the execution row; 0 rows means none."""

@@ -46,7 +46,7 @@ from pylo.stores._run_rows import (
     node_problem,
     run_problem,
 )
-from pylo.stores._sqlraw import Raw, compiled
+from pylo.stores._sqlraw import Raw, compiled, statements_for
 from pylo.stores._sqlschema import SCHEMA_LOCK_KEY
 from pylo.stores.runs import CONTROL_ACTIONS, NodeRow, RunRow, RunStore, RunUpdate
 from pylo.stores.sql import DriverStatement, SQLStore
@@ -391,7 +391,7 @@ class SqlRunStore(RunStore):
                 if self._tables_seen:  # every run of a store but its first: on the driver's connection
                     statements: list[DriverStatement] = [(insert_run.sql, insert_run.one(row), False)]
                     if node_rows:
-                        statements.append((insert.sql, _driver_rows(insert, _NODE_COLUMNS, node_rows), True))
+                        statements.extend(statements_for(insert, _driver_rows(insert, _NODE_COLUMNS, node_rows)))
                     store._driver_write(statements)
                 else:
                     with store._write() as conn:
