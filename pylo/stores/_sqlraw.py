@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import sqlalchemy as sa
@@ -82,7 +83,7 @@ class Raw:
             if sql is None:
                 values = self.sql[self.values_at :]
                 sql = _MULTI[key] = self.sql[: self.values_at] + ", ".join([values] * len(group))
-            statements.append((sql, [value for row in group for value in row]))
+            statements.append((sql, list(chain.from_iterable(group))))
         return statements
 
     def params(self, rows: Sequence[Mapping[str, Any]]) -> list[Any]:
@@ -91,6 +92,20 @@ class Raw:
             return list(rows)
         names = self.names
         return [tuple([row[name] for name in names]) for row in rows]
+
+    def from_tuples(self, names: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[Any]:
+        """Rows of values given in ``names`` order, as the driver's ``executemany`` takes them.
+
+        For the rows a store writes by the thousand (results, a run's
+        nodes): built as tuples, not as a dict per row, and passed on as
+        they are when the order is the statement's.
+        """
+        if self.names is None:  # a named paramstyle
+            return [dict(zip(names, row, strict=True)) for row in rows]
+        if self.names == names:
+            return rows
+        order = [names.index(name) for name in self.names]
+        return [tuple([row[i] for i in order]) for row in rows]
 
     def one(self, row: Mapping[str, Any]) -> Any:
         """One row of named values as the driver's ``execute`` takes it."""

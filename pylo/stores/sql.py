@@ -503,12 +503,10 @@ class SQLStore(SQLMetaMixin, SQLStopsMixin, SQLResultsMixin, SQLDeleteMixin, SQL
                     for row in flush.failures
                 ],
             )
-        if flush.results:
-            add(
-                "results",
-                _sqlschema.results_statement,
-                [{"execution_id": execution_id, "position": at, "value": bytes(value)} for at, value in flush.results],
-            )
+        if flush.results:  # by the thousand: tuples, not a dict each
+            raw = _sqlraw.compiled("results", dialect, _sqlschema.results_statement)
+            rows = [(execution_id, at, bytes(value)) for at, value in flush.results]
+            statements.append((raw, raw.from_tuples(_RESULT_COLUMNS, rows)))
         if flush.chunks:
             add(
                 "guarded_chunks" if guarded_chunks else "chunks",
@@ -725,6 +723,10 @@ def _in_turn(driver: Any, statements: Sequence[DriverStatement], begin: str | No
             counts.append(cursor.rowcount)
     finally:
         cursor.close()
+
+
+#: The order of a result row's values in :meth:`SQLStore._flush_statements`.
+_RESULT_COLUMNS = ("execution_id", "position", "value")
 
 
 def _pipelined(driver: Any, statements: Sequence[DriverStatement], counts: list[int]) -> None:
