@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pylo.stores._sqlraw import DriverStatement
     from pylo.stores.base import Flush
 
 __all__ = ["MOST_ROWS", "fits", "write"]
@@ -88,7 +89,7 @@ def _prepared(sql: str) -> _Prepared:
     return found
 
 
-def write(raw: Any, statements: Sequence[tuple[str, Any, bool]], counts: list[int], error: type[Exception]) -> bool:
+def write(raw: Any, statements: Sequence[DriverStatement], counts: list[int], error: type[Exception]) -> bool:
     """Run ``statements`` (named parameters) in one message as one transaction; False if that failed.
 
     ``raw`` is the pool's connection to a psycopg 3 driver connection, out of

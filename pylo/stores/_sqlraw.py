@@ -24,12 +24,17 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.sql.compiler import SQLCompiler
 
-__all__ = ["MOST_VALUES", "Raw", "compiled", "statements_for"]
+__all__ = ["MOST_VALUES", "DriverStatement", "Raw", "compiled", "statements_for"]
 
 
 #: Most values one multi-row statement binds (SQLite's limit before 3.32;
 #: later versions take 32,766, and other databases more).
 MOST_VALUES = 999
+
+#: A statement as the driver runs it (``SQLStore._driver_write``): its SQL,
+#: its parameters as the driver takes them, and whether they are many rows
+#: (``executemany``).
+DriverStatement = tuple[str, Any, bool]
 
 #: Multi-row statements' text by (one-row text, rows).
 _MULTI: dict[tuple[str, int], str] = {}
@@ -114,7 +119,7 @@ class Raw:
         return tuple([row[name] for name in self.names])
 
 
-def statements_for(raw: Raw, rows: list[Any]) -> list[tuple[str, Any, bool]]:
+def statements_for(raw: Raw, rows: list[Any]) -> list[DriverStatement]:
     """``(sql, parameters, many)`` for the driver: a few multi-row INSERTs if ``raw`` is one, else an executemany."""
     inserts = raw.inserts(rows)
     if inserts is None:

@@ -41,6 +41,7 @@ from pylo.stores._sqlchunks import SQLChunksMixin
 from pylo.stores._sqldelete import SQLDeleteMixin
 from pylo.stores._sqlitefile import create_sqlite_file, sqlite_url
 from pylo.stores._sqlmeta import SQLMetaMixin
+from pylo.stores._sqlraw import DriverStatement
 from pylo.stores._sqlresults import SQLResultsMixin
 from pylo.stores._sqlschema import (
     BATCHES,
@@ -62,10 +63,6 @@ from pylo.stores.runs import RunStore
 __all__ = ["FORMAT_NAME", "SQLStore"]
 
 logger = logging.getLogger(__name__)
-
-#: A statement for :meth:`SQLStore._driver_write`: its SQL, its parameters as
-#: the driver takes them, and whether they are many rows (``executemany``).
-DriverStatement = tuple[str, Any, bool]
 
 
 class SQLStore(SQLMetaMixin, SQLStopsMixin, SQLResultsMixin, SQLDeleteMixin, SQLChunksMixin, Store):
@@ -401,13 +398,10 @@ class SQLStore(SQLMetaMixin, SQLStopsMixin, SQLResultsMixin, SQLDeleteMixin, SQL
             # nothing for a missing execution (foreign keys; chunks are guarded).
             one_message = driver_path and self._pipelines and _sqlmessage.fits(flush)
             statements = self._flush_statements(execution_id, flush, guarded_chunks=one_message)
+            counts = _sqlraw.compiled("counts", self._engine.dialect, _sqlschema.counts_statement)
             if driver_path:
-                counts = _sqlraw.compiled("counts", self._engine.dialect, _sqlschema.counts_statement)
                 self._driver_write(
-                    [
-                        (counts.sql, counts.one(self._counts_row(execution_id, flush, now)), False),
-                        *[statement for raw, rows in statements for statement in _sqlraw.statements_for(raw, rows)],
-                    ],
+                    [(counts.sql, counts.one(self._counts_row(execution_id, flush, now)), False), *statements],
                     self._exists_check(execution_id),
                     one_message=one_message,
                 )
@@ -428,7 +422,6 @@ class SQLStore(SQLMetaMixin, SQLStopsMixin, SQLResultsMixin, SQLDeleteMixin, SQL
                         values["inputs_complete"] = True
                     updated = conn.execute(EXECUTIONS.update().where(EXECUTIONS.c.id == execution_id).values(**values))
                 else:
-                    counts = _sqlraw.compiled("counts", self._engine.dialect, _sqlschema.counts_statement)
                     updated = conn.exec_driver_sql(counts.sql, counts.one(self._counts_row(execution_id, flush, now)))
                 if updated.rowcount == 0:
                     raise self._not_found(execution_id)
@@ -436,9 +429,8 @@ class SQLStore(SQLMetaMixin, SQLStopsMixin, SQLResultsMixin, SQLDeleteMixin, SQL
                     self._write_stop(conn, execution_id, flush)
                 if flush.chunks:
                     self._ensure_table(conn, CHUNKS)
-                for raw, rows in statements:
-                    for sql, parameters, many in _sqlraw.statements_for(raw, rows):
-                        conn.exec_driver_sql(sql, parameters if many else tuple(parameters))
+                for sql, parameters, many in statements:
+                    conn.exec_driver_sql(sql, parameters if many else tuple(parameters))
 
     def _exists_check(self, execution_id: str) -> Callable[[list[int]], None]:
         """A :meth:`_driver_write` check: the first statement updates the execution row; 0 rows means none."""
@@ -461,19 +453,19 @@ class SQLStore(SQLMetaMixin, SQLStopsMixin, SQLResultsMixin, SQLDeleteMixin, SQL
 
     def _flush_statements(
         self, execution_id: str, flush: Flush, *, guarded_chunks: bool = False
-    ) -> list[tuple[_sqlraw.Raw, list[Any]]]:
-        """A flush's statements after the execution row's, each with its rows as the driver's executemany takes them.
+    ) -> list[DriverStatement]:
+        """A flush's statements after the execution row's, as the driver runs them (:func:`_sqlraw.statements_for`).
 
         ``guarded_chunks``: chunk rows are inserted only if the execution
         exists (``pylo_chunks`` has no foreign key to refuse them).
         """
         dialect = self._engine.dialect
         postgres = self._is_postgres
-        statements: list[tuple[_sqlraw.Raw, list[Any]]] = []
+        statements: list[DriverStatement] = []
 
         def add(name: str, build: Callable[[], Any], rows: list[dict[str, Any]]) -> None:
             raw = _sqlraw.compiled(name, dialect, build)
-            statements.append((raw, raw.params(rows)))
+            statements.extend(_sqlraw.statements_for(raw, raw.params(rows)))
 
         if flush.states:
             add(
@@ -506,7 +498,7 @@ class SQLStore(SQLMetaMixin, SQLStopsMixin, SQLResultsMixin, SQLDeleteMixin, SQL
         if flush.results:  # by the thousand: tuples, not a dict each
             raw = _sqlraw.compiled("results", dialect, _sqlschema.results_statement)
             rows = [(execution_id, at, bytes(value)) for at, value in flush.results]
-            statements.append((raw, raw.from_tuples(_RESULT_COLUMNS, rows)))
+            statements.extend(_sqlraw.statements_for(raw, raw.from_tuples(_RESULT_COLUMNS, rows)))
         if flush.chunks:
             add(
                 "guarded_chunks" if guarded_chunks else "chunks",

@@ -46,10 +46,10 @@ from pylo.stores._run_rows import (
     node_problem,
     run_problem,
 )
-from pylo.stores._sqlraw import Raw, compiled, statements_for
+from pylo.stores._sqlraw import DriverStatement, Raw, compiled, statements_for
 from pylo.stores._sqlschema import SCHEMA_LOCK_KEY
 from pylo.stores.runs import CONTROL_ACTIONS, NodeRow, RunRow, RunStore, RunUpdate
-from pylo.stores.sql import DriverStatement, SQLStore
+from pylo.stores.sql import SQLStore
 
 __all__ = ["SqlRunStore"]
 
