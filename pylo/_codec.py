@@ -6,6 +6,7 @@ execution record so any later reader decodes with the same one.
 
 from __future__ import annotations
 
+import builtins
 import json
 import pickle
 import reprlib
@@ -15,6 +16,18 @@ from typing import Any, Protocol
 from pylo.errors import InputSerializationError, PyloError
 
 __all__ = ["CODECS", "Codec", "JsonCodec", "PickleCodec", "get_codec", "short_repr"]
+
+#: Built-in exception types, groups aside (they hold other exceptions): built
+#: from their ``args`` alone, which is how pickle rebuilds them.
+_BUILT_IN_EXCEPTIONS = frozenset(
+    kind
+    for kind in vars(builtins).values()
+    if isinstance(kind, type)
+    and issubclass(kind, BaseException)
+    and not issubclass(kind, getattr(builtins, "BaseExceptionGroup", ()))
+)
+#: Argument types that pickle and unpickle without running any code of their own.
+_PLAIN = frozenset({str, int, float, bool, bytes, type(None)})
 
 _repr = reprlib.Repr()
 _repr.maxstring = 60
@@ -103,6 +116,11 @@ class PickleCodec:
             data = pickle.dumps(exc, protocol=self._protocol)
         except Exception:
             return None
+        if type(exc) in _BUILT_IN_EXCEPTIONS and not exc.__dict__ and all(type(arg) in _PLAIN for arg in exc.args):
+            # A built-in exception of plain arguments and nothing else (no
+            # attribute or note of its own) rebuilds from them: the check
+            # below would unpickle it for nothing, the most common failure.
+            return data
         # An exception whose constructor needs arguments pickles fine but
         # cannot be rebuilt; find out now, while the text can still stand in.
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -169,3 +170,54 @@ def test_a_failure_record_leaves_out_the_quiet_frames_and_keeps_what_cannot_be_e
     assert described.message == "<str() of the exception raised TypeError>"
     assert "in _hostile" not in described.traceback  # this file's frames lead the traceback: left out
     assert described.exception is None  # the json codec keeps no exception objects
+
+
+class _RebuildFails:
+    """Pickles, but unpickling it calls its constructor without the argument it needs."""
+
+    def __init__(self, needed: int) -> None:
+        self.needed = needed
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_RebuildFails, ())
+
+
+class _RebuildFailsError(Exception):
+    """Pickles, but cannot be rebuilt: its constructor needs two arguments."""
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(f"code {code}: {detail}")
+
+
+def _with_attribute() -> ValueError:
+    error = ValueError("plain")
+    error.detail = _RebuildFails(1)  # type: ignore[attr-defined]
+    return error
+
+
+@pytest.mark.parametrize(
+    ("error", "kept"),
+    [
+        pytest.param(ValueError("input 3", 3, 1.5, b"x", None, True), True, id="built-in"),  # plain arguments
+        pytest.param(KeyError("missing"), True, id="key-error"),
+        pytest.param(ValueError(_RebuildFails(1)), False, id="argument"),  # one that cannot be rebuilt
+        pytest.param(_with_attribute(), False, id="attribute"),  # one that cannot be rebuilt
+        *(
+            # A group holds exceptions of any kind (Python 3.11 and later).
+            [pytest.param(builtins.ExceptionGroup("two", [_RebuildFailsError(2, "b")]), False, id="group")]
+            if hasattr(builtins, "ExceptionGroup")
+            else []
+        ),
+    ],
+)
+def test_an_exception_is_kept_only_when_it_can_be_rebuilt(error: BaseException, kept: bool) -> None:
+    from pylo._codec import get_codec
+
+    codec = get_codec("pickle")
+    encoded = codec.encode_exception(error)
+    if not kept:
+        assert encoded is None
+        return
+    assert encoded is not None
+    back = codec.decode_exception(encoded)
+    assert type(back) is type(error) and back.args == error.args
