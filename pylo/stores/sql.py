@@ -21,6 +21,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -500,19 +501,17 @@ class SQLStore(SQLMetaMixin, SQLStopsMixin, SQLResultsMixin, SQLDeleteMixin, SQL
             rows = [(execution_id, at, bytes(value)) for at, value in flush.results]
             statements.extend(_sqlraw.statements_for(raw, raw.from_tuples(_RESULT_COLUMNS, rows)))
         if flush.chunks:
-            add(
-                "guarded_chunks" if guarded_chunks else "chunks",
-                _sqlschema.guarded_chunks_statement if guarded_chunks else _sqlschema.chunks_statement,
-                [
-                    {
-                        "execution_id": execution_id,
-                        "first_position": row.first_position,
-                        "last_position": row.last_position,
-                        "worker": row.worker,
-                    }
-                    for row in flush.chunks
-                ],
+            # Tuples, as results; in position order, so that most rows land
+            # at the end of the table's key, the cheapest insert there is.
+            name = "guarded_chunks" if guarded_chunks else "chunks"
+            raw = _sqlraw.compiled(
+                name, dialect, _sqlschema.guarded_chunks_statement if guarded_chunks else _sqlschema.chunks_statement
             )
+            chunk_rows = sorted(
+                [(execution_id, row.first_position, row.last_position, row.worker) for row in flush.chunks],
+                key=itemgetter(1),
+            )
+            statements.extend(_sqlraw.statements_for(raw, raw.from_tuples(_CHUNK_COLUMNS, chunk_rows)))
         return statements
 
     # -- reads -----------------------------------------------------------------
@@ -719,6 +718,8 @@ def _in_turn(driver: Any, statements: Sequence[DriverStatement], begin: str | No
 
 #: The order of a result row's values in :meth:`SQLStore._flush_statements`.
 _RESULT_COLUMNS = ("execution_id", "position", "value")
+#: The order of a chunk row's values there.
+_CHUNK_COLUMNS = ("execution_id", "first_position", "last_position", "worker")
 
 
 def _pipelined(driver: Any, statements: Sequence[DriverStatement], counts: list[int]) -> None:
