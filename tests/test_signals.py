@@ -225,3 +225,52 @@ def test_an_interrupt_at_any_moment_of_a_run_ends_it_interrupted_with_every_outc
     assert sorted(ran) == list(range(300))
     assert pylo.get_state(resumed) == (list(range(300)), [])
     pylo.close()
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
+def test_an_interrupt_between_a_statement_and_its_result_leaves_the_database_free(
+    tmp_path: Path, interrupt: type[BaseException]
+) -> None:
+    # A signal's exception is raised as soon as the driver's call returns,
+    # inside SQLAlchemy's handling of the statement: it must end the
+    # transaction, not leave the write lock with a connection nobody uses
+    # (the end of the run, written next, would wait for it for a minute).
+    import sqlite3
+
+    import sqlalchemy as sa
+
+    store = open_store("sqlite", tmp_path / "store")
+    pylo = Pylo(store, ThreadBackend(), RunOptions(2, progress=False))
+    execution_id = pylo.start_from_scratch(range(10), abs, execution_id="run")
+    raised: list[str] = []
+
+    def after_cursor_execute(*args: Any) -> None:
+        cursor, statement = args[1], args[2]
+        if not raised and cursor.description is not None:  # a query with rows still to fetch
+            raised.append(statement)
+            raise interrupt()
+
+    sa.event.listen(store._engine, "after_cursor_execute", after_cursor_execute)  # type: ignore[attr-defined]
+    # A flush that goes through SQLAlchemy (it sets the status), as the end of a run does.
+    final = Flush(
+        states={},
+        failures=(),
+        results=(),
+        total=10,
+        finished=10,
+        failed=0,
+        status=ExecutionStatus.INTERRUPTED,
+    )
+    with pytest.raises(interrupt):
+        store.record_flush(execution_id, final)
+    assert raised, "the flush ran no write through SQLAlchemy"
+    other = sqlite3.connect(tmp_path / "store" / "pylo.sqlite", timeout=0)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # "database is locked" if a transaction was left open
+        other.rollback()
+    finally:
+        other.close()
+    sa.event.remove(store._engine, "after_cursor_execute", after_cursor_execute)  # type: ignore[attr-defined]
+    store.record_flush(execution_id, final)  # and the store writes as before
+    assert pylo.get_execution(execution_id).status is ExecutionStatus.INTERRUPTED
+    pylo.close()

@@ -271,6 +271,24 @@ def on_sqlite_begin(conn: Connection) -> None:
         raise DBAPIError.instance(statement, None, exc, sqlite3.Error) from exc
 
 
+def on_sqlite_error(context: sa.engine.ExceptionContext) -> None:
+    """An interrupt raised while SQLAlchemy runs a statement ends the transaction: the connection is kept.
+
+    Ctrl-C's ``KeyboardInterrupt`` and SIGTERM's ``SystemExit`` are raised
+    by Python between two steps of the program, never inside the driver's
+    call, so the SQLite connection is as sound as before. SQLAlchemy treats
+    them as a lost connection all the same and closes it without ending its
+    transaction. A statement the interrupt left unfinished (a query whose
+    rows were not read yet) then keeps the closed connection alive inside
+    SQLite, its transaction open and the write lock held, and the end of the
+    run, written next through another connection, waited out the whole busy
+    timeout. Told it is no disconnect, SQLAlchemy closes the statement, and
+    the transaction is rolled back as for any other error.
+    """
+    if not isinstance(context.original_exception, Exception):
+        context.is_disconnect = False
+
+
 def chunks(values: Iterable[int], size: int) -> Iterator[list[int]]:
     iterator = iter(values)
     while chunk := list(islice(iterator, size)):

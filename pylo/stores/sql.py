@@ -119,6 +119,7 @@ class SQLStore(SQLMetaMixin, SQLStopsMixin, SQLResultsMixin, SQLDeleteMixin, SQL
         if self._is_sqlite:
             sa.event.listen(self._engine, "connect", functools.partial(_sqlschema.on_sqlite_connect, may_write=create))
             sa.event.listen(self._engine, "begin", _sqlschema.on_sqlite_begin)
+            sa.event.listen(self._engine, "handle_error", _sqlschema.on_sqlite_error)
         elif self._is_postgres:
             sa.event.listen(self._engine, "connect", _sqlschema.on_postgres_connect)
         #: Whether the driver can send several statements in one round trip (psycopg 3 with libpq 14+).
