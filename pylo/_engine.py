@@ -198,16 +198,18 @@ class Coordinator:
                 wait = self._ring_or_wait(wait)
             interrupt: BaseException | None = None
             for result in lanes.poll(max(0.0, wait)):
+                # Take in the other results of this poll before raising what
+                # an apply or a flush raised (a Ctrl-C lands in either): they
+                # are finished work, out of the lanes' outbox already, which
+                # the last flush saves; dropped, they would run again.
                 try:
                     self._apply(result)
+                    # Per result, not per poll: a flush holds at most about
+                    # `threshold` outcomes (a chunk is never larger than it).
+                    if interrupt is None and self._outcomes.count >= threshold:
+                        self._flush()
                 except BaseException as exc:
-                    # Take in the other results of this poll before raising:
-                    # they are finished work, to be saved, not rerun.
                     interrupt = interrupt or exc
-                # Per result, not per poll: a flush holds at most about
-                # `threshold` outcomes (a chunk is never larger than it).
-                if self._outcomes.count >= threshold:
-                    self._flush()
             if interrupt is not None:
                 raise interrupt
             if time.monotonic() >= self._flush_due:

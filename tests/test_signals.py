@@ -274,3 +274,48 @@ def test_an_interrupt_between_a_statement_and_its_result_leaves_the_database_fre
     store.record_flush(execution_id, final)  # and the store writes as before
     assert pylo.get_execution(execution_id).status is ExecutionStatus.INTERRUPTED
     pylo.close()
+
+
+def test_an_interrupt_inside_a_flush_ends_the_run_interrupted_with_every_outcome(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first flush with chunk rows creates their table through SQLAlchemy,
+    # asking SQLite whether it exists: Ctrl-C lands right after that query.
+    import threading
+
+    import sqlalchemy as sa
+
+    from pylo.stores import _sqlschema
+
+    monkeypatch.setattr(_sqlschema, "_BUSY_TIMEOUT_MS", 2_000)  # a lock left held fails fast, not in a minute
+    store = open_store("sqlite", tmp_path / "store")
+    armed = threading.Event()
+
+    def after_cursor_execute(*args: Any) -> None:
+        if armed.is_set() and args[1].description is not None:
+            armed.clear()
+            raise KeyboardInterrupt
+
+    sa.event.listen(store._engine, "after_cursor_execute", after_cursor_execute)  # type: ignore[attr-defined]
+    original = store.record_flush
+
+    def record_flush(execution_id: str, flush: Flush) -> None:
+        if flush.chunks and flush.status is None:
+            armed.set()
+        original(execution_id, flush)
+
+    store.record_flush = record_flush  # type: ignore[method-assign]
+    pylo = Pylo(store, ThreadBackend(), RunOptions(2, task_executions_before_flush=50, progress=False))
+    ran: list[int] = []
+    with pytest.raises(KeyboardInterrupt):
+        pylo.start_from_scratch(range(300), ran.append, execution_id="cut")
+    record = pylo.get_execution("cut")
+    assert record.status is ExecutionStatus.INTERRUPTED
+    finished, _ = pylo.get_state("cut")
+    # Every input that ran is saved: those of the interrupted flush and those
+    # the lanes had reported with them, by the run's last flush, at once.
+    assert record.finished == len(finished) == len(ran) > 64
+    resumed = pylo.start_from_past_execution("cut", ran.append)
+    assert sorted(ran) == list(range(300))
+    assert pylo.get_state(resumed) == (list(range(300)), [])
+    pylo.close()
