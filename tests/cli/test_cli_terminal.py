@@ -139,7 +139,7 @@ def test_sigterm_interrupts_and_exits_non_zero(cli: Cli) -> None:
     try:
         stdout, _ = process.communicate(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
-        # Once seen in a clean-clone run, not reproduced since: say where every thread was.
+        # Seen twice in clean-clone runs (a SQLite lock the interrupt left, fixed since): where is every thread?
         process.send_signal(signal.SIGABRT)
         _, stacks = process.communicate(timeout=TIMEOUT)
         pytest.fail(f"no exit {TIMEOUT} s after SIGTERM; its threads:\n{stacks.decode(errors='replace')[-8000:]}")
