@@ -200,11 +200,20 @@ class RunCoordinator(RunRecording, GroupLimits, HaltRules, CompositionRules, Lon
             self._dispatch()
             while self._running:
                 timeout = min(_MAX_WAIT, self._seconds_until_due(idle=_MAX_WAIT))
+                interrupt: BaseException | None = None
                 for index, outcome in take_all(self._outbox, timeout):
-                    if isinstance(outcome, ChildStarted):
-                        self._record_child(index, outcome)
-                    else:
-                        self._complete(index, outcome)
+                    # After an interrupt, the other outcomes of this wake are
+                    # still taken in, as _stop_early takes those still queued:
+                    # nodes that ended are recorded, not run again on resume.
+                    try:
+                        if interrupt is None and isinstance(outcome, ChildStarted):
+                            self._record_child(index, outcome)
+                        elif interrupt is None or (isinstance(outcome, Outcome) and outcome.interrupt is None):
+                            self._complete(index, outcome)
+                    except BaseException as exc:
+                        interrupt = interrupt or exc
+                if interrupt is not None:
+                    raise interrupt
                 self._look_at_control()
                 self._dispatch()
                 if self._outcomes_since_flush >= self._flush_every or self._flush_due_by_time():

@@ -244,6 +244,14 @@ def interrupt(*upstream: Any) -> None:
 
 
 @task
+def waits(event: threading.Event) -> str:
+    """Ends once ``event`` is set (at most 30 s)."""
+    event.wait(30)
+    record("beside")
+    return "beside"
+
+
+@task
 def die(*upstream: Any) -> None:
     os._exit(3)
 

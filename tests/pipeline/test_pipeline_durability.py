@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import pytest
-from pipeline_tasks import BROKEN, count, interrupt, step
+from pipeline_tasks import BROKEN, count, interrupt, step, waits
 
 from pylo import PipelineStatus, Pylo, TaskState
 from pylo.pipeline import Pipeline, _host
@@ -184,3 +185,42 @@ def test_a_reader_sees_a_long_node_running_within_flush_seconds(make_pylo: MakeP
         release.set()
         runner.join(30)
     assert p.get_pipeline_result("watched") == "done"
+
+
+def test_an_interrupt_keeps_the_outcome_of_a_node_that_ended_beside_it(
+    make_pylo: MakePylo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two nodes end at one wake of the coordinator: the first raised
+    # KeyboardInterrupt, the second finished. The finished one is recorded
+    # done, not run again by the resume.
+    import threading
+
+    from pylo.pipeline import _coordinator
+
+    ended = threading.Event()
+    real_take_all = _coordinator.take_all
+
+    def take_all(outbox: Any, timeout: float | None) -> list[Any]:
+        found = real_take_all(outbox, timeout)
+        if found and not ended.is_set():
+            ended.set()  # the interrupt is in: the other node may end now, into the same wake
+            found = [*found, outbox.get(timeout=30)]
+        return found
+
+    monkeypatch.setattr(_coordinator, "take_all", take_all)
+    BROKEN.add("interrupt")
+    p = make_pylo(2)
+
+    def flow() -> list[Pipeline]:
+        return [interrupt.send().set(task_id="interrupt"), waits.send(ended).set(task_id="beside")]
+
+    with pytest.raises(KeyboardInterrupt):
+        p.run_pipeline(flow(), run_id="stopped")
+    record = p.get_pipeline("stopped")
+    assert record.status is PipelineStatus.INTERRUPTED
+    assert {n.key: n.state for n in record.nodes} == {"interrupt": TaskState.PENDING, "beside": TaskState.DONE}
+    BROKEN.clear()
+    ended.set()
+    resumed = p.resume_pipeline("stopped", flow())
+    assert p.get_pipeline_result(resumed) == [None, "beside"]
+    assert count("beside") == 1 and count("interrupt") == 1
