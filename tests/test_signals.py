@@ -15,7 +15,7 @@ from typing import Any
 import psutil
 import pytest
 
-from pylo import ExecutionStatus, Pylo
+from pylo import ExecutionNotFound, ExecutionStatus, Pylo
 from pylo._options import RunOptions
 from pylo.stores import open_store
 from pylo.stores.base import Flush
@@ -322,4 +322,59 @@ def test_an_interrupt_inside_a_flush_ends_the_run_interrupted_with_every_outcome
     resumed = pylo.start_from_past_execution("cut", ran.append)
     assert sorted(ran) == list(range(300))
     assert pylo.get_state(resumed) == (list(range(300)), [])
+    pylo.close()
+
+
+@pytest.mark.parametrize("nth", range(1, 17))
+def test_an_interrupt_at_any_statement_of_a_run_ends_it_with_every_outcome(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nth: int
+) -> None:
+    # A Ctrl-C raised right after the nth statement SQLAlchemy sends for a run
+    # (creating it, its first flushes, the chunk table's creation and the
+    # queries before it): the run ends interrupted, or completed if it got
+    # there first, with every input that ran saved, and resumes.
+    import sqlalchemy as sa
+
+    from pylo.stores import _sqlschema
+
+    monkeypatch.setattr(_sqlschema, "_BUSY_TIMEOUT_MS", 2_000)  # a lock left held fails fast, not in a minute
+    store = open_store("sqlite", tmp_path / "store")
+    sent: list[str] = []
+    armed = [False]
+
+    def after_cursor_execute(*args: Any) -> None:
+        if armed[0]:
+            sent.append(args[2])
+            if len(sent) == nth:
+                armed[0] = False
+                raise KeyboardInterrupt
+
+    sa.event.listen(store._engine, "after_cursor_execute", after_cursor_execute)  # type: ignore[attr-defined]
+    options = RunOptions(2, task_executions_before_flush=50, flush_seconds=0.01, progress=False)
+    pylo = Pylo(store, ThreadBackend(), options)
+    ran: list[int] = []
+    armed[0] = True
+    try:
+        pylo.start_from_scratch(range(300), ran.append, execution_id="cut")
+        interrupted = False
+    except KeyboardInterrupt:
+        interrupted = True
+    armed[0] = False
+    try:
+        record = pylo.get_execution("cut")
+    except ExecutionNotFound:  # interrupted while being created: nothing is left of it
+        assert interrupted and not ran
+        record = None
+    if record is not None:
+        assert record.status is (ExecutionStatus.INTERRUPTED if interrupted else ExecutionStatus.COMPLETED), sent[-1:]
+        finished, _ = pylo.get_state("cut")
+        assert record.finished == len(finished) == len(ran), sent[-1:]
+    if record is None or not record.inputs_complete:
+        # Interrupted while its inputs were recorded, before any task ran: started again, it is replaced.
+        assert not ran
+        last = pylo.start_from_scratch(range(300), ran.append, execution_id="cut")
+    else:
+        last = pylo.start_from_past_execution("cut", ran.append) if interrupted else "cut"
+    assert sorted(ran) == list(range(300))
+    assert pylo.get_state(last) == (list(range(300)), [])
     pylo.close()
