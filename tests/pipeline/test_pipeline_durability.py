@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pipeline_tasks import BROKEN, count, interrupt, step, waits
 
-from pylo import PipelineStatus, Pylo, TaskState
+from pylo import PipelineNotFound, PipelineStatus, Pylo, TaskState
 from pylo.pipeline import Pipeline, _host
 from pylo.stores.runs import NodeRow, RunRow, RunStore, RunUpdate
 
@@ -224,3 +225,51 @@ def test_an_interrupt_keeps_the_outcome_of_a_node_that_ended_beside_it(
     resumed = p.resume_pipeline("stopped", flow())
     assert p.get_pipeline_result(resumed) == [None, "beside"]
     assert count("beside") == 1 and count("interrupt") == 1
+
+
+@pytest.mark.parametrize("nth", range(1, 25))
+def test_an_interrupt_at_any_statement_of_a_run_ends_it_interrupted_and_resumable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nth: int
+) -> None:
+    # A Ctrl-C raised right after the nth statement SQLAlchemy sends for a
+    # pipeline run (its tables made, the executions of its batch node...): the
+    # run ends interrupted, or completed if it got there first, or never
+    # existed, and never reads as crashed; a resume completes it.
+    import sqlalchemy as sa
+
+    from pylo.stores import _sqlschema
+
+    monkeypatch.setattr(_sqlschema, "_BUSY_TIMEOUT_MS", 2_000)  # a lock left held fails fast, not in a minute
+    p = Pylo.local_multithread(tmp_path / "store", 2, flush_seconds=0.01, progress=False)
+    sent: list[str] = []
+    armed = [True]
+
+    def after_cursor_execute(*args: Any) -> None:
+        if armed[0]:
+            sent.append(args[2])
+            if len(sent) == nth:
+                armed[0] = False
+                raise KeyboardInterrupt
+
+    sa.event.listen(p.store._engine, "after_cursor_execute", after_cursor_execute)  # type: ignore[attr-defined]
+
+    def flow() -> list[Pipeline]:
+        first = step.send("a")
+        return [step.send("b", first), step.send("c", first), step.map(["x", "y", "z"])]
+
+    try:
+        p.run_pipeline(flow(), run_id="r")
+        interrupted = False
+    except KeyboardInterrupt:
+        interrupted = True
+    armed[0] = False
+    try:
+        status = p.get_pipeline("r").status
+    except PipelineNotFound:  # interrupted before the run was recorded
+        assert interrupted
+        p.close()
+        return
+    assert status is (PipelineStatus.INTERRUPTED if interrupted else PipelineStatus.COMPLETED), sent[-1:]
+    last = p.resume_pipeline("r", flow()) if interrupted else "r"
+    assert p.get_pipeline_result(last) == ["b", "c", ["x", "y", "z"]]
+    p.close()
