@@ -14,6 +14,7 @@ from typing import Any
 
 import psutil
 import pytest
+from interrupts import InterruptAfter, short_busy_timeout
 
 from pylo import ExecutionNotFound, ExecutionStatus, Pylo
 from pylo._options import RunOptions
@@ -285,9 +286,7 @@ def test_an_interrupt_inside_a_flush_ends_the_run_interrupted_with_every_outcome
 
     import sqlalchemy as sa
 
-    from pylo.stores import _sqlschema
-
-    monkeypatch.setattr(_sqlschema, "_BUSY_TIMEOUT_MS", 2_000)  # a lock left held fails fast, not in a minute
+    short_busy_timeout(monkeypatch)
     store = open_store("sqlite", tmp_path / "store")
     armed = threading.Event()
     fired: list[str] = []  # once: the resume below runs undisturbed
@@ -333,42 +332,29 @@ def test_an_interrupt_at_any_statement_of_a_run_ends_it_with_every_outcome(
     # (creating it, its first flushes, the chunk table's creation and the
     # queries before it): the run ends interrupted, or completed if it got
     # there first, with every input that ran saved, and resumes.
-    import sqlalchemy as sa
-
-    from pylo.stores import _sqlschema
-
-    monkeypatch.setattr(_sqlschema, "_BUSY_TIMEOUT_MS", 2_000)  # a lock left held fails fast, not in a minute
+    short_busy_timeout(monkeypatch)
     store = open_store("sqlite", tmp_path / "store")
-    sent: list[str] = []
-    armed = [False]
-
-    def after_cursor_execute(*args: Any) -> None:
-        if armed[0]:
-            sent.append(args[2])
-            if len(sent) == nth:
-                armed[0] = False
-                raise KeyboardInterrupt
-
-    sa.event.listen(store._engine, "after_cursor_execute", after_cursor_execute)  # type: ignore[attr-defined]
+    interrupt = InterruptAfter(store._engine, nth, armed=False)  # type: ignore[attr-defined]
     options = RunOptions(2, task_executions_before_flush=50, flush_seconds=0.01, progress=False)
     pylo = Pylo(store, ThreadBackend(), options)
     ran: list[int] = []
-    armed[0] = True
+    interrupt.armed = True
     try:
         pylo.start_from_scratch(range(300), ran.append, execution_id="cut")
         interrupted = False
     except KeyboardInterrupt:
         interrupted = True
-    armed[0] = False
+    interrupt.armed = False
     try:
         record = pylo.get_execution("cut")
     except ExecutionNotFound:  # interrupted while being created: nothing is left of it
         assert interrupted and not ran
         record = None
     if record is not None:
-        assert record.status is (ExecutionStatus.INTERRUPTED if interrupted else ExecutionStatus.COMPLETED), sent[-1:]
+        expected = ExecutionStatus.INTERRUPTED if interrupted else ExecutionStatus.COMPLETED
+        assert record.status is expected, interrupt.sent[-1:]
         finished, _ = pylo.get_state("cut")
-        assert record.finished == len(finished) == len(ran), sent[-1:]
+        assert record.finished == len(finished) == len(ran), interrupt.sent[-1:]
     if record is None or not record.inputs_complete:
         # Interrupted while its inputs were recorded, before any task ran: started again, it is replaced.
         assert not ran

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from interrupts import InterruptAfter, short_busy_timeout
 from pipeline_tasks import BROKEN, count, interrupt, step, waits
 
 from pylo import PipelineNotFound, PipelineStatus, Pylo, TaskState
@@ -235,23 +236,9 @@ def test_an_interrupt_at_any_statement_of_a_run_ends_it_interrupted_and_resumabl
     # pipeline run (its tables made, the executions of its batch node...): the
     # run ends interrupted, or completed if it got there first, or never
     # existed, and never reads as crashed; a resume completes it.
-    import sqlalchemy as sa
-
-    from pylo.stores import _sqlschema
-
-    monkeypatch.setattr(_sqlschema, "_BUSY_TIMEOUT_MS", 2_000)  # a lock left held fails fast, not in a minute
+    short_busy_timeout(monkeypatch)
     p = Pylo.local_multithread(tmp_path / "store", 2, flush_seconds=0.01, progress=False)
-    sent: list[str] = []
-    armed = [True]
-
-    def after_cursor_execute(*args: Any) -> None:
-        if armed[0]:
-            sent.append(args[2])
-            if len(sent) == nth:
-                armed[0] = False
-                raise KeyboardInterrupt
-
-    sa.event.listen(p.store._engine, "after_cursor_execute", after_cursor_execute)  # type: ignore[attr-defined]
+    interrupt = InterruptAfter(p.store._engine, nth)  # type: ignore[attr-defined]
 
     def flow() -> list[Pipeline]:
         first = step.send("a")
@@ -262,14 +249,14 @@ def test_an_interrupt_at_any_statement_of_a_run_ends_it_interrupted_and_resumabl
         interrupted = False
     except KeyboardInterrupt:
         interrupted = True
-    armed[0] = False
+    interrupt.armed = False
     try:
         status = p.get_pipeline("r").status
     except PipelineNotFound:  # interrupted before the run was recorded
         assert interrupted
         p.close()
         return
-    assert status is (PipelineStatus.INTERRUPTED if interrupted else PipelineStatus.COMPLETED), sent[-1:]
+    assert status is (PipelineStatus.INTERRUPTED if interrupted else PipelineStatus.COMPLETED), interrupt.sent[-1:]
     last = p.resume_pipeline("r", flow()) if interrupted else "r"
     assert p.get_pipeline_result(last) == ["b", "c", ["x", "y", "z"]]
     p.close()
