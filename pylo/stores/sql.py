@@ -469,6 +469,11 @@ class SQLStore(SQLMetaMixin, SQLStopsMixin, SQLResultsMixin, SQLDeleteMixin, SQL
             raw = _sqlraw.compiled(name, dialect, build)
             statements.extend(_sqlraw.statements_for(raw, raw.params(rows)))
 
+        def add_tuples(name: str, build: Callable[[], Any], columns: tuple[str, ...], rows: list[Any]) -> None:
+            """For rows by the hundred or thousand: tuples in ``columns`` order, not a dict each."""
+            raw = _sqlraw.compiled(name, dialect, build)
+            statements.extend(_sqlraw.statements_for(raw, raw.from_tuples(columns, rows)))
+
         if flush.states:
             add(
                 "states",
@@ -497,22 +502,20 @@ class SQLStore(SQLMetaMixin, SQLStopsMixin, SQLResultsMixin, SQLDeleteMixin, SQL
                     for row in flush.failures
                 ],
             )
-        if flush.results:  # by the thousand: tuples, not a dict each
-            raw = _sqlraw.compiled("results", dialect, _sqlschema.results_statement)
+        if flush.results:
             rows = [(execution_id, at, bytes(value)) for at, value in flush.results]
-            statements.extend(_sqlraw.statements_for(raw, raw.from_tuples(_RESULT_COLUMNS, rows)))
+            add_tuples("results", _sqlschema.results_statement, _RESULT_COLUMNS, rows)
         if flush.chunks:
-            # Tuples, as results; in position order, so that most rows land
-            # at the end of the table's key, the cheapest insert there is.
-            name = "guarded_chunks" if guarded_chunks else "chunks"
-            raw = _sqlraw.compiled(
-                name, dialect, _sqlschema.guarded_chunks_statement if guarded_chunks else _sqlschema.chunks_statement
-            )
+            # In position order, so that most rows land at the end of the
+            # table's key, the cheapest insert there is.
             chunk_rows = sorted(
                 [(execution_id, row.first_position, row.last_position, row.worker) for row in flush.chunks],
                 key=itemgetter(1),
             )
-            statements.extend(_sqlraw.statements_for(raw, raw.from_tuples(_CHUNK_COLUMNS, chunk_rows)))
+            if guarded_chunks:
+                add_tuples("guarded_chunks", _sqlschema.guarded_chunks_statement, _CHUNK_COLUMNS, chunk_rows)
+            else:
+                add_tuples("chunks", _sqlschema.chunks_statement, _CHUNK_COLUMNS, chunk_rows)
         return statements
 
     # -- reads -----------------------------------------------------------------
