@@ -48,6 +48,8 @@ __all__ = ["ChildStarted", "CompositionRules", "qualified", "stateful_child", "w
 _HARD = frozenset({"failed", "failed_dependency"})
 _FINAL = frozenset({"done", "failed", "failed_softly", "failed_dependency", "skipped", "cancelled"})
 _RUNNING = "running"
+#: How often a node thread waiting for its child run to be recorded looks whether the coordinator ended.
+_RECORD_POLL_SECONDS = 0.1
 
 
 class CompositionRules:
@@ -74,6 +76,9 @@ class CompositionRules:
         raise NotImplementedError
 
     def _init_composition(self, rows: list[NodeRow]) -> None:
+        # Set once the coordinator records nothing more: a node thread waiting
+        # for its child run to be recorded then gives up.
+        self._ended = False
         # The exception of each failed node (and, for a failed_dependency
         # node, of what it waited for): what exceptionally/finally_do receive.
         self._errors: list[BaseException | None] = [None] * len(rows)
@@ -199,7 +204,14 @@ class CompositionRules:
         def record(child_id: str) -> None:
             started = ChildStarted(child_id, payload)
             self._outbox.put((index, started))
-            started.recorded.wait()
+            # The coordinator may have ended (interrupted) before it took this
+            # message in, or taken it and not recorded it: then the child must
+            # not start, and this thread must not wait for ever.
+            while not started.recorded.wait(_RECORD_POLL_SECONDS):
+                if self._ended:
+                    break
+            if not started.accepted:
+                raise RunEnded(f"pipeline run {self._run_id!r} ended before its child run {child_id!r} was recorded")
 
         outcome, state = run_child(
             self._host,
@@ -252,7 +264,12 @@ class CompositionRules:
 
         row = with_state(self._rows[index], _RUNNING, self._started.get(index), None)
         self._note(index, dataclasses.replace(row, child_run_id=started.child_id, result=started.payload))
-        self._flush()
+        try:
+            self._flush()
+        except BaseException:
+            started.recorded.set()  # not accepted: the node thread gives up at once
+            raise
+        started.accepted = True
         started.recorded.set()
 
 
@@ -278,11 +295,24 @@ def stateful_child(outcome: Outcome, state: Any) -> tuple[Outcome, Any]:
 
 
 class ChildStarted:
-    """A node thread's message: its task returned a pipeline, to run as child run ``child_id``."""
+    """A node thread's message: its task returned a pipeline, to run as child run ``child_id``.
 
-    __slots__ = ("child_id", "payload", "recorded")
+    ``recorded`` is set when the coordinator is done with it: ``accepted``
+    then says whether the child is recorded on its node (and may start).
+    """
+
+    __slots__ = ("accepted", "child_id", "payload", "recorded")
 
     def __init__(self, child_id: str, payload: bytes) -> None:
         self.child_id = child_id
         self.payload = payload
         self.recorded = threading.Event()
+        self.accepted = False
+
+
+class RunEnded(BaseException):
+    """Raised in a node thread whose child run was not recorded because the parent's coordinator ended.
+
+    A ``BaseException``, as the interrupt that ended the run is: the node's
+    outcome is an interruption, which nobody takes in any more.
+    """

@@ -224,6 +224,7 @@ class RunCoordinator(RunRecording, GroupLimits, HaltRules, CompositionRules, Lon
             self._stop_early()
             raise
         finally:
+            self._ended = True
             self._close_desk()
         self._pool.stop()
         self._calls.close()
@@ -578,6 +579,7 @@ class RunCoordinator(RunRecording, GroupLimits, HaltRules, CompositionRules, Lon
 
     def _stop_early(self) -> None:
         """Interrupted (or a bug of ours): record what is known, running nodes back to pending."""
+        self._ended = True  # a child run not recorded yet is not started (see ChildStarted)
         self._pool.stop()
         # Outcomes that arrived meanwhile are kept, as executions keep theirs.
         try:

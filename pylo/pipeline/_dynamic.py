@@ -21,7 +21,9 @@ a resume of the parent resumes the child).
 A resume of the parent finds the node not ``done`` but with a child run and
 its pickled pipeline: it resumes that child (a new child run whose
 ``parent_id`` is the old child) instead of calling the task again, so the
-task's body runs once and the child's finished nodes are kept.
+task's body runs once and the child's finished nodes are kept. A child
+recorded on its node but never created (the parent run was interrupted in
+between) starts afresh from the recorded pipeline.
 """
 
 from __future__ import annotations
@@ -119,6 +121,10 @@ def run_child(
         inline = pipeline._inline
         if inline and state is not None:
             pipeline = _prepend(pipeline, None, ((), {}, state))
+        if previous_child is not None and not _created(host, previous_child):
+            # Recorded on the node, but the parent run ended before the child
+            # run was created: nothing of it ran, so it starts afresh.
+            previous_child = None
         child_id = host.new_id()
         with _LOCK:
             _DEPTH[child_id] = depth
@@ -153,3 +159,14 @@ def run_child(
         return Outcome(ok=False, interrupt=exc, started=started, ended=time.time()), state
     outcome = finish_call(value, codec_name, 1, started)
     return outcome, (child_state if inline else state)
+
+
+def _created(host: Host, run_id: str) -> bool:
+    """Whether run ``run_id`` is in the store (a child run is recorded on its node before it is created)."""
+    from pylo.errors import PipelineNotFound
+
+    try:
+        host.runs().get_run(run_id)
+    except PipelineNotFound:
+        return False
+    return True

@@ -251,6 +251,20 @@ def waits(event: threading.Event) -> str:
     return "beside"
 
 
+#: The thread each call of ``spawns_after`` ran on, and an event set as it returns.
+SPAWNERS: list[threading.Thread] = []
+SPAWNED = threading.Event()
+
+
+@task
+def spawns_after(event: threading.Event) -> Any:
+    """Once ``event`` is set (at most 30 s), returns a pipeline: a child run of one ``step``."""
+    event.wait(30)
+    SPAWNERS.append(threading.current_thread())
+    SPAWNED.set()
+    return step.send("child")
+
+
 @task
 def die(*upstream: Any) -> None:
     os._exit(3)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from interrupts import InterruptAfter, short_busy_timeout
-from pipeline_tasks import BROKEN, count, interrupt, step, waits
+from pipeline_tasks import BROKEN, SPAWNED, SPAWNERS, count, interrupt, spawns_after, step, waits
 
 from pylo import PipelineNotFound, PipelineStatus, Pylo, TaskState
 from pylo.pipeline import Pipeline, _host
@@ -226,6 +226,102 @@ def test_an_interrupt_keeps_the_outcome_of_a_node_that_ended_beside_it(
     resumed = p.resume_pipeline("stopped", flow())
     assert p.get_pipeline_result(resumed) == [None, "beside"]
     assert count("beside") == 1 and count("interrupt") == 1
+
+
+def test_a_child_run_returned_after_an_interrupt_does_not_start_and_frees_its_thread(
+    make_pylo: MakePylo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One node is interrupted while another is still in its task; that task
+    # then returns a pipeline. Its child run is never recorded, so it must not
+    # start, and the node's thread must not wait for ever for the record: it
+    # gives up and ends like any idle node thread.
+    import threading
+
+    from pylo.pipeline import _node_threads
+
+    monkeypatch.setattr(_node_threads, "IDLE_SECONDS", 0.2)
+    SPAWNERS.clear()
+    SPAWNED.clear()
+    gate = threading.Event()
+    BROKEN.add("interrupt")
+    p = make_pylo(2)
+
+    def flow() -> list[Pipeline]:
+        return [interrupt.send().set(task_id="interrupt"), spawns_after.send(gate).set(task_id="spawner")]
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            p.run_pipeline(flow(), run_id="stopped")
+    finally:
+        gate.set()  # the spawner returns its pipeline now, to a coordinator that has ended
+    assert SPAWNED.wait(30)
+    (thread,) = SPAWNERS
+    thread.join(30)
+    assert not thread.is_alive(), "the node thread still waits for its child run to be recorded"
+    assert [run.id for run in p.list_pipelines()] == ["stopped"]  # no child run
+    record = p.get_pipeline("stopped")
+    assert record.status is PipelineStatus.INTERRUPTED
+    assert {n.key: n.state for n in record.nodes} == {"interrupt": TaskState.PENDING, "spawner": TaskState.PENDING}
+    BROKEN.clear()
+    resumed = p.resume_pipeline("stopped", flow())
+    assert p.get_pipeline_result(resumed) == [None, "child"]
+
+
+@pytest.mark.parametrize("moment", ["recording it", "creating it"])
+def test_an_interrupt_before_a_child_run_exists_ends_the_run_and_the_resume_runs_the_child(
+    make_pylo: MakePylo, monkeypatch: pytest.MonkeyPatch, moment: str
+) -> None:
+    # A Ctrl-C in the flush that records a node's child run on the node, or
+    # after that flush and before the child run is created: the run ends
+    # interrupted, no child run exists, the node's thread is let go, and the
+    # resume runs the pipeline the task returned as a new child (the task's
+    # body is not called again once its pipeline was recorded).
+    import sys
+    import threading
+
+    from pylo.pipeline import _api, _coordinator, _node_threads
+
+    monkeypatch.setattr(_node_threads, "IDLE_SECONDS", 0.2)
+    SPAWNERS.clear()
+    SPAWNED.clear()
+    real_flush, real_run = _coordinator.RunCoordinator._flush, _api._run
+    if moment == "recording it":
+
+        def flush(self: Any, *args: Any, **kwargs: Any) -> None:
+            if sys._getframe(1).f_code.co_name == "_record_child":
+                raise KeyboardInterrupt
+            real_flush(self, *args, **kwargs)
+
+        monkeypatch.setattr(_coordinator.RunCoordinator, "_flush", flush)
+    else:
+
+        def run(*args: Any, **kwargs: Any) -> str:
+            if kwargs.get("child_of"):
+                raise KeyboardInterrupt
+            return real_run(*args, **kwargs)
+
+        monkeypatch.setattr(_api, "_run", run)
+    gate = threading.Event()
+    gate.set()
+    p = make_pylo(2)
+
+    def flow() -> list[Pipeline]:  # two nodes: the spawner runs on a node thread, not on the coordinator's
+        return [spawns_after.send(gate).set(task_id="spawner"), step.send("beside")]
+
+    with pytest.raises(KeyboardInterrupt):
+        p.run_pipeline(flow(), run_id="stopped")
+    assert SPAWNED.wait(30)
+    (thread,) = SPAWNERS
+    thread.join(30)
+    assert not thread.is_alive(), "the node thread still waits for its child run to be recorded"
+    assert [run.id for run in p.list_pipelines()] == ["stopped"]
+    assert p.get_pipeline("stopped").status is PipelineStatus.INTERRUPTED
+    monkeypatch.setattr(_coordinator.RunCoordinator, "_flush", real_flush)
+    monkeypatch.setattr(_api, "_run", real_run)
+    # The node's row kept the pipeline its task returned, and a child id never
+    # created: the resume runs that pipeline as a new child, without the task.
+    assert p.get_pipeline_result(p.resume_pipeline("stopped", flow())) == ["child", "beside"]
+    assert len(SPAWNERS) == 1
 
 
 @pytest.mark.parametrize("nth", range(1, 25))
