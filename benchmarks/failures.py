@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +28,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from _child import run_child  # noqa: E402  (the benchmarks' directory is on the path of a script run from it)
 
 EVERY = 10  # one input in EVERY fails
 
@@ -68,14 +69,7 @@ def run(n: int, failing: bool) -> tuple[float, float]:
 
 
 def in_subprocess(n: int, failing: bool) -> tuple[float, float]:
-    output = subprocess.run(
-        [sys.executable, __file__, "--child", str(n), str(int(failing))],
-        check=True,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    ).stdout
-    wall, cpu = json.loads(output.strip().splitlines()[-1])
+    wall, cpu = run_child(__file__, str(n), str(int(failing)))
     return float(wall), float(cpu)
 
 

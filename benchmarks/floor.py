@@ -29,7 +29,6 @@ import json
 import os
 import pickle
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +38,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from _child import run_child  # noqa: E402  (the benchmarks' directory is on the path of a script run from it)
 
 BATCH = 1024
 COMMIT_EVERY = 1000
@@ -169,14 +170,7 @@ OPTIONAL = {"joblib threads": "joblib", "mpire threading": "mpire"}
 
 
 def in_subprocess(name: str, n: int) -> tuple[float, float]:
-    output = subprocess.run(
-        [sys.executable, __file__, "--child", name, str(n)],
-        check=True,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    ).stdout
-    wall, cpu = json.loads(output.strip().splitlines()[-1])
+    wall, cpu = run_child(__file__, name, str(n))
     return float(wall), float(cpu)
 
 

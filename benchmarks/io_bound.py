@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +32,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from _child import run_child  # noqa: E402  (the benchmarks' directory is on the path of a script run from it)
 
 INPUTS = 10_000
 WAIT = 0.01
@@ -119,14 +120,7 @@ def measure(backend: str, workers: int, inputs: int) -> dict[str, float]:
 
 
 def in_subprocess(backend: str, workers: int, inputs: int) -> dict[str, float]:
-    output = subprocess.run(
-        [sys.executable, __file__, "--child", backend, str(workers), str(inputs)],
-        check=True,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    ).stdout
-    return dict(json.loads(output.splitlines()[-1]))
+    return dict(run_child(__file__, backend, str(workers), str(inputs)))
 
 
 def main() -> None:

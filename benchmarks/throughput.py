@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +27,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from _child import run_child  # noqa: E402  (the benchmarks' directory is on the path of a script run from it)
 
 
 def noop(item: object) -> None:
@@ -100,14 +101,7 @@ def measure_resume(n: int, failures: int) -> dict[str, float]:
 
 
 def in_subprocess(kind: str, **kwargs: object) -> dict[str, float]:
-    output = subprocess.run(
-        [sys.executable, __file__, "--child", kind, json.dumps(kwargs)],
-        check=True,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    ).stdout
-    return json.loads(output.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    return dict(run_child(__file__, kind, json.dumps(kwargs)))
 
 
 def thread_pool_map(n: int) -> float:
