@@ -484,24 +484,22 @@ class SQLStore(SQLMetaMixin, SQLStopsMixin, SQLResultsMixin, SQLDeleteMixin, SQL
                 ],
             )
         if flush.failures:
-            add(
-                "failures",
-                _sqlschema.failures_statement,
-                [
-                    {
-                        "execution_id": execution_id,
-                        "position": row.position,
-                        "exc_type": _sqlschema.storable_text(postgres=postgres, text=row.exc_type),
-                        "message": _sqlschema.storable_text(postgres=postgres, text=row.message),
-                        "traceback": _sqlschema.storable_text(postgres=postgres, text=row.traceback),
-                        "exception": None if row.exception is None else bytes(row.exception),
-                        "attempts": row.attempts,
-                        "worker": row.worker,
-                        "failed_at": float(row.failed_at),
-                    }
-                    for row in flush.failures
-                ],
-            )
+            text = _sqlschema.storable_text
+            failure_rows = [
+                (
+                    execution_id,
+                    row.position,
+                    text(row.exc_type, postgres=postgres),
+                    text(row.message, postgres=postgres),
+                    text(row.traceback, postgres=postgres),
+                    None if row.exception is None else bytes(row.exception),
+                    row.attempts,
+                    row.worker,
+                    float(row.failed_at),
+                )
+                for row in flush.failures
+            ]
+            add_tuples("failures", _sqlschema.failures_statement, _FAILURE_COLUMNS, failure_rows)
         if flush.results:
             rows = [(execution_id, at, bytes(value)) for at, value in flush.results]
             add_tuples("results", _sqlschema.results_statement, _RESULT_COLUMNS, rows)
@@ -720,6 +718,10 @@ def _in_turn(driver: Any, statements: Sequence[DriverStatement], begin: str | No
         cursor.close()
 
 
+#: The order of a failure row's values in :meth:`SQLStore._flush_statements` (the table's).
+_FAILURE_COLUMNS = (
+    "execution_id", "position", "exc_type", "message", "traceback", "exception", "attempts", "worker", "failed_at",
+)  # fmt: skip
 #: The order of a result row's values in :meth:`SQLStore._flush_statements`.
 _RESULT_COLUMNS = ("execution_id", "position", "value")
 #: The order of a chunk row's values there.
