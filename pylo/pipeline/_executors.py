@@ -15,6 +15,7 @@ another process or on a cluster worker.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from pylo.pipeline._task import Task
 
 __all__ = ["CallRunner", "Outcome", "describe_failure", "execute_call", "finish_call"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)  # not frozen: a message made once per node, and frozen init is 6x slower
@@ -224,10 +227,35 @@ class _LoopThread:
         self._thread.start()
 
     def close(self) -> None:
+        """Cancel the tasks still running, let them end, then stop the loop and its thread.
+
+        A run ends with tasks still running only when it was interrupted:
+        they are cancelled (their own clean-up runs, as ``asyncio.run``
+        does on Ctrl-C), which also lets go the node threads waiting for
+        them. A task that does not end within :data:`_CANCEL_SECONDS` of
+        its cancellation is left behind with the loop.
+        """
+        try:
+            asyncio.run_coroutine_threadsafe(_cancel_all(), self.loop).result(_CANCEL_SECONDS + 1.0)
+        except Exception:  # the loop is stopped already, or a task would not end
+            logger.debug("could not cancel the async tasks of an ended run", exc_info=True)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5.0)
         if not self._thread.is_alive():
             self.loop.close()
+
+
+#: How long an ended run waits for its cancelled async tasks to end.
+_CANCEL_SECONDS = 2.0
+
+
+async def _cancel_all() -> None:
+    """Cancel every task of the running loop but this one, and wait (a while) for them to end."""
+    tasks = [other for other in asyncio.all_tasks() if other is not asyncio.current_task()]
+    for other in tasks:
+        other.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=_CANCEL_SECONDS)
 
 
 def _execute_pickled(payload: bytes, codec_name: str) -> Outcome:

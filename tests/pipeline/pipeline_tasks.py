@@ -251,6 +251,24 @@ def waits(event: threading.Event) -> str:
     return "beside"
 
 
+#: Set once ``awaits_forever`` is awaiting; what became of it ("cancelled") once it stopped.
+AWAITING = threading.Event()
+AWAITED: list[str] = []
+
+
+@task
+async def awaits_forever() -> None:
+    """Awaits until cancelled (at most 60 s), and says so in ``AWAITED``."""
+    import asyncio
+
+    AWAITING.set()
+    try:
+        await asyncio.sleep(60)
+    except asyncio.CancelledError:
+        AWAITED.append("cancelled")
+        raise
+
+
 #: The thread each call of ``spawns_after`` ran on, and an event set as it returns.
 SPAWNERS: list[threading.Thread] = []
 SPAWNED = threading.Event()

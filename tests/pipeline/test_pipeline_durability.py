@@ -9,10 +9,22 @@ from typing import Any
 
 import pytest
 from interrupts import InterruptAfter, short_busy_timeout
-from pipeline_tasks import BROKEN, SPAWNED, SPAWNERS, count, interrupt, spawns_after, step, waits
+from pipeline_tasks import (
+    AWAITED,
+    AWAITING,
+    BROKEN,
+    SPAWNED,
+    SPAWNERS,
+    awaits_forever,
+    count,
+    interrupt,
+    spawns_after,
+    step,
+    waits,
+)
 
 from pylo import PipelineNotFound, PipelineStatus, Pylo, TaskState
-from pylo.pipeline import Pipeline, _host
+from pylo.pipeline import Pipeline, _host, task
 from pylo.stores.runs import NodeRow, RunRow, RunStore, RunUpdate
 
 MakePylo = Callable[..., Pylo]
@@ -322,6 +334,46 @@ def test_an_interrupt_before_a_child_run_exists_ends_the_run_and_the_resume_runs
     # created: the resume runs that pipeline as a new child, without the task.
     assert p.get_pipeline_result(p.resume_pipeline("stopped", flow())) == ["child", "beside"]
     assert len(SPAWNERS) == 1
+
+
+def test_an_interrupt_cancels_a_running_async_task_and_frees_its_node_thread(
+    make_pylo: MakePylo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An async def node is awaiting when another node raises KeyboardInterrupt:
+    # its coroutine is cancelled (its own clean-up runs), and the node thread
+    # waiting for it is let go, instead of waiting for ever on a stopped loop.
+    import threading
+
+    from pylo.pipeline import _executors, _node_threads
+
+    monkeypatch.setattr(_node_threads, "IDLE_SECONDS", 0.2)
+    waiting: list[threading.Thread] = []  # the node thread that waits for the async task
+    call_on_loop = _executors.CallRunner._call_on_loop
+
+    def recording(self: Any, *args: Any) -> Any:
+        waiting.append(threading.current_thread())
+        return call_on_loop(self, *args)
+
+    monkeypatch.setattr(_executors.CallRunner, "_call_on_loop", recording)
+    AWAITING.clear()
+    AWAITED.clear()
+    p = make_pylo(2)
+
+    @task
+    def interrupt_once_awaiting() -> None:
+        assert AWAITING.wait(30)
+        raise KeyboardInterrupt
+
+    flow = [awaits_forever.send().set(task_id="awaits"), interrupt_once_awaiting.send().set(task_id="interrupt")]
+    with pytest.raises(KeyboardInterrupt):
+        p.run_pipeline(flow, run_id="stopped")
+    assert AWAITED == ["cancelled"]
+    (thread,) = waiting
+    thread.join(30)  # it ends IDLE_SECONDS after its last node
+    assert not thread.is_alive(), "the node thread still waits for the async task"
+    record = p.get_pipeline("stopped")
+    assert record.status is PipelineStatus.INTERRUPTED
+    assert {n.key: n.state for n in record.nodes} == {"awaits": TaskState.PENDING, "interrupt": TaskState.PENDING}
 
 
 @pytest.mark.parametrize("nth", range(1, 25))
