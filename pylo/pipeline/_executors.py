@@ -269,9 +269,19 @@ def _execute_pickled(payload: bytes, codec_name: str) -> Outcome:
 
 
 def _portable(outcome: Outcome) -> Outcome:
+    """The outcome as it can travel back from a worker process: no live value or error.
+
+    An interrupt the task raised travels as itself when it pickles, else
+    as a stand-in of its kind naming it (as an execution's worker processes
+    send theirs), so the caller gets the ``KeyboardInterrupt`` or
+    ``SystemExit`` the task raised.
+    """
     from dataclasses import replace
 
-    return replace(outcome, value=None, error=None, interrupt=None if outcome.interrupt is None else SystemExit(1))
+    from pylo.workers._process_wire import decode_interrupt, encode_interrupt
+
+    interrupt = None if outcome.interrupt is None else decode_interrupt(encode_interrupt(outcome.interrupt))
+    return replace(outcome, value=None, error=None, interrupt=interrupt)
 
 
 class CallRunner:
@@ -394,11 +404,32 @@ class CallRunner:
             return self._pool
 
     def close(self, wait: bool = True) -> None:
-        """Stop the event loop thread and the process pool, if they were started."""
+        """Stop the event loop thread and the process pool, if they were started.
+
+        ``wait=False`` (an interrupted run): the pool's processes still in a
+        node are killed, as an execution's worker processes are, rather than
+        left to finish a node nobody waits for; the interpreter would
+        otherwise wait for them at exit.
+        """
         with self._lock:
             loop, self._loop = self._loop, None
             pool, self._pool = self._pool, None
         if loop is not None:
             loop.close()
         if pool is not None:
+            if not wait:
+                _kill_workers(pool)
             pool.shutdown(wait=wait, cancel_futures=True)
+
+
+def _kill_workers(pool: Any) -> None:
+    """Kill the worker processes of a ``ProcessPoolExecutor`` (its ``kill_workers`` from Python 3.14 on)."""
+    kill = getattr(pool, "kill_workers", None)
+    if kill is not None:
+        kill()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        try:
+            process.kill()
+        except (OSError, ValueError):  # ended already, or closed
+            pass

@@ -251,6 +251,25 @@ def waits(event: threading.Event) -> str:
     return "beside"
 
 
+@task
+def sleeps_after_writing_pid(pid_file: str, seconds: float) -> float:
+    """Writes its process id to ``pid_file``, then sleeps ``seconds``."""
+    with open(pid_file + ".tmp", "w") as out:
+        out.write(str(os.getpid()))
+    os.replace(pid_file + ".tmp", pid_file)
+    time.sleep(seconds)
+    return seconds
+
+
+@task
+def interrupts_once_file_exists(path: str) -> None:
+    """Waits (at most 60 s) for ``path`` to exist, then raises KeyboardInterrupt."""
+    for _ in range(600):
+        if os.path.exists(path):
+            raise KeyboardInterrupt(f"{path} exists")
+        time.sleep(0.1)
+
+
 #: Set once ``awaits_forever`` is awaiting; what became of it ("cancelled") once it stopped.
 AWAITING = threading.Event()
 AWAITED: list[str] = []

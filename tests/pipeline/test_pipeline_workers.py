@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pipeline_tasks import add, async_double, async_square, fail_with, pid_of, scaled, sleepy, total
+from pipeline_tasks import (
+    add,
+    async_double,
+    async_square,
+    fail_with,
+    interrupts_once_file_exists,
+    pid_of,
+    scaled,
+    sleeps_after_writing_pid,
+    sleepy,
+    total,
+)
 
-from pylo import Pylo, TaskState
+from pylo import PipelineStatus, Pylo, TaskState
 from pylo.pipeline import in_parallel
 
 
@@ -33,6 +45,46 @@ def test_failures_and_timeouts_in_worker_processes_are_recorded(process_pylo: Py
     assert isinstance(failed.failure.exception, ValueError) and failed.failure.message == "boom"
     assert timed_out.state is TaskState.FAILED and timed_out.failure is not None
     assert timed_out.failure.exception_type == "pylo.errors.TaskTimeout"
+
+
+def test_an_interrupt_raised_in_a_worker_process_ends_the_run_and_the_other_node_s_process(
+    process_pylo: Pylo, tmp_path: Path
+) -> None:
+    # A node's task raises KeyboardInterrupt in its worker process while
+    # another node sleeps in the other: the caller gets the KeyboardInterrupt
+    # itself, the run ends interrupted, and the process still in a node is
+    # ended rather than left to finish (the interpreter would wait for it at
+    # exit); a resume runs both nodes again.
+    import psutil
+
+    pid_file = str(tmp_path / "sleeper.pid")
+    flow = [
+        sleeps_after_writing_pid.send(pid_file, 120).set(task_id="sleeper"),
+        interrupts_once_file_exists.send(pid_file).set(task_id="interrupter"),
+    ]
+    with pytest.raises(KeyboardInterrupt, match=r"sleeper\.pid exists"):
+        process_pylo.run_pipeline(flow, run_id="stopped")
+    sleeper = int(Path(pid_file).read_text())
+    assert sleeper != os.getpid()
+
+    def ended() -> bool:  # gone, or dead and not yet reaped by the pool
+        try:
+            return psutil.Process(sleeper).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    pause = threading.Event()
+    for _ in range(300):
+        if ended():
+            break
+        pause.wait(0.1)
+    assert ended(), "the worker process still in a node was left running"
+    record = process_pylo.get_pipeline("stopped")
+    assert record.status is PipelineStatus.INTERRUPTED
+    assert {node.key: node.state for node in record.nodes} == {
+        "sleeper": TaskState.PENDING,
+        "interrupter": TaskState.PENDING,
+    }
 
 
 def test_batch_nodes_run_as_executions_on_worker_processes(process_pylo: Pylo) -> None:
