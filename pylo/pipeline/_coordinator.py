@@ -75,6 +75,9 @@ _FINAL = frozenset({_DONE, _FAILED, _FAILED_SOFTLY, _FAILED_DEPENDENCY, _SKIPPED
 
 #: Longest wait for an outcome before looking at the flush clock again.
 _MAX_WAIT = 1.0
+#: How long an interrupted run waits for its running batch nodes to stop (their workers finish
+#: the input in hand; an execution's own interrupt gives its workers INTERRUPT_GRACE, 2 s).
+BATCH_STOP_SECONDS = 5.0
 
 
 class RunCoordinator(RunRecording, GroupLimits, HaltRules, CompositionRules, LoneNode):
@@ -179,9 +182,10 @@ class RunCoordinator(RunRecording, GroupLimits, HaltRules, CompositionRules, Lon
         self._node_context = node_context
         #: ``"pause"`` or ``"cancel"`` once requested: nothing new starts.
         self.halt: str | None = None
-        #: Set on a pause or cancel: running batch nodes stop taking inputs.
+        #: Set on a pause or cancel, and when the run is interrupted: running batch nodes stop taking inputs.
         self.stop = threading.Event()
         self._ended_here: set[int] = set()
+        self._interrupted: set[int] = set()  # nodes whose outcome was an interrupt
         self._init_lone_node(host.kind)
 
     # -- the loop -----------------------------------------------------------
@@ -420,6 +424,7 @@ class RunCoordinator(RunRecording, GroupLimits, HaltRules, CompositionRules, Lon
 
     def _complete(self, index: int, outcome: Outcome) -> None:
         if outcome.interrupt is not None:
+            self._interrupted.add(index)  # ended: nothing more comes from it
             raise outcome.interrupt
         self._running -= 1
         graph_node = self._graph.nodes[index]
@@ -505,6 +510,13 @@ class RunCoordinator(RunRecording, GroupLimits, HaltRules, CompositionRules, Lon
             self._count_down(index, ended)
             self._cascade(ended)
 
+    def _batch_nodes_running(self) -> bool:
+        """Whether a batch node is still running (one whose interrupt came back has ended)."""
+        nodes, ended = self._graph.nodes, self._interrupted
+        return any(
+            state == _RUNNING and nodes[i].node.kind == BATCH and i not in ended for i, state in enumerate(self._states)
+        )
+
     def _count_down(self, index: int, ended: list[int]) -> None:
         for dependent in self._graph.nodes[index].dependents:
             self._waiting[dependent] -= 1
@@ -580,13 +592,26 @@ class RunCoordinator(RunRecording, GroupLimits, HaltRules, CompositionRules, Lon
     def _stop_early(self) -> None:
         """Interrupted (or a bug of ours): record what is known, running nodes back to pending."""
         self._ended = True  # a child run not recorded yet is not started (see ChildStarted)
+        # Batch nodes on node threads stop taking inputs, as a pause stops
+        # them: their executions end with the run instead of going on
+        # unseen (and a resume in this process would find them running).
+        self.stop.set()
         self._pool.stop()
-        # Outcomes that arrived meanwhile are kept, as executions keep theirs.
+        # Outcomes that arrived meanwhile are kept, as executions keep theirs,
+        # and so are those of the batch nodes told to stop, for a while.
+        deadline = time.monotonic() + BATCH_STOP_SECONDS
         try:
-            for index, outcome in take_all(self._outbox, 0):
-                if isinstance(outcome, Outcome) and outcome.interrupt is None:
-                    self._complete(index, outcome)
-        except BaseException:  # pragma: no cover - best effort only
+            wait = 0.0
+            while True:
+                for index, outcome in take_all(self._outbox, wait):
+                    if isinstance(outcome, Outcome) and outcome.interrupt is None:
+                        self._complete(index, outcome)
+                    elif isinstance(outcome, Outcome):
+                        self._interrupted.add(index)
+                wait = deadline - time.monotonic()
+                if wait <= 0 or not self._batch_nodes_running():
+                    break
+        except BaseException:  # a second Ctrl-C while waiting: record what we have
             logger.debug("could not apply late outcomes of run %s", self._run_id, exc_info=True)
         for index, state in enumerate(self._states):
             if state == _RUNNING:

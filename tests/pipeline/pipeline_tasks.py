@@ -251,6 +251,19 @@ def waits(event: threading.Event) -> str:
     return "beside"
 
 
+#: Set by the first call of ``slow_item``.
+SLOW_STARTED = threading.Event()
+
+
+@task
+def slow_item(x: int) -> int:
+    """A batch task of 5 ms per input, counted as "slow"."""
+    record("slow")
+    SLOW_STARTED.set()
+    time.sleep(0.005)
+    return x
+
+
 @task
 def sleeps_after_writing_pid(pid_file: str, seconds: float) -> float:
     """Writes its process id to ``pid_file``, then sleeps ``seconds``."""

@@ -13,11 +13,13 @@ from pipeline_tasks import (
     AWAITED,
     AWAITING,
     BROKEN,
+    SLOW_STARTED,
     SPAWNED,
     SPAWNERS,
     awaits_forever,
     count,
     interrupt,
+    slow_item,
     spawns_after,
     step,
     waits,
@@ -374,6 +376,49 @@ def test_an_interrupt_cancels_a_running_async_task_and_frees_its_node_thread(
     record = p.get_pipeline("stopped")
     assert record.status is PipelineStatus.INTERRUPTED
     assert {n.key: n.state for n in record.nodes} == {"awaits": TaskState.PENDING, "interrupt": TaskState.PENDING}
+
+
+def test_an_interrupt_stops_a_batch_node_running_beside_the_coordinator(
+    make_pylo: MakePylo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A Ctrl-C lands in the coordinator's thread while a batch node runs its
+    # execution on a node thread: the execution stops taking inputs and ends
+    # with the run (resumable), instead of running on unseen, and a resume
+    # at once finishes it, running each input that did not finish once.
+    from pylo import ExecutionStatus
+    from pylo.pipeline import _coordinator
+
+    real_take_all = _coordinator.take_all
+    raised: list[bool] = []
+
+    def take_all(outbox: Any, timeout: float | None) -> list[Any]:
+        if SLOW_STARTED.is_set() and not raised:
+            raised.append(True)
+            raise KeyboardInterrupt  # as a Ctrl-C would, in the coordinator's wait (once)
+        return real_take_all(outbox, timeout)
+
+    monkeypatch.setattr(_coordinator, "take_all", take_all)
+    SLOW_STARTED.clear()
+    p = make_pylo(2)
+    total_inputs = 1000
+
+    def flow() -> list[Pipeline]:  # two nodes: the batch node runs on a node thread
+        return [slow_item.map(range(total_inputs)).set(task_id="batch"), step.send("beside")]
+
+    with pytest.raises(KeyboardInterrupt):
+        p.run_pipeline(flow(), run_id="stopped")
+    monkeypatch.setattr(_coordinator, "take_all", real_take_all)
+    record = p.get_pipeline("stopped")
+    assert record.status is PipelineStatus.INTERRUPTED
+    batch = next(node for node in record.nodes if node.key == "batch")
+    assert batch.state is TaskState.PENDING and batch.execution_id is not None
+    execution = p.get_execution(batch.execution_id)
+    assert execution.status is ExecutionStatus.STOPPED, execution.status  # ended, not running on
+    assert 0 < execution.finished < total_inputs
+    ran_first = count("slow")
+    resumed = p.resume_pipeline("stopped", flow())
+    assert p.get_pipeline_result(resumed) == [list(range(total_inputs)), "beside"]
+    assert count("slow") - ran_first == total_inputs - execution.finished
 
 
 @pytest.mark.parametrize("nth", range(1, 25))
