@@ -394,10 +394,7 @@ def _coordinate(
         max_parallel=limit,
         codec_name=codec_name,
         on_event=chain(tracer, events),
-        # A child run is cancelled with its parent run (a parent's pause lets it end, as a running node).
-        control=lambda in_store: (
-            read_control(in_store) or ("cancel" if parent_halt is not None and parent_halt() == "cancel" else None)
-        ),
+        control=_control_of(lambda in_store: read_control(in_store), parent_halt),
         control_seconds=CONTROL_SECONDS,
         execution_prefix=execution_prefix,
         priorities=lambda: _priorities(runs, graph),
@@ -426,6 +423,29 @@ def _coordinate(
         events.run_event("pipeline_status_changed", status.value)
         events.run_event("pipeline_finished", status.value)
         dispatcher.close()
+
+
+def _control_of(
+    read_control: Callable[[bool], str | None], parent_halt: Callable[[], str | None] | None
+) -> Callable[[bool], str | None]:
+    """A run's control: its own requests; a child run's also follows its parent run.
+
+    A child run is cancelled with its parent run and ends interrupted when
+    its parent was interrupted (``PARENT_INTERRUPTED``); a parent's pause
+    lets it end, as any running node.
+    """
+    if parent_halt is None:
+        return read_control
+
+    def control(in_store: bool) -> str | None:
+        from pylo.pipeline._halting import PARENT_INTERRUPTED
+
+        parent = parent_halt()
+        if parent == "interrupt":
+            return PARENT_INTERRUPTED
+        return read_control(in_store) or ("cancel" if parent == "cancel" else None)
+
+    return control
 
 
 def _node_context(graph: Graph, tracer: Any, events: Any) -> Any:

@@ -225,7 +225,7 @@ class CompositionRules:
             hooks=self._hooks,
             environment=self._environment,
             max_parallel=self._max_parallel,
-            halted=lambda: self.halt,
+            halted=lambda: "interrupt" if self._ended else self.halt,
         )
         self._child_states[index] = state
         return outcome
@@ -311,8 +311,10 @@ class ChildStarted:
 
 
 class RunEnded(BaseException):
-    """Raised in a node thread whose child run was not recorded because the parent's coordinator ended.
+    """A run's coordinator ended (interrupted) while work of it went on in another thread.
 
-    A ``BaseException``, as the interrupt that ended the run is: the node's
-    outcome is an interruption, which nobody takes in any more.
+    Raised in a node thread whose child run was not recorded before that,
+    and in a child run's coordinator once its parent run was interrupted.
+    A ``BaseException``, as the interrupt that ended the run is: the work
+    ends interrupted too, and its outcome is one nobody takes in any more.
     """

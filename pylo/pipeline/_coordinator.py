@@ -42,7 +42,14 @@ from typing import Any
 
 from pylo.pipeline._batch import batch_execution_id, run_batch
 from pylo.pipeline._builder import BATCH, EXCEPTIONALLY, FINALLY, Pipeline, _Node, substitute
-from pylo.pipeline._composition import ChildStarted, CompositionRules, qualified, stateful_child, why_not_run
+from pylo.pipeline._composition import (
+    ChildStarted,
+    CompositionRules,
+    RunEnded,
+    qualified,
+    stateful_child,
+    why_not_run,
+)
 from pylo.pipeline._executors import CallRunner, Outcome, describe_failure
 from pylo.pipeline._graph import Graph
 from pylo.pipeline._group_limits import GroupLimits
@@ -75,8 +82,8 @@ _FINAL = frozenset({_DONE, _FAILED, _FAILED_SOFTLY, _FAILED_DEPENDENCY, _SKIPPED
 
 #: Longest wait for an outcome before looking at the flush clock again.
 _MAX_WAIT = 1.0
-#: How long an interrupted run waits for its running batch nodes to stop (their workers finish
-#: the input in hand; an execution's own interrupt gives its workers INTERRUPT_GRACE, 2 s).
+#: How long an interrupted run waits for its running batch nodes and child runs to stop (workers
+#: finish the input in hand; an execution's own interrupt gives its workers INTERRUPT_GRACE, 2 s).
 BATCH_STOP_SECONDS = 5.0
 
 
@@ -184,6 +191,8 @@ class RunCoordinator(RunRecording, GroupLimits, HaltRules, CompositionRules, Lon
         self.halt: str | None = None
         #: Set on a pause or cancel, and when the run is interrupted: running batch nodes stop taking inputs.
         self.stop = threading.Event()
+        #: Set when this child run's parent run was interrupted (see _halting.PARENT_INTERRUPTED).
+        self.parent_interrupted = False
         self._ended_here: set[int] = set()
         self._interrupted: set[int] = set()  # nodes whose outcome was an interrupt
         self._init_lone_node(host.kind)
@@ -201,6 +210,7 @@ class RunCoordinator(RunRecording, GroupLimits, HaltRules, CompositionRules, Lon
         try:
             self._seed()
             self._look_at_control(force=not self._fresh)
+            self._end_if_parent_interrupted()
             self._dispatch()
             while self._running:
                 timeout = min(_MAX_WAIT, self._seconds_until_due(idle=_MAX_WAIT))
@@ -219,6 +229,7 @@ class RunCoordinator(RunRecording, GroupLimits, HaltRules, CompositionRules, Lon
                 if interrupt is not None:
                     raise interrupt
                 self._look_at_control()
+                self._end_if_parent_interrupted()
                 self._dispatch()
                 if self._outcomes_since_flush >= self._flush_every or self._flush_due_by_time():
                     self._flush()
@@ -233,6 +244,10 @@ class RunCoordinator(RunRecording, GroupLimits, HaltRules, CompositionRules, Lon
         self._pool.stop()
         self._calls.close()
         return status
+
+    def _end_if_parent_interrupted(self) -> None:
+        if self.parent_interrupted:
+            raise RunEnded(f"pipeline run {self._run_id!r} ends: the run it is a child of was interrupted")
 
     def _seconds_until_due(self, idle: float) -> float:
         """Seconds until a flush by time or a look for control requests is due (0: now); ``idle`` when neither waits."""
@@ -510,11 +525,12 @@ class RunCoordinator(RunRecording, GroupLimits, HaltRules, CompositionRules, Lon
             self._count_down(index, ended)
             self._cascade(ended)
 
-    def _batch_nodes_running(self) -> bool:
-        """Whether a batch node is still running (one whose interrupt came back has ended)."""
-        nodes, ended = self._graph.nodes, self._interrupted
+    def _stoppable_nodes_running(self) -> bool:
+        """Whether a batch node or a child run is still running (one whose interrupt came back has ended)."""
+        nodes, rows, ended = self._graph.nodes, self._rows, self._interrupted
         return any(
-            state == _RUNNING and nodes[i].node.kind == BATCH and i not in ended for i, state in enumerate(self._states)
+            state == _RUNNING and (nodes[i].node.kind == BATCH or rows[i].child_run_id is not None) and i not in ended
+            for i, state in enumerate(self._states)
         )
 
     def _count_down(self, index: int, ended: list[int]) -> None:
@@ -593,12 +609,13 @@ class RunCoordinator(RunRecording, GroupLimits, HaltRules, CompositionRules, Lon
         """Interrupted (or a bug of ours): record what is known, running nodes back to pending."""
         self._ended = True  # a child run not recorded yet is not started (see ChildStarted)
         # Batch nodes on node threads stop taking inputs, as a pause stops
-        # them: their executions end with the run instead of going on
-        # unseen (and a resume in this process would find them running).
+        # them, and child runs end interrupted (they read _ended): their
+        # executions and runs end with this run instead of going on unseen
+        # (and a resume in this process would find them running).
         self.stop.set()
         self._pool.stop()
         # Outcomes that arrived meanwhile are kept, as executions keep theirs,
-        # and so are those of the batch nodes told to stop, for a while.
+        # and so are those of the batch nodes and child runs told to stop, for a while.
         deadline = time.monotonic() + BATCH_STOP_SECONDS
         try:
             wait = 0.0
@@ -609,7 +626,7 @@ class RunCoordinator(RunRecording, GroupLimits, HaltRules, CompositionRules, Lon
                     elif isinstance(outcome, Outcome):
                         self._interrupted.add(index)
                 wait = deadline - time.monotonic()
-                if wait <= 0 or not self._batch_nodes_running():
+                if wait <= 0 or not self._stoppable_nodes_running():
                     break
         except BaseException:  # a second Ctrl-C while waiting: record what we have
             logger.debug("could not apply late outcomes of run %s", self._run_id, exc_info=True)

@@ -15,6 +15,11 @@ stop event is set, so running batch nodes stop taking inputs. Then:
   except ``finally_do`` nodes (``_always_runs``): they are queued and start,
   with the run's ``PipelineCancelled`` as what they receive when nothing
   failed before them. Nodes still not final at the end end ``cancelled``.
+
+A child run (a task returned a pipeline) also ends when its parent run is
+interrupted: its control then says :data:`PARENT_INTERRUPTED`, which stops
+its batch nodes at once and ends the run ``interrupted`` at the
+coordinator's next turn (``RunEnded``), as a Ctrl-C in it would.
 """
 
 from __future__ import annotations
@@ -36,7 +41,10 @@ if TYPE_CHECKING:
     from pylo.pipeline._graph import Graph
     from pylo.stores.runs import NodeRow, RunStore
 
-__all__ = ["HaltRules"]
+__all__ = ["PARENT_INTERRUPTED", "HaltRules"]
+
+#: What a child run's control says once its parent run was interrupted: the child ends interrupted too.
+PARENT_INTERRUPTED = "parent_interrupted"
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +82,7 @@ class HaltRules:
     _on_event: Callable[[str, int], None] | None
     halt: str | None
     stop: threading.Event
+    parent_interrupted: bool
 
     # Given by the coordinator (_note by RunRecording, _admit_anyway by GroupLimits: before this class in its bases).
     def _note(self, index: int, row: NodeRow) -> None:
@@ -126,7 +135,13 @@ class HaltRules:
         if in_store:
             self._next_control = now + self._control_seconds
         action = self._control(in_store)
-        if action is not None:
+        if action == PARENT_INTERRUPTED:
+            # A child run whose parent run was interrupted: batch nodes stop
+            # taking inputs now (this may be the keeper's thread), and the
+            # coordinator's loop ends the run interrupted at its next turn.
+            self.parent_interrupted = True
+            self.stop.set()
+        elif action is not None:
             self.request_halt(action)
 
     def _always_runs(self, index: int) -> bool:

@@ -265,6 +265,12 @@ def slow_item(x: int) -> int:
 
 
 @task
+def spawns_slow(n: int) -> Any:
+    """Returns a pipeline: a child run of one batch node of ``n`` ``slow_item`` inputs."""
+    return slow_item.map(range(n))
+
+
+@task
 def sleeps_after_writing_pid(pid_file: str, seconds: float) -> float:
     """Writes its process id to ``pid_file``, then sleeps ``seconds``."""
     with open(pid_file + ".tmp", "w") as out:

@@ -21,6 +21,7 @@ from pipeline_tasks import (
     interrupt,
     slow_item,
     spawns_after,
+    spawns_slow,
     step,
     waits,
 )
@@ -415,6 +416,56 @@ def test_an_interrupt_stops_a_batch_node_running_beside_the_coordinator(
     execution = p.get_execution(batch.execution_id)
     assert execution.status is ExecutionStatus.STOPPED, execution.status  # ended, not running on
     assert 0 < execution.finished < total_inputs
+    ran_first = count("slow")
+    resumed = p.resume_pipeline("stopped", flow())
+    assert p.get_pipeline_result(resumed) == [list(range(total_inputs)), "beside"]
+    assert count("slow") - ran_first == total_inputs - execution.finished
+
+
+def test_an_interrupt_ends_a_child_run_in_progress_and_the_resume_resumes_it(
+    make_pylo: MakePylo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A Ctrl-C lands in the parent run's coordinator while a child run (a
+    # task returned a pipeline) runs its batch node: the child run ends
+    # interrupted with it, its execution stopped, instead of running on
+    # unseen; a resume of the parent at once resumes the child, which runs
+    # each input that did not finish once.
+    import threading
+
+    from pylo import ExecutionStatus
+    from pylo.pipeline import _coordinator
+
+    real_take_all = _coordinator.take_all
+    raised: list[bool] = []
+    caller = threading.current_thread()
+
+    def take_all(outbox: Any, timeout: float | None) -> list[Any]:
+        # Only the parent's coordinator (the caller's thread); the child's runs on a node thread.
+        if SLOW_STARTED.is_set() and not raised and threading.current_thread() is caller:
+            raised.append(True)
+            raise KeyboardInterrupt
+        return real_take_all(outbox, timeout)
+
+    monkeypatch.setattr(_coordinator, "take_all", take_all)
+    SLOW_STARTED.clear()
+    p = make_pylo(2)
+    total_inputs = 1000
+
+    def flow() -> list[Pipeline]:  # two nodes: the spawner runs on a node thread
+        return [spawns_slow.send(total_inputs).set(task_id="spawner"), step.send("beside")]
+
+    with pytest.raises(KeyboardInterrupt):
+        p.run_pipeline(flow(), run_id="stopped")
+    monkeypatch.setattr(_coordinator, "take_all", real_take_all)
+    assert p.get_pipeline("stopped").status is PipelineStatus.INTERRUPTED
+    spawner = next(node for node in p.get_pipeline("stopped").nodes if node.key == "spawner")
+    assert spawner.child_run_id is not None
+    child = p.get_pipeline(spawner.child_run_id)
+    assert child.status is PipelineStatus.INTERRUPTED, child.status  # ended with its parent
+    (slow,) = child.nodes
+    assert slow.state is TaskState.PENDING and slow.execution_id is not None
+    execution = p.get_execution(slow.execution_id)
+    assert execution.status is ExecutionStatus.STOPPED and 0 < execution.finished < total_inputs
     ran_first = count("slow")
     resumed = p.resume_pipeline("stopped", flow())
     assert p.get_pipeline_result(resumed) == [list(range(total_inputs)), "beside"]
