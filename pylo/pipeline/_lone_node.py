@@ -137,6 +137,7 @@ class LoneNode:
     _pool: NodeThreads
     _environment: RunEnvironment | None
     _past_children: dict[int, Any]
+    _interrupted: set[int]
     _flush_seconds: float
     _work: Callable[..., Outcome]
     _flush: Callable[..., None]
@@ -167,6 +168,13 @@ class LoneNode:
 
     def _run_here(self, job: tuple[Any, ...]) -> None:
         """Run the node on this thread, the keeper keeping the clocks; its outcome goes to the outbox."""
+        try:
+            self._run_here_unguarded(job)
+        except BaseException:
+            self._interrupted.add(job[0])  # it ended here, with no outcome: nothing is to be waited for
+            raise
+
+    def _run_here_unguarded(self, job: tuple[Any, ...]) -> None:
         desk = self._desk
         if desk is None:
             desk = self._desk = threading.Lock()

@@ -472,6 +472,37 @@ def test_an_interrupt_ends_a_child_run_in_progress_and_the_resume_resumes_it(
     assert count("slow") - ran_first == total_inputs - execution.finished
 
 
+def test_an_interrupt_of_a_lone_batch_node_on_the_coordinator_s_thread_is_not_waited_for(
+    make_pylo: MakePylo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A lone batch node runs on the coordinator's own thread; an interrupt
+    # that ends it there, with no outcome sent, means nothing is left
+    # running: the interrupted run does not wait for it (only batch nodes on
+    # node threads are waited for), so it ends at once.
+    from pylo.pipeline import _coordinator, _lone_node
+
+    def interrupted_keeper(self: Any) -> None:  # the alarm of the node's execution: as a Ctrl-C there
+        self._keeper_error = KeyboardInterrupt()
+
+    monkeypatch.setattr(_lone_node.LoneNode, "_watch_from_node", interrupted_keeper)
+    real_take_all = _coordinator.take_all
+    waits: list[float | None] = []
+
+    def take_all(outbox: Any, timeout: float | None) -> list[Any]:
+        waits.append(timeout)
+        return real_take_all(outbox, timeout)
+
+    monkeypatch.setattr(_coordinator, "take_all", take_all)
+    p = make_pylo(2, flush_seconds=0.05)
+    with pytest.raises(KeyboardInterrupt):
+        p.run_pipeline(slow_item.map(range(100)).set(task_id="batch"), run_id="stopped")
+    assert waits == [0.0], waits  # _stop_early's one look at the outbox, and no wait for the node
+    assert p.get_pipeline("stopped").status is PipelineStatus.INTERRUPTED
+    monkeypatch.undo()
+    resumed = p.resume_pipeline("stopped", slow_item.map(range(100)).set(task_id="batch"))
+    assert p.get_pipeline_result(resumed) == list(range(100))
+
+
 @pytest.mark.parametrize("nth", range(1, 25))
 def test_an_interrupt_at_any_statement_of_a_run_ends_it_interrupted_and_resumable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nth: int
