@@ -379,6 +379,30 @@ def test_an_interrupt_cancels_a_running_async_task_and_frees_its_node_thread(
     assert {n.key: n.state for n in record.nodes} == {"awaits": TaskState.PENDING, "interrupt": TaskState.PENDING}
 
 
+def ctrl_c_in_the_caller_s_coordinator_once_slow_items_run(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
+    """From now on, KeyboardInterrupt in the calling thread's coordinator at its first wait after a
+    ``slow_item`` input ran, once, as a Ctrl-C would land there (coordinators of child runs, on node
+    threads, are left alone). Returns what takes the patch off.
+    """
+    import threading
+
+    from pylo.pipeline import _coordinator
+
+    real_take_all = _coordinator.take_all
+    raised: list[bool] = []
+    caller = threading.current_thread()
+
+    def take_all(outbox: Any, timeout: float | None) -> list[Any]:
+        if SLOW_STARTED.is_set() and not raised and threading.current_thread() is caller:
+            raised.append(True)
+            raise KeyboardInterrupt
+        return real_take_all(outbox, timeout)
+
+    monkeypatch.setattr(_coordinator, "take_all", take_all)
+    SLOW_STARTED.clear()
+    return lambda: monkeypatch.setattr(_coordinator, "take_all", real_take_all)
+
+
 def test_an_interrupt_stops_a_batch_node_running_beside_the_coordinator(
     make_pylo: MakePylo, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -387,19 +411,8 @@ def test_an_interrupt_stops_a_batch_node_running_beside_the_coordinator(
     # with the run (resumable), instead of running on unseen, and a resume
     # at once finishes it, running each input that did not finish once.
     from pylo import ExecutionStatus
-    from pylo.pipeline import _coordinator
 
-    real_take_all = _coordinator.take_all
-    raised: list[bool] = []
-
-    def take_all(outbox: Any, timeout: float | None) -> list[Any]:
-        if SLOW_STARTED.is_set() and not raised:
-            raised.append(True)
-            raise KeyboardInterrupt  # as a Ctrl-C would, in the coordinator's wait (once)
-        return real_take_all(outbox, timeout)
-
-    monkeypatch.setattr(_coordinator, "take_all", take_all)
-    SLOW_STARTED.clear()
+    undo = ctrl_c_in_the_caller_s_coordinator_once_slow_items_run(monkeypatch)
     p = make_pylo(2)
     total_inputs = 1000
 
@@ -408,7 +421,7 @@ def test_an_interrupt_stops_a_batch_node_running_beside_the_coordinator(
 
     with pytest.raises(KeyboardInterrupt):
         p.run_pipeline(flow(), run_id="stopped")
-    monkeypatch.setattr(_coordinator, "take_all", real_take_all)
+    undo()
     record = p.get_pipeline("stopped")
     assert record.status is PipelineStatus.INTERRUPTED
     batch = next(node for node in record.nodes if node.key == "batch")
@@ -430,24 +443,9 @@ def test_an_interrupt_ends_a_child_run_in_progress_and_the_resume_resumes_it(
     # interrupted with it, its execution stopped, instead of running on
     # unseen; a resume of the parent at once resumes the child, which runs
     # each input that did not finish once.
-    import threading
-
     from pylo import ExecutionStatus
-    from pylo.pipeline import _coordinator
 
-    real_take_all = _coordinator.take_all
-    raised: list[bool] = []
-    caller = threading.current_thread()
-
-    def take_all(outbox: Any, timeout: float | None) -> list[Any]:
-        # Only the parent's coordinator (the caller's thread); the child's runs on a node thread.
-        if SLOW_STARTED.is_set() and not raised and threading.current_thread() is caller:
-            raised.append(True)
-            raise KeyboardInterrupt
-        return real_take_all(outbox, timeout)
-
-    monkeypatch.setattr(_coordinator, "take_all", take_all)
-    SLOW_STARTED.clear()
+    undo = ctrl_c_in_the_caller_s_coordinator_once_slow_items_run(monkeypatch)  # the parent's, not the child's
     p = make_pylo(2)
     total_inputs = 1000
 
@@ -456,7 +454,7 @@ def test_an_interrupt_ends_a_child_run_in_progress_and_the_resume_resumes_it(
 
     with pytest.raises(KeyboardInterrupt):
         p.run_pipeline(flow(), run_id="stopped")
-    monkeypatch.setattr(_coordinator, "take_all", real_take_all)
+    undo()
     assert p.get_pipeline("stopped").status is PipelineStatus.INTERRUPTED
     spawner = next(node for node in p.get_pipeline("stopped").nodes if node.key == "spawner")
     assert spawner.child_run_id is not None
